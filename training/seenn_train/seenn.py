@@ -1,0 +1,120 @@
+"""SEENN's exit rules and metrics on stored per-timestep logits ``z[N, T, K]`` (numpy).
+
+All of this mirrors the official code (see the method reference): the score is the max softmax of
+the cumulative *sum* of logits, divided by a temperature (1 for direct training, 8 for conversion);
+a sample exits at the first t with score > α (strict) and always at T.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def cumulative(z: np.ndarray) -> np.ndarray:
+    return np.cumsum(z.astype(np.float64), axis=1)
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(x)
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def correct_per_t(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """c[n, t] = 1 if argmax of the running sum at t (1-based t = index + 1) is the label."""
+    return (cumulative(z).argmax(-1) == y[:, None])
+
+
+def accuracy_per_t(z: np.ndarray, y: np.ndarray) -> list:
+    return correct_per_t(z, y).mean(0).tolist()
+
+
+def scores(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Exit score at every t: max_k softmax(Z_t / temperature)."""
+    return softmax(cumulative(z) / temperature).max(-1)
+
+
+def confidence_exit(z: np.ndarray, alpha: float, temperature: float = 1.0, max_timesteps: int | None = None):
+    """SEENN-I. Returns (exit timestep 1..T per sample, predicted class)."""
+    n, t_max, _ = z.shape
+    t_max = min(t_max, max_timesteps or t_max)
+    s = scores(z[:, :t_max], temperature)
+    fire = s > alpha
+    fire[:, t_max - 1] = True
+    exit_t = fire.argmax(1) + 1
+    pred = cumulative(z[:, :t_max])[np.arange(n), exit_t - 1].argmax(-1)
+    return exit_t, pred
+
+
+def fixed_exit(z: np.ndarray, timesteps: np.ndarray):
+    """Run exactly ``timesteps[n]`` steps (SEENN-II's chosen action, or a fixed t)."""
+    timesteps = np.asarray(timesteps)
+    pred = cumulative(z)[np.arange(len(z)), timesteps - 1].argmax(-1)
+    return timesteps, pred
+
+
+def summarize(exit_t: np.ndarray, pred: np.ndarray, y: np.ndarray, t_max: int) -> dict:
+    return {
+        "accuracy": float((pred == y).mean()),
+        "avg_timesteps": float(exit_t.mean()),
+        "exits_per_t": np.bincount(exit_t, minlength=t_max + 1)[1:].tolist(),
+    }
+
+
+def aet(z: np.ndarray, y: np.ndarray) -> float:
+    """The paper's AET (eq. 4 as coded): assumes C_1 ⊆ … ⊆ C_T,
+    AET = (|C_1| + Σ_{t≥2} t·(|C_t| − |C_{t−1}|) + T·|W|) / N, with W the samples wrong at T."""
+    c = correct_per_t(z, y).sum(0).astype(np.float64)
+    t_max, n = z.shape[1], len(y)
+    total = c[0] + sum((t + 1) * (c[t] - c[t - 1]) for t in range(1, t_max)) + t_max * (n - c[-1])
+    return float(total / n)
+
+
+def empirical_earliest(z: np.ndarray, y: np.ndarray) -> float:
+    """Per sample, the first t at which the prediction is correct (T if never), averaged."""
+    c = correct_per_t(z, y)
+    first = np.where(c.any(1), c.argmax(1) + 1, z.shape[1])
+    return float(first.mean())
+
+
+ALPHA_GRID = sorted({round(a, 6) for a in
+                     [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.985, 0.99,
+                      0.992, 0.994, 0.995, 0.996, 0.997, 0.998, 0.999, 0.9993, 0.9995, 0.9997, 0.9999,
+                      0.99995, 0.99999, 0.999999]})
+
+
+def alpha_sweep(z: np.ndarray, y: np.ndarray, temperature: float = 1.0, alphas=ALPHA_GRID) -> list:
+    rows = []
+    for a in alphas:
+        exit_t, pred = confidence_exit(z, a, temperature)
+        rows.append({"alpha": float(a), **summarize(exit_t, pred, y, z.shape[1])})
+    return rows
+
+
+def choose_alpha(sweep: list, full_accuracy: float, tolerance: float = 0.001) -> dict:
+    """The smallest α whose (validation) accuracy is within ``tolerance`` of full-T accuracy."""
+    ok = [r for r in sweep if r["accuracy"] >= full_accuracy - tolerance - 1e-12]
+    return min(ok, key=lambda r: r["alpha"]) if ok else max(sweep, key=lambda r: r["alpha"])
+
+
+def class_balance_weight(c1: torch.Tensor, rate: float) -> torch.Tensor:
+    """The official code's sample weight: 1 if correct at t=1, else rate/(1−rate), where rate is the
+    SNN's training accuracy at t=1."""
+    rate = min(max(rate, 1e-6), 1 - 1e-6)
+    return c1 + (rate / (1.0 - rate)) * (1.0 - c1)
+
+
+def policy_loss(policy_logits: torch.Tensor, correct: torch.Tensor, weight: torch.Tensor, beta: float) -> torch.Tensor:
+    """Negative expected reward, computed exactly over all actions (no sampling):
+
+    L = mean_n [ w_n · Σ_t π_t(x_n) · (β·(1 − c_{n,t}) − 2^{−(t−1)}·c_{n,t}) ],
+
+    i.e. −E_{a∼π}[R(a)] with R(t) = 2^{−(t−1)} if the SNN is right at t, else −β (SEENN eq. 10 form).
+    """
+    t_max = policy_logits.shape[1]
+    pi = torch.softmax(policy_logits, dim=1)
+    c = correct.to(pi.dtype)
+    reward_if_right = torch.pow(2.0, -torch.arange(t_max, dtype=pi.dtype, device=pi.device))
+    cost = beta * (1.0 - c) - reward_if_right * c
+    return (weight * (pi * cost).sum(1)).mean()

@@ -1,0 +1,209 @@
+"""Training loops: TET for direct-trained SNNs, plain CE for the QCFS ANN, and the SEENN-II policy."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from . import seenn
+from .data import DATASETS, Split
+
+TET_LAMBDA = 1e-3
+TET_MEANS = 1.0
+
+
+def tet_loss(z: torch.Tensor, y: torch.Tensor, lamb: float = TET_LAMBDA, means: float = TET_MEANS) -> torch.Tensor:
+    """TET (Deng et al., 2022) as in SEENN's code, z: [T, B, K]:
+    L = (1 − λ)·(1/T)·Σ_t CE(z_t, y) + λ·MSE(z, φ), φ = 1.0, λ = 1e-3."""
+    ce = sum(nn.functional.cross_entropy(z[t], y) for t in range(z.shape[0])) / z.shape[0]
+    mse = nn.functional.mse_loss(z, torch.full_like(z, means))
+    return (1 - lamb) * ce + lamb * mse
+
+
+class Normalizer:
+    def __init__(self, dataset: str):
+        info = DATASETS[dataset]
+        self.mean = torch.tensor(info.mean).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std).view(1, -1, 1, 1)
+
+    def __call__(self, images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(images_u8).float() / 255.0
+        return (x - self.mean) / self.std
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random crop with zero padding (in normalised space the pad is the normalised black) + h-flip."""
+    n, _, h, w = x.shape
+    if pad:
+        fill = x.amin(dim=(1, 2, 3), keepdim=True)
+        padded = torch.nn.functional.pad(x - fill, (pad, pad, pad, pad)) + fill
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen)
+        x = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    if flip:
+        mask = torch.rand(n, generator=gen) < 0.5
+        x = torch.where(mask.view(-1, 1, 1, 1), x.flip(3), x)
+    return x
+
+
+def batches(n: int, batch_size: int, gen: torch.Generator | None = None):
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i:i + batch_size]
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def save_checkpoint(path: Path, **state):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: Path, name: str, *,
+        epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, forward,
+        pad: int = 2, flip: bool = True, meta: dict | None = None) -> dict:
+    """Generic epoch loop with cosine LR (per iteration, short warm-up), checkpoint every epoch and
+    resume from ``out/name.pt``. ``forward(model, x)`` returns what ``loss_fn(output, y)`` takes and
+    ``evaluate`` reads (``[T, B, K]`` logits or ``[B, K]``)."""
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / f"{name}.pt"
+    torch.manual_seed(seed)
+    norm = Normalizer(dataset)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total, warmup = epochs * steps_per_epoch, min(200, steps_per_epoch)
+    start_epoch, elapsed, history = 0, 0.0, []
+    if ckpt_path.exists():
+        ckpt = torch.load(ckpt_path, map_location="cpu")
+        model.load_state_dict(ckpt["model"])
+        if ckpt.get("optimizer") is not None and ckpt["epoch"] < epochs:
+            opt.load_state_dict(ckpt["optimizer"])
+        start_epoch, elapsed, history = ckpt["epoch"], ckpt["elapsed_s"], ckpt["history"]
+        print(f"resuming {ckpt_path} at epoch {start_epoch}/{epochs}")
+    gen = torch.Generator().manual_seed(seed + start_epoch)
+    x_all = norm(train.images)
+    y_all = torch.as_tensor(train.labels)
+    for epoch in range(start_epoch, epochs):
+        model.train()
+        t0 = time.time()
+        bar = tqdm(batches(len(train), batch_size, gen), total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{epochs}")
+        running = 0.0
+        for i, idx in enumerate(bar):
+            step = epoch * steps_per_epoch + i
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(step, total, lr, warmup)
+            x = augment(x_all[idx], pad, flip, gen)
+            loss = loss_fn(forward(model, x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running = 0.98 * running + 0.02 * float(loss) if i else float(loss)
+            bar.set_postfix(loss=f"{running:.4f}")
+        elapsed += time.time() - t0
+        val_acc = evaluate_accuracy(model, val, dataset, forward)
+        history.append({"epoch": epoch + 1, "loss": running, "val_accuracy": val_acc, "elapsed_s": elapsed})
+        print(json.dumps(history[-1]))
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
+                        elapsed_s=elapsed, history=history, meta=meta or {})
+    return {"elapsed_s": elapsed, "history": history}
+
+
+@torch.no_grad()
+def evaluate_accuracy(model, split: Split, dataset: str, forward, batch_size: int = 500) -> float:
+    model.eval()
+    norm = Normalizer(dataset)
+    correct = 0
+    for idx in batches(len(split), batch_size):
+        out = forward(model, norm(split.images[idx.numpy()]))
+        if out.dim() == 3:
+            out = out.sum(0)
+        correct += int((out.argmax(-1) == torch.as_tensor(split.labels[idx.numpy()])).sum())
+    return correct / max(1, len(split))
+
+
+@torch.no_grad()
+def collect_logits(model, split: Split, dataset: str, timesteps: int, batch_size: int = 500,
+                   desc: str = "logits") -> np.ndarray:
+    """Per-timestep logits ``[N, T, K]`` from PyTorch."""
+    model.eval()
+    norm = Normalizer(dataset)
+    outs = []
+    for idx in tqdm(list(batches(len(split), batch_size)), desc=desc):
+        outs.append(model(norm(split.images[idx.numpy()]), timesteps).permute(1, 0, 2).numpy())
+    return np.concatenate(outs)
+
+
+def train_policy(policy: nn.Module, images: np.ndarray, z: np.ndarray, y: np.ndarray, dataset: str, beta: float,
+                 *, epochs: int, batch_size: int = 256, lr: float = 2e-3, seed: int = 0, rate: float | None = None):
+    """SEENN-II with the SNN frozen: ``z`` holds the SNN's stored per-timestep logits on the training
+    images, so the expected reward over all actions is exact (no sampling)."""
+    torch.manual_seed(seed)
+    norm = Normalizer(dataset)
+    correct = torch.as_tensor(seenn.correct_per_t(z, y))
+    rate = float(correct[:, 0].float().mean()) if rate is None else rate
+    weight = seenn.class_balance_weight(correct[:, 0].float(), rate)
+    x_all = norm(images)
+    opt = torch.optim.Adam(policy.parameters(), lr=lr, weight_decay=5e-4)
+    steps_per_epoch = math.ceil(len(y) / batch_size)
+    total = epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(seed)
+    policy.train()
+    for epoch in range(epochs):
+        bar = tqdm(batches(len(y), batch_size, gen), total=steps_per_epoch, desc=f"policy β={beta} {epoch + 1}/{epochs}")
+        for i, idx in enumerate(bar):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(epoch * steps_per_epoch + i, total, lr, 0)
+            x = augment(x_all[idx], 1, False, gen)
+            loss = seenn.policy_loss(policy(x), correct[idx], weight[idx], beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return policy.eval()
+
+
+def train_joint(model, policy, train: Split, dataset: str, beta: float, timesteps: int, *, epochs: int,
+                batch_size: int = 128, lr: float = 2e-4, seed: int = 0):
+    """``--joint``: fine-tune SNN and policy together on L_TET − R (R the exact expected reward)."""
+    torch.manual_seed(seed)
+    norm = Normalizer(dataset)
+    params = list(model.parameters()) + list(policy.parameters())
+    opt = torch.optim.Adam(params, lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    x_all, y_all = norm(train.images), torch.as_tensor(train.labels)
+    model.train()
+    policy.train()
+    for epoch in range(epochs):
+        for idx in tqdm(batches(len(train), batch_size, gen), desc=f"joint {epoch + 1}/{epochs}",
+                        total=math.ceil(len(train) / batch_size)):
+            x, y = augment(x_all[idx], 2, True, gen), y_all[idx]
+            z = model(x, timesteps)
+            correct = (z.detach().cumsum(0).argmax(-1) == y).T
+            rate = float(correct[:, 0].float().mean())
+            weight = seenn.class_balance_weight(correct[:, 0].float(), rate)
+            loss = tet_loss(z, y) + seenn.policy_loss(policy(x), correct, weight, beta)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    return model.eval(), policy.eval()
+
+
+@torch.no_grad()
+def policy_actions(policy: nn.Module, images: np.ndarray, dataset: str, batch_size: int = 1000) -> np.ndarray:
+    policy.eval()
+    norm = Normalizer(dataset)
+    out = [policy(norm(images[i:i + batch_size])).argmax(1).numpy() + 1 for i in range(0, len(images), batch_size)]
+    return np.concatenate(out)
