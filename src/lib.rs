@@ -1,0 +1,14 @@
+//! seenn-serve: an inference server for spiking neural networks with early exit (SEENN).
+
+pub mod api;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod exit;
+pub mod metrics;
+pub mod model;
+pub mod preprocess;
+pub mod runtime;
+pub mod server;
+pub mod service;
+pub mod state;

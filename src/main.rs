@@ -1,1 +1,85 @@
-fn main() {}
+//! `seenn`: serve | inspect.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use seenn_serve::config::{LogFormat, ServeConfig};
+use seenn_serve::server::{shutdown_signal, RunningServer};
+
+#[derive(Parser)]
+#[command(
+    name = "seenn",
+    version,
+    about = "Early-exit inference server for spiking neural networks (SEENN)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve every model package over HTTP and gRPC.
+    Serve(ServeConfig),
+    /// Load and validate model packages, print what they contain, and exit.
+    Inspect(ServeConfig),
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("SEENN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,ort=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().with_current_span(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command {
+        Command::Serve(cfg) => {
+            init_logging(cfg.log_format);
+            rt.block_on(async move {
+                let server = match RunningServer::start(cfg).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!("{e}");
+                        eprintln!("error: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                shutdown_signal().await;
+                server.shutdown().await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Inspect(cfg) => {
+            init_logging(cfg.log_format);
+            match seenn_serve::server::build_state(cfg) {
+                Ok(state) => {
+                    for m in state.models.values() {
+                        println!("{}", seenn_serve::api::http::model_json(&state, m));
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

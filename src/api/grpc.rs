@@ -1,0 +1,261 @@
+//! gRPC API (tonic): `seenn.v1.Classifier` and `seenn.v1.Admin`, plus health and reflection.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::engine::StepTrace;
+use crate::error::Error;
+use crate::service::{
+    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input,
+};
+
+pub mod pb {
+    tonic::include_proto!("seenn.v1");
+}
+
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/seenn_descriptor.bin"));
+
+use pb::admin_server::{Admin, AdminServer};
+use pb::classifier_server::{Classifier, ClassifierServer};
+
+#[derive(Clone)]
+pub struct GrpcService {
+    pub state: Arc<AppState>,
+}
+
+fn request_id<T>(req: &Request<T>) -> String {
+    req.metadata()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128)
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+fn to_input_and_options(
+    state: &AppState,
+    r: pb::ClassifyRequest,
+) -> Result<(Input, ClassifyOptions), Error> {
+    let input = match r.input {
+        Some(pb::classify_request::Input::Image(bytes)) => Input::Image { bytes, hint: None },
+        Some(pb::classify_request::Input::Tensor(t)) => {
+            if !t.shape.is_empty() {
+                let m = state.model(Some(&r.model))?;
+                let want: Vec<u32> = m.manifest.input.shape().iter().map(|d| *d as u32).collect();
+                if t.shape != want {
+                    return Err(Error::invalid(format!(
+                        "tensor shape {:?}; this model takes {want:?}",
+                        t.shape
+                    )));
+                }
+            }
+            Input::Tensor(t.data)
+        }
+        None => {
+            return Err(Error::invalid(
+                "set `image` (encoded bytes) or `tensor` (preprocessed floats)",
+            ))
+        }
+    };
+    let opts = ClassifyOptions {
+        model: Some(r.model).filter(|m| !m.is_empty()),
+        rule: Some(r.rule).filter(|m| !m.is_empty()),
+        alpha: r.alpha.map(f64::from),
+        max_timesteps: r.max_timesteps.map(u64::from),
+        top_k: r.top_k.map(u64::from),
+        explain: Some(r.explain),
+        timeout_ms: None,
+    };
+    Ok((input, opts))
+}
+
+fn trace_pb(t: &StepTrace) -> pb::StepTrace {
+    pb::StepTrace {
+        timestep: t.t as u32,
+        score: t.score as f32,
+        class_id: t.class_id as u32,
+        probabilities: t.probabilities.clone(),
+    }
+}
+
+fn result_pb(r: ClassifyResult) -> pb::ClassifyResponse {
+    pb::ClassifyResponse {
+        model: r.model,
+        version: r.version,
+        class_id: r.class_id as u32,
+        label: r.label,
+        confidence: r.confidence as f32,
+        top_k: r
+            .top_k
+            .into_iter()
+            .map(|c| pb::ClassScore {
+                class_id: c.class_id as u32,
+                label: c.label,
+                probability: c.probability as f32,
+            })
+            .collect(),
+        timesteps_used: r.timesteps_used as u32,
+        max_timesteps: r.max_timesteps as u32,
+        exit_rule: r.exit_rule.as_str().into(),
+        alpha: r.alpha.map(|a| a as f32),
+        timings: Some(pb::Timings {
+            queue_seconds: r.timings.queue_ms / 1e3,
+            inference_seconds: r.timings.inference_ms / 1e3,
+            total_seconds: r.timings.total_ms / 1e3,
+        }),
+        trajectory: r
+            .trajectory
+            .unwrap_or_default()
+            .iter()
+            .map(trace_pb)
+            .collect(),
+        request_id: r.request_id,
+    }
+}
+
+fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
+    pb::ExitPolicyResponse {
+        model: v.model,
+        rule: v.rule.as_str().into(),
+        alpha: v.alpha as f32,
+        timesteps: v.timesteps as u32,
+        expected_accuracy: v.expected_accuracy.map(|x| x as f32),
+        expected_avg_timesteps: v.expected_avg_timesteps.map(|x| x as f32),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ClassifyEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Classifier for GrpcService {
+    async fn classify(
+        &self,
+        req: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<pb::ClassifyResponse>, Status> {
+        let rid = request_id(&req);
+        let (input, opts) = to_input_and_options(&self.state, req.into_inner())?;
+        let r = self.state.classify(input, opts, rid, None).await?;
+        Ok(Response::new(result_pb(r)))
+    }
+
+    type ClassifyStreamStream = EventStream;
+
+    async fn classify_stream(
+        &self,
+        req: Request<pb::ClassifyRequest>,
+    ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
+        let rid = request_id(&req);
+        let (input, opts) = to_input_and_options(&self.state, req.into_inner())?;
+        let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<pb::ClassifyEvent, Status>>(64);
+        let state = self.state.clone();
+        tokio::spawn(async move {
+            let forward_tx = out_tx.clone();
+            let forward = tokio::spawn(async move {
+                while let Some(t) = step_rx.recv().await {
+                    let ev = pb::ClassifyEvent {
+                        event: Some(pb::classify_event::Event::Step(trace_pb(&t))),
+                    };
+                    if forward_tx.send(Ok(ev)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            let result = state.classify(input, opts, rid, Some(step_tx)).await;
+            let _ = forward.await;
+            let msg = match result {
+                Ok(r) => Ok(pb::ClassifyEvent {
+                    event: Some(pb::classify_event::Event::Result(result_pb(r))),
+                }),
+                Err(e) => Err(Status::from(e)),
+            };
+            let _ = out_tx.send(msg).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out_rx),
+        )))
+    }
+
+    async fn list_models(
+        &self,
+        _req: Request<pb::ListModelsRequest>,
+    ) -> Result<Response<pb::ListModelsResponse>, Status> {
+        let models = self
+            .state
+            .models
+            .values()
+            .map(|m| {
+                let p = m.exit_policy();
+                pb::ModelInfo {
+                    name: m.manifest.name.clone(),
+                    version: m.manifest.version.clone(),
+                    labels: m.manifest.labels.clone(),
+                    timesteps: m.manifest.timesteps as u32,
+                    input_shape: m.manifest.input.shape().iter().map(|d| *d as u32).collect(),
+                    default_rule: p.rule.as_str().into(),
+                    alpha: p.alpha as f32,
+                    has_policy: m.has_policy(),
+                    execution_provider: m.provider.clone(),
+                    ready: m.engine.ready.load(Ordering::SeqCst),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ListModelsResponse { models }))
+    }
+}
+
+fn authorize<T>(state: &AppState, req: &Request<T>) -> Result<(), Status> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    state.authorize(header).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl Admin for GrpcService {
+    async fn get_exit_policy(
+        &self,
+        req: Request<pb::GetExitPolicyRequest>,
+    ) -> Result<Response<pb::ExitPolicyResponse>, Status> {
+        authorize(&self.state, &req)?;
+        let m = self.state.model(Some(&req.get_ref().model))?;
+        Ok(Response::new(policy_pb(self.state.policy_view(&m, None))))
+    }
+
+    async fn set_exit_policy(
+        &self,
+        req: Request<pb::SetExitPolicyRequest>,
+    ) -> Result<Response<pb::ExitPolicyResponse>, Status> {
+        authorize(&self.state, &req)?;
+        let r = req.into_inner();
+        let update = ExitPolicyUpdate {
+            rule: Some(r.rule).filter(|s| !s.is_empty()),
+            alpha: r.alpha.map(f64::from),
+            target_avg_timesteps: r.target_avg_timesteps.map(f64::from),
+            max_accuracy_drop: r.max_accuracy_drop.map(f64::from),
+            timesteps: r.timesteps.map(u64::from),
+        };
+        let name = if r.model.is_empty() {
+            self.state.default_model.clone()
+        } else {
+            r.model
+        };
+        Ok(Response::new(policy_pb(
+            self.state.set_exit_policy(&name, update)?,
+        )))
+    }
+}
+
+pub fn classifier_server(svc: GrpcService, max_message: usize) -> ClassifierServer<GrpcService> {
+    ClassifierServer::new(svc).max_decoding_message_size(max_message)
+}
+
+pub fn admin_server(svc: GrpcService) -> AdminServer<GrpcService> {
+    AdminServer::new(svc)
+}

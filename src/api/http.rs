@@ -1,0 +1,485 @@
+//! HTTP API (axum): classification, model metadata, health, metrics and admin.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use base64::Engine as _;
+use serde::Deserialize;
+use serde_json::json;
+use tracing::Instrument;
+
+use crate::error::Error;
+use crate::preprocess;
+use crate::service::{
+    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, Input, OPTION_NAMES,
+};
+
+pub type Shared = Arc<AppState>;
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let mut resp = (
+            status,
+            Json(json!({"error": self.to_string(), "code": self.code()})),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
+    }
+}
+
+pub fn router(state: Shared) -> Router {
+    let limit = state.cfg.max_body_bytes;
+    let cors = cors_layer(&state.cfg.cors_origins);
+    let mut app = Router::new()
+        .route("/classify", post(classify_default))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{name}", get(get_model))
+        .route("/v1/models/{name}/classify", post(classify_named))
+        .route(
+            "/admin/models/{name}/exit-policy",
+            get(get_exit_policy).put(put_exit_policy),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics));
+    if state.cfg.enable_fault_injection {
+        app = app.route("/admin/models/{name}/fault", post(inject_fault));
+    }
+    let app = app
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state);
+    match cors {
+        Some(c) => app.layer(c),
+        None => app,
+    }
+}
+
+fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let list: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(list)
+            .allow_methods([axum::http::Method::GET, axum::http::Method::POST])
+            .allow_headers([header::CONTENT_TYPE]),
+    )
+}
+
+async fn not_found() -> Error {
+    Error::ModelNotFound(
+        "no such route; see GET /v1/models, POST /classify, POST /v1/models/{name}/classify, /healthz, /readyz, /metrics"
+            .into(),
+    )
+}
+
+fn request_id(headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty() && s.len() <= 128 && s.chars().all(|c| c.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonBody {
+    image: Option<String>,
+    tensor: Option<Vec<f64>>,
+    model: Option<String>,
+    rule: Option<String>,
+    alpha: Option<f64>,
+    max_timesteps: Option<u64>,
+    top_k: Option<u64>,
+    explain: Option<bool>,
+    timeout_ms: Option<u64>,
+}
+
+fn merge(opts: &mut ClassifyOptions, b: &JsonBody) {
+    macro_rules! take {
+        ($($f:ident),*) => { $( if b.$f.is_some() { opts.$f = b.$f.clone(); } )* };
+    }
+    take!(
+        model,
+        rule,
+        alpha,
+        max_timesteps,
+        top_k,
+        explain,
+        timeout_ms
+    );
+}
+
+fn tensor_from_json(values: &[f64]) -> Result<Vec<f32>, Error> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let f = *v as f32;
+            if f.is_finite() {
+                Ok(f)
+            } else {
+                Err(Error::invalid(format!(
+                    "tensor value at index {i} ({v}) is not a finite float32"
+                )))
+            }
+        })
+        .collect()
+}
+
+/// Reads the body in whichever form it came: multipart, JSON, or raw image bytes.
+async fn parse_request(state: &AppState, req: Request) -> Result<(Input, ClassifyOptions), Error> {
+    let mut opts = ClassifyOptions::default();
+    if let Some(q) = req.uri().query() {
+        for (k, v) in url_pairs(q)? {
+            opts.set(&k, &v)?;
+        }
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("multipart/form-data") {
+        let mut mp = Multipart::from_request(req, &())
+            .await
+            .map_err(|e| Error::invalid(format!("malformed multipart body: {e}")))?;
+        let mut image = None;
+        loop {
+            let field = match mp.next_field().await {
+                Ok(Some(f)) => f,
+                Ok(None) => break,
+                Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                    return Err(Error::TooLarge(format!(
+                        "body over {} bytes (--max-body-bytes)",
+                        state.cfg.max_body_bytes
+                    )))
+                }
+                Err(e) => return Err(Error::invalid(format!("malformed multipart body: {e}"))),
+            };
+            let name = field.name().unwrap_or("").to_string();
+            let hint = field
+                .content_type()
+                .and_then(preprocess::format_from_content_type);
+            let data = field.bytes().await.map_err(|e| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    Error::TooLarge(format!(
+                        "body over {} bytes (--max-body-bytes)",
+                        state.cfg.max_body_bytes
+                    ))
+                } else {
+                    Error::invalid(format!("malformed multipart field {name:?}: {e}"))
+                }
+            })?;
+            if name == "image" {
+                image = Some(Input::Image {
+                    bytes: data.to_vec(),
+                    hint,
+                });
+            } else {
+                let text = std::str::from_utf8(&data).map_err(|_| {
+                    Error::invalid(format!("multipart field {name:?} is not UTF-8 text"))
+                })?;
+                opts.set(&name, text)?;
+            }
+        }
+        let input = image.ok_or_else(|| {
+            Error::invalid(format!(
+                "multipart body has no `image` field; other fields accepted: {OPTION_NAMES}"
+            ))
+        })?;
+        return Ok((input, opts));
+    }
+    let limit = state.cfg.max_body_bytes;
+    let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
+        .await
+        .map_err(|_| Error::TooLarge(format!("body over {limit} bytes (--max-body-bytes)")))?;
+    if content_type.starts_with("application/json") {
+        let b: JsonBody = serde_json::from_slice(&body).map_err(|e| {
+            Error::invalid(format!(
+                "malformed JSON body: {e}; accepted: {{\"image\": \"<base64>\"}} or {{\"tensor\": [floats]}} plus options {OPTION_NAMES}"
+            ))
+        })?;
+        merge(&mut opts, &b);
+        let input = match (&b.image, &b.tensor) {
+            (Some(img), None) => {
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(img.trim())
+                    .map_err(|e| Error::invalid(format!("`image` is not valid base64: {e}")))?;
+                Input::Image { bytes, hint: None }
+            }
+            (None, Some(t)) => Input::Tensor(tensor_from_json(t)?),
+            _ => {
+                return Err(Error::invalid(
+                    "JSON body needs exactly one of `image` (base64) or `tensor` (floats)",
+                ))
+            }
+        };
+        return Ok((input, opts));
+    }
+    let hint = preprocess::format_from_content_type(&content_type);
+    if hint.is_none()
+        && !content_type.is_empty()
+        && !content_type.starts_with("application/octet-stream")
+        && image::guess_format(&body).is_err()
+    {
+        return Err(Error::UnsupportedMediaType(format!(
+            "Content-Type {content_type:?} is not accepted; send an image ({}), multipart/form-data with field `image`, or application/json",
+            preprocess::ACCEPTED_FORMATS
+        )));
+    }
+    Ok((
+        Input::Image {
+            bytes: body.to_vec(),
+            hint,
+        },
+        opts,
+    ))
+}
+
+fn url_pairs(q: &str) -> Result<Vec<(String, String)>, Error> {
+    let parsed: Vec<(String, String)> = serde_urlencoded_pairs(q)?;
+    Ok(parsed)
+}
+
+fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, Error> {
+    let map: HashMap<String, String> =
+        axum::extract::Query::<HashMap<String, String>>::try_from_uri(
+            &format!("/?{q}")
+                .parse()
+                .map_err(|_| Error::invalid("malformed query string"))?,
+        )
+        .map(|axum::extract::Query(m)| m)
+        .map_err(|e| Error::invalid(format!("malformed query string: {e}")))?;
+    let mut v: Vec<_> = map.into_iter().collect();
+    v.sort();
+    Ok(v)
+}
+
+fn with_headers(result: ClassifyResult) -> Response {
+    let mut resp = Json(&result).into_response();
+    let h = resp.headers_mut();
+    for (name, value) in [
+        ("x-queue-time-ms", result.timings.queue_ms),
+        ("x-inference-time-ms", result.timings.inference_ms),
+        ("x-total-time-ms", result.timings.total_ms),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&format!("{value:.3}")) {
+            h.insert(name, v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(&result.timesteps_used.to_string()) {
+        h.insert("x-timesteps-used", v);
+    }
+    resp
+}
+
+async fn classify(state: Shared, model: Option<String>, req: Request) -> Response {
+    let rid = request_id(req.headers());
+    let span = tracing::info_span!("classify", request_id = %rid);
+    let rid_header = HeaderValue::from_str(&rid).ok();
+    let mut resp = async move {
+        let (input, mut opts) = match parse_request(&state, req).await {
+            Ok(x) => x,
+            Err(e) => {
+                // Count rejected bodies too, so the error ratio sees them.
+                state.metrics.requests_total.with_label_values(&["_unparsed", "none", &e.http_status().as_u16().to_string()]).inc();
+                tracing::info!(error = %e, "rejected");
+                return e.into_response();
+            }
+        };
+        if let Some(m) = model {
+            if opts.model.as_ref().is_some_and(|o| *o != m) {
+                return Error::invalid(format!("the path names model {m:?} and the options {:?}", opts.model)).into_response();
+            }
+            opts.model = Some(m);
+        }
+        match state.classify(input, opts, rid, None).await {
+            Ok(r) => {
+                tracing::info!(model = %r.model, class = r.class_id, timesteps = r.timesteps_used, total_ms = r.timings.total_ms, "classified");
+                with_headers(r)
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "failed");
+                e.into_response()
+            }
+        }
+    }
+    .instrument(span)
+    .await;
+    if let Some(v) = rid_header {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+async fn classify_default(State(state): State<Shared>, req: Request) -> Response {
+    classify(state, None, req).await
+}
+
+async fn classify_named(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    req: Request,
+) -> Response {
+    classify(state, Some(name), req).await
+}
+
+pub fn model_json(state: &AppState, m: &crate::model::LoadedModel) -> serde_json::Value {
+    let policy = state.policy_view(m, None);
+    let calibration = m.calibration.as_ref().map(|c| {
+        json!({
+            "split": c.split,
+            "samples": c.samples,
+            "accuracy_per_t": c.accuracy_per_t,
+            "aet": c.aet,
+            "chosen_alpha": c.chosen_alpha,
+            "policy": c.policy,
+        })
+    });
+    json!({
+        "name": m.manifest.name,
+        "version": m.manifest.version,
+        "kind": m.manifest.kind,
+        "architecture": m.manifest.architecture,
+        "labels": m.manifest.labels,
+        "timesteps": m.manifest.timesteps,
+        "input": m.manifest.input,
+        "exit_score": {"aggregation": m.manifest.exit.aggregation, "temperature": m.manifest.exit.temperature},
+        "exit_policy": policy,
+        "has_policy": m.has_policy(),
+        "calibration": calibration,
+        "execution_provider": m.provider,
+        "ready": m.engine.ready.load(Ordering::SeqCst),
+        "queue_depth": m.engine.queue_depth(),
+        "default": m.manifest.name == state.default_model,
+    })
+}
+
+async fn list_models(State(state): State<Shared>) -> Response {
+    let models: Vec<_> = state
+        .models
+        .values()
+        .map(|m| model_json(&state, m))
+        .collect();
+    Json(json!({"models": models, "default_model": state.default_model})).into_response()
+}
+
+async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match state.model(Some(&name)) {
+        Ok(m) => Json(model_json(&state, &m)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn healthz() -> Response {
+    Json(json!({"status": "ok"})).into_response()
+}
+
+async fn readyz(State(state): State<Shared>) -> Response {
+    if state.is_ready() {
+        Json(json!({"status": "ready"})).into_response()
+    } else {
+        let why = if state.draining.load(Ordering::SeqCst) {
+            "draining"
+        } else {
+            "not ready"
+        };
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": why})),
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<Shared>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+fn auth(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    state.authorize(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+async fn get_exit_policy(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = auth(&state, &headers) {
+        return e.into_response();
+    }
+    match state.model(Some(&name)) {
+        Ok(m) => Json(state.policy_view(&m, None)).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn put_exit_policy(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(e) = auth(&state, &headers) {
+        return e.into_response();
+    }
+    let update: ExitPolicyUpdate = match serde_json::from_slice(&body) {
+        Ok(u) => u,
+        Err(e) => {
+            return Error::invalid(format!(
+                "malformed exit-policy body: {e}; accepted fields: rule, alpha, target_avg_timesteps, max_accuracy_drop, timesteps"
+            ))
+            .into_response()
+        }
+    };
+    match state.set_exit_policy(&name, update) {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn inject_fault(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    if let Err(e) = auth(&state, &headers) {
+        return e.into_response();
+    }
+    match state.model(Some(&name)) {
+        Ok(m) => {
+            m.engine.inject_fault.store(true, Ordering::SeqCst);
+            Json(json!({"model": name, "fault": "armed: the next engine step fails"}))
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,113 @@
+//! The one configuration struct, built from flags and `SEENN_*` environment variables.
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+
+use crate::engine::Batching;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Folder of model packages (one sub-folder with a manifest.json per model).
+    #[arg(long, env = "SEENN_MODELS", default_value = "models")]
+    pub models: PathBuf,
+    /// Address to bind both ports on.
+    #[arg(long, env = "SEENN_HOST", default_value = "0.0.0.0")]
+    pub host: String,
+    /// HTTP port (0 picks a free one).
+    #[arg(long, env = "SEENN_HTTP_PORT", default_value_t = 8080)]
+    pub http_port: u16,
+    /// gRPC port (0 picks a free one).
+    #[arg(long, env = "SEENN_GRPC_PORT", default_value_t = 50051)]
+    pub grpc_port: u16,
+    /// Execution device: cpu, cuda or cuda:N.
+    #[arg(long, env = "SEENN_DEVICE", default_value = "cpu")]
+    pub device: String,
+    /// Path of libonnxruntime.so (else ORT_DYLIB_PATH, else .ort/lib/).
+    #[arg(long, env = "SEENN_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime intra-op threads per session.
+    #[arg(long, env = "SEENN_INTRA_THREADS", default_value_t = 1)]
+    pub intra_threads: usize,
+    /// Most requests in one batched timestep.
+    #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 32)]
+    pub max_batch: usize,
+    /// Most requests waiting per model; more get 429 / RESOURCE_EXHAUSTED.
+    #[arg(long, env = "SEENN_MAX_QUEUE", default_value_t = 256)]
+    pub max_queue: usize,
+    /// continuous: requests join and leave the batch at every timestep; static: for comparison.
+    #[arg(long, env = "SEENN_BATCHING", value_enum, default_value = "continuous")]
+    pub batching: Batching,
+    /// Default request deadline in seconds (checked between timesteps).
+    #[arg(long, env = "SEENN_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    pub request_timeout: f64,
+    /// Seconds to let requests in flight finish after SIGTERM.
+    #[arg(long, env = "SEENN_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    pub shutdown_timeout: f64,
+    /// Largest request body in bytes (HTTP) / message (gRPC).
+    #[arg(long, env = "SEENN_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Largest image in pixels, checked from the header before decoding.
+    #[arg(long, env = "SEENN_MAX_IMAGE_PIXELS", default_value_t = 16 * 1024 * 1024)]
+    pub max_image_pixels: u64,
+    /// Where admin changes are persisted.
+    #[arg(long, env = "SEENN_STATE_DIR", default_value = "state")]
+    pub state_dir: PathBuf,
+    /// File holding the admin bearer token (else SEENN_ADMIN_TOKEN; neither: admin disabled).
+    #[arg(long, env = "SEENN_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+    /// Serve the models that load and log the broken ones, instead of refusing to start.
+    #[arg(long, env = "SEENN_SKIP_BROKEN")]
+    pub skip_broken: bool,
+    /// Model used by POST /classify without `model` (default: the first by name).
+    #[arg(long, env = "SEENN_DEFAULT_MODEL")]
+    pub default_model: Option<String>,
+    /// Origins allowed by CORS (repeatable); none means CORS stays closed.
+    #[arg(
+        long = "cors-origin",
+        env = "SEENN_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
+    /// Log format.
+    #[arg(long, env = "SEENN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+    /// Enables POST /admin/models/{name}/fault, which makes the engine's next step fail (tests only).
+    #[arg(long, env = "SEENN_ENABLE_FAULT_INJECTION", hide = true)]
+    pub enable_fault_injection: bool,
+}
+
+impl ServeConfig {
+    /// Defaults for tests and in-process use.
+    pub fn for_tests(models: PathBuf, state_dir: PathBuf) -> Self {
+        ServeConfig {
+            models,
+            host: "127.0.0.1".into(),
+            http_port: 0,
+            grpc_port: 0,
+            device: "cpu".into(),
+            ort_lib: None,
+            intra_threads: 1,
+            max_batch: 32,
+            max_queue: 256,
+            batching: Batching::Continuous,
+            request_timeout: 30.0,
+            shutdown_timeout: 30.0,
+            max_body_bytes: 8 * 1024 * 1024,
+            max_image_pixels: 16 * 1024 * 1024,
+            state_dir,
+            admin_token_file: None,
+            skip_broken: false,
+            default_model: None,
+            cors_origins: Vec::new(),
+            log_format: LogFormat::Text,
+            enable_fault_injection: false,
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! One error type for the whole server, mapped exhaustively to HTTP status codes and gRPC codes so
+//! that a new variant cannot be forgotten by either transport.
+
+use axum::http::StatusCode;
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or a value is out of range; the message says what is accepted.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The body is not an image format the server decodes.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// Body, image or message larger than the configured limits.
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("{0}")]
+    ModelNotFound(String),
+    /// The bounded queue is full; retry after the given number of seconds.
+    #[error(
+        "queue full for model {model}: {depth} requests waiting; retry after {retry_after_s} s"
+    )]
+    Overloaded {
+        model: String,
+        depth: usize,
+        retry_after_s: u64,
+    },
+    /// The request's deadline passed before it finished.
+    #[error("{0}")]
+    DeadlineExceeded(String),
+    /// The server is starting up or draining.
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// The client went away; nobody reads this answer.
+    #[error("request cancelled by the client")]
+    Cancelled,
+    /// A failure inside ONNX Runtime or the engine.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::InvalidRequest(msg.into())
+    }
+
+    pub fn internal(msg: impl std::fmt::Display) -> Self {
+        Error::Internal(msg.to_string())
+    }
+
+    /// A short, stable machine-readable code for the JSON body and the metrics label.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Error::InvalidRequest(_) => "invalid_request",
+            Error::UnsupportedMediaType(_) => "unsupported_media_type",
+            Error::TooLarge(_) => "too_large",
+            Error::ModelNotFound(_) => "model_not_found",
+            Error::Overloaded { .. } => "overloaded",
+            Error::DeadlineExceeded(_) => "deadline_exceeded",
+            Error::Unavailable(_) => "unavailable",
+            Error::Unauthenticated(_) => "unauthenticated",
+            Error::Forbidden(_) => "forbidden",
+            Error::Cancelled => "cancelled",
+            Error::Internal(_) => "internal",
+        }
+    }
+
+    pub fn http_status(&self) -> StatusCode {
+        match self {
+            Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
+            Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            // nginx's "client closed request"; nobody sees it but the access log.
+            Error::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
+            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn grpc_code(&self) -> tonic::Code {
+        match self {
+            Error::InvalidRequest(_) => tonic::Code::InvalidArgument,
+            Error::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
+            Error::TooLarge(_) => tonic::Code::ResourceExhausted,
+            Error::ModelNotFound(_) => tonic::Code::NotFound,
+            Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
+            Error::Unavailable(_) => tonic::Code::Unavailable,
+            Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
+            Error::Forbidden(_) => tonic::Code::PermissionDenied,
+            Error::Cancelled => tonic::Code::Cancelled,
+            Error::Internal(_) => tonic::Code::Internal,
+        }
+    }
+
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            _ => None,
+        }
+    }
+}
+
+impl From<Error> for tonic::Status {
+    fn from(e: Error) -> Self {
+        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
+        if let Some(s) = e.retry_after() {
+            if let Ok(v) = s.to_string().parse() {
+                status.metadata_mut().insert("retry-after", v);
+            }
+        }
+        status
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,166 @@
+//! Every Prometheus metric the server exports, defined in one place.
+
+use prometheus::{
+    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests_total: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub queue_duration: HistogramVec,
+    pub inference_duration: HistogramVec,
+    pub step_duration: HistogramVec,
+    pub batch_size: HistogramVec,
+    pub timesteps_used: HistogramVec,
+    pub exits_total: IntCounterVec,
+    pub cancelled_total: IntCounterVec,
+    pub steps_total: CounterVec,
+    pub queue_depth: IntGaugeVec,
+    pub active_requests: IntGaugeVec,
+    pub exit_alpha: GaugeVec,
+    pub model_info: IntGaugeVec,
+    pub model_ready: IntGaugeVec,
+}
+
+fn latency_buckets() -> Vec<f64> {
+    // 50 µs … ~26 s, ×1.5 per bucket.
+    exponential_buckets(5e-5, 1.5, 33).unwrap_or_default()
+}
+
+impl Metrics {
+    /// `max_timesteps` is the largest T among the models: `seenn_timesteps_used` gets buckets 1..T.
+    pub fn new(max_timesteps: usize, max_batch: usize) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+        let ts_buckets: Vec<f64> = (1..=max_timesteps.max(1)).map(|t| t as f64).collect();
+        let mut batch_buckets = vec![1.0];
+        while *batch_buckets.last().unwrap_or(&1.0) < max_batch as f64 {
+            let next = batch_buckets.last().unwrap_or(&1.0) * 2.0;
+            batch_buckets.push(next);
+        }
+        let h = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        };
+        let m = Metrics {
+            requests_total: IntCounterVec::new(
+                Opts::new(
+                    "seenn_requests_total",
+                    "Classification requests by model, exit rule and status",
+                ),
+                &["model", "rule", "status"],
+            )?,
+            request_duration: h(
+                "seenn_request_duration_seconds",
+                "End-to-end request latency (decode, queue, inference)",
+                &["model", "rule"],
+                latency_buckets(),
+            )?,
+            queue_duration: h(
+                "seenn_queue_duration_seconds",
+                "Time a request waited before its first timestep",
+                &["model"],
+                latency_buckets(),
+            )?,
+            inference_duration: h(
+                "seenn_inference_duration_seconds",
+                "Time from admission to answer (encoder, policy and all steps)",
+                &["model", "rule"],
+                latency_buckets(),
+            )?,
+            step_duration: h(
+                "seenn_step_duration_seconds",
+                "Duration of one batched step.onnx run",
+                &["model"],
+                latency_buckets(),
+            )?,
+            batch_size: h(
+                "seenn_batch_size",
+                "Requests in one batched step.onnx run",
+                &["model"],
+                batch_buckets,
+            )?,
+            timesteps_used: h(
+                "seenn_timesteps_used",
+                "Timesteps each answered request ran (average = sum / count)",
+                &["model", "rule"],
+                ts_buckets,
+            )?,
+            exits_total: IntCounterVec::new(
+                Opts::new(
+                    "seenn_exits_total",
+                    "Answered requests by the timestep they exited at",
+                ),
+                &["model", "rule", "timestep"],
+            )?,
+            cancelled_total: IntCounterVec::new(
+                Opts::new(
+                    "seenn_cancelled_total",
+                    "Requests that left the batch early (client gone or deadline passed)",
+                ),
+                &["model", "reason"],
+            )?,
+            steps_total: CounterVec::new(
+                Opts::new(
+                    "seenn_request_steps_total",
+                    "Per-request timesteps computed (including cancelled requests)",
+                ),
+                &["model"],
+            )?,
+            queue_depth: IntGaugeVec::new(
+                Opts::new("seenn_queue_depth", "Requests waiting in the queue"),
+                &["model"],
+            )?,
+            active_requests: IntGaugeVec::new(
+                Opts::new("seenn_active_requests", "Requests in the running batch"),
+                &["model"],
+            )?,
+            exit_alpha: GaugeVec::new(
+                Opts::new("seenn_exit_alpha", "Current default confidence threshold α"),
+                &["model"],
+            )?,
+            model_info: IntGaugeVec::new(
+                Opts::new("seenn_model_info", "Loaded models (value 1)"),
+                &["model", "version", "timesteps", "provider"],
+            )?,
+            model_ready: IntGaugeVec::new(
+                Opts::new("seenn_model_ready", "1 when the model serves"),
+                &["model"],
+            )?,
+            registry,
+        };
+        macro_rules! reg {
+            ($($f:ident),*) => { $( m.registry.register(Box::new(m.$f.clone()))?; )* };
+        }
+        reg!(
+            requests_total,
+            request_duration,
+            queue_duration,
+            inference_duration,
+            step_duration,
+            batch_size,
+            timesteps_used,
+            exits_total,
+            cancelled_total,
+            steps_total,
+            queue_depth,
+            active_requests,
+            exit_alpha,
+            model_info,
+            model_ready
+        );
+        #[cfg(target_os = "linux")]
+        m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(m)
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!("metrics encoding failed: {e}");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,314 @@
+//! `manifest.json` and `calibration.json`: the model package contract (see `models/README.md`).
+
+use serde::{Deserialize, Serialize};
+
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub name: String,
+    pub version: String,
+    #[serde(default)]
+    pub kind: String,
+    #[serde(default)]
+    pub architecture: String,
+    pub labels: Vec<String>,
+    pub input: InputSpec,
+    pub timesteps: usize,
+    #[serde(default)]
+    pub neuron: serde_json::Value,
+    pub exit: ExitSpec,
+    pub graphs: Graphs,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InputSpec {
+    pub channels: usize,
+    pub height: usize,
+    pub width: usize,
+    /// "grayscale" or "rgb".
+    pub color: String,
+    pub scale: f32,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+    #[serde(default)]
+    pub invert: bool,
+    /// Resize filter when the image size differs: "bilinear" (triangle) or "nearest".
+    #[serde(default = "default_resize")]
+    pub resize: String,
+    #[serde(default = "default_layout")]
+    pub layout: String,
+}
+
+fn default_resize() -> String {
+    "bilinear".into()
+}
+
+fn default_layout() -> String {
+    "NCHW".into()
+}
+
+impl InputSpec {
+    pub fn len(&self) -> usize {
+        self.channels * self.height * self.width
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        [self.channels, self.height, self.width]
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitSpec {
+    /// How per-step logits are aggregated: "sum" (the official code) or "mean".
+    pub aggregation: String,
+    pub temperature: f64,
+    pub default_rule: String,
+    pub default_alpha: f64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Graphs {
+    #[serde(default)]
+    pub encoder: Option<EncoderGraph>,
+    pub step: StepGraph,
+    #[serde(default)]
+    pub policy: Option<PolicyGraph>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EncoderGraph {
+    pub file: String,
+    pub input: String,
+    pub output: String,
+    pub output_shape: Vec<usize>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StepGraph {
+    pub file: String,
+    pub input: String,
+    pub logits: String,
+    pub states: Vec<StateSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StateSpec {
+    pub input: String,
+    pub output: String,
+    pub shape: Vec<usize>,
+    pub initial_value: f32,
+}
+
+impl StateSpec {
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PolicyGraph {
+    pub file: String,
+    pub input: String,
+    pub output: String,
+    /// The timestep count each policy output chooses.
+    pub actions: Vec<usize>,
+}
+
+/// `calibration.json`: measured on the validation split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Calibration {
+    pub split: String,
+    pub samples: usize,
+    pub accuracy_per_t: Vec<f64>,
+    pub aet: f64,
+    #[serde(default)]
+    pub empirical_earliest: Option<f64>,
+    pub chosen_alpha: f64,
+    pub alpha_sweep: Vec<SweepRow>,
+    #[serde(default)]
+    pub policy: Option<Summary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SweepRow {
+    pub alpha: f64,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+    #[serde(default)]
+    pub exits_per_t: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Summary {
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+    #[serde(default)]
+    pub exits_per_t: Vec<u64>,
+}
+
+impl Manifest {
+    /// Checks that do not need the graphs; graph I/O is checked against the sessions at load.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.format_version != FORMAT_VERSION {
+            return Err(format!(
+                "format_version {} is not supported (this server reads {FORMAT_VERSION})",
+                self.format_version
+            ));
+        }
+        if self.name.is_empty()
+            || !self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            return Err(format!(
+                "name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
+                self.name
+            ));
+        }
+        if self.labels.is_empty() {
+            return Err("labels is empty".into());
+        }
+        if self.timesteps == 0 || self.timesteps > 1024 {
+            return Err(format!("timesteps {} must be in 1..=1024", self.timesteps));
+        }
+        let i = &self.input;
+        if !(i.color == "grayscale" && i.channels == 1 || i.color == "rgb" && i.channels == 3) {
+            return Err(format!(
+                "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
+                i.color, i.channels
+            ));
+        }
+        if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
+            return Err(format!(
+                "input size {}x{} must be within 1..=4096",
+                i.height, i.width
+            ));
+        }
+        if i.mean.len() != i.channels || i.std.len() != i.channels {
+            return Err("input.mean and input.std need one value per channel".into());
+        }
+        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0) || !i.scale.is_finite() {
+            return Err("input.std must be finite and non-zero, input.scale finite".into());
+        }
+        if !["bilinear", "nearest"].contains(&i.resize.as_str()) {
+            return Err(format!(
+                "input.resize {:?}: accepted are bilinear, nearest",
+                i.resize
+            ));
+        }
+        if i.layout != "NCHW" {
+            return Err(format!(
+                "input.layout {:?}: only NCHW is supported",
+                i.layout
+            ));
+        }
+        let e = &self.exit;
+        if !["sum", "mean"].contains(&e.aggregation.as_str()) {
+            return Err(format!(
+                "exit.aggregation {:?}: accepted are sum, mean",
+                e.aggregation
+            ));
+        }
+        if !(e.temperature.is_finite() && e.temperature > 0.0) {
+            return Err("exit.temperature must be positive".into());
+        }
+        if !(e.default_alpha > 0.0 && e.default_alpha <= 1.0) {
+            return Err(format!(
+                "exit.default_alpha {} must be in (0, 1]",
+                e.default_alpha
+            ));
+        }
+        let rule = crate::exit::RuleKind::parse(&e.default_rule)?;
+        if rule == crate::exit::RuleKind::Policy && self.graphs.policy.is_none() {
+            return Err("exit.default_rule is policy but graphs.policy is missing".into());
+        }
+        if let Some(p) = &self.graphs.policy {
+            if p.actions.is_empty() || p.actions.iter().any(|a| *a == 0 || *a > self.timesteps) {
+                return Err(format!(
+                    "graphs.policy.actions must be within 1..={}",
+                    self.timesteps
+                ));
+            }
+        }
+        for s in &self.graphs.step.states {
+            if s.shape.is_empty() || s.is_empty() {
+                return Err(format!("state {} has an empty shape", s.input));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.labels.len()
+    }
+}
+
+impl Calibration {
+    pub fn validate(&self, timesteps: usize) -> Result<(), String> {
+        if self.accuracy_per_t.len() != timesteps {
+            return Err(format!(
+                "accuracy_per_t has {} entries, the manifest says T = {timesteps}",
+                self.accuracy_per_t.len()
+            ));
+        }
+        if self.alpha_sweep.is_empty() {
+            return Err("alpha_sweep is empty".into());
+        }
+        for r in &self.alpha_sweep {
+            if !(r.alpha > 0.0
+                && r.alpha <= 1.0
+                && r.accuracy.is_finite()
+                && r.avg_timesteps.is_finite())
+            {
+                return Err(format!("alpha_sweep row {r:?} is out of range"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The row for α (the nearest α in the table).
+    pub fn expected_at(&self, alpha: f64) -> Option<&SweepRow> {
+        self.alpha_sweep.iter().min_by(|a, b| {
+            (a.alpha - alpha)
+                .abs()
+                .partial_cmp(&(b.alpha - alpha).abs())
+                .unwrap_or(std::cmp::Ordering::Equal)
+        })
+    }
+
+    /// The most accurate α whose expected average timesteps stay within `target`.
+    pub fn alpha_for_avg_timesteps(&self, target: f64) -> Option<&SweepRow> {
+        self.alpha_sweep
+            .iter()
+            .filter(|r| r.avg_timesteps <= target + 1e-12)
+            .max_by(|a, b| {
+                (a.accuracy, a.alpha)
+                    .partial_cmp(&(b.accuracy, b.alpha))
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+    }
+
+    /// The smallest α (fewest timesteps) whose accuracy is within `drop` of full T.
+    pub fn alpha_for_accuracy_drop(&self, drop: f64) -> Option<&SweepRow> {
+        let full = *self.accuracy_per_t.last()?;
+        self.alpha_sweep
+            .iter()
+            .filter(|r| r.accuracy >= full - drop - 1e-12)
+            .min_by(|a, b| {
+                a.alpha
+                    .partial_cmp(&b.alpha)
+                    .unwrap_or(std::cmp::Ordering::Equal)
+            })
+    }
+}

@@ -1,0 +1,312 @@
+//! Model repository: load every package under `--models`, validate it against its graphs, warm it
+//! up and start its engine.
+
+pub mod manifest;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use ort::value::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{self, EngineConfig, EngineHandle, Sessions};
+use crate::exit::RuleKind;
+use crate::metrics::Metrics;
+use crate::runtime::{self, Expect, SessionOptions};
+use manifest::{Calibration, Manifest};
+
+/// A model's default exit policy: what a request without overrides runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ExitPolicy {
+    pub rule: RuleKind,
+    pub alpha: f64,
+    /// Timesteps for the `fixed` rule (and the cap for the others).
+    pub timesteps: usize,
+}
+
+pub struct LoadedModel {
+    pub manifest: Arc<Manifest>,
+    pub calibration: Option<Calibration>,
+    pub dir: PathBuf,
+    pub engine: EngineHandle,
+    pub provider: String,
+    pub policy: RwLock<ExitPolicy>,
+}
+
+impl LoadedModel {
+    pub fn exit_policy(&self) -> ExitPolicy {
+        match self.policy.read() {
+            Ok(p) => *p,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    pub fn set_exit_policy(&self, p: ExitPolicy) {
+        match self.policy.write() {
+            Ok(mut g) => *g = p,
+            Err(poisoned) => *poisoned.into_inner() = p,
+        }
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.manifest.graphs.policy.is_some()
+    }
+}
+
+/// A package that failed to load: the file at fault and what is wrong with it.
+#[derive(Debug, Clone)]
+pub struct LoadError {
+    pub file: PathBuf,
+    pub message: String,
+}
+
+impl std::fmt::Display for LoadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.file.display(), self.message)
+    }
+}
+
+fn err(file: &Path, message: impl Into<String>) -> LoadError {
+    LoadError {
+        file: file.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+pub fn read_manifest(dir: &Path) -> Result<Manifest, LoadError> {
+    let path = dir.join("manifest.json");
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let m: Manifest =
+        serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid manifest: {e}")))?;
+    m.validate().map_err(|e| err(&path, e))?;
+    Ok(m)
+}
+
+pub fn read_calibration(dir: &Path, timesteps: usize) -> Result<Option<Calibration>, LoadError> {
+    let path = dir.join("calibration.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    let c: Calibration =
+        serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid calibration: {e}")))?;
+    c.validate(timesteps).map_err(|e| err(&path, e))?;
+    Ok(Some(c))
+}
+
+/// Builds and checks the sessions of one package, then warms them up (one full T-step run).
+pub fn load_sessions(
+    dir: &Path,
+    m: &Manifest,
+    env: &ort::environment::Environment,
+    opts: &SessionOptions,
+) -> Result<Sessions, LoadError> {
+    let input_dims = m.input.shape();
+    let open = |file: &str| -> Result<ort::session::Session, LoadError> {
+        let path = dir.join(file);
+        if !path.exists() {
+            return Err(err(&path, "file missing (named in manifest.json)"));
+        }
+        runtime::build_session(env, &path, opts).map_err(|e| err(&path, e))
+    };
+    let encoder = match &m.graphs.encoder {
+        Some(g) => {
+            let s = open(&g.file)?;
+            runtime::check_graph(
+                &s,
+                &[Expect {
+                    name: &g.input,
+                    dims: &input_dims,
+                }],
+                &[Expect {
+                    name: &g.output,
+                    dims: &g.output_shape,
+                }],
+            )
+            .map_err(|e| err(&dir.join(&g.file), e))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let feature_dims: Vec<usize> = match &m.graphs.encoder {
+        Some(g) => g.output_shape.clone(),
+        None => input_dims.to_vec(),
+    };
+    let g = &m.graphs.step;
+    let step = open(&g.file)?;
+    let classes = [m.num_classes()];
+    let mut ins = vec![Expect {
+        name: &g.input,
+        dims: &feature_dims,
+    }];
+    let mut outs = vec![Expect {
+        name: &g.logits,
+        dims: &classes,
+    }];
+    for s in &g.states {
+        ins.push(Expect {
+            name: &s.input,
+            dims: &s.shape,
+        });
+        outs.push(Expect {
+            name: &s.output,
+            dims: &s.shape,
+        });
+    }
+    runtime::check_graph(&step, &ins, &outs).map_err(|e| err(&dir.join(&g.file), e))?;
+    let policy = match &m.graphs.policy {
+        Some(p) => {
+            let s = open(&p.file)?;
+            let actions = [p.actions.len()];
+            runtime::check_graph(
+                &s,
+                &[Expect {
+                    name: &p.input,
+                    dims: &input_dims,
+                }],
+                &[Expect {
+                    name: &p.output,
+                    dims: &actions,
+                }],
+            )
+            .map_err(|e| err(&dir.join(&p.file), e))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut sessions = Sessions {
+        encoder,
+        step,
+        policy,
+    };
+    warm_up(&mut sessions, m).map_err(|e| {
+        err(
+            &dir.join(&m.graphs.step.file),
+            format!("warm-up run failed: {e}"),
+        )
+    })?;
+    Ok(sessions)
+}
+
+fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+    let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+    let zeros = vec![0f32; m.input.len()];
+    let features: Vec<f32> = match (&mut s.encoder, &m.graphs.encoder) {
+        (Some(sess), Some(g)) => {
+            let t =
+                Tensor::from_array((shape.clone(), zeros.clone())).map_err(|e| e.to_string())?;
+            let out = sess
+                .run(ort::inputs![g.input.as_str() => t])
+                .map_err(|e| e.to_string())?;
+            let v = out.get(&g.output).ok_or("encoder output missing")?;
+            v.try_extract_tensor::<f32>()
+                .map_err(|e| e.to_string())?
+                .1
+                .to_vec()
+        }
+        _ => zeros.clone(),
+    };
+    if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
+        let t = Tensor::from_array((shape, zeros)).map_err(|e| e.to_string())?;
+        sess.run(ort::inputs![g.input.as_str() => t])
+            .map_err(|e| e.to_string())?;
+    }
+    let g = &m.graphs.step;
+    let mut fshape = vec![1];
+    match &m.graphs.encoder {
+        Some(e) => fshape.extend_from_slice(&e.output_shape),
+        None => fshape.extend_from_slice(&m.input.shape()),
+    }
+    for _ in 0..m.timesteps.min(4) {
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+        let f =
+            Tensor::from_array((fshape.clone(), features.clone())).map_err(|e| e.to_string())?;
+        inputs.push((g.input.clone(), f.into()));
+        for st in &g.states {
+            let mut shape = vec![1];
+            shape.extend_from_slice(&st.shape);
+            let t = Tensor::from_array((shape, vec![st.initial_value; st.len()]))
+                .map_err(|e| e.to_string())?;
+            inputs.push((st.input.clone(), t.into()));
+        }
+        s.step.run(inputs).map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+pub struct LoadOptions<'a> {
+    pub env: &'a ort::environment::Environment,
+    pub session: SessionOptions,
+    pub engine: EngineConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Folders under `root` that hold a `manifest.json`, sorted by name.
+pub fn package_dirs(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let rd = std::fs::read_dir(root)
+        .map_err(|e| err(root, format!("cannot read the models folder: {e}")))?;
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadError> {
+    let manifest = read_manifest(dir)?;
+    let calibration = read_calibration(dir, manifest.timesteps)?;
+    let sessions = load_sessions(dir, &manifest, opts.env, &opts.session)?;
+    let rule = RuleKind::parse(&manifest.exit.default_rule)
+        .map_err(|e| err(&dir.join("manifest.json"), e))?;
+    let policy = ExitPolicy {
+        rule,
+        alpha: manifest.exit.default_alpha,
+        timesteps: manifest.timesteps,
+    };
+    let manifest = Arc::new(manifest);
+    let engine = engine::spawn(
+        manifest.clone(),
+        sessions,
+        opts.engine.clone(),
+        opts.metrics.clone(),
+    )
+    .map_err(|e| err(dir, e.to_string()))?;
+    Ok(LoadedModel {
+        provider: opts.session.device.provider_name(),
+        manifest,
+        calibration,
+        dir: dir.to_path_buf(),
+        engine,
+        policy: RwLock::new(policy),
+    })
+}
+
+/// Loads every package. Broken packages are returned as errors next to the models that loaded.
+pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LoadError>);
+
+pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
+    let mut models = BTreeMap::new();
+    let mut errors = Vec::new();
+    for dir in package_dirs(root)? {
+        match load_one(&dir, opts) {
+            Ok(m) => {
+                let name = m.manifest.name.clone();
+                match models.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(o) => errors.push(err(
+                        &dir.join("manifest.json"),
+                        format!("a second model named {:?}", o.key()),
+                    )),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(Arc::new(m));
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((models, errors))
+}

@@ -1,0 +1,127 @@
+//! Admin changes persisted under `--state-dir`: written atomically (temp file, fsync, rename, fsync of
+//! the folder) so a crash leaves either the old or the new file, never a torn one. A corrupt file is
+//! a startup error, never a silent reset.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::ExitPolicy;
+
+pub const STATE_FILE: &str = "exit-policies.json";
+
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct State {
+    pub version: u32,
+    pub models: BTreeMap<String, ExitPolicy>,
+}
+
+pub struct StateStore {
+    path: PathBuf,
+    state: Mutex<State>,
+}
+
+impl StateStore {
+    pub fn open(dir: &Path) -> Result<Self, String> {
+        let path = dir.join(STATE_FILE);
+        let state = if path.exists() {
+            let text = std::fs::read_to_string(&path)
+                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+            let s: State = serde_json::from_str(&text).map_err(|e| {
+                format!(
+                    "{}: corrupt state file ({e}); fix or remove it to go back to the manifests' defaults",
+                    path.display()
+                )
+            })?;
+            for (name, p) in &s.models {
+                if !(p.alpha > 0.0 && p.alpha <= 1.0) || p.timesteps == 0 {
+                    return Err(format!(
+                        "{}: model {name}: alpha must be in (0, 1] and timesteps >= 1",
+                        path.display()
+                    ));
+                }
+            }
+            s
+        } else {
+            State {
+                version: 1,
+                models: BTreeMap::new(),
+            }
+        };
+        Ok(StateStore {
+            path,
+            state: Mutex::new(state),
+        })
+    }
+
+    pub fn get(&self, model: &str) -> Option<ExitPolicy> {
+        self.state
+            .lock()
+            .ok()
+            .and_then(|s| s.models.get(model).copied())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Records the new policy and writes the file before returning.
+    pub fn set(&self, model: &str, policy: ExitPolicy) -> Result<(), String> {
+        let mut guard = self
+            .state
+            .lock()
+            .map_err(|_| "state lock poisoned".to_string())?;
+        let mut next = guard.clone();
+        next.version = 1;
+        next.models.insert(model.to_string(), policy);
+        write_atomic(&self.path, &next)?;
+        *guard = next;
+        Ok(())
+    }
+}
+
+fn write_atomic(path: &Path, state: &State) -> Result<(), String> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
+    let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(&body)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.sync_all()
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::RuleKind;
+
+    #[test]
+    fn survives_reopen_and_rejects_corruption() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = StateStore::open(dir.path()).expect("open");
+        let p = ExitPolicy {
+            rule: RuleKind::Confidence,
+            alpha: 0.75,
+            timesteps: 4,
+        };
+        store.set("m", p).expect("set");
+        let again = StateStore::open(dir.path()).expect("reopen");
+        assert_eq!(again.get("m"), Some(p));
+        std::fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
+        let e = StateStore::open(dir.path())
+            .err()
+            .expect("corrupt file must fail");
+        assert!(e.contains(STATE_FILE) && e.contains("corrupt"), "{e}");
+    }
+}
