@@ -1,0 +1,48 @@
+# seenn-serve: every target installs what it needs (scripts/setup.sh) on a fresh Debian 12 machine.
+SHELL := /bin/bash
+PY := .venv/bin/python
+PORT ?= 8080
+
+.PHONY: run test setup setup-server build lint test-rust test-python models bench-models ort clean
+
+## Serve the committed models on :8080 (HTTP) and :50051 (gRPC).
+run: setup-server build
+	./target/release/seenn serve --models models --http-port $(PORT)
+
+## Every test: formatting, lints, Rust unit + integration tests, Python tests.
+test: setup build lint test-rust test-python
+
+setup:
+	scripts/setup.sh all
+
+setup-server:
+	scripts/setup.sh server
+
+ort:
+	scripts/fetch_ort.sh
+
+build:
+	cargo build --release --locked
+
+lint:
+	cargo fmt --check
+	cargo clippy --release --locked --all-targets -- -D warnings
+	.venv/bin/ruff check training
+
+test-rust:
+	cargo test --release --locked -- --test-threads=2
+
+test-python:
+	cd training && ../$(PY) -m pytest -q
+
+## Retrain and re-export models/fashion-mnist and models/fashion-mnist-qcfs from scratch.
+models: setup
+	scripts/make_models.sh
+
+## The untrained ResNet-19 (CIFAR-10 shape) package for speed measurements.
+bench-models: setup
+	PYTHONPATH=training $(PY) -m seenn_train bench-model --arch resnet19 --width 0.25 --out models-bench/resnet19-bench
+
+clean:
+	cargo clean
+	rm -rf .venv .ort

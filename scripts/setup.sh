@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs everything the project needs on a fresh Debian 12 machine, without asking:
+#   scripts/setup.sh server   ONNX Runtime library only (enough for `make run`)
+#   scripts/setup.sh all      + Debian packages (PyTorch CPU, Fashion-MNIST, Prometheus/promtool,
+#                             docker-compose) and the Python virtual environment (.venv)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+what=${1:-all}
+
+apt_install() {
+  local missing=()
+  for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "apt: installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  fi
+}
+
+if [ "$what" = server ]; then
+  command -v unzip >/dev/null || apt_install unzip
+  command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
+  scripts/fetch_ort.sh
+  exit 0
+fi
+
+pkgs=(unzip python3-venv python3-pip dataset-fashion-mnist prometheus python3-matplotlib python3-tqdm python3-pil)
+# Use an importable torch if the system Python has one, else Debian's CPU build.
+/usr/bin/python3 -c "import torch" 2>/dev/null || pkgs+=(python3-torch)
+apt_install "${pkgs[@]}"
+scripts/fetch_ort.sh
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import torch, onnxruntime, pytest" 2>/dev/null; then
+  /usr/bin/python3 -m venv --system-site-packages .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "numpy<2" "onnxruntime==1.31.1" tqdm pillow pytest ruff
+fi
+.venv/bin/python -c "import torch, onnxruntime; print('python env: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
