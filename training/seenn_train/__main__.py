@@ -12,9 +12,17 @@ import numpy as np
 import torch
 
 from . import data, seenn
-from .models import PolicyNet, ResNet19, VGG16, VGG28, convert_qcfs
-from .train import (collect_logits, evaluate_accuracy, fit, policy_actions, save_checkpoint, tet_loss,
-                    train_joint, train_policy)
+from .models import VGG16, VGG28, PolicyNet, ResNet19, convert_qcfs
+from .train import (
+    collect_logits,
+    evaluate_accuracy,
+    fit,
+    policy_actions,
+    save_checkpoint,
+    tet_loss,
+    train_joint,
+    train_policy,
+)
 
 
 def build_model(meta: dict) -> torch.nn.Module:
@@ -121,12 +129,14 @@ def cmd_policy(args):
     train, val, test = load_splits(args)
     t_max, ds = meta["timesteps"], meta["dataset"]
     info = data.DATASETS[ds]
+    joint_policy = None
     if args.joint:
-        policy = PolicyNet(info.channels, t_max, args.policy_width)
-        model, policy = train_joint(model, policy, train, ds, args.betas[0], t_max, epochs=args.epochs,
-                                    seed=args.seed)
+        joint_policy = PolicyNet(info.channels, t_max, args.policy_width)
+        model, joint_policy = train_joint(model, joint_policy, train, ds, args.betas[0], t_max, epochs=args.epochs,
+                                          seed=args.seed)
         save_checkpoint(args.run / "snn.pt", model=model.state_dict(), epoch=meta["epochs"], meta=meta)
         meta["joint_beta"] = args.betas[0]
+        write_run(args.run, meta)
     z_train = collect_logits(model, train, ds, t_max, desc="train logits")
     z_val = collect_logits(model, val, ds, t_max, desc="val logits")
     z_test = collect_logits(model, test, ds, t_max, desc="test logits")
@@ -134,11 +144,12 @@ def cmd_policy(args):
     full_val = seenn.accuracy_per_t(z_val, val.labels)[-1]
     sweep, policies = [], {}
     for beta in args.betas:
-        policy = PolicyNet(info.channels, t_max, args.policy_width)
-        if args.joint and beta == args.betas[0]:
-            policy.load_state_dict(torch.load(args.run / "policy_joint.pt")) if False else None
-        train_policy(policy, train.images, z_train, train.labels, ds, beta, epochs=args.epochs, seed=args.seed,
-                     rate=rate)
+        if joint_policy is not None and beta == args.betas[0]:
+            policy = joint_policy  # trained together with the SNN on L_TET - R
+        else:
+            policy = PolicyNet(info.channels, t_max, args.policy_width)
+            train_policy(policy, train.images, z_train, train.labels, ds, beta, epochs=args.epochs,
+                         seed=args.seed, rate=rate)
         row = {"beta": beta}
         for name, split, z in (("val", val, z_val), ("test", test, z_test)):
             a = policy_actions(policy, split.images, ds)
