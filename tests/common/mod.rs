@@ -1,0 +1,105 @@
+//! Shared helpers: start the real server on 127.0.0.1:0 and read the committed packages.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use seenn_serve::config::ServeConfig;
+use seenn_serve::server::RunningServer;
+use serde::Deserialize;
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn models_dir() -> PathBuf {
+    repo().join("models")
+}
+
+/// Every committed package.
+pub fn packages() -> Vec<PathBuf> {
+    let dirs = seenn_serve::model::package_dirs(&models_dir()).expect("models/ readable");
+    assert!(!dirs.is_empty(), "no committed model package under models/");
+    dirs
+}
+
+/// The committed package with a SEENN-II policy (models/fashion-mnist).
+pub fn policy_package() -> PathBuf {
+    models_dir().join("fashion-mnist")
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Golden {
+    pub alpha: f64,
+    pub samples: Vec<GoldenSample>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct GoldenSample {
+    pub file: String,
+    pub label: usize,
+    pub logits: Vec<Vec<f32>>,
+    pub exit_timestep: usize,
+    pub class_id: usize,
+    pub policy_timesteps: Option<usize>,
+}
+
+pub fn golden(pkg: &Path) -> Golden {
+    let text = std::fs::read_to_string(pkg.join("golden.json")).expect("golden.json");
+    serde_json::from_str(&text).expect("golden.json parses")
+}
+
+pub fn sample_bytes(pkg: &Path, s: &GoldenSample) -> Vec<u8> {
+    std::fs::read(pkg.join(&s.file)).expect("sample image")
+}
+
+pub fn config(state_dir: &Path) -> ServeConfig {
+    ServeConfig::for_tests(models_dir(), state_dir.to_path_buf())
+}
+
+pub async fn start(cfg: ServeConfig) -> RunningServer {
+    RunningServer::start(cfg).await.expect("server starts")
+}
+
+pub fn url(s: &RunningServer, path: &str) -> String {
+    format!("http://{}{}", s.http_addr, path)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().build().expect("client")
+}
+
+pub async fn metrics_text(s: &RunningServer) -> String {
+    client()
+        .get(url(s, "/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text")
+}
+
+/// Sum of the samples of one metric whose label set contains every `labels` pair.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (head, value) = l.rsplit_once(' ')?;
+            let (metric, rest) = match head.split_once('{') {
+                Some((m, r)) => (m, r.trim_end_matches('}')),
+                None => (head, ""),
+            };
+            if metric != name {
+                return None;
+            }
+            let ok = labels
+                .iter()
+                .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
+            if ok {
+                value.parse::<f64>().ok()
+            } else {
+                None
+            }
+        })
+        .sum()
+}

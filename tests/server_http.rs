@@ -1,0 +1,923 @@
+//! The real server over HTTP: parity with the trainer's golden outputs, exit rules, image formats,
+//! continuous batching, admin, metrics and every bad input.
+
+mod common;
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use common::*;
+use ort::value::Tensor;
+use serde_json::{json, Value};
+
+/// ONNX Runtime against ONNX Runtime: the server's own loader and preprocessing reproduce the
+/// trainer's per-timestep logits for every golden sample within 1e-4.
+#[test]
+fn golden_logits_reproduce_through_the_server_runtime() {
+    let (env, _) = seenn_serve::runtime::init(None).expect("ORT loads");
+    for pkg in packages() {
+        let m = seenn_serve::model::read_manifest(&pkg).expect("manifest");
+        let opts = seenn_serve::runtime::SessionOptions {
+            device: seenn_serve::runtime::Device::Cpu,
+            intra_threads: 1,
+        };
+        let mut s = seenn_serve::model::load_sessions(&pkg, &m, &env, &opts).expect("sessions");
+        let g = golden(&pkg);
+        assert!(
+            g.samples.len() >= 8,
+            "{}: too few golden samples",
+            pkg.display()
+        );
+        let mut worst = 0f32;
+        for sample in &g.samples {
+            let x = seenn_serve::preprocess::image_to_tensor(
+                &sample_bytes(&pkg, sample),
+                None,
+                &m.input,
+                1 << 24,
+            )
+            .expect("preprocess");
+            let enc = m.graphs.encoder.as_ref().expect("encoder");
+            let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+            let out = s
+                .encoder
+                .as_mut()
+                .expect("encoder session")
+                .run(ort::inputs![enc.input.as_str() => Tensor::from_array((shape, x)).expect("tensor")])
+                .expect("encoder runs");
+            let features = out[enc.output.as_str()]
+                .try_extract_tensor::<f32>()
+                .expect("f32")
+                .1
+                .to_vec();
+            drop(out);
+            let st = &m.graphs.step;
+            let mut states: Vec<Vec<f32>> = st
+                .states
+                .iter()
+                .map(|s| vec![s.initial_value; s.len()])
+                .collect();
+            for (t, want) in sample.logits.iter().enumerate() {
+                let mut fshape = vec![1];
+                fshape.extend_from_slice(&enc.output_shape);
+                let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![(
+                    st.input.clone(),
+                    Tensor::from_array((fshape, features.clone()))
+                        .expect("t")
+                        .into(),
+                )];
+                for (spec, v) in st.states.iter().zip(&states) {
+                    let mut shape = vec![1];
+                    shape.extend_from_slice(&spec.shape);
+                    inputs.push((
+                        spec.input.clone(),
+                        Tensor::from_array((shape, v.clone())).expect("t").into(),
+                    ));
+                }
+                let out = s.step.run(inputs).expect("step runs");
+                let logits = out[st.logits.as_str()]
+                    .try_extract_tensor::<f32>()
+                    .expect("f32")
+                    .1;
+                for (a, b) in logits.iter().zip(want) {
+                    worst = worst.max((a - b).abs());
+                }
+                assert_eq!(logits.len(), want.len());
+                states = st
+                    .states
+                    .iter()
+                    .map(|spec| {
+                        out[spec.output.as_str()]
+                            .try_extract_tensor::<f32>()
+                            .expect("f32")
+                            .1
+                            .to_vec()
+                    })
+                    .collect();
+                let _ = t;
+            }
+        }
+        assert!(
+            worst < 1e-4,
+            "{}: max logit difference {worst}",
+            pkg.display()
+        );
+    }
+}
+
+async fn post_png(
+    s: &seenn_serve::server::RunningServer,
+    path: &str,
+    png: Vec<u8>,
+) -> (u16, Value) {
+    let r = client()
+        .post(url(s, path))
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json body"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_golden_sample_exits_where_the_trainer_said() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    for pkg in packages() {
+        let m = seenn_serve::model::read_manifest(&pkg).expect("manifest");
+        let g = golden(&pkg);
+        assert_eq!(g.alpha, m.exit.default_alpha);
+        for sample in &g.samples {
+            let (status, body) = post_png(
+                &s,
+                &format!("/v1/models/{}/classify", m.name),
+                sample_bytes(&pkg, sample),
+            )
+            .await;
+            assert_eq!(status, 200, "{body}");
+            assert_eq!(
+                body["timesteps_used"],
+                sample.exit_timestep,
+                "{} {}",
+                pkg.display(),
+                sample.file
+            );
+            assert_eq!(
+                body["class_id"],
+                sample.class_id,
+                "{} {}",
+                pkg.display(),
+                sample.file
+            );
+            assert_eq!(body["exit_rule"], "confidence");
+        }
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn exit_rules_overrides_explain_and_top_k() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let t_max = g.samples[0].logits.len();
+    for sample in g.samples.iter().take(16) {
+        let png = sample_bytes(&pkg, sample);
+        let (_, b) = post_png(
+            &s,
+            "/v1/models/fashion-mnist/classify?rule=fixed&max_timesteps=2",
+            png.clone(),
+        )
+        .await;
+        assert_eq!(b["timesteps_used"], 2);
+        assert_eq!(b["exit_rule"], "fixed");
+        let (_, b) = post_png(
+            &s,
+            "/v1/models/fashion-mnist/classify?alpha=1.0",
+            png.clone(),
+        )
+        .await;
+        assert_eq!(b["timesteps_used"], t_max, "alpha = 1 never exits early");
+        let (_, b) = post_png(
+            &s,
+            "/v1/models/fashion-mnist/classify?max_timesteps=1&explain=true",
+            png.clone(),
+        )
+        .await;
+        assert_eq!(b["timesteps_used"], 1);
+        assert_eq!(b["trajectory"].as_array().expect("trajectory").len(), 1);
+        let (_, b) = post_png(
+            &s,
+            "/v1/models/fashion-mnist/classify?rule=policy",
+            png.clone(),
+        )
+        .await;
+        assert_eq!(b["exit_rule"], "policy");
+        assert_eq!(
+            Some(b["timesteps_used"].as_u64().expect("n") as usize),
+            sample.policy_timesteps
+        );
+        let (_, b) = post_png(
+            &s,
+            "/v1/models/fashion-mnist/classify?top_k=3&explain=true",
+            png,
+        )
+        .await;
+        let top = b["top_k"].as_array().expect("top_k");
+        assert_eq!(top.len(), 3);
+        assert!(top[0]["probability"].as_f64() >= top[1]["probability"].as_f64());
+        assert_eq!(top[0]["class_id"], b["class_id"]);
+        let traj = b["trajectory"].as_array().expect("trajectory");
+        assert_eq!(traj.len() as u64, b["timesteps_used"].as_u64().expect("n"));
+        let last = &traj[traj.len() - 1];
+        assert_eq!(last["class_id"], b["class_id"]);
+        assert!(
+            (last["score"].as_f64().expect("score") - b["confidence"].as_f64().expect("c")).abs()
+                < 1e-12
+        );
+        for step in &traj[..traj.len() - 1] {
+            assert!(
+                step["score"].as_f64().expect("score") <= g.alpha,
+                "an earlier step above alpha would have exited"
+            );
+        }
+    }
+    s.shutdown().await;
+}
+
+fn reencode(png: &[u8], format: image::ImageFormat) -> Vec<u8> {
+    let img = image::load_from_memory(png).expect("decode");
+    let img = if format == image::ImageFormat::Jpeg || format == image::ImageFormat::Gif {
+        image::DynamicImage::ImageRgb8(img.to_rgb8())
+    } else {
+        img
+    };
+    let mut out = Vec::new();
+    img.write_to(&mut Cursor::new(&mut out), format)
+        .expect("encode");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn image_formats_and_body_forms() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let sample = &g.samples[0];
+    let png = sample_bytes(&pkg, sample);
+    let c = client();
+    // Lossless forms give exactly the golden answer.
+    for (format, ct) in [
+        (image::ImageFormat::Png, "image/png"),
+        (image::ImageFormat::Bmp, "image/bmp"),
+        (image::ImageFormat::WebP, "image/webp"),
+        (image::ImageFormat::Gif, "image/gif"),
+    ] {
+        let bytes = reencode(&png, format);
+        for content_type in [ct, "application/octet-stream"] {
+            let r = c
+                .post(url(&s, "/classify"))
+                .header("content-type", content_type)
+                .body(bytes.clone())
+                .send()
+                .await
+                .expect("req");
+            assert_eq!(r.status(), 200, "{format:?} as {content_type}");
+            let b: Value = r.json().await.expect("json");
+            assert_eq!(b["class_id"], sample.class_id, "{format:?}");
+            assert_eq!(b["timesteps_used"], sample.exit_timestep, "{format:?}");
+        }
+    }
+    // JPEG is lossy: it must decode and classify.
+    let r = c
+        .post(url(&s, "/classify"))
+        .header("content-type", "image/jpeg")
+        .body(reencode(&png, image::ImageFormat::Jpeg))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    // Multipart with options as fields.
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "image",
+            reqwest::multipart::Part::bytes(png.clone())
+                .file_name("x.png")
+                .mime_str("image/png")
+                .expect("mime"),
+        )
+        .text("rule", "fixed")
+        .text("max_timesteps", "3");
+    let b: Value = c
+        .post(url(&s, "/classify"))
+        .multipart(form)
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(b["timesteps_used"], 3);
+    assert_eq!(b["exit_rule"], "fixed");
+    // JSON with base64.
+    use base64::Engine as _;
+    let body = json!({"image": base64::engine::general_purpose::STANDARD.encode(&png), "model": "fashion-mnist", "top_k": 2});
+    let b: Value = c
+        .post(url(&s, "/classify"))
+        .json(&body)
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(b["class_id"], sample.class_id);
+    assert_eq!(b["top_k"].as_array().expect("top").len(), 2);
+    // JSON tensor, preprocessed the way the manifest says.
+    let m = seenn_serve::model::read_manifest(&pkg).expect("manifest");
+    let x =
+        seenn_serve::preprocess::image_to_tensor(&png, None, &m.input, 1 << 24).expect("tensor");
+    let b: Value = c
+        .post(url(&s, "/v1/models/fashion-mnist/classify"))
+        .json(&json!({"tensor": x}))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(b["class_id"], sample.class_id);
+    assert_eq!(b["timesteps_used"], sample.exit_timestep);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_batch_together_and_match_serial_answers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let pngs: Vec<Vec<u8>> = g.samples.iter().map(|x| sample_bytes(&pkg, x)).collect();
+    let mut serial = Vec::new();
+    for p in &pngs {
+        serial.push(post_png(&s, "/classify?explain=true", p.clone()).await.1);
+    }
+    let exits: std::collections::BTreeSet<u64> = serial
+        .iter()
+        .map(|b| b["timesteps_used"].as_u64().expect("n"))
+        .collect();
+    assert!(
+        exits.len() > 1,
+        "the samples should exit at different timesteps: {exits:?}"
+    );
+    let s = Arc::new(s);
+    for _round in 0..3 {
+        let mut handles = Vec::new();
+        for (i, p) in pngs.iter().enumerate() {
+            let s = s.clone();
+            let p = p.clone();
+            handles.push(tokio::spawn(async move {
+                (i, post_png(&s, "/classify?explain=true", p).await)
+            }));
+        }
+        for h in handles {
+            let (i, (status, b)) = h.await.expect("task");
+            assert_eq!(status, 200);
+            assert_eq!(b["class_id"], serial[i]["class_id"]);
+            assert_eq!(b["timesteps_used"], serial[i]["timesteps_used"]);
+            let (a, c) = (
+                b["confidence"].as_f64().expect("c"),
+                serial[i]["confidence"].as_f64().expect("c"),
+            );
+            assert!((a - c).abs() < 1e-5, "sample {i}: {a} vs {c}");
+        }
+    }
+    let text = metrics_text(&s).await;
+    let count = metric_value(
+        &text,
+        "seenn_batch_size_count",
+        &[("model", "fashion-mnist")],
+    );
+    let ones = metric_value(
+        &text,
+        "seenn_batch_size_bucket",
+        &[("model", "fashion-mnist"), ("le", "1")],
+    );
+    assert!(
+        count > ones,
+        "some step ran more than one request: {ones} of {count} steps had batch 1"
+    );
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.shutdown().await,
+        Err(_) => panic!("server still shared"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_auth_alpha_targets_and_persistence() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let path = "/admin/models/fashion-mnist/exit-policy";
+    // No token configured → 403.
+    let s = start(config(dir.path())).await;
+    let r = client()
+        .get(url(&s, path))
+        .bearer_auth("x")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 403);
+    s.shutdown().await;
+
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file.clone());
+    let s = start(cfg.clone()).await;
+    let c = client();
+    assert_eq!(
+        c.get(url(&s, path)).send().await.expect("req").status(),
+        401
+    );
+    assert_eq!(
+        c.get(url(&s, path))
+            .bearer_auth("wrong")
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        401
+    );
+    let r = c
+        .get(url(&s, path))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let before: Value = r.json().await.expect("json");
+
+    // α = 1.0 makes every request run all T steps, from the next request on.
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let r = c
+        .put(url(&s, path))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"alpha": 1.0}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["alpha"], 1.0);
+    assert_eq!(v["previous"]["alpha"], before["alpha"]);
+    let (_, b) = post_png(&s, "/classify", png.clone()).await;
+    assert_eq!(b["timesteps_used"], golden(&pkg).samples[0].logits.len());
+    assert_eq!(b["alpha"], 1.0);
+
+    // A target resolves through calibration.json: ask for the average of a row in the middle.
+    let cal: Value =
+        serde_json::from_str(&std::fs::read_to_string(pkg.join("calibration.json")).expect("cal"))
+            .expect("json");
+    let sweep = cal["alpha_sweep"].as_array().expect("sweep");
+    let target = sweep[sweep.len() / 2]["avg_timesteps"]
+        .as_f64()
+        .expect("avg");
+    let r = c
+        .put(url(&s, path))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"target_avg_timesteps": target}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let resolved = v["alpha"].as_f64().expect("alpha");
+    let row = sweep
+        .iter()
+        .find(|r| r["alpha"].as_f64() == Some(resolved))
+        .expect("alpha from the table");
+    assert!(row["avg_timesteps"].as_f64().expect("avg") <= target);
+    let best_within = sweep
+        .iter()
+        .filter(|r| r["avg_timesteps"].as_f64().expect("avg") <= target)
+        .map(|r| r["accuracy"].as_f64().expect("acc"))
+        .fold(0.0, f64::max);
+    assert_eq!(
+        row["accuracy"].as_f64(),
+        Some(best_within),
+        "the most accurate alpha within the budget"
+    );
+    assert_eq!(v["expected_avg_timesteps"], row["avg_timesteps"]);
+    let r = c
+        .put(url(&s, path))
+        .bearer_auth("s3cret-token")
+        .json(&json!({"max_accuracy_drop": 0.001}))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    let full = cal["accuracy_per_t"]
+        .as_array()
+        .expect("acc")
+        .last()
+        .and_then(Value::as_f64)
+        .expect("full");
+    assert!(v["expected_accuracy"].as_f64().expect("acc") >= full - 0.001 - 1e-12);
+    let final_alpha = v["alpha"].clone();
+    // Bad admin bodies.
+    for bad in [
+        json!({"alpha": 0.0}),
+        json!({"alpha": 1.5}),
+        json!({"rule": "greedy"}),
+        json!({"alpha": 0.5, "target_avg_timesteps": 2}),
+        json!({"bogus": 1}),
+    ] {
+        let r = c
+            .put(url(&s, path))
+            .bearer_auth("s3cret-token")
+            .json(&bad)
+            .send()
+            .await
+            .expect("req");
+        assert_eq!(r.status(), 400, "{bad}");
+    }
+    s.shutdown().await;
+
+    // The setting survives a restart.
+    let s = start(cfg).await;
+    let v: Value = client()
+        .get(url(&s, path))
+        .bearer_auth("s3cret-token")
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(v["alpha"], final_alpha);
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn metrics_count_known_requests_and_pass_promtool() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let mut total_t = 0usize;
+    for sample in g.samples.iter().take(20) {
+        let (status, _) = post_png(&s, "/classify", sample_bytes(&pkg, sample)).await;
+        assert_eq!(status, 200);
+        total_t += sample.exit_timestep;
+    }
+    for _ in 0..3 {
+        let (status, _) = post_png(
+            &s,
+            "/classify?rule=fixed&max_timesteps=2",
+            sample_bytes(&pkg, &g.samples[0]),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let (status, _) = post_png(&s, "/classify?alpha=7", sample_bytes(&pkg, &g.samples[0])).await;
+    assert_eq!(status, 400);
+    let text = metrics_text(&s).await;
+    let conf = [("model", "fashion-mnist"), ("rule", "confidence")];
+    assert_eq!(
+        metric_value(&text, "seenn_timesteps_used_count", &conf),
+        20.0
+    );
+    assert_eq!(
+        metric_value(&text, "seenn_timesteps_used_sum", &conf),
+        total_t as f64
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_requests_total",
+            &[
+                ("model", "fashion-mnist"),
+                ("rule", "confidence"),
+                ("status", "200")
+            ]
+        ),
+        20.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_requests_total",
+            &[("model", "fashion-mnist"), ("status", "400")]
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_exits_total",
+            &[
+                ("model", "fashion-mnist"),
+                ("rule", "fixed"),
+                ("timestep", "2")
+            ]
+        ),
+        3.0
+    );
+    let exits: f64 = (1..=4)
+        .map(|t| {
+            metric_value(
+                &text,
+                "seenn_exits_total",
+                &[
+                    ("model", "fashion-mnist"),
+                    ("rule", "confidence"),
+                    ("timestep", &t.to_string()),
+                ],
+            )
+        })
+        .sum();
+    assert_eq!(exits, 20.0);
+    assert!(text.contains("seenn_model_info{"));
+    assert!(text.contains("process_resident_memory_bytes"));
+    let alpha = metric_value(&text, "seenn_exit_alpha", &[("model", "fashion-mnist")]);
+    assert_eq!(alpha, g.alpha);
+    // promtool (Debian's prometheus package) lints the exposition.
+    let mut child = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool installed by `make setup`");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .expect("write");
+    let out = child.wait_with_output().expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_inputs_get_clear_4xx_and_the_server_stays_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.max_body_bytes = 200_000;
+    cfg.max_image_pixels = 10_000;
+    let s = start(cfg).await;
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let mut truncated = png.clone();
+    truncated.truncate(png.len() / 2);
+    let mut corrupt = png.clone();
+    for b in corrupt.iter_mut().skip(40) {
+        *b ^= 0x5a;
+    }
+    let big = {
+        let img = image::GrayImage::new(200, 200);
+        let mut out = Vec::new();
+        img.write_to(&mut Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("png");
+        out
+    };
+    // A little-endian TIFF header: recognised, but not a format the server accepts.
+    let tiff = b"II*\x00\x08\x00\x00\x00\x00\x00".to_vec();
+    let c = client();
+    let raw = |path: &str, ct: &str, body: Vec<u8>| {
+        c.post(url(&s, path))
+            .header("content-type", ct.to_string())
+            .body(body)
+    };
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16, &str)> = vec![
+        (
+            "empty body",
+            raw("/classify", "image/png", vec![]),
+            400,
+            "invalid_request",
+        ),
+        (
+            "not an image",
+            raw(
+                "/classify",
+                "application/octet-stream",
+                b"hello world".to_vec(),
+            ),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "text type",
+            raw("/classify", "text/plain", b"hello".to_vec()),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "truncated",
+            raw("/classify", "image/png", truncated),
+            400,
+            "invalid_request",
+        ),
+        (
+            "corrupt",
+            raw("/classify", "image/png", corrupt),
+            400,
+            "invalid_request",
+        ),
+        (
+            "tiff",
+            raw("/classify", "image/tiff", tiff),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "too many pixels",
+            raw("/classify", "image/png", big),
+            413,
+            "too_large",
+        ),
+        (
+            "body too large",
+            raw("/classify", "image/png", vec![0u8; 300_000]),
+            413,
+            "too_large",
+        ),
+        (
+            "wrong tensor length",
+            c.post(url(&s, "/classify"))
+                .json(&json!({"tensor": [0.0, 1.0]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "huge float",
+            c.post(url(&s, "/classify"))
+                .json(&json!({"tensor": vec![1e39; 784]})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "alpha 0",
+            raw("/classify?alpha=0", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "alpha > 1",
+            raw("/classify?alpha=1.01", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "alpha NaN",
+            raw("/classify?alpha=NaN", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "max_timesteps 0",
+            raw("/classify?max_timesteps=0", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "max_timesteps > T",
+            raw("/classify?max_timesteps=99", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown model",
+            raw("/v1/models/nope/classify", "image/png", png.clone()),
+            404,
+            "model_not_found",
+        ),
+        (
+            "unknown model option",
+            raw("/classify?model=nope", "image/png", png.clone()),
+            404,
+            "model_not_found",
+        ),
+        (
+            "unknown rule",
+            raw("/classify?rule=greedy", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "unknown option",
+            raw("/classify?colour=red", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "malformed json",
+            raw("/classify", "application/json", b"{\"image\": ".to_vec()),
+            400,
+            "invalid_request",
+        ),
+        (
+            "bad base64",
+            c.post(url(&s, "/classify")).json(&json!({"image": "@@@"})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "json without input",
+            c.post(url(&s, "/classify")).json(&json!({"alpha": 0.5})),
+            400,
+            "invalid_request",
+        ),
+        (
+            "malformed multipart",
+            raw(
+                "/classify",
+                "multipart/form-data; boundary=XYZ",
+                b"--XYZ\r\nbroken".to_vec(),
+            ),
+            400,
+            "invalid_request",
+        ),
+        (
+            "multipart without image",
+            c.post(url(&s, "/classify"))
+                .multipart(reqwest::multipart::Form::new().text("alpha", "0.5")),
+            400,
+            "invalid_request",
+        ),
+        (
+            "top_k 0",
+            raw("/classify?top_k=0", "image/png", png.clone()),
+            400,
+            "invalid_request",
+        ),
+    ];
+    for (name, req, status, code) in cases {
+        let r = req.send().await.expect(name);
+        assert_eq!(r.status().as_u16(), status, "{name}");
+        let b: Value = r
+            .json()
+            .await
+            .unwrap_or_else(|e| panic!("{name}: body is not JSON: {e}"));
+        assert_eq!(b["code"], code, "{name}: {b}");
+        assert!(
+            b["error"].as_str().is_some_and(|e| e.len() > 10),
+            "{name}: {b}"
+        );
+    }
+    let (status, _) = post_png(&s, "/classify", png).await;
+    assert_eq!(status, 200, "still serving after every bad input");
+    assert_eq!(
+        client()
+            .get(url(&s, "/healthz"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn model_listing_health_and_request_ids() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let c = client();
+    let v: Value = c
+        .get(url(&s, "/v1/models"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    let models = v["models"].as_array().expect("models");
+    assert_eq!(models.len(), packages().len());
+    let fm: Value = c
+        .get(url(&s, "/v1/models/fashion-mnist"))
+        .send()
+        .await
+        .expect("req")
+        .json()
+        .await
+        .expect("json");
+    assert_eq!(fm["execution_provider"], "CPUExecutionProvider");
+    assert_eq!(fm["has_policy"], true);
+    assert_eq!(fm["labels"].as_array().expect("labels").len(), 10);
+    assert!(fm["calibration"]["aet"].as_f64().is_some());
+    assert_eq!(
+        c.get(url(&s, "/readyz"))
+            .send()
+            .await
+            .expect("req")
+            .status(),
+        200
+    );
+    let pkg = policy_package();
+    let r = c
+        .post(url(&s, "/classify"))
+        .header("content-type", "image/png")
+        .header("x-request-id", "req-42")
+        .body(sample_bytes(&pkg, &golden(&pkg).samples[0]))
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.headers()["x-request-id"], "req-42");
+    assert!(r.headers().contains_key("x-total-time-ms"));
+    let b: Value = r.json().await.expect("json");
+    assert_eq!(b["request_id"], "req-42");
+    s.shutdown().await;
+}
