@@ -264,15 +264,17 @@ impl Engine {
         tracing::info!(model = %self.model(), "engine stopped");
     }
 
-    /// Answers every active request with `e`, forgets the batch, and reports unready until the
-    /// next successful step.
+    /// Answers every active request with `e`, forgets the batch, reports unready, and re-checks
+    /// the sessions with a self-test run until they work again.
     fn fail_all(&mut self, e: Error) {
-        tracing::error!(model = %self.model(), error = %e, requests = self.active.len(), "engine step failed");
+        let model = self.manifest.name.clone();
+        tracing::error!(model = %model, error = %e, requests = self.active.len(), "engine step failed");
         self.ready.store(false, Ordering::SeqCst);
+        self.metrics.model_ready.with_label_values(&[&model]).set(0);
         self.metrics
-            .model_ready
-            .with_label_values(&[self.model()])
-            .set(0);
+            .engine_failures
+            .with_label_values(&[&model])
+            .inc();
         for a in self.active.drain(..) {
             let _ = a.job.reply.send(Err(e.clone()));
         }
@@ -280,8 +282,22 @@ impl Engine {
         self.rows_match = false;
         self.metrics
             .active_requests
-            .with_label_values(&[&self.manifest.name])
+            .with_label_values(&[&model])
             .set(0);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match crate::model::warm_up(&mut self.sessions, &self.manifest) {
+                Ok(()) => break,
+                Err(err) => {
+                    tracing::error!(model = %model, error = %err, "engine self-test failed; retrying");
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.ready.store(true, Ordering::SeqCst);
+        self.metrics.model_ready.with_label_values(&[&model]).set(1);
+        tracing::info!(model = %model, "engine recovered");
     }
 
     fn cancel(&self, a: Active, reason: &str) {
@@ -553,10 +569,6 @@ impl Engine {
             .active_requests
             .with_label_values(&[&model])
             .set(n as i64);
-        if !self.ready.swap(true, Ordering::SeqCst) {
-            self.metrics.model_ready.with_label_values(&[&model]).set(1);
-            tracing::info!(model = %model, "engine recovered");
-        }
         let (_, logits) = logits_value
             .try_extract_tensor::<f32>()
             .map_err(|e| ort_err("logits", e))?;

@@ -17,6 +17,7 @@ pub struct Metrics {
     pub exits_total: IntCounterVec,
     pub cancelled_total: IntCounterVec,
     pub steps_total: CounterVec,
+    pub engine_failures: IntCounterVec,
     pub queue_depth: IntGaugeVec,
     pub active_requests: IntGaugeVec,
     pub exit_alpha: GaugeVec,
@@ -107,6 +108,13 @@ impl Metrics {
                 ),
                 &["model"],
             )?,
+            engine_failures: IntCounterVec::new(
+                Opts::new(
+                    "seenn_engine_failures_total",
+                    "Engine steps that failed (every request in the batch got 500)",
+                ),
+                &["model"],
+            )?,
             queue_depth: IntGaugeVec::new(
                 Opts::new("seenn_queue_depth", "Requests waiting in the queue"),
                 &["model"],
@@ -143,6 +151,7 @@ impl Metrics {
             exits_total,
             cancelled_total,
             steps_total,
+            engine_failures,
             queue_depth,
             active_requests,
             exit_alpha,

@@ -191,7 +191,8 @@ pub fn load_sessions(
     Ok(sessions)
 }
 
-fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+/// One full run on a zero input (batch 1): start-up warm-up and the engine's self-test.
+pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
     let shape = vec![1, m.input.channels, m.input.height, m.input.width];
     let zeros = vec![0f32; m.input.len()];
     let features: Vec<f32> = match (&mut s.encoder, &m.graphs.encoder) {

@@ -1,0 +1,309 @@
+//! The real server over gRPC with the generated tonic client: Classify, ClassifyStream, ListModels,
+//! Admin, health, reflection, and the bad inputs with their status codes.
+
+mod common;
+
+use common::*;
+use seenn_serve::api::grpc::pb;
+use seenn_serve::api::grpc::pb::admin_client::AdminClient;
+use seenn_serve::api::grpc::pb::classifier_client::ClassifierClient;
+use tonic::Code;
+
+async fn classifier(
+    s: &seenn_serve::server::RunningServer,
+) -> ClassifierClient<tonic::transport::Channel> {
+    ClassifierClient::connect(format!("http://{}", s.grpc_addr))
+        .await
+        .expect("connect")
+}
+
+async fn channel(s: &seenn_serve::server::RunningServer) -> tonic::transport::Channel {
+    tonic::transport::Channel::from_shared(format!("http://{}", s.grpc_addr))
+        .expect("uri")
+        .connect()
+        .await
+        .expect("connect")
+}
+
+fn image_request(bytes: Vec<u8>) -> pb::ClassifyRequest {
+    pb::ClassifyRequest {
+        input: Some(pb::classify_request::Input::Image(bytes)),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn classify_stream_and_list_models() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let mut c = classifier(&s).await;
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    for sample in g.samples.iter().take(8) {
+        let r = c
+            .classify(image_request(sample_bytes(&pkg, sample)))
+            .await
+            .expect("classify")
+            .into_inner();
+        assert_eq!(r.class_id as usize, sample.class_id);
+        assert_eq!(r.timesteps_used as usize, sample.exit_timestep);
+        assert_eq!(r.exit_rule, "confidence");
+        assert_eq!(r.model, "fashion-mnist");
+
+        let mut req = image_request(sample_bytes(&pkg, sample));
+        req.rule = "policy".into();
+        let r = c.classify(req).await.expect("policy").into_inner();
+        assert_eq!(Some(r.timesteps_used as usize), sample.policy_timesteps);
+
+        // The stream sends one event per timestep, then the result.
+        let mut stream = c
+            .classify_stream(image_request(sample_bytes(&pkg, sample)))
+            .await
+            .expect("stream")
+            .into_inner();
+        let mut steps = Vec::new();
+        let mut result = None;
+        while let Some(ev) = stream.message().await.expect("event") {
+            match ev.event.expect("event body") {
+                pb::classify_event::Event::Step(t) => steps.push(t),
+                pb::classify_event::Event::Result(r) => result = Some(r),
+            }
+        }
+        let result = result.expect("a final result");
+        assert_eq!(steps.len(), result.timesteps_used as usize);
+        assert_eq!(
+            steps.iter().map(|t| t.timestep).collect::<Vec<_>>(),
+            (1..=steps.len() as u32).collect::<Vec<_>>()
+        );
+        assert_eq!(steps.last().expect("step").class_id, result.class_id);
+    }
+    // Preprocessed tensor input.
+    let m = seenn_serve::model::read_manifest(&pkg).expect("manifest");
+    let x = seenn_serve::preprocess::image_to_tensor(
+        &sample_bytes(&pkg, &g.samples[0]),
+        None,
+        &m.input,
+        1 << 24,
+    )
+    .expect("x");
+    let r = c
+        .classify(pb::ClassifyRequest {
+            input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
+                shape: vec![1, 28, 28],
+                data: x,
+            })),
+            rule: "fixed".into(),
+            max_timesteps: Some(3),
+            ..Default::default()
+        })
+        .await
+        .expect("tensor")
+        .into_inner();
+    assert_eq!(r.timesteps_used, 3);
+    let list = c
+        .list_models(pb::ListModelsRequest {})
+        .await
+        .expect("list")
+        .into_inner();
+    assert_eq!(list.models.len(), packages().len());
+    let fm = list
+        .models
+        .iter()
+        .find(|m| m.name == "fashion-mnist")
+        .expect("fashion-mnist listed");
+    assert!(fm.has_policy && fm.ready);
+    assert_eq!(fm.execution_provider, "CPUExecutionProvider");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_bad_inputs_map_to_status_codes() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.max_body_bytes = 100_000;
+    let s = start(cfg).await;
+    let mut c = classifier(&s).await;
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let mut truncated = png.clone();
+    truncated.truncate(png.len() / 2);
+    let with = |f: &dyn Fn(&mut pb::ClassifyRequest)| {
+        let mut r = image_request(png.clone());
+        f(&mut r);
+        r
+    };
+    let cases: Vec<(&str, pb::ClassifyRequest, Code)> = vec![
+        (
+            "no input",
+            pb::ClassifyRequest::default(),
+            Code::InvalidArgument,
+        ),
+        ("empty image", image_request(vec![]), Code::InvalidArgument),
+        (
+            "not an image",
+            image_request(b"hello".to_vec()),
+            Code::InvalidArgument,
+        ),
+        ("truncated", image_request(truncated), Code::InvalidArgument),
+        (
+            "alpha 0",
+            with(&|r| r.alpha = Some(0.0)),
+            Code::InvalidArgument,
+        ),
+        (
+            "alpha NaN",
+            with(&|r| r.alpha = Some(f32::NAN)),
+            Code::InvalidArgument,
+        ),
+        (
+            "max_timesteps 0",
+            with(&|r| r.max_timesteps = Some(0)),
+            Code::InvalidArgument,
+        ),
+        (
+            "max_timesteps > T",
+            with(&|r| r.max_timesteps = Some(99)),
+            Code::InvalidArgument,
+        ),
+        (
+            "unknown model",
+            with(&|r| r.model = "nope".into()),
+            Code::NotFound,
+        ),
+        (
+            "unknown rule",
+            with(&|r| r.rule = "greedy".into()),
+            Code::InvalidArgument,
+        ),
+        (
+            "wrong tensor",
+            pb::ClassifyRequest {
+                input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
+                    shape: vec![],
+                    data: vec![0.0; 5],
+                })),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "NaN tensor",
+            pb::ClassifyRequest {
+                input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
+                    shape: vec![],
+                    data: vec![f32::NAN; 784],
+                })),
+                ..Default::default()
+            },
+            Code::InvalidArgument,
+        ),
+        (
+            "message too large",
+            image_request(vec![0u8; 200_000]),
+            Code::ResourceExhausted,
+        ),
+    ];
+    for (name, req, code) in cases {
+        let err = c.classify(req).await.expect_err(name);
+        assert_eq!(err.code(), code, "{name}: {}", err.message());
+        assert!(!err.message().is_empty(), "{name}");
+    }
+    let ok = c.classify(image_request(png)).await;
+    assert!(ok.is_ok(), "still serving");
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_admin_health_and_reflection() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "grpc-token").expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    let s = start(cfg).await;
+    let mut admin = AdminClient::connect(format!("http://{}", s.grpc_addr))
+        .await
+        .expect("connect");
+    let get = pb::GetExitPolicyRequest {
+        model: "fashion-mnist".into(),
+    };
+    assert_eq!(
+        admin
+            .get_exit_policy(get.clone())
+            .await
+            .expect_err("no token")
+            .code(),
+        Code::Unauthenticated
+    );
+    let mut req = tonic::Request::new(pb::SetExitPolicyRequest {
+        model: "fashion-mnist".into(),
+        alpha: Some(0.75),
+        ..Default::default()
+    });
+    req.metadata_mut()
+        .insert("authorization", "Bearer grpc-token".parse().expect("meta"));
+    let r = admin.set_exit_policy(req).await.expect("set").into_inner();
+    assert_eq!(r.alpha, 0.75);
+    let mut req = tonic::Request::new(get);
+    req.metadata_mut()
+        .insert("authorization", "Bearer wrong".parse().expect("meta"));
+    assert_eq!(
+        admin
+            .get_exit_policy(req)
+            .await
+            .expect_err("wrong token")
+            .code(),
+        Code::Unauthenticated
+    );
+
+    // Standard health checking.
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel(&s).await);
+    let h = health
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "seenn.v1.Classifier".into(),
+        })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(
+        h.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+
+    // Server reflection lists the services.
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::{
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        ServerReflectionRequest,
+    };
+    let mut refl = ServerReflectionClient::new(channel(&s).await);
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = refl
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .expect("message")
+        .expect("a response");
+    let names: Vec<String> = match resp.message_response.expect("body") {
+        MessageResponse::ListServicesResponse(l) => l.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("unexpected reflection answer {other:?}"),
+    };
+    for want in [
+        "seenn.v1.Classifier",
+        "seenn.v1.Admin",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            names.iter().any(|n| n == want),
+            "{want} missing from {names:?}"
+        );
+    }
+    s.shutdown().await;
+}
