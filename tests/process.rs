@@ -133,7 +133,8 @@ fn copy_dir(src: &Path, dst: &Path) {
 #[test]
 fn broken_packages_are_named_and_skip_broken_serves_the_rest() {
     let good = policy_package();
-    let cases: Vec<(&str, Box<dyn Fn(&Path)>, &str)> = vec![
+    type BreakIt = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, BreakIt, &str)> = vec![
         (
             "missing step.onnx",
             Box::new(|p: &Path| std::fs::remove_file(p.join("step.onnx")).expect("rm")),
