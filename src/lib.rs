@@ -2,8 +2,10 @@
 
 pub mod api;
 pub mod config;
+pub mod dataset;
 pub mod engine;
 pub mod error;
+pub mod eval;
 pub mod exit;
 pub mod metrics;
 pub mod model;

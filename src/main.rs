@@ -23,6 +23,8 @@ enum Command {
     Serve(ServeConfig),
     /// Load and validate model packages, print what they contain, and exit.
     Inspect(ServeConfig),
+    /// Run the engine in-process over a labelled dataset: accuracy, timesteps, latency per rule.
+    Eval(seenn_serve::eval::EvalArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -65,6 +67,22 @@ fn main() -> ExitCode {
                 server.shutdown().await;
                 ExitCode::SUCCESS
             })
+        }
+        Command::Eval(args) => {
+            init_logging(LogFormat::Text);
+            match seenn_serve::eval::run(args) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => {
+                    eprintln!(
+                        "error: eval does not match the trainer's test numbers (report.json)"
+                    );
+                    ExitCode::FAILURE
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
         }
         Command::Inspect(cfg) => {
             init_logging(cfg.log_format);

@@ -1,0 +1,461 @@
+//! `seenn eval`: runs the engine in-process (no network) over a labelled dataset, for each exit rule,
+//! and compares accuracy and average timesteps with the trainer's test numbers (`report.json`).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::Args;
+use serde::Serialize;
+use serde_json::json;
+
+use crate::engine::{Batching, EngineConfig, Job, Outcome, RequestRule};
+use crate::metrics::Metrics;
+use crate::model::{self, LoadOptions, LoadedModel};
+use crate::runtime::{self, Device, SessionOptions};
+
+#[derive(Debug, Clone, Args)]
+pub struct EvalArgs {
+    /// The model package folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Dataset: fashion-mnist (IDX files) or samples (the package's golden samples).
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    #[arg(long, default_value = crate::dataset::DEFAULT_FASHION_DIR)]
+    pub data_dir: PathBuf,
+    /// test or train (the validation split is the trainer's; use the trainer for it).
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Only the first N images.
+    #[arg(long)]
+    pub limit: Option<usize>,
+    /// Requests in flight at once (1 measures per-request latency without queueing).
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    #[arg(long, default_value_t = 32)]
+    pub max_batch: usize,
+    #[arg(long, default_value_t = 1)]
+    pub intra_threads: usize,
+    #[arg(long, env = "SEENN_ORT_LIB")]
+    pub ort_lib: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Fail (exit 1) when accuracy or average timesteps differ from report.json by more than 0.05 pp.
+    #[arg(long)]
+    pub check: bool,
+    /// Hide the progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RuleResult {
+    pub rule: String,
+    pub setting: String,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+    pub exits_per_t: Vec<u64>,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub throughput_rps: f64,
+}
+
+pub fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+async fn run_rule(
+    m: &Arc<LoadedModel>,
+    inputs: &Arc<Vec<Vec<f32>>>,
+    rule: RequestRule,
+    explain: bool,
+    concurrency: usize,
+    label: &str,
+    quiet: bool,
+) -> Result<(Vec<Outcome>, Vec<f64>, Duration), String> {
+    let n = inputs.len();
+    let bar = if quiet {
+        indicatif::ProgressBar::hidden()
+    } else {
+        indicatif::ProgressBar::new(n as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{msg:>24} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message(label.to_string());
+    let next = Arc::new(AtomicUsize::new(0));
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for _ in 0..concurrency.max(1) {
+        let (m, inputs, next, bar) = (m.clone(), inputs.clone(), next.clone(), bar.clone());
+        workers.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= inputs.len() {
+                    break;
+                }
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let t0 = Instant::now();
+                m.engine
+                    .submit(Job {
+                        input: inputs[i].clone(),
+                        rule,
+                        explain,
+                        deadline: t0 + Duration::from_secs(3600),
+                        enqueued: t0,
+                        reply: tx,
+                        progress: None,
+                    })
+                    .map_err(|e| e.to_string())?;
+                let outcome = rx
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                out.push((i, outcome, t0.elapsed().as_secs_f64() * 1e3));
+                bar.inc(1);
+            }
+            Ok::<_, String>(out)
+        }));
+    }
+    let mut all = Vec::with_capacity(n);
+    for w in workers {
+        all.extend(w.await.map_err(|e| e.to_string())??);
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    all.sort_by_key(|(i, _, _)| *i);
+    let mut lat: Vec<f64> = all.iter().map(|(_, _, l)| *l).collect();
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    Ok((all.into_iter().map(|(_, o, _)| o).collect(), lat, elapsed))
+}
+
+fn summarize(
+    rule: &str,
+    setting: String,
+    outcomes: &[Outcome],
+    labels: &[usize],
+    lat: &[f64],
+    elapsed: Duration,
+    t_max: usize,
+) -> RuleResult {
+    let n = outcomes.len().max(1) as f64;
+    let correct = outcomes
+        .iter()
+        .zip(labels)
+        .filter(|(o, l)| o.class_id == **l)
+        .count();
+    let mut exits = vec![0u64; t_max];
+    for o in outcomes {
+        exits[o.timesteps_used - 1] += 1;
+    }
+    RuleResult {
+        rule: rule.into(),
+        setting,
+        accuracy: correct as f64 / n,
+        avg_timesteps: outcomes
+            .iter()
+            .map(|o| o.timesteps_used as f64)
+            .sum::<f64>()
+            / n,
+        exits_per_t: exits,
+        latency_p50_ms: percentile(lat, 0.5),
+        latency_p99_ms: percentile(lat, 0.99),
+        throughput_rps: outcomes.len() as f64 / elapsed.as_secs_f64(),
+    }
+}
+
+pub fn run(args: EvalArgs) -> Result<bool, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: EvalArgs) -> Result<bool, String> {
+    let (env, _) = runtime::init(args.ort_lib.as_deref())?;
+    let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
+    let t_max = manifest.timesteps;
+    let metrics = Arc::new(Metrics::new(t_max, args.max_batch).map_err(|e| e.to_string())?);
+    let opts = LoadOptions {
+        env: &env,
+        session: SessionOptions {
+            device: Device::Cpu,
+            intra_threads: args.intra_threads,
+        },
+        engine: EngineConfig {
+            max_batch: args.max_batch,
+            max_queue: 1 << 16,
+            batching: Batching::Continuous,
+        },
+        metrics,
+    };
+    let m = Arc::new(model::load_one(&args.model, &opts).map_err(|e| e.to_string())?);
+    let spec = &m.manifest.input;
+    let (inputs, labels): (Vec<Vec<f32>>, Vec<usize>) = match args.data.as_str() {
+        "fashion-mnist" | "mnist" => {
+            let d = crate::dataset::load_idx(&args.data_dir, &args.split)?;
+            let n = args.limit.unwrap_or(d.labels.len()).min(d.labels.len());
+            let mut xs = Vec::with_capacity(n);
+            for px in d.images.iter().take(n) {
+                let img = image::GrayImage::from_raw(d.width as u32, d.height as u32, px.clone())
+                    .ok_or("bad image")?;
+                xs.push(crate::preprocess::to_tensor(
+                    &image::DynamicImage::ImageLuma8(img),
+                    spec,
+                ));
+            }
+            (xs, d.labels[..n].to_vec())
+        }
+        "samples" => {
+            let (imgs, labels) = crate::dataset::golden_samples(&args.model)?;
+            let xs = imgs
+                .iter()
+                .map(|b| {
+                    crate::preprocess::image_to_tensor(b, None, spec, 1 << 26)
+                        .map_err(|e| e.to_string())
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            (xs, labels)
+        }
+        other => {
+            return Err(format!(
+                "unknown --data {other:?}; accepted: fashion-mnist, mnist, samples"
+            ))
+        }
+    };
+    let inputs = Arc::new(inputs);
+    let alpha = m.manifest.exit.default_alpha;
+    let mut results = Vec::new();
+    let c = args.concurrency;
+    // Full T with the trajectory: accuracy at every t and the exact α sweep (the score at each t
+    // does not depend on α).
+    let (full, lat, el) = run_rule(
+        &m,
+        &inputs,
+        RequestRule::Fixed { timesteps: t_max },
+        true,
+        c,
+        "fixed T",
+        args.quiet,
+    )
+    .await?;
+    results.push(summarize(
+        "fixed",
+        format!("t={t_max}"),
+        &full,
+        &labels,
+        &lat,
+        el,
+        t_max,
+    ));
+    let (conf, lat, el) = run_rule(
+        &m,
+        &inputs,
+        RequestRule::Confidence {
+            alpha,
+            max_timesteps: t_max,
+        },
+        false,
+        c,
+        "confidence (SEENN-I)",
+        args.quiet,
+    )
+    .await?;
+    results.push(summarize(
+        "confidence",
+        format!("alpha={alpha}"),
+        &conf,
+        &labels,
+        &lat,
+        el,
+        t_max,
+    ));
+    if m.has_policy() {
+        let (pol, lat, el) = run_rule(
+            &m,
+            &inputs,
+            RequestRule::Policy {
+                max_timesteps: t_max,
+            },
+            false,
+            c,
+            "policy (SEENN-II)",
+            args.quiet,
+        )
+        .await?;
+        results.push(summarize(
+            "policy",
+            "argmax".into(),
+            &pol,
+            &labels,
+            &lat,
+            el,
+            t_max,
+        ));
+    }
+    let n = labels.len() as f64;
+    let accuracy_per_t: Vec<f64> = (0..t_max)
+        .map(|t| {
+            full.iter()
+                .zip(&labels)
+                .filter(|(o, l)| o.trajectory[t].class_id == **l)
+                .count() as f64
+                / n
+        })
+        .collect();
+    let grid: Vec<f64> = m
+        .calibration
+        .as_ref()
+        .map(|c| c.alpha_sweep.iter().map(|r| r.alpha).collect())
+        .unwrap_or_default();
+    let sweep: Vec<serde_json::Value> = grid
+        .iter()
+        .map(|&a| {
+            let mut correct = 0usize;
+            let mut steps = 0usize;
+            for (o, l) in full.iter().zip(&labels) {
+                let t = o
+                    .trajectory
+                    .iter()
+                    .position(|s| s.score > a)
+                    .unwrap_or(t_max - 1);
+                steps += t + 1;
+                correct += usize::from(o.trajectory[t].class_id == *l);
+            }
+            json!({"alpha": a, "accuracy": correct as f64 / n, "avg_timesteps": steps as f64 / n})
+        })
+        .collect();
+
+    // Compare with the trainer's test numbers.
+    let mut checks = Vec::new();
+    let report_path = args.model.join("report.json");
+    let report: Option<serde_json::Value> = match std::fs::read_to_string(&report_path) {
+        Ok(text) => Some(
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", report_path.display()))?,
+        ),
+        Err(_) => None,
+    };
+    // The trainer reports on the first `samples` test images.
+    let comparable = args.data == "fashion-mnist"
+        && args.split == "test"
+        && report.as_ref().and_then(|r| r["samples"].as_u64()) == Some(labels.len() as u64);
+    if let (true, Some(report)) = (comparable, report) {
+        let mut cmp = |what: &str, ours: f64, theirs: Option<f64>, scale: f64| {
+            if let Some(t) = theirs {
+                checks.push(json!({"what": what, "eval": ours, "trainer": t, "ok": (ours - t).abs() <= 0.0005 * scale}));
+            }
+        };
+        cmp(
+            "SEENN-I accuracy",
+            results[1].accuracy,
+            report["seenn_i"]["accuracy"].as_f64(),
+            1.0,
+        );
+        cmp(
+            "SEENN-I avg timesteps",
+            results[1].avg_timesteps,
+            report["seenn_i"]["avg_timesteps"].as_f64(),
+            1.0,
+        );
+        if let Some(p) = results.iter().find(|r| r.rule == "policy") {
+            cmp(
+                "SEENN-II accuracy",
+                p.accuracy,
+                report["seenn_ii"]["accuracy"].as_f64(),
+                1.0,
+            );
+            cmp(
+                "SEENN-II avg timesteps",
+                p.avg_timesteps,
+                report["seenn_ii"]["avg_timesteps"].as_f64(),
+                1.0,
+            );
+        }
+        cmp(
+            &format!("accuracy at T={t_max}"),
+            accuracy_per_t[t_max - 1],
+            report["accuracy_per_t"][t_max - 1].as_f64(),
+            1.0,
+        );
+    }
+    let all_ok = checks.iter().all(|c| c["ok"].as_bool().unwrap_or(false));
+    let out = json!({
+        "model": m.manifest.name, "version": m.manifest.version, "samples": labels.len(), "split": args.split,
+        "concurrency": c, "timesteps": t_max, "rules": results, "accuracy_per_t": accuracy_per_t,
+        "alpha_sweep": sweep, "trainer_comparison": checks, "matches_trainer": all_ok,
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{} v{} on {} {} images (concurrency {c})",
+            m.manifest.name,
+            m.manifest.version,
+            labels.len(),
+            args.split
+        );
+        println!(
+            "{:<11} {:<14} {:>9} {:>8} {:>9} {:>9} {:>10}  exits per t",
+            "rule", "setting", "accuracy", "avg t", "p50 ms", "p99 ms", "req/s"
+        );
+        for r in &results {
+            println!(
+                "{:<11} {:<14} {:>8.2}% {:>8.3} {:>9.3} {:>9.3} {:>10.1}  {:?}",
+                r.rule,
+                r.setting,
+                r.accuracy * 100.0,
+                r.avg_timesteps,
+                r.latency_p50_ms,
+                r.latency_p99_ms,
+                r.throughput_rps,
+                r.exits_per_t
+            );
+        }
+        println!(
+            "accuracy per t: {}",
+            accuracy_per_t
+                .iter()
+                .map(|a| format!("{:.2}%", a * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!("alpha sweep (alpha: accuracy, avg t):");
+        for s in &sweep {
+            println!(
+                "  {:<9} {:>7.2}% {:.3}",
+                s["alpha"],
+                s["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
+                s["avg_timesteps"].as_f64().unwrap_or(0.0)
+            );
+        }
+        for c in &checks {
+            println!(
+                "check {:<24} eval {:.5} trainer {:.5} {}",
+                c["what"].as_str().unwrap_or(""),
+                c["eval"].as_f64().unwrap_or(0.0),
+                c["trainer"].as_f64().unwrap_or(0.0),
+                if c["ok"].as_bool().unwrap_or(false) {
+                    "ok"
+                } else {
+                    "MISMATCH"
+                }
+            );
+        }
+    }
+    Ok(!args.check || (all_ok && !checks.is_empty()))
+}
