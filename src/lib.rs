@@ -1,6 +1,7 @@
 //! seenn-serve: an inference server for spiking neural networks with early exit (SEENN).
 
 pub mod api;
+pub mod bench;
 pub mod config;
 pub mod dataset;
 pub mod engine;

@@ -25,6 +25,8 @@ enum Command {
     Inspect(ServeConfig),
     /// Run the engine in-process over a labelled dataset: accuracy, timesteps, latency per rule.
     Eval(seenn_serve::eval::EvalArgs),
+    /// Load generator against a running server (HTTP or gRPC), closed or open loop.
+    Bench(seenn_serve::bench::BenchArgs),
 }
 
 fn init_logging(format: LogFormat) {
@@ -84,6 +86,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bench(args) => match seenn_serve::bench::run(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Inspect(cfg) => {
             init_logging(cfg.log_format);
             match seenn_serve::server::build_state(cfg) {

@@ -1,0 +1,432 @@
+//! `seenn bench`: a load generator against a running server over HTTP or gRPC. Closed loop at a
+//! fixed concurrency, or open loop at a fixed rate with latency measured from each request's
+//! intended send time (no coordinated omission).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use clap::{Args, ValueEnum};
+use serde_json::json;
+
+use crate::api::grpc::pb;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Protocol {
+    Http,
+    Grpc,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// Server address: http://host:port (HTTP) or http://host:grpc_port (gRPC).
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    #[arg(long, value_enum, default_value = "http")]
+    pub protocol: Protocol,
+    /// Model name (default: the server's default model).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// fashion-mnist (IDX test images, PNG-encoded) or a model package folder (its golden samples).
+    #[arg(long, default_value = "fashion-mnist")]
+    pub data: String,
+    #[arg(long, default_value = crate::dataset::DEFAULT_FASHION_DIR)]
+    pub data_dir: PathBuf,
+    /// Closed loop: requests in flight at once.
+    #[arg(long, default_value_t = 1)]
+    pub concurrency: usize,
+    /// Open loop: requests per second (overrides --concurrency).
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Stop after this many requests (default 1000 when no --duration).
+    #[arg(long)]
+    pub requests: Option<usize>,
+    #[arg(long)]
+    pub rule: Option<String>,
+    #[arg(long)]
+    pub alpha: Option<f64>,
+    #[arg(long)]
+    pub max_timesteps: Option<usize>,
+    /// Replay a distribution of exit timesteps through rule=fixed, e.g. "1:0.8,2:0.15,4:0.05".
+    #[arg(long)]
+    pub replay_exits: Option<String>,
+    /// Per-request timeout in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub timeout: f64,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+struct Sample {
+    png: Arc<Vec<u8>>,
+    label: usize,
+}
+
+#[derive(Default)]
+struct Tally {
+    latencies_ms: Vec<f64>,
+    by_status: BTreeMap<String, u64>,
+    timesteps: u64,
+    correct: u64,
+    ok: u64,
+}
+
+fn parse_replay(s: &str) -> Result<Vec<(usize, f64)>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',') {
+        let (t, p) = part
+            .split_once(':')
+            .ok_or_else(|| format!("bad --replay-exits entry {part:?}; use t:weight"))?;
+        let t: usize = t
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad timestep in {part:?}"))?;
+        let p: f64 = p
+            .trim()
+            .parse()
+            .map_err(|_| format!("bad weight in {part:?}"))?;
+        if t == 0 || !(p >= 0.0) {
+            return Err(format!("bad --replay-exits entry {part:?}"));
+        }
+        out.push((t, p));
+    }
+    let total: f64 = out.iter().map(|(_, p)| p).sum();
+    if total <= 0.0 {
+        return Err("--replay-exits weights sum to 0".into());
+    }
+    Ok(out.into_iter().map(|(t, p)| (t, p / total)).collect())
+}
+
+fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
+    if args.data == "fashion-mnist" || args.data == "mnist" {
+        let d = crate::dataset::load_idx(&args.data_dir, "test")?;
+        d.images
+            .iter()
+            .zip(&d.labels)
+            .map(|(px, l)| {
+                Ok(Sample {
+                    png: Arc::new(crate::dataset::encode_png(px, d.width, d.height)?),
+                    label: *l,
+                })
+            })
+            .collect()
+    } else {
+        let (imgs, labels) = crate::dataset::golden_samples(std::path::Path::new(&args.data))?;
+        Ok(imgs
+            .into_iter()
+            .zip(labels)
+            .map(|(b, l)| Sample {
+                png: Arc::new(b),
+                label: l,
+            })
+            .collect())
+    }
+}
+
+enum Client {
+    Http(reqwest::Client),
+    Grpc(pb::classifier_client::ClassifierClient<tonic::transport::Channel>),
+}
+
+/// One request; returns (status, timesteps_used, class_id).
+async fn send(
+    client: &Client,
+    args: &BenchArgs,
+    sample: &Sample,
+    fixed_t: Option<usize>,
+) -> (String, Option<(u64, u64)>) {
+    let rule = if fixed_t.is_some() {
+        Some("fixed".to_string())
+    } else {
+        args.rule.clone()
+    };
+    let max_t = fixed_t.or(args.max_timesteps);
+    match client {
+        Client::Http(c) => {
+            let path = match &args.model {
+                Some(m) => format!("{}/v1/models/{m}/classify", args.url.trim_end_matches('/')),
+                None => format!("{}/classify", args.url.trim_end_matches('/')),
+            };
+            let mut q: Vec<(&str, String)> = Vec::new();
+            if let Some(r) = &rule {
+                q.push(("rule", r.clone()));
+            }
+            if let Some(a) = args.alpha {
+                q.push(("alpha", a.to_string()));
+            }
+            if let Some(t) = max_t {
+                q.push(("max_timesteps", t.to_string()));
+            }
+            let req = c
+                .post(path)
+                .query(&q)
+                .header("content-type", "image/png")
+                .body(sample.png.as_ref().clone());
+            match req.send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16().to_string();
+                    if r.status().is_success() {
+                        match r.json::<serde_json::Value>().await {
+                            Ok(v) => (
+                                status,
+                                Some((
+                                    v["timesteps_used"].as_u64().unwrap_or(0),
+                                    v["class_id"].as_u64().unwrap_or(u64::MAX),
+                                )),
+                            ),
+                            Err(_) => ("bad_body".into(), None),
+                        }
+                    } else {
+                        (status, None)
+                    }
+                }
+                Err(e) if e.is_timeout() => ("timeout".into(), None),
+                Err(_) => ("connection_error".into(), None),
+            }
+        }
+        Client::Grpc(c) => {
+            let mut c = c.clone();
+            let req = pb::ClassifyRequest {
+                model: args.model.clone().unwrap_or_default(),
+                input: Some(pb::classify_request::Input::Image(
+                    sample.png.as_ref().clone(),
+                )),
+                rule: rule.unwrap_or_default(),
+                alpha: args.alpha.map(|a| a as f32),
+                max_timesteps: max_t.map(|t| t as u32),
+                ..Default::default()
+            };
+            match c.classify(req).await {
+                Ok(r) => {
+                    let r = r.into_inner();
+                    (
+                        "OK".into(),
+                        Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
+                    )
+                }
+                Err(s) => (format!("{:?}", s.code()), None),
+            }
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    rt.block_on(run_async(args))
+}
+
+async fn run_async(args: BenchArgs) -> Result<(), String> {
+    let samples = Arc::new(load_samples(&args)?);
+    if samples.is_empty() {
+        return Err("no samples to send".into());
+    }
+    let replay = args.replay_exits.as_deref().map(parse_replay).transpose()?;
+    let client = Arc::new(match args.protocol {
+        Protocol::Http => Client::Http(
+            reqwest::Client::builder()
+                .timeout(Duration::from_secs_f64(args.timeout))
+                .tcp_nodelay(true)
+                .pool_max_idle_per_host(1024)
+                .build()
+                .map_err(|e| e.to_string())?,
+        ),
+        Protocol::Grpc => {
+            let ch = tonic::transport::Endpoint::from_shared(args.url.clone())
+                .map_err(|e| e.to_string())?
+                .tcp_nodelay(true)
+                .timeout(Duration::from_secs_f64(args.timeout))
+                .connect()
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", args.url))?;
+            Client::Grpc(
+                pb::classifier_client::ClassifierClient::new(ch)
+                    .max_decoding_message_size(64 << 20),
+            )
+        }
+    });
+    let max_requests = args.requests.unwrap_or(if args.duration.is_some() {
+        usize::MAX
+    } else {
+        1000
+    });
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let bar = if args.quiet {
+        indicatif::ProgressBar::hidden()
+    } else if max_requests != usize::MAX {
+        indicatif::ProgressBar::new(max_requests as u64)
+    } else {
+        indicatif::ProgressBar::new(((args.duration.unwrap_or(0.0)) * 10.0) as u64)
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let issued = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let args = Arc::new(args);
+    let pick_t = {
+        let replay = replay.clone();
+        move |i: usize| -> Option<usize> {
+            let r = replay.as_ref()?;
+            // Deterministic low-discrepancy draw: the i-th request's exit follows the distribution.
+            let u = ((i as f64) * 0.618_033_988_749_895).fract();
+            let mut acc = 0.0;
+            for (t, p) in r {
+                acc += p;
+                if u < acc {
+                    return Some(*t);
+                }
+            }
+            r.last().map(|(t, _)| *t)
+        }
+    };
+    let record = {
+        let tally = tally.clone();
+        move |sample: &Sample, status: String, res: Option<(u64, u64)>, ms: f64| {
+            if let Ok(mut t) = tally.lock() {
+                *t.by_status.entry(status).or_default() += 1;
+                if let Some((steps, class)) = res {
+                    t.ok += 1;
+                    t.timesteps += steps;
+                    t.correct += u64::from(class == sample.label as u64);
+                    t.latencies_ms.push(ms);
+                }
+            }
+        }
+    };
+    let started = Instant::now();
+    if let Some(rate) = args.rate {
+        // Open loop: request i is due at started + i/rate, whatever happened to the others.
+        let mut handles = Vec::new();
+        let mut i = 0usize;
+        while i < max_requests && deadline.is_none_or(|d| Instant::now() < d) {
+            let due = started + Duration::from_secs_f64(i as f64 / rate);
+            tokio::time::sleep_until(due.into()).await;
+            let (client, args, samples, record, bar) = (
+                client.clone(),
+                args.clone(),
+                samples.clone(),
+                record.clone(),
+                bar.clone(),
+            );
+            let fixed = pick_t(i);
+            handles.push(tokio::spawn(async move {
+                let s = &samples[i % samples.len()];
+                let (status, res) = send(&client, &args, s, fixed).await;
+                record(s, status, res, due.elapsed().as_secs_f64() * 1e3);
+                bar.inc(1);
+            }));
+            i += 1;
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    } else {
+        let mut workers = Vec::new();
+        for _ in 0..args.concurrency.max(1) {
+            let (client, args, samples, record, bar, issued, stop) = (
+                client.clone(),
+                args.clone(),
+                samples.clone(),
+                record.clone(),
+                bar.clone(),
+                issued.clone(),
+                stop.clone(),
+            );
+            let pick_t = pick_t.clone();
+            workers.push(tokio::spawn(async move {
+                loop {
+                    if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d)
+                    {
+                        break;
+                    }
+                    let i = issued.fetch_add(1, Ordering::SeqCst);
+                    if i >= max_requests {
+                        break;
+                    }
+                    let s = &samples[i % samples.len()];
+                    let t0 = Instant::now();
+                    let (status, res) = send(&client, &args, s, pick_t(i)).await;
+                    record(s, status, res, t0.elapsed().as_secs_f64() * 1e3);
+                    bar.inc(1);
+                }
+            }));
+        }
+        for w in workers {
+            let _ = w.await;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mut t = match Arc::try_unwrap(tally) {
+        Ok(m) => m.into_inner().map_err(|_| "tally poisoned".to_string())?,
+        Err(arc) => std::mem::take(&mut *arc.lock().map_err(|_| "tally poisoned".to_string())?),
+    };
+    t.latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let total: u64 = t.by_status.values().sum();
+    let errors = total - t.ok;
+    let p = |q| crate::eval::percentile(&t.latencies_ms, q);
+    // The server's resident memory, from its own metrics (HTTP only).
+    let rss_mb = match (args.protocol, &*client) {
+        (Protocol::Http, Client::Http(c)) => match c
+            .get(format!("{}/metrics", args.url.trim_end_matches('/')))
+            .send()
+            .await
+        {
+            Ok(r) => r.text().await.ok().and_then(|text| {
+                text.lines()
+                    .find(|l| l.starts_with("process_resident_memory_bytes "))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .map(|b| b / 1048576.0)
+            }),
+            Err(_) => None,
+        },
+        _ => None,
+    };
+    let mode = if let Some(r) = args.rate {
+        json!({"open_loop_rate": r})
+    } else {
+        json!({"closed_loop_concurrency": args.concurrency})
+    };
+    let report = json!({
+        "url": args.url, "protocol": format!("{:?}", args.protocol).to_lowercase(), "mode": mode,
+        "rule": args.rule, "alpha": args.alpha, "replay_exits": args.replay_exits,
+        "requests": total, "successes": t.ok, "errors": errors, "by_status": t.by_status,
+        "duration_s": elapsed, "throughput_rps": t.ok as f64 / elapsed,
+        "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "max": t.latencies_ms.last().copied().unwrap_or(f64::NAN)},
+        "avg_timesteps": if t.ok > 0 { t.timesteps as f64 / t.ok as f64 } else { f64::NAN },
+        "accuracy": if t.ok > 0 { t.correct as f64 / t.ok as f64 } else { f64::NAN },
+        "server_rss_mb": rss_mb,
+    });
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        println!(
+            "{} requests in {:.1} s: {:.1} req/s ok, {} errors {:?}\nlatency ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}\navg timesteps {:.3}, accuracy {:.2}%{}",
+            total, elapsed, t.ok as f64 / elapsed, errors, t.by_status, p(0.5), p(0.9), p(0.99),
+            t.latencies_ms.last().copied().unwrap_or(f64::NAN),
+            report["avg_timesteps"].as_f64().unwrap_or(f64::NAN),
+            report["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
+            rss_mb.map(|m| format!(", server RSS {m:.0} MB")).unwrap_or_default()
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,114 @@
+//! `seenn bench` against a test server: closed and open loop, HTTP and gRPC; the JSON report's
+//! counts are consistent.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn bench(args: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_seenn"))
+        .current_dir(repo())
+        .arg("bench")
+        .args(args)
+        .args(["--json", "--quiet"])
+        .output()
+        .expect("seenn bench runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("JSON report")
+}
+
+fn check(r: &serde_json::Value, expect_requests: Option<u64>) {
+    let requests = r["requests"].as_u64().expect("requests");
+    let ok = r["successes"].as_u64().expect("successes");
+    let errors = r["errors"].as_u64().expect("errors");
+    assert_eq!(requests, ok + errors, "{r}");
+    let by_status: u64 = r["by_status"]
+        .as_object()
+        .expect("by_status")
+        .values()
+        .map(|v| v.as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(by_status, requests);
+    if let Some(n) = expect_requests {
+        assert_eq!(requests, n);
+    }
+    assert_eq!(errors, 0, "{r}");
+    let avg = r["avg_timesteps"].as_f64().expect("avg");
+    assert!(
+        (1.0..=4.0).contains(&avg),
+        "average timesteps {avg} outside [1, T]"
+    );
+    let lat = &r["latency_ms"];
+    assert!(
+        lat["p50"].as_f64() <= lat["p99"].as_f64() && lat["p99"].as_f64() <= lat["max"].as_f64()
+    );
+    assert!(r["accuracy"].as_f64().expect("accuracy") > 0.5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_and_open_loop_reports_are_consistent() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let http = format!("http://{}", s.http_addr);
+    let grpc = format!("http://{}", s.grpc_addr);
+    let (h, g) = (http.clone(), grpc.clone());
+    let reports = tokio::task::spawn_blocking(move || {
+        vec![
+            (
+                bench(&["--url", &h, "--concurrency", "8", "--requests", "300"]),
+                Some(300),
+            ),
+            (
+                bench(&["--url", &h, "--rate", "200", "--duration", "1"]),
+                None,
+            ),
+            (
+                bench(&[
+                    "--url",
+                    &g,
+                    "--protocol",
+                    "grpc",
+                    "--concurrency",
+                    "4",
+                    "--requests",
+                    "200",
+                ]),
+                Some(200),
+            ),
+            (
+                bench(&[
+                    "--url",
+                    &h,
+                    "--requests",
+                    "200",
+                    "--replay-exits",
+                    "1:0.5,4:0.5",
+                ]),
+                Some(200),
+            ),
+        ]
+    })
+    .await
+    .expect("bench runs");
+    for (r, n) in &reports {
+        check(r, *n);
+    }
+    let open = &reports[1].0;
+    let sent = open["requests"].as_u64().expect("n");
+    assert!(
+        (150..=210).contains(&sent),
+        "open loop at 200/s for 1 s sent {sent}"
+    );
+    let replay = reports[3].0["avg_timesteps"].as_f64().expect("avg");
+    assert!(
+        (replay - 2.5).abs() < 0.05,
+        "replayed exits 1 and 4 half each: {replay}"
+    );
+    s.shutdown().await;
+}
