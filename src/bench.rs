@@ -92,7 +92,7 @@ fn parse_replay(s: &str) -> Result<Vec<(usize, f64)>, String> {
             .trim()
             .parse()
             .map_err(|_| format!("bad weight in {part:?}"))?;
-        if t == 0 || !(p >= 0.0) {
+        if t == 0 || !p.is_finite() || p < 0.0 {
             return Err(format!("bad --replay-exits entry {part:?}"));
         }
         out.push((t, p));
