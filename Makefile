@@ -3,14 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8080
 
-.PHONY: run test setup setup-server build lint test-rust test-python models bench-models ort clean
+.PHONY: run test setup setup-server build lint test-rust test-python test-deploy models bench-models ort clean
 
 ## Serve the committed models on :8080 (HTTP) and :50051 (gRPC).
 run: setup-server build
 	./target/release/seenn serve --models models --http-port $(PORT)
 
 ## Every test: formatting, lints, Rust unit + integration tests, Python tests.
-test: setup build lint test-rust test-python
+test: setup build lint test-rust test-python test-deploy
 
 setup:
 	scripts/setup.sh all
@@ -27,13 +27,17 @@ build:
 lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
-	.venv/bin/ruff check training
+	.venv/bin/ruff check training tests/deploy
 
 test-rust:
 	cargo test --release --locked -- --test-threads=2
 
 test-python:
 	cd training && ../$(PY) -m pytest -q
+
+## Deployment files against real tools: docker-compose, promtool, Prometheus, kubectl kustomize.
+test-deploy: build
+	$(PY) -m pytest -q tests/deploy
 
 ## Retrain and re-export models/fashion-mnist and models/fashion-mnist-qcfs from scratch.
 models: setup

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub active_requests: IntGaugeVec,
     pub exit_alpha: GaugeVec,
+    pub expected_avg_timesteps: GaugeVec,
+    pub queue_capacity: IntGaugeVec,
     pub model_info: IntGaugeVec,
     pub model_ready: IntGaugeVec,
 }
@@ -127,6 +129,14 @@ impl Metrics {
                 Opts::new("seenn_exit_alpha", "Current default confidence threshold α"),
                 &["model"],
             )?,
+            expected_avg_timesteps: GaugeVec::new(
+                Opts::new(
+                    "seenn_expected_avg_timesteps",
+                    "Average timesteps calibration.json expects under the current default exit policy",
+                ),
+                &["model"],
+            )?,
+            queue_capacity: IntGaugeVec::new(Opts::new("seenn_queue_capacity", "Queue limit per model (--max-queue)"), &["model"])?,
             model_info: IntGaugeVec::new(
                 Opts::new("seenn_model_info", "Loaded models (value 1)"),
                 &["model", "version", "timesteps", "provider"],
@@ -155,6 +165,8 @@ impl Metrics {
             queue_depth,
             active_requests,
             exit_alpha,
+            expected_avg_timesteps,
+            queue_capacity,
             model_info,
             model_ready
         );

@@ -104,8 +104,15 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
             m.set_exit_policy(p);
             tracing::info!(model = %name, policy = ?p, "restored exit policy");
         }
-        let p = m.exit_policy();
-        metrics.exit_alpha.with_label_values(&[name]).set(p.alpha);
+        metrics
+            .queue_capacity
+            .with_label_values(&[name])
+            .set(cfg.max_queue as i64);
+        // Series that start at zero, so rates and alerts have data before the first event.
+        for reason in ["client_gone", "deadline"] {
+            metrics.cancelled_total.with_label_values(&[name, reason]);
+        }
+        metrics.engine_failures.with_label_values(&[name]);
         metrics
             .model_info
             .with_label_values(&[
@@ -133,7 +140,7 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
     if admin_token.is_none() {
         tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
     }
-    Ok(Arc::new(AppState {
+    let state = Arc::new(AppState {
         cfg,
         models: models.into_iter().collect::<BTreeMap<_, _>>(),
         default_model,
@@ -145,7 +152,11 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
         in_flight: AtomicUsize::new(0),
         ort_library,
         started: Instant::now(),
-    }))
+    });
+    for m in state.models.values() {
+        state.publish_policy(&state.policy_view(m, None));
+    }
+    Ok(state)
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {

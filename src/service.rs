@@ -416,6 +416,20 @@ impl AppState {
         }
     }
 
+    /// Exports the current default policy (α and what calibration expects of it) as gauges.
+    pub fn publish_policy(&self, v: &ExitPolicyView) {
+        self.metrics
+            .exit_alpha
+            .with_label_values(&[&v.model])
+            .set(v.alpha);
+        if let Some(avg) = v.expected_avg_timesteps {
+            self.metrics
+                .expected_avg_timesteps
+                .with_label_values(&[&v.model])
+                .set(avg);
+        }
+    }
+
     pub fn policy_view(&self, m: &LoadedModel, previous: Option<ExitPolicy>) -> ExitPolicyView {
         let p = m.exit_policy();
         let expected = m.calibration.as_ref().and_then(|c| c.expected_at(p.alpha));
