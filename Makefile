@@ -45,7 +45,7 @@ models: setup
 
 ## The untrained ResNet-19 (CIFAR-10 shape) package for speed measurements.
 bench-models: setup
-	PYTHONPATH=training $(PY) -m seenn_train bench-model --arch resnet19 --width 0.25 --out models-bench/resnet19-bench
+	PYTHONPATH=training $(PY) -m seenn_train bench-model --arch resnet19 --width 0.125 --out models-bench/resnet19-bench
 
 clean:
 	cargo clean
