@@ -97,9 +97,14 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     pub fn submit(&self, job: Job) -> Result<(), Error> {
-        match self.tx.try_send(job) {
+        // Counted before the send so the engine's decrement can never run first.
+        let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
+        let result = self.tx.try_send(job);
+        if result.is_err() {
+            self.depth.fetch_sub(1, Ordering::SeqCst);
+        }
+        match result {
             Ok(()) => {
-                let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
                 self.metrics
                     .queue_depth
                     .with_label_values(&[&self.model])
