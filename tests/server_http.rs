@@ -921,3 +921,64 @@ async fn model_listing_health_and_request_ids() {
     assert_eq!(b["request_id"], "req-42");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.max_queue = 2;
+    cfg.max_batch = 1;
+    let s = Arc::new(start(cfg).await);
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let mut handles = Vec::new();
+    for _ in 0..60 {
+        let (s, png) = (s.clone(), png.clone());
+        handles.push(tokio::spawn(async move {
+            let r = client()
+                .post(url(
+                    &s,
+                    "/v1/models/fashion-mnist-qcfs/classify?rule=fixed&max_timesteps=32",
+                ))
+                .header("content-type", "image/png")
+                .body(png)
+                .send()
+                .await
+                .expect("req");
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap_or("").to_string());
+            (r.status().as_u16(), retry)
+        }));
+    }
+    let mut ok = 0;
+    let mut rejected = 0;
+    for h in handles {
+        match h.await.expect("task") {
+            (200, _) => ok += 1,
+            (429, Some(retry)) => {
+                assert_eq!(retry, "1");
+                rejected += 1
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(
+        ok >= 1 && rejected >= 1,
+        "{ok} answered, {rejected} rejected"
+    );
+    let text = metrics_text(&s).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_requests_total",
+            &[("model", "fashion-mnist-qcfs"), ("status", "429")]
+        ),
+        rejected as f64
+    );
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.shutdown().await,
+        Err(_) => panic!("server still shared"),
+    }
+}
