@@ -30,7 +30,7 @@ lint:
 	.venv/bin/ruff check training tests/deploy
 
 test-rust:
-	cargo test --release --locked -- --test-threads=2
+	cargo test --release --locked --no-fail-fast -- --test-threads=2
 
 test-python:
 	cd training && ../$(PY) -m pytest -q
