@@ -26,16 +26,16 @@ if [ "$what" = server ]; then
 fi
 
 pkgs=(unzip python3-venv python3-pip dataset-fashion-mnist prometheus docker-compose python3-matplotlib python3-tqdm
-      python3-pil python3-yaml)
+      python3-pil python3-yaml chromium chromium-driver)
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 # Use an importable torch if the system Python has one, else Debian's CPU build.
 /usr/bin/python3 -c "import torch" 2>/dev/null || pkgs+=(python3-torch)
 apt_install "${pkgs[@]}"
 scripts/fetch_ort.sh
 
-if [ ! -x .venv/bin/kubernetes-validate ] || ! .venv/bin/python -c "import torch, onnxruntime, pytest, yaml" 2>/dev/null; then
+if [ ! -x .venv/bin/kubernetes-validate ] || ! .venv/bin/python -c "import torch, onnxruntime, pytest, yaml, selenium" 2>/dev/null; then
   /usr/bin/python3 -m venv --system-site-packages .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "numpy<2" "onnxruntime==1.31.1" tqdm pillow pytest ruff \
-    kubernetes-validate
+    kubernetes-validate selenium
 fi
 .venv/bin/python -c "import torch, onnxruntime; print('python env: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"

@@ -51,6 +51,9 @@ pub fn router(state: Shared) -> Router {
             "/admin/models/{name}/exit-policy",
             get(get_exit_policy).put(put_exit_policy),
         )
+        .route("/", get(index))
+        .route("/v1/models/{name}/samples", get(list_samples))
+        .route("/v1/models/{name}/samples/{file}", get(get_sample))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics));
@@ -385,6 +388,80 @@ async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Res
     match state.model(Some(&name)) {
         Ok(m) => Json(model_json(&state, &m)).into_response(),
         Err(e) => e.into_response(),
+    }
+}
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+
+/// The web page: everything is in this one embedded file, nothing comes from a CDN.
+async fn index() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'self'; img-src 'self' blob: data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"),
+        ],
+        INDEX_HTML,
+    )
+        .into_response()
+}
+
+/// The package's golden samples (labelled test images), for trying a model without a client.
+fn samples_of(m: &crate::model::LoadedModel) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(m.dir.join("golden.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    v["samples"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|s| {
+                    let file = s["file"].as_str()?.strip_prefix("samples/")?.to_string();
+                    let label = m
+                        .manifest
+                        .labels
+                        .get(s["label"].as_u64()? as usize)?
+                        .clone();
+                    Some((file, label))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn list_samples(State(state): State<Shared>, Path(name): Path<String>) -> Response {
+    match state.model(Some(&name)) {
+        Ok(m) => {
+            let samples: Vec<_> = samples_of(&m)
+                .into_iter()
+                .map(|(file, label)| json!({"file": file, "label": label, "url": format!("/v1/models/{name}/samples/{file}")}))
+                .collect();
+            Json(json!({"model": name, "samples": samples})).into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn get_sample(
+    State(state): State<Shared>,
+    Path((name, file)): Path<(String, String)>,
+) -> Response {
+    let m = match state.model(Some(&name)) {
+        Ok(m) => m,
+        Err(e) => return e.into_response(),
+    };
+    // Only files the package lists are served: no path from the client reaches the file system.
+    if !samples_of(&m).iter().any(|(f, _)| *f == file) {
+        return Error::ModelNotFound(format!(
+            "model {name} has no sample {file:?}; see /v1/models/{name}/samples"
+        ))
+        .into_response();
+    }
+    match tokio::fs::read(m.dir.join("samples").join(&file)).await {
+        Ok(bytes) => ([(header::CONTENT_TYPE, "image/png")], bytes).into_response(),
+        Err(e) => Error::internal(format!("sample {file}: {e}")).into_response(),
     }
 }
 

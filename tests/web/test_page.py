@@ -1,0 +1,84 @@
+"""The web page at / in a real headless Chromium: pick a sample, classify, and check what the page
+shows against the API's own answer. Saves a screenshot under test-output/."""
+
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as ec
+from selenium.webdriver.support.ui import WebDriverWait
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / "target" / "release" / "seenn"
+OUT = REPO / "test-output"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_page_classifies_a_sample_like_the_api(tmp_path):
+    port = free_port()
+    server = subprocess.Popen([str(BIN), "serve", "--models", str(REPO / "models"), "--host", "127.0.0.1",
+                               "--http-port", str(port), "--grpc-port", str(free_port()),
+                               "--state-dir", str(tmp_path / "state"), "--default-model", "fashion-mnist"],
+                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--disable-dev-shm-usage", "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(flag)
+    driver = None
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert time.time() < deadline, "server not ready"
+            time.sleep(0.2)
+        driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
+        driver.get(base + "/")
+        wait = WebDriverWait(driver, 20)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#samples img")))
+        assert "fashion-mnist" in driver.find_element(By.ID, "models").text
+        sample = driver.find_elements(By.CSS_SELECTOR, "#samples img")[3]
+        sample_url = sample.get_attribute("src")
+        sample.click()
+        wait.until(lambda d: d.find_element(By.ID, "preview").get_attribute("src") == sample_url)
+        driver.find_element(By.ID, "go").click()
+        label = wait.until(ec.presence_of_element_located((By.ID, "label"))).text
+        shown_t = int(driver.find_element(By.ID, "timesteps").text)
+        points = driver.find_elements(By.CSS_SELECTOR, "#chart circle.point")
+        OUT.mkdir(exist_ok=True)
+        driver.save_screenshot(str(OUT / "web-page.png"))
+
+        # The same image through the API, with the page's default settings.
+        png = urllib.request.urlopen(sample_url).read()
+        alpha = json.loads(urllib.request.urlopen(f"{base}/v1/models/fashion-mnist").read())["exit_policy"]["alpha"]
+        req = urllib.request.Request(f"{base}/v1/models/fashion-mnist/classify?alpha={alpha}", data=png,
+                                     headers={"content-type": "image/png"})
+        api = json.loads(urllib.request.urlopen(req).read())
+        assert label == api["label"]
+        assert shown_t == api["timesteps_used"]
+        assert len(points) == api["timesteps_used"], "one chart point per timestep run"
+        assert driver.find_element(By.ID, "error").text == ""
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.terminate()
+        server.wait(10)
