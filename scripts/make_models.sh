@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export PYTHONPATH=training
 EPOCHS=${EPOCHS:-6}
-QCFS_EPOCHS=${QCFS_EPOCHS:-8}
+QCFS_EPOCHS=${QCFS_EPOCHS:-5}
 POLICY_EPOCHS=${POLICY_EPOCHS:-4}
 RUNS=${RUNS:-runs}
 
