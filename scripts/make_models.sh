@@ -12,6 +12,6 @@ RUNS=${RUNS:-runs}
 
 $PY -m seenn_train train --out "$RUNS/fashion-mnist" --timesteps 4 --epochs "$EPOCHS" --surrogate triangle --width 32
 $PY -m seenn_train convert --out "$RUNS/fashion-mnist-qcfs" --timesteps 32 --epochs "$QCFS_EPOCHS" --levels 8 --width 32
-$PY -m seenn_train policy --run "$RUNS/fashion-mnist" --epochs "$POLICY_EPOCHS" --betas 0.05,0.1,0.2,0.3,0.5,1.0
+$PY -m seenn_train policy --run "$RUNS/fashion-mnist" --epochs "$POLICY_EPOCHS" --betas 0.1,0.5,1,2,5,10
 $PY -m seenn_train export --run "$RUNS/fashion-mnist" --out models/fashion-mnist
 $PY -m seenn_train export --run "$RUNS/fashion-mnist-qcfs" --out models/fashion-mnist-qcfs
