@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from . import data, seenn
 from .models import fold_batchnorm
-from .train import Normalizer
+from .train import PIXEL_SCALE, Normalizer
 
 FORMAT_VERSION = 1
 OPSET = 17
@@ -135,6 +135,25 @@ def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: st
     return result
 
 
+def make_golden(pkg: OrtPackage, x: np.ndarray, labels: np.ndarray, files: list, alpha: float, temp: float) -> dict:
+    """golden.json: each sample run alone (batch 1), as a single request is served. A converted IF
+    network over 32 steps can flip a spike between batch sizes (ONNX Runtime's kernels round
+    differently), so the reference uses the batch size the server's tests use."""
+    t_max = pkg.manifest["timesteps"]
+    z = np.concatenate([pkg.logits(x[i:i + 1], t_max) for i in range(len(x))])
+    exit_t, pred = seenn.confidence_exit(z, alpha, temp)
+    actions = np.concatenate([pkg.actions(x[i:i + 1]) for i in range(len(x))]) if pkg.policy is not None else None
+    samples = []
+    for i, f in enumerate(files):
+        entry = {"file": f, "label": int(labels[i]), "logits": z[i].tolist(), "exit_timestep": int(exit_t[i]),
+                 "class_id": int(pred[i])}
+        if actions is not None:
+            entry["policy_timesteps"] = int(actions[i])
+        samples.append(entry)
+    return {"rule": "confidence", "alpha": alpha, "temperature": temp, "atol": PARITY_ATOL, "batch_size": 1,
+            "samples": samples}
+
+
 def _manifest(meta: dict, net, info: data.DatasetInfo, state_shapes: list, feat_shape: list, has_policy: bool,
               name: str, version: str, default_alpha: float) -> dict:
     t_max = meta["timesteps"]
@@ -159,7 +178,7 @@ def _manifest(meta: dict, net, info: data.DatasetInfo, state_shapes: list, feat_
         "architecture": meta["arch"],
         "labels": info.labels,
         "input": {"channels": info.channels, "height": info.size, "width": info.size,
-                  "color": "grayscale" if info.channels == 1 else "rgb", "scale": 1.0 / 255.0,
+                  "color": "grayscale" if info.channels == 1 else "rgb", "scale": PIXEL_SCALE,
                   "mean": list(info.mean), "std": list(info.std), "invert": False, "resize": "bilinear",
                   "layout": "NCHW"},
         "timesteps": t_max,
@@ -258,24 +277,15 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
                 report["seenn_ii"]["beta"] = ps["chosen_beta"]
                 report["seenn_ii_sweep"] = ps["sweep"]
 
-        # Golden samples: PNGs and their ONNX Runtime logits at every t, batch by batch.
+        # Golden samples: PNGs and their ONNX Runtime logits at every t.
         (tmp / "samples").mkdir()
-        n_gold = min(golden_count, len(test))
-        gold_split = test.subset(n_gold)
-        zg = pkg.logits(norm(gold_split.images).numpy(), t_max)
-        eg, pg = seenn.confidence_exit(zg, chosen["alpha"], temp)
-        ag = pkg.actions(norm(gold_split.images).numpy()) if policy is not None else None
-        samples = []
-        for i in range(n_gold):
-            fname = f"samples/{i:03d}_{info.labels[gold_split.labels[i]].replace('/', '-').replace(' ', '-').lower()}.png"
-            _save_png(gold_split.images[i], tmp / fname)
-            entry = {"file": fname, "label": int(gold_split.labels[i]), "logits": zg[i].tolist(),
-                     "exit_timestep": int(eg[i]), "class_id": int(pg[i])}
-            if ag is not None:
-                entry["policy_timesteps"] = int(ag[i])
-            samples.append(entry)
-        golden = {"rule": "confidence", "alpha": chosen["alpha"], "temperature": temp, "atol": PARITY_ATOL,
-                  "samples": samples}
+        gold_split = test.subset(min(golden_count, len(test)))
+        files = []
+        for i in range(len(gold_split)):
+            label = info.labels[gold_split.labels[i]].replace("/", "-").replace(" ", "-").lower()
+            files.append(f"samples/{i:03d}_{label}.png")
+            _save_png(gold_split.images[i], tmp / files[-1])
+        golden = make_golden(pkg, norm(gold_split.images).numpy(), gold_split.labels, files, chosen["alpha"], temp)
 
         meta_out = {k: v for k, v in meta.items() if k != "history"}
         report["training"] = {"train_seconds": meta.get("train_seconds"), "history": meta.get("history"),

@@ -28,14 +28,20 @@ def tet_loss(z: torch.Tensor, y: torch.Tensor, lamb: float = TET_LAMBDA, means: 
     return (1 - lamb) * ce + lamb * mse
 
 
+# The manifest's `scale`: pixel × scale, then (x − mean) / std, all in float32 and in this order, so
+# that the server's preprocessing (src/preprocess.rs) gives the same bits.
+PIXEL_SCALE = 1.0 / 255.0
+
+
 class Normalizer:
     def __init__(self, dataset: str):
         info = DATASETS[dataset]
-        self.mean = torch.tensor(info.mean).view(1, -1, 1, 1)
-        self.std = torch.tensor(info.std).view(1, -1, 1, 1)
+        self.scale = torch.tensor(PIXEL_SCALE, dtype=torch.float32)
+        self.mean = torch.tensor(info.mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(info.std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def __call__(self, images_u8: np.ndarray | torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(images_u8).float() / 255.0
+        x = torch.as_tensor(images_u8).float() * self.scale
         return (x - self.mean) / self.std
 
 
