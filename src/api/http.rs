@@ -256,20 +256,14 @@ async fn parse_request(state: &AppState, req: Request) -> Result<(Input, Classif
     ))
 }
 
+/// The query string's key/value pairs, sorted so that errors are reported in a stable order.
 fn url_pairs(q: &str) -> Result<Vec<(String, String)>, Error> {
-    let parsed: Vec<(String, String)> = serde_urlencoded_pairs(q)?;
-    Ok(parsed)
-}
-
-fn serde_urlencoded_pairs(q: &str) -> Result<Vec<(String, String)>, Error> {
-    let map: HashMap<String, String> =
-        axum::extract::Query::<HashMap<String, String>>::try_from_uri(
-            &format!("/?{q}")
-                .parse()
-                .map_err(|_| Error::invalid("malformed query string"))?,
-        )
-        .map(|axum::extract::Query(m)| m)
-        .map_err(|e| Error::invalid(format!("malformed query string: {e}")))?;
+    let uri = format!("/?{q}")
+        .parse()
+        .map_err(|_| Error::invalid("malformed query string"))?;
+    let axum::extract::Query(map) =
+        axum::extract::Query::<HashMap<String, String>>::try_from_uri(&uri)
+            .map_err(|e| Error::invalid(format!("malformed query string: {e}")))?;
     let mut v: Vec<_> = map.into_iter().collect();
     v.sort();
     Ok(v)
