@@ -207,7 +207,8 @@ fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
 }
 
-fn run_single_input(
+/// Runs a graph with one input and returns its one named output, flattened.
+pub fn run_single_input(
     session: &mut Session,
     input: &str,
     output: &str,

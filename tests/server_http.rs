@@ -7,7 +7,6 @@ use std::io::Cursor;
 use std::sync::Arc;
 
 use common::*;
-use ort::value::Tensor;
 use serde_json::{json, Value};
 
 /// ONNX Runtime against ONNX Runtime: the server's own loader and preprocessing reproduce the
@@ -37,64 +36,13 @@ fn golden_logits_reproduce_through_the_server_runtime() {
                 1 << 24,
             )
             .expect("preprocess");
-            let enc = m.graphs.encoder.as_ref().expect("encoder");
-            let shape = vec![1, m.input.channels, m.input.height, m.input.width];
-            let out = s
-                .encoder
-                .as_mut()
-                .expect("encoder session")
-                .run(ort::inputs![enc.input.as_str() => Tensor::from_array((shape, x)).expect("tensor")])
-                .expect("encoder runs");
-            let features = out[enc.output.as_str()]
-                .try_extract_tensor::<f32>()
-                .expect("f32")
-                .1
-                .to_vec();
-            drop(out);
-            let st = &m.graphs.step;
-            let mut states: Vec<Vec<f32>> = st
-                .states
-                .iter()
-                .map(|s| vec![s.initial_value; s.len()])
-                .collect();
-            for (t, want) in sample.logits.iter().enumerate() {
-                let mut fshape = vec![1];
-                fshape.extend_from_slice(&enc.output_shape);
-                let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = vec![(
-                    st.input.clone(),
-                    Tensor::from_array((fshape, features.clone()))
-                        .expect("t")
-                        .into(),
-                )];
-                for (spec, v) in st.states.iter().zip(&states) {
-                    let mut shape = vec![1];
-                    shape.extend_from_slice(&spec.shape);
-                    inputs.push((
-                        spec.input.clone(),
-                        Tensor::from_array((shape, v.clone())).expect("t").into(),
-                    ));
-                }
-                let out = s.step.run(inputs).expect("step runs");
-                let logits = out[st.logits.as_str()]
-                    .try_extract_tensor::<f32>()
-                    .expect("f32")
-                    .1;
-                for (a, b) in logits.iter().zip(want) {
+            let logits =
+                seenn_serve::model::run_single(&mut s, &m, &x, sample.logits.len()).expect("runs");
+            for (got, want) in logits.iter().zip(&sample.logits) {
+                assert_eq!(got.len(), want.len());
+                for (a, b) in got.iter().zip(want) {
                     worst = worst.max((a - b).abs());
                 }
-                assert_eq!(logits.len(), want.len());
-                states = st
-                    .states
-                    .iter()
-                    .map(|spec| {
-                        out[spec.output.as_str()]
-                            .try_extract_tensor::<f32>()
-                            .expect("f32")
-                            .1
-                            .to_vec()
-                    })
-                    .collect();
-                let _ = t;
             }
         }
         assert!(

@@ -378,11 +378,12 @@ async fn list_models(State(state): State<Shared>) -> Response {
     Json(json!({"models": models, "default_model": state.default_model})).into_response()
 }
 
-async fn get_model(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    match state.model(Some(&name)) {
-        Ok(m) => Json(model_json(&state, &m)).into_response(),
-        Err(e) => e.into_response(),
-    }
+async fn get_model(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    let m = state.model(Some(&name))?;
+    Ok(Json(model_json(&state, &m)).into_response())
 }
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -399,64 +400,35 @@ async fn index() -> Response {
         .into_response()
 }
 
-/// The package's golden samples (labelled test images), for trying a model without a client.
-fn samples_of(m: &crate::model::LoadedModel) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(m.dir.join("golden.json")) else {
-        return Vec::new();
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    v["samples"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|s| {
-                    let file = s["file"].as_str()?.strip_prefix("samples/")?.to_string();
-                    let label = m
-                        .manifest
-                        .labels
-                        .get(s["label"].as_u64()? as usize)?
-                        .clone();
-                    Some((file, label))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-async fn list_samples(State(state): State<Shared>, Path(name): Path<String>) -> Response {
-    match state.model(Some(&name)) {
-        Ok(m) => {
-            let samples: Vec<_> = samples_of(&m)
-                .into_iter()
-                .map(|(file, label)| json!({"file": file, "label": label, "url": format!("/v1/models/{name}/samples/{file}")}))
-                .collect();
-            Json(json!({"model": name, "samples": samples})).into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+/// The package's labelled sample images, for trying a model without a client.
+async fn list_samples(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+) -> Result<Response, Error> {
+    let m = state.model(Some(&name))?;
+    let samples: Vec<_> = m
+        .samples
+        .iter()
+        .map(|(file, label)| json!({"file": file, "label": label, "url": format!("/v1/models/{name}/samples/{file}")}))
+        .collect();
+    Ok(Json(json!({"model": name, "samples": samples})).into_response())
 }
 
 async fn get_sample(
     State(state): State<Shared>,
     Path((name, file)): Path<(String, String)>,
-) -> Response {
-    let m = match state.model(Some(&name)) {
-        Ok(m) => m,
-        Err(e) => return e.into_response(),
-    };
+) -> Result<Response, Error> {
+    let m = state.model(Some(&name))?;
     // Only files the package lists are served: no path from the client reaches the file system.
-    if !samples_of(&m).iter().any(|(f, _)| *f == file) {
-        return Error::ModelNotFound(format!(
+    if !m.samples.iter().any(|(f, _)| *f == file) {
+        return Err(Error::ModelNotFound(format!(
             "model {name} has no sample {file:?}; see /v1/models/{name}/samples"
-        ))
-        .into_response();
+        )));
     }
-    match tokio::fs::read(m.dir.join("samples").join(&file)).await {
-        Ok(bytes) => ([(header::CONTENT_TYPE, "image/png")], bytes).into_response(),
-        Err(e) => Error::internal(format!("sample {file}: {e}")).into_response(),
-    }
+    let bytes = tokio::fs::read(m.dir.join("samples").join(&file))
+        .await
+        .map_err(|e| Error::internal(format!("sample {file}: {e}")))?;
+    Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
 }
 
 async fn healthz() -> Response {
@@ -503,14 +475,10 @@ async fn get_exit_policy(
     State(state): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(e) = auth(&state, &headers) {
-        return e.into_response();
-    }
-    match state.model(Some(&name)) {
-        Ok(m) => Json(state.policy_view(&m, None)).into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    let m = state.model(Some(&name))?;
+    Ok(Json(state.policy_view(&m, None)).into_response())
 }
 
 async fn put_exit_policy(
@@ -518,39 +486,23 @@ async fn put_exit_policy(
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Bytes,
-) -> Response {
-    if let Err(e) = auth(&state, &headers) {
-        return e.into_response();
-    }
-    let update: ExitPolicyUpdate = match serde_json::from_slice(&body) {
-        Ok(u) => u,
-        Err(e) => {
-            return Error::invalid(format!(
-                "malformed exit-policy body: {e}; accepted fields: rule, alpha, target_avg_timesteps, max_accuracy_drop, timesteps"
-            ))
-            .into_response()
-        }
-    };
-    match state.set_exit_policy(&name, update) {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    let update: ExitPolicyUpdate = serde_json::from_slice(&body).map_err(|e| {
+        Error::invalid(format!(
+            "malformed exit-policy body: {e}; accepted fields: rule, alpha, target_avg_timesteps, max_accuracy_drop, timesteps"
+        ))
+    })?;
+    Ok(Json(state.set_exit_policy(&name, update)?).into_response())
 }
 
 async fn inject_fault(
     State(state): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
-) -> Response {
-    if let Err(e) = auth(&state, &headers) {
-        return e.into_response();
-    }
-    match state.model(Some(&name)) {
-        Ok(m) => {
-            m.engine.inject_fault.store(true, Ordering::SeqCst);
-            Json(json!({"model": name, "fault": "armed: the next engine step fails"}))
-                .into_response()
-        }
-        Err(e) => e.into_response(),
-    }
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    let m = state.model(Some(&name))?;
+    m.engine.inject_fault.store(true, Ordering::SeqCst);
+    Ok(Json(json!({"model": name, "fault": "armed: the next engine step fails"})).into_response())
 }

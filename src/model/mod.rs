@@ -32,6 +32,8 @@ pub struct LoadedModel {
     pub engine: EngineHandle,
     pub provider: String,
     pub policy: RwLock<ExitPolicy>,
+    /// The package's labelled sample images (`samples/<file>`, label), read once from golden.json.
+    pub samples: Vec<(String, String)>,
 }
 
 impl LoadedModel {
@@ -191,51 +193,77 @@ pub fn load_sessions(
     Ok(sessions)
 }
 
-/// One full run on a zero input (batch 1): start-up warm-up and the engine's self-test.
-pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+/// Runs one input alone (batch 1) through the encoder and `timesteps` steps, carrying the
+/// membranes, and returns the logits of every step. The reference path for warm-up, the engine's
+/// self-test and the golden-output tests.
+pub fn run_single(
+    s: &mut Sessions,
+    m: &Manifest,
+    input: &[f32],
+    timesteps: usize,
+) -> Result<Vec<Vec<f32>>, String> {
     let shape = vec![1, m.input.channels, m.input.height, m.input.width];
-    let zeros = vec![0f32; m.input.len()];
-    let features: Vec<f32> = match (&mut s.encoder, &m.graphs.encoder) {
-        (Some(sess), Some(g)) => {
-            let t =
-                Tensor::from_array((shape.clone(), zeros.clone())).map_err(|e| e.to_string())?;
-            let out = sess
-                .run(ort::inputs![g.input.as_str() => t])
-                .map_err(|e| e.to_string())?;
-            let v = out.get(&g.output).ok_or("encoder output missing")?;
-            v.try_extract_tensor::<f32>()
-                .map_err(|e| e.to_string())?
-                .1
-                .to_vec()
-        }
-        _ => zeros.clone(),
+    let (features, mut fshape) = match (&mut s.encoder, &m.graphs.encoder) {
+        (Some(sess), Some(g)) => (
+            engine::run_single_input(sess, &g.input, &g.output, shape, input.to_vec())
+                .map_err(|e| e.to_string())?,
+            g.output_shape.clone(),
+        ),
+        _ => (input.to_vec(), m.input.shape().to_vec()),
     };
-    if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
-        let t = Tensor::from_array((shape, zeros)).map_err(|e| e.to_string())?;
-        sess.run(ort::inputs![g.input.as_str() => t])
-            .map_err(|e| e.to_string())?;
-    }
+    fshape.insert(0, 1);
     let g = &m.graphs.step;
-    let mut fshape = vec![1];
-    match &m.graphs.encoder {
-        Some(e) => fshape.extend_from_slice(&e.output_shape),
-        None => fshape.extend_from_slice(&m.input.shape()),
-    }
-    for _ in 0..m.timesteps.min(4) {
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::new();
+    let mut states: Vec<Vec<f32>> = g
+        .states
+        .iter()
+        .map(|st| vec![st.initial_value; st.len()])
+        .collect();
+    let mut logits = Vec::with_capacity(timesteps);
+    for _ in 0..timesteps {
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(1 + states.len());
         let f =
             Tensor::from_array((fshape.clone(), features.clone())).map_err(|e| e.to_string())?;
         inputs.push((g.input.clone(), f.into()));
-        for st in &g.states {
+        for (st, v) in g.states.iter().zip(states) {
             let mut shape = vec![1];
             shape.extend_from_slice(&st.shape);
-            let t = Tensor::from_array((shape, vec![st.initial_value; st.len()]))
-                .map_err(|e| e.to_string())?;
-            inputs.push((st.input.clone(), t.into()));
+            inputs.push((
+                st.input.clone(),
+                Tensor::from_array((shape, v))
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            ));
         }
-        s.step.run(inputs).map_err(|e| e.to_string())?;
+        let out = s.step.run(inputs).map_err(|e| e.to_string())?;
+        let extract = |name: &str| -> Result<Vec<f32>, String> {
+            let v = out
+                .get(name)
+                .ok_or_else(|| format!("step output {name} missing"))?;
+            Ok(v.try_extract_tensor::<f32>()
+                .map_err(|e| e.to_string())?
+                .1
+                .to_vec())
+        };
+        logits.push(extract(&g.logits)?);
+        states = g
+            .states
+            .iter()
+            .map(|st| extract(&st.output))
+            .collect::<Result<_, _>>()?;
     }
-    Ok(())
+    Ok(logits)
+}
+
+/// Start-up warm-up and the engine's self-test: the policy once and a few steps on a zero input.
+pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+    let zeros = vec![0f32; m.input.len()];
+    if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
+        let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+        engine::run_single_input(sess, &g.input, &g.output, shape, zeros.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    run_single(s, m, &zeros, m.timesteps.min(4)).map(|_| ())
 }
 
 pub struct LoadOptions<'a> {
@@ -268,6 +296,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         alpha: manifest.exit.default_alpha,
         timesteps: manifest.timesteps,
     };
+    let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);
     let engine = engine::spawn(
         manifest.clone(),
@@ -283,7 +312,28 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         dir: dir.to_path_buf(),
         engine,
         policy: RwLock::new(policy),
+        samples,
     })
+}
+
+/// The samples golden.json lists (file name under `samples/`, label); none when it is absent.
+fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("golden.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let Some(list) = v["samples"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|s| {
+            let file = s["file"].as_str()?.strip_prefix("samples/")?.to_string();
+            let label = labels.get(s["label"].as_u64()? as usize)?.clone();
+            Some((file, label))
+        })
+        .collect()
 }
 
 /// Loads every package. Broken packages are returned as errors next to the models that loaded.
