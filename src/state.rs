@@ -24,27 +24,28 @@ pub struct StateStore {
     state: Mutex<State>,
 }
 
+/// Parses and checks an exit-policies.json body.
+pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
+    let s: State = serde_json::from_slice(bytes).map_err(|e| {
+        format!("corrupt state file ({e}); fix or remove it to go back to the manifests' defaults")
+    })?;
+    for (name, p) in &s.models {
+        if !(p.alpha > 0.0 && p.alpha <= 1.0) || p.timesteps == 0 {
+            return Err(format!(
+                "model {name}: alpha must be in (0, 1] and timesteps >= 1"
+            ));
+        }
+    }
+    Ok(s)
+}
+
 impl StateStore {
     pub fn open(dir: &Path) -> Result<Self, String> {
         let path = dir.join(STATE_FILE);
         let state = if path.exists() {
             let text = std::fs::read_to_string(&path)
                 .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            let s: State = serde_json::from_str(&text).map_err(|e| {
-                format!(
-                    "{}: corrupt state file ({e}); fix or remove it to go back to the manifests' defaults",
-                    path.display()
-                )
-            })?;
-            for (name, p) in &s.models {
-                if !(p.alpha > 0.0 && p.alpha <= 1.0) || p.timesteps == 0 {
-                    return Err(format!(
-                        "{}: model {name}: alpha must be in (0, 1] and timesteps >= 1",
-                        path.display()
-                    ));
-                }
-            }
-            s
+            parse_state(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?
         } else {
             State {
                 version: 1,

@@ -145,8 +145,12 @@ fn tensor_from_json(values: &[f64]) -> Result<Vec<f32>, Error> {
         .collect()
 }
 
-/// Reads the body in whichever form it came: multipart, JSON, or raw image bytes.
-async fn parse_request(state: &AppState, req: Request) -> Result<(Input, ClassifyOptions), Error> {
+/// Reads the body in whichever form it came: multipart, JSON, or raw image bytes (at most
+/// `max_body_bytes`).
+pub async fn parse_request(
+    max_body_bytes: usize,
+    req: Request,
+) -> Result<(Input, ClassifyOptions), Error> {
     let mut opts = ClassifyOptions::default();
     if let Some(q) = req.uri().query() {
         for (k, v) in url_pairs(q)? {
@@ -170,8 +174,7 @@ async fn parse_request(state: &AppState, req: Request) -> Result<(Input, Classif
                 Ok(None) => break,
                 Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
                     return Err(Error::TooLarge(format!(
-                        "body over {} bytes (--max-body-bytes)",
-                        state.cfg.max_body_bytes
+                        "body over {max_body_bytes} bytes (--max-body-bytes)"
                     )))
                 }
                 Err(e) => return Err(Error::invalid(format!("malformed multipart body: {e}"))),
@@ -183,8 +186,7 @@ async fn parse_request(state: &AppState, req: Request) -> Result<(Input, Classif
             let data = field.bytes().await.map_err(|e| {
                 if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
                     Error::TooLarge(format!(
-                        "body over {} bytes (--max-body-bytes)",
-                        state.cfg.max_body_bytes
+                        "body over {max_body_bytes} bytes (--max-body-bytes)"
                     ))
                 } else {
                     Error::invalid(format!("malformed multipart field {name:?}: {e}"))
@@ -209,7 +211,7 @@ async fn parse_request(state: &AppState, req: Request) -> Result<(Input, Classif
         })?;
         return Ok((input, opts));
     }
-    let limit = state.cfg.max_body_bytes;
+    let limit = max_body_bytes;
     let body: Bytes = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| Error::TooLarge(format!("body over {limit} bytes (--max-body-bytes)")))?;
@@ -292,7 +294,7 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
     let span = tracing::info_span!("classify", request_id = %rid);
     let rid_header = HeaderValue::from_str(&rid).ok();
     let mut resp = async move {
-        let (input, mut opts) = match parse_request(&state, req).await {
+        let (input, mut opts) = match parse_request(state.cfg.max_body_bytes, req).await {
             Ok(x) => x,
             Err(e) => {
                 // Count rejected bodies too, so the error ratio sees them.

@@ -80,10 +80,23 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, LoadError> {
     let path = dir.join("manifest.json");
     let text =
         std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    parse_manifest(text.as_bytes()).map_err(|e| err(&path, e))
+}
+
+/// Parses and validates a manifest.json body (the file's bytes).
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
     let m: Manifest =
-        serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid manifest: {e}")))?;
-    m.validate().map_err(|e| err(&path, e))?;
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+    m.validate()?;
     Ok(m)
+}
+
+/// Parses and validates a calibration.json body for a model of `timesteps` steps.
+pub fn parse_calibration(bytes: &[u8], timesteps: usize) -> Result<Calibration, String> {
+    let c: Calibration =
+        serde_json::from_slice(bytes).map_err(|e| format!("invalid calibration: {e}"))?;
+    c.validate(timesteps)?;
+    Ok(c)
 }
 
 pub fn read_calibration(dir: &Path, timesteps: usize) -> Result<Option<Calibration>, LoadError> {
@@ -93,10 +106,9 @@ pub fn read_calibration(dir: &Path, timesteps: usize) -> Result<Option<Calibrati
     }
     let text =
         std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    let c: Calibration =
-        serde_json::from_str(&text).map_err(|e| err(&path, format!("invalid calibration: {e}")))?;
-    c.validate(timesteps).map_err(|e| err(&path, e))?;
-    Ok(Some(c))
+    parse_calibration(text.as_bytes(), timesteps)
+        .map(Some)
+        .map_err(|e| err(&path, e))
 }
 
 /// Builds and checks the sessions of one package, then warms them up (one full T-step run).
