@@ -2,7 +2,10 @@
 use std::{env, fs, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["proto/seenn/v1/seenn.proto"];
+    let protos = [
+        "proto/seenn/v1/seenn.proto",
+        "proto/kserve/grpc_predict_v2.proto",
+    ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

@@ -8,6 +8,7 @@ pub mod engine;
 pub mod error;
 pub mod eval;
 pub mod exit;
+pub mod kserve;
 pub mod metrics;
 pub mod model;
 pub mod preprocess;

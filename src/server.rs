@@ -251,7 +251,13 @@ impl RunningServer {
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(grpc::classifier_server(svc.clone(), max_message))
-                .add_service(grpc::admin_server(svc))
+                .add_service(grpc::admin_server(svc.clone()))
+                .add_service(crate::kserve::grpc::server(
+                    crate::kserve::grpc::InferenceService {
+                        state: svc.state.clone(),
+                    },
+                    max_message,
+                ))
                 .serve_with_incoming_shutdown(incoming, wait_for(rx))
                 .await;
             if let Err(e) = result {

@@ -23,6 +23,13 @@ use crate::service::{
 
 pub type Shared = Arc<AppState>;
 
+/// Every error answer: what was wrong and what is accepted, and a stable machine-readable code.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let status = self.http_status();
@@ -56,7 +63,8 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/models/{name}/samples/{file}", get(get_sample))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics));
+        .route("/metrics", get(metrics))
+        .merge(crate::kserve::rest::router());
     if state.cfg.enable_fault_injection {
         app = app.route("/admin/models/{name}/fault", post(inject_fault));
     }

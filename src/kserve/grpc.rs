@@ -1,0 +1,230 @@
+//! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::{InferInput, InferRequest, Param, TensorData, SERVER_NAME};
+use crate::error::{Error, Result};
+use crate::service::AppState;
+
+pub mod pb {
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+use pb::infer_parameter::ParameterChoice;
+
+#[derive(Clone)]
+pub struct InferenceService {
+    pub state: Arc<AppState>,
+}
+
+pub fn server(
+    svc: InferenceService,
+    max_message: usize,
+) -> GrpcInferenceServiceServer<InferenceService> {
+    GrpcInferenceServiceServer::new(svc)
+        .max_decoding_message_size(max_message)
+        .max_encoding_message_size(max_message)
+}
+
+fn param(key: &str, p: &pb::InferParameter) -> Result<Param> {
+    match &p.parameter_choice {
+        Some(ParameterChoice::BoolParam(b)) => Ok(Param::Bool(*b)),
+        Some(ParameterChoice::Int64Param(i)) => Ok(Param::Int(*i)),
+        Some(ParameterChoice::Uint64Param(u)) => i64::try_from(*u)
+            .map(Param::Int)
+            .map_err(|_| Error::invalid(format!("parameter {key:?}: {u} is out of range"))),
+        Some(ParameterChoice::DoubleParam(d)) => Ok(Param::Float(*d)),
+        Some(ParameterChoice::StringParam(s)) => Ok(Param::Str(s.clone())),
+        None => Err(Error::invalid(format!("parameter {key:?} has no value"))),
+    }
+}
+
+fn params(map: &HashMap<String, pb::InferParameter>) -> Result<Vec<(String, Param)>> {
+    let mut v = map
+        .iter()
+        .map(|(k, p)| Ok((k.clone(), param(k, p)?)))
+        .collect::<Result<Vec<_>>>()?;
+    // Stable order, so errors name the same parameter every time.
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+/// Converts a gRPC request into the transport-neutral form.
+pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest> {
+    let parameters = params(&r.parameters)?;
+    let raw = r.raw_input_contents;
+    if !raw.is_empty() && raw.len() != r.inputs.len() {
+        return Err(Error::invalid(format!(
+            "{} raw_input_contents for {} inputs; give one per input or none",
+            raw.len(),
+            r.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::with_capacity(r.inputs.len());
+    for (i, inp) in r.inputs.into_iter().enumerate() {
+        let contents = inp.contents.unwrap_or_default();
+        let data = if let Some(bytes) = raw.get(i) {
+            if !contents.fp32_contents.is_empty() || !contents.bytes_contents.is_empty() {
+                return Err(Error::invalid(format!(
+                    "input {:?} has both contents and raw_input_contents; give one",
+                    inp.name
+                )));
+            }
+            match inp.datatype.as_str() {
+                "FP32" => TensorData::Fp32(super::fp32_from_raw(bytes)?),
+                "BYTES" => TensorData::Bytes(super::bytes_from_raw(bytes)?),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "input {:?} has datatype {other:?}; accepted: FP32 or BYTES",
+                        inp.name
+                    )))
+                }
+            }
+        } else {
+            match inp.datatype.as_str() {
+                "FP32" => TensorData::Fp32(contents.fp32_contents),
+                "BYTES" => TensorData::Bytes(contents.bytes_contents),
+                other => {
+                    return Err(Error::invalid(format!(
+                        "input {:?} has datatype {other:?}; accepted: FP32 or BYTES",
+                        inp.name
+                    )))
+                }
+            }
+        };
+        if let TensorData::Fp32(v) = &data {
+            if let Some(bad) = v.iter().position(|f| !f.is_finite()) {
+                return Err(Error::invalid(format!(
+                    "input {:?} element {bad} is not a finite FP32 number",
+                    inp.name
+                )));
+            }
+        }
+        inputs.push(InferInput {
+            name: inp.name,
+            datatype: inp.datatype,
+            shape: inp.shape,
+            data,
+        });
+    }
+    let mut outputs = Vec::with_capacity(r.outputs.len());
+    for o in r.outputs {
+        for k in o.parameters.keys() {
+            if k != "binary_data" {
+                return Err(Error::invalid(format!(
+                    "output {:?}: unknown parameter {k:?}; none are accepted",
+                    o.name
+                )));
+            }
+        }
+        outputs.push(o.name);
+    }
+    Ok(InferRequest {
+        id: Some(r.id).filter(|s| !s.is_empty()),
+        parameters,
+        inputs,
+        outputs: Some(outputs).filter(|o| !o.is_empty()),
+    })
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for InferenceService {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> std::result::Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> std::result::Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.state.is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        req: Request<pb::ModelReadyRequest>,
+    ) -> std::result::Result<Response<pb::ModelReadyResponse>, Status> {
+        let r = req.into_inner();
+        let ready = super::model_ready(&self.state, &r.name, Some(&r.version))?;
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> std::result::Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: SERVER_NAME.into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: vec![],
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        req: Request<pb::ModelMetadataRequest>,
+    ) -> std::result::Result<Response<pb::ModelMetadataResponse>, Status> {
+        let r = req.into_inner();
+        let m = super::model(&self.state, &r.name, Some(&r.version))?;
+        let md = super::metadata(&m);
+        let tensor = |t: super::TensorMetadata| pb::model_metadata_response::TensorMetadata {
+            name: t.name,
+            datatype: t.datatype,
+            shape: t.shape,
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: md.name,
+            versions: md.versions,
+            platform: md.platform,
+            inputs: md.inputs.into_iter().map(tensor).collect(),
+            outputs: md.outputs.into_iter().map(tensor).collect(),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        req: Request<pb::ModelInferRequest>,
+    ) -> std::result::Result<Response<pb::ModelInferResponse>, Status> {
+        let r = req.into_inner();
+        let model = r.model_name.clone();
+        let version = r.model_version.clone();
+        let request = decode(r).inspect_err(|e| {
+            self.state
+                .metrics
+                .requests_total
+                .with_label_values(&["_unparsed", "none", &e.http_status().as_u16().to_string()])
+                .inc();
+        })?;
+        let resp = super::infer(&self.state, &model, Some(&version), request).await?;
+        let mut outputs = Vec::with_capacity(resp.outputs.len());
+        let mut raw = Vec::with_capacity(resp.outputs.len());
+        for o in resp.outputs {
+            outputs.push(pb::model_infer_response::InferOutputTensor {
+                name: o.name,
+                datatype: o.data.datatype().into(),
+                shape: o.shape,
+                parameters: HashMap::new(),
+                contents: None,
+            });
+            // Outputs always go back as raw_output_contents, as Triton does.
+            raw.push(o.data.raw());
+        }
+        Ok(Response::new(pb::ModelInferResponse {
+            model_name: resp.model_name,
+            model_version: resp.model_version,
+            id: resp.id.unwrap_or_default(),
+            parameters: HashMap::new(),
+            outputs,
+            raw_output_contents: raw,
+        }))
+    }
+}

@@ -1,0 +1,483 @@
+//! The Open Inference Protocol (KServe v2): what the REST and gRPC transports share.
+//!
+//! A model takes exactly one input: `input`, an FP32 tensor `[N, C, H, W]` preprocessed as the
+//! manifest says, or `image`, a BYTES tensor `[N]` of encoded images (PNG, JPEG, WebP, BMP, GIF).
+//! It answers with `class_ids` (INT64 `[N]`), `probabilities` (FP32 `[N, M]`), `timesteps`
+//! (INT32 `[N]`, timesteps used) and `labels` (BYTES `[N]`). Each of the N inputs is submitted to the
+//! engine as its own request, so each exits on its own.
+
+pub mod grpc;
+pub mod rest;
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+use crate::model::LoadedModel;
+use crate::service::{AppState, ClassifyOptions, ClassifyResult, Input};
+
+pub const INPUT_TENSOR: &str = "input";
+pub const INPUT_IMAGE: &str = "image";
+pub const OUTPUT_CLASS_IDS: &str = "class_ids";
+pub const OUTPUT_PROBABILITIES: &str = "probabilities";
+pub const OUTPUT_TIMESTEPS: &str = "timesteps";
+pub const OUTPUT_LABELS: &str = "labels";
+pub const OUTPUTS: [&str; 4] = [
+    OUTPUT_CLASS_IDS,
+    OUTPUT_PROBABILITIES,
+    OUTPUT_TIMESTEPS,
+    OUTPUT_LABELS,
+];
+pub const PLATFORM: &str = "seenn_onnxruntime";
+pub const SERVER_NAME: &str = "seenn-serve";
+/// Request parameters that set exit options.
+pub const PARAMETER_NAMES: &str = "alpha, rule, max_timesteps, timeout_ms";
+/// Parameters that clients send for the transport itself; accepted and not used as options.
+const TRANSPORT_PARAMETERS: [&str; 3] = ["binary_data_output", "binary_data_size", "binary_data"];
+
+/// A request parameter's value, whichever form it came in.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Param {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Str(String),
+}
+
+impl Param {
+    fn text(&self) -> String {
+        match self {
+            Param::Bool(b) => b.to_string(),
+            Param::Int(i) => i.to_string(),
+            Param::Float(f) => f.to_string(),
+            Param::Str(s) => s.clone(),
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match self {
+            Param::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    Fp32(Vec<f32>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InferInput {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+    pub data: TensorData,
+}
+
+/// A decoded inference request, transport-neutral.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct InferRequest {
+    pub id: Option<String>,
+    pub parameters: Vec<(String, Param)>,
+    pub inputs: Vec<InferInput>,
+    /// The outputs asked for, in order; `None` means all of them.
+    pub outputs: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum OutputData {
+    Int64(Vec<i64>),
+    Int32(Vec<i32>),
+    Fp32(Vec<f32>),
+    Bytes(Vec<Vec<u8>>),
+}
+
+impl OutputData {
+    pub fn datatype(&self) -> &'static str {
+        match self {
+            OutputData::Int64(_) => "INT64",
+            OutputData::Int32(_) => "INT32",
+            OutputData::Fp32(_) => "FP32",
+            OutputData::Bytes(_) => "BYTES",
+        }
+    }
+
+    /// Little-endian raw bytes; BYTES elements each get a 4-byte length prefix.
+    pub fn raw(&self) -> Vec<u8> {
+        match self {
+            OutputData::Int64(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::Int32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::Fp32(v) => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            OutputData::Bytes(v) => {
+                let mut out = Vec::new();
+                for b in v {
+                    out.extend_from_slice(&(b.len() as u32).to_le_bytes());
+                    out.extend_from_slice(b);
+                }
+                out
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutputTensor {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub data: OutputData,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model_name: String,
+    pub model_version: String,
+    pub id: Option<String>,
+    pub outputs: Vec<OutputTensor>,
+}
+
+/// Tensor metadata: name, datatype and shape (-1 for the batch).
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
+    pub datatype: String,
+    pub shape: Vec<i64>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: String,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// Splits a little-endian raw buffer of FP32 values.
+pub fn fp32_from_raw(raw: &[u8]) -> Result<Vec<f32>> {
+    if !raw.len().is_multiple_of(4) {
+        return Err(Error::invalid(format!(
+            "raw FP32 data is {} bytes, not a multiple of 4",
+            raw.len()
+        )));
+    }
+    Ok(raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// Splits a raw BYTES buffer: each element is a 4-byte little-endian length and that many bytes.
+pub fn bytes_from_raw(raw: &[u8]) -> Result<Vec<Vec<u8>>> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let Some((len, tail)) = rest.split_first_chunk::<4>() else {
+            return Err(Error::invalid(
+                "raw BYTES data ends inside a 4-byte length prefix",
+            ));
+        };
+        let n = u32::from_le_bytes(*len) as usize;
+        if tail.len() < n {
+            return Err(Error::invalid(format!(
+                "raw BYTES element of {n} bytes runs past the end of the data ({} bytes left)",
+                tail.len()
+            )));
+        }
+        out.push(tail[..n].to_vec());
+        rest = &tail[n..];
+    }
+    Ok(out)
+}
+
+/// Looks a model up and checks the version, when one is named.
+pub fn model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>> {
+    if name.is_empty() {
+        return Err(Error::invalid("the model name is empty"));
+    }
+    let m = state.model(Some(name))?;
+    if let Some(v) = version.filter(|v| !v.is_empty()) {
+        if v != m.manifest.version {
+            return Err(Error::ModelNotFound(format!(
+                "model {name} has no version {v:?}; served version: {:?}",
+                m.manifest.version
+            )));
+        }
+    }
+    Ok(m)
+}
+
+pub fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<bool> {
+    let m = model(state, name, version)?;
+    Ok(!state.draining.load(std::sync::atomic::Ordering::SeqCst)
+        && m.engine.ready.load(std::sync::atomic::Ordering::SeqCst))
+}
+
+pub fn metadata(m: &LoadedModel) -> ModelMetadata {
+    let [c, h, w] = m.manifest.input.shape();
+    let k = m.manifest.num_classes() as i64;
+    let tensor = |name: &str, datatype: &str, shape: Vec<i64>| TensorMetadata {
+        name: name.into(),
+        datatype: datatype.into(),
+        shape,
+    };
+    ModelMetadata {
+        name: m.manifest.name.clone(),
+        versions: vec![m.manifest.version.clone()],
+        platform: PLATFORM.into(),
+        inputs: vec![
+            tensor(INPUT_TENSOR, "FP32", vec![-1, c as i64, h as i64, w as i64]),
+            tensor(INPUT_IMAGE, "BYTES", vec![-1]),
+        ],
+        outputs: vec![
+            tensor(OUTPUT_CLASS_IDS, "INT64", vec![-1]),
+            tensor(OUTPUT_PROBABILITIES, "FP32", vec![-1, k]),
+            tensor(OUTPUT_TIMESTEPS, "INT32", vec![-1]),
+            tensor(OUTPUT_LABELS, "BYTES", vec![-1]),
+        ],
+    }
+}
+
+/// The exit options set by the request's parameters.
+pub fn options(model: &str, parameters: &[(String, Param)]) -> Result<ClassifyOptions> {
+    let mut opts = ClassifyOptions {
+        model: Some(model.to_string()),
+        ..Default::default()
+    };
+    for (k, v) in parameters {
+        match k.as_str() {
+            "alpha" | "rule" | "max_timesteps" | "timeout_ms" => opts.set(k, &v.text())?,
+            k if TRANSPORT_PARAMETERS.contains(&k) => {}
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown request parameter {other:?}; accepted: {PARAMETER_NAMES}"
+                )))
+            }
+        }
+    }
+    Ok(opts)
+}
+
+/// Checks the single input against the model and splits it into one engine input per batch row.
+pub fn split_inputs(
+    m: &LoadedModel,
+    inputs: Vec<InferInput>,
+    max_batch: usize,
+) -> Result<Vec<Input>> {
+    let [c, h, w] = m.manifest.input.shape();
+    let accepted = format!(
+        "accepted: one input, either {INPUT_TENSOR:?} FP32 [N, {c}, {h}, {w}] or {INPUT_IMAGE:?} BYTES [N] of encoded images"
+    );
+    let mut inputs = inputs;
+    if inputs.len() != 1 {
+        return Err(Error::invalid(format!(
+            "the request has {} inputs; {accepted}",
+            inputs.len()
+        )));
+    }
+    let input = inputs.remove(0);
+    if input.shape.iter().any(|d| *d < 0) {
+        return Err(Error::invalid(format!(
+            "input {:?} has a negative dimension in shape {:?}",
+            input.name, input.shape
+        )));
+    }
+    let n = input.shape.first().copied().unwrap_or(0) as usize;
+    if n == 0 {
+        return Err(Error::invalid(format!(
+            "input {:?} has shape {:?}: the batch dimension must be at least 1",
+            input.name, input.shape
+        )));
+    }
+    if n > max_batch {
+        return Err(Error::TooLarge(format!(
+            "the request carries {n} inputs; at most {max_batch} per request (--max-queue)"
+        )));
+    }
+    match (input.name.as_str(), input.datatype.as_str(), input.data) {
+        (INPUT_TENSOR, "FP32", TensorData::Fp32(values)) => {
+            let want = [n as i64, c as i64, h as i64, w as i64];
+            if input.shape != want {
+                return Err(Error::invalid(format!(
+                    "input {INPUT_TENSOR:?} has shape {:?}; this model takes [N, {c}, {h}, {w}]",
+                    input.shape
+                )));
+            }
+            let per = c * h * w;
+            if values.len() != n * per {
+                return Err(Error::invalid(format!(
+                    "input {INPUT_TENSOR:?} has {} values; shape {:?} needs {}",
+                    values.len(),
+                    input.shape,
+                    n * per
+                )));
+            }
+            Ok(values
+                .chunks_exact(per)
+                .map(|c| Input::Tensor(c.to_vec()))
+                .collect())
+        }
+        (INPUT_IMAGE, "BYTES", TensorData::Bytes(items)) => {
+            if !(input.shape.len() == 1 || input.shape.len() == 2 && input.shape[1] == 1) {
+                return Err(Error::invalid(format!(
+                    "input {INPUT_IMAGE:?} has shape {:?}; accepted: [N] or [N, 1]",
+                    input.shape
+                )));
+            }
+            if items.len() != n {
+                return Err(Error::invalid(format!(
+                    "input {INPUT_IMAGE:?} has {} elements; shape {:?} needs {n}",
+                    items.len(),
+                    input.shape
+                )));
+            }
+            Ok(items
+                .into_iter()
+                .map(|bytes| Input::Image { bytes, hint: None })
+                .collect())
+        }
+        (name, datatype, _) => Err(Error::invalid(format!(
+            "input {name:?} of datatype {datatype}; {accepted}"
+        ))),
+    }
+}
+
+/// Runs an inference request: every row through the engine on its own, then the outputs asked for.
+pub async fn infer(
+    state: &AppState,
+    model_name: &str,
+    version: Option<&str>,
+    req: InferRequest,
+) -> Result<InferResponse> {
+    let m = model(state, model_name, version)?;
+    let mut opts = options(&m.manifest.name, &req.parameters)?;
+    let k = m.manifest.num_classes();
+    opts.top_k = Some(k as u64);
+    let wanted: Vec<String> = match req.outputs {
+        Some(o) if !o.is_empty() => o,
+        _ => OUTPUTS.iter().map(|s| s.to_string()).collect(),
+    };
+    for name in &wanted {
+        if !OUTPUTS.contains(&name.as_str()) {
+            return Err(Error::invalid(format!(
+                "unknown output {name:?}; accepted: {}",
+                OUTPUTS.join(", ")
+            )));
+        }
+    }
+    let rows = split_inputs(&m, req.inputs, state.cfg.max_queue.max(1))?;
+    let base_id = req
+        .id
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let n = rows.len();
+    let results: Vec<Result<ClassifyResult>> =
+        futures::future::join_all(rows.into_iter().enumerate().map(|(i, input)| {
+            let rid = if n == 1 {
+                base_id.clone()
+            } else {
+                format!("{base_id}/{i}")
+            };
+            state.classify(input, opts.clone(), rid, None)
+        }))
+        .await;
+    let mut done = Vec::with_capacity(n);
+    for (i, r) in results.into_iter().enumerate() {
+        match r {
+            Ok(r) => done.push(r),
+            Err(e) if n == 1 => return Err(e),
+            Err(e) => return Err(prefix_error(e, i)),
+        }
+    }
+    let mut outputs = Vec::new();
+    for name in wanted {
+        let (shape, data) = match name.as_str() {
+            OUTPUT_CLASS_IDS => (
+                vec![n as i64],
+                OutputData::Int64(done.iter().map(|r| r.class_id as i64).collect()),
+            ),
+            OUTPUT_TIMESTEPS => (
+                vec![n as i64],
+                OutputData::Int32(done.iter().map(|r| r.timesteps_used as i32).collect()),
+            ),
+            OUTPUT_LABELS => (
+                vec![n as i64],
+                OutputData::Bytes(done.iter().map(|r| r.label.clone().into_bytes()).collect()),
+            ),
+            _ => {
+                let mut probs = vec![0f32; n * k];
+                for (row, r) in done.iter().enumerate() {
+                    for s in &r.top_k {
+                        if s.class_id < k {
+                            probs[row * k + s.class_id] = s.probability as f32;
+                        }
+                    }
+                }
+                (vec![n as i64, k as i64], OutputData::Fp32(probs))
+            }
+        };
+        outputs.push(OutputTensor { name, shape, data });
+    }
+    Ok(InferResponse {
+        model_name: m.manifest.name.clone(),
+        model_version: m.manifest.version.clone(),
+        id: req.id,
+        outputs,
+    })
+}
+
+/// Names the batch row in an error of an N > 1 request.
+fn prefix_error(e: Error, row: usize) -> Error {
+    let p = |s: String| format!("input row {row}: {s}");
+    match e {
+        Error::InvalidRequest(s) => Error::InvalidRequest(p(s)),
+        Error::UnsupportedMediaType(s) => Error::UnsupportedMediaType(p(s)),
+        Error::TooLarge(s) => Error::TooLarge(p(s)),
+        Error::DeadlineExceeded(s) => Error::DeadlineExceeded(p(s)),
+        Error::Internal(s) => Error::Internal(p(s)),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_bytes_round_trip() {
+        let d = OutputData::Bytes(vec![b"ab".to_vec(), vec![], b"xyz".to_vec()]);
+        assert_eq!(
+            bytes_from_raw(&d.raw()).unwrap(),
+            vec![b"ab".to_vec(), vec![], b"xyz".to_vec()]
+        );
+        assert!(bytes_from_raw(&[1, 0, 0]).is_err());
+        assert!(bytes_from_raw(&[5, 0, 0, 0, 1]).is_err());
+    }
+
+    #[test]
+    fn raw_fp32() {
+        let d = OutputData::Fp32(vec![1.5, -2.0]);
+        assert_eq!(fp32_from_raw(&d.raw()).unwrap(), vec![1.5, -2.0]);
+        assert!(fp32_from_raw(&[0, 0, 0]).is_err());
+    }
+
+    #[test]
+    fn parameters() {
+        let o = options(
+            "m",
+            &[
+                ("alpha".into(), Param::Float(0.5)),
+                ("rule".into(), Param::Str("fixed".into())),
+                ("max_timesteps".into(), Param::Int(2)),
+                ("binary_data_output".into(), Param::Bool(true)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(o.alpha, Some(0.5));
+        assert_eq!(o.rule.as_deref(), Some("fixed"));
+        assert_eq!(o.max_timesteps, Some(2));
+        let e = options("m", &[("apha".into(), Param::Float(0.5))]).unwrap_err();
+        assert!(e.to_string().contains("accepted: alpha"), "{e}");
+    }
+}
