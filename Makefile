@@ -3,14 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8080
 
-.PHONY: run test setup setup-server build lint test-rust test-python test-deploy test-web test-kserve models bench-models ort clean
+.PHONY: run test setup setup-server build lint test-rust test-python test-deploy test-web test-clients models bench-models ort clean
 
 ## Serve the committed models on :8080 (HTTP) and :50051 (gRPC).
 run: setup-server build
 	./target/release/seenn serve --models models --http-port $(PORT)
 
 ## Every test: formatting, lints, Rust unit + integration tests, Python tests.
-test: setup build lint test-rust test-python test-deploy test-web test-kserve
+test: setup build lint test-rust test-python test-deploy test-web test-clients
 
 setup:
 	scripts/setup.sh all
@@ -27,7 +27,7 @@ build:
 lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
-	.venv/bin/ruff check training tests/deploy tests/web tests/kserve scripts
+	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi scripts
 
 test-rust:
 	cargo test --release --locked --no-fail-fast -- --test-threads=2
@@ -43,9 +43,10 @@ test-deploy: build
 test-web: build
 	$(PY) -m pytest -q tests/web
 
-## The Open Inference Protocol (REST and gRPC) through the real tritonclient[http] and [grpc].
-test-kserve: build
-	$(PY) -m pytest -q tests/kserve
+## The Open Inference Protocol (REST and gRPC) through the real tritonclient[http] and [grpc], and
+## the committed OpenAPI document through openapi-spec-validator.
+test-clients: build
+	$(PY) -m pytest -q tests/kserve tests/openapi
 
 ## Retrain and re-export models/fashion-mnist and models/fashion-mnist-qcfs from scratch.
 models: setup

@@ -33,9 +33,10 @@ command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 apt_install "${pkgs[@]}"
 scripts/fetch_ort.sh
 
-if [ ! -x .venv/bin/kubernetes-validate ] || ! .venv/bin/python -c "import torch, onnxruntime, pytest, yaml, selenium, tritonclient.http, tritonclient.grpc" 2>/dev/null; then
+if [ ! -x .venv/bin/kubernetes-validate ] || ! .venv/bin/python -c "import torch, onnxruntime, pytest, yaml, selenium, tritonclient.http, tritonclient.grpc, openapi_spec_validator" 2>/dev/null; then
   /usr/bin/python3 -m venv --system-site-packages .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "numpy<2" "onnxruntime==1.31.1" tqdm pillow pytest ruff \
-    kubernetes-validate selenium "tritonclient[http,grpc]==2.73.0"
+    kubernetes-validate selenium "tritonclient[http,grpc]==2.73.0" \
+    "openapi-spec-validator==0.9.0"
 fi
 .venv/bin/python -c "import torch, onnxruntime; print('python env: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"

@@ -29,7 +29,8 @@ pub enum RequestRule {
     Fixed { timesteps: usize },
 }
 
-#[derive(Debug, Clone, serde::Serialize)]
+/// One timestep of a request's run: the exit score and prediction after aggregating steps 1..=t.
+#[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StepTrace {
     pub t: usize,
     pub score: f64,

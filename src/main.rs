@@ -27,6 +27,8 @@ enum Command {
     Eval(seenn_serve::eval::EvalArgs),
     /// Load generator against a running server (HTTP or gRPC), closed or open loop.
     Bench(seenn_serve::bench::BenchArgs),
+    /// Print the HTTP API's OpenAPI 3 document (committed as proto/openapi.json).
+    Openapi,
 }
 
 fn init_logging(format: LogFormat) {
@@ -54,6 +56,10 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Openapi => {
+            print!("{}", seenn_serve::api::openapi::spec_json());
+            ExitCode::SUCCESS
+        }
         Command::Serve(cfg) => {
             init_logging(cfg.log_format);
             rt.block_on(async move {

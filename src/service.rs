@@ -94,21 +94,21 @@ pub enum Input {
     Tensor(Vec<f32>),
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClassScore {
     pub class_id: usize,
     pub label: String,
     pub probability: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Timings {
     pub queue_ms: f64,
     pub inference_ms: f64,
     pub total_ms: f64,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ClassifyResult {
     pub model: String,
     pub version: String,
@@ -128,7 +128,7 @@ pub struct ClassifyResult {
 }
 
 /// The admin request body.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExitPolicyUpdate {
     pub rule: Option<String>,
@@ -138,7 +138,7 @@ pub struct ExitPolicyUpdate {
     pub timesteps: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ExitPolicyView {
     pub model: String,
     pub rule: RuleKind,

@@ -18,7 +18,8 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::preprocess;
 use crate::service::{
-    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, Input, OPTION_NAMES,
+    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input,
+    OPTION_NAMES,
 };
 
 pub type Shared = Arc<AppState>;
@@ -64,6 +65,7 @@ pub fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi_json))
         .merge(crate::kserve::rest::router());
     if state.cfg.enable_fault_injection {
         app = app.route("/admin/models/{name}/fault", post(inject_fault));
@@ -107,10 +109,15 @@ fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-#[derive(Deserialize)]
+/// The JSON form of a classification request: exactly one of `image` or `tensor`, plus options.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonBody {
+pub struct JsonBody {
+    /// The encoded image (PNG, JPEG, WebP, BMP or GIF), base64.
+    #[schema(nullable = false)]
     image: Option<String>,
+    /// The preprocessed input, C×H×W float32 values in row-major order.
+    #[schema(nullable = false)]
     tensor: Option<Vec<f64>>,
     model: Option<String>,
     rule: Option<String>,
@@ -336,11 +343,60 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
     resp
 }
 
-async fn classify_default(State(state): State<Shared>, req: Request) -> Response {
+/// Classifies one image, running timesteps until the exit rule fires. The body is raw image bytes
+/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields, or
+/// JSON; options also come from the query string.
+#[utoipa::path(post, path = "/classify", tag = "classify",
+    params(
+        ("model" = Option<String>, Query, description = "Model name (default: the server's default model)"),
+        ("rule" = Option<String>, Query, description = "confidence | policy | fixed"),
+        ("alpha" = Option<f64>, Query, description = "Confidence threshold in (0, 1]"),
+        ("max_timesteps" = Option<u64>, Query, description = "Cap on timesteps (the count for `fixed`)"),
+        ("top_k" = Option<u64>, Query, description = "Number of classes to return (default 5)"),
+        ("explain" = Option<bool>, Query, description = "Return the score and prediction at every timestep"),
+        ("timeout_ms" = Option<u64>, Query, description = "Deadline in milliseconds"),
+        ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
+    request_body(description = "An image, a multipart form or JSON", content(
+        (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
+        (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "The prediction, the timesteps used and timings", body = ClassifyResult),
+        (status = 400, description = "Malformed request or option out of range", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 413, description = "Body or image over the limits", body = ErrorBody),
+        (status = 415, description = "Not an accepted image format", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Draining or recovering", body = ErrorBody),
+        (status = 504, description = "Deadline passed", body = ErrorBody)))]
+pub async fn classify_default(State(state): State<Shared>, req: Request) -> Response {
     classify(state, None, req).await
 }
 
-async fn classify_named(
+/// Classifies one image, running timesteps until the exit rule fires. The body is raw image bytes
+/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields, or
+/// JSON; options also come from the query string.
+#[utoipa::path(post, path = "/v1/models/{name}/classify", tag = "classify",
+    params(("name" = String, Path, description = "Model name"),
+        ("rule" = Option<String>, Query, description = "confidence | policy | fixed"),
+        ("alpha" = Option<f64>, Query, description = "Confidence threshold in (0, 1]"),
+        ("max_timesteps" = Option<u64>, Query, description = "Cap on timesteps (the count for `fixed`)"),
+        ("top_k" = Option<u64>, Query, description = "Number of classes to return (default 5)"),
+        ("explain" = Option<bool>, Query, description = "Return the score and prediction at every timestep"),
+        ("timeout_ms" = Option<u64>, Query, description = "Deadline in milliseconds"),
+        ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
+    request_body(description = "An image, a multipart form or JSON", content(
+        (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
+        (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
+    responses(
+        (status = 200, description = "The prediction, the timesteps used and timings", body = ClassifyResult),
+        (status = 400, description = "Malformed request or option out of range", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 413, description = "Body or image over the limits", body = ErrorBody),
+        (status = 415, description = "Not an accepted image format", body = ErrorBody),
+        (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
+        (status = 503, description = "Draining or recovering", body = ErrorBody),
+        (status = 504, description = "Deadline passed", body = ErrorBody)))]
+pub async fn classify_named(
     State(state): State<Shared>,
     Path(name): Path<String>,
     req: Request,
@@ -379,7 +435,10 @@ pub fn model_json(state: &AppState, m: &crate::model::LoadedModel) -> serde_json
     })
 }
 
-async fn list_models(State(state): State<Shared>) -> Response {
+/// Every served model: labels, T, input spec, exit policy, calibration summary, readiness.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "`{\"models\": [...], \"default_model\": ...}`", body = serde_json::Value)))]
+pub async fn list_models(State(state): State<Shared>) -> Response {
     let models: Vec<_> = state
         .models
         .values()
@@ -388,7 +447,12 @@ async fn list_models(State(state): State<Shared>) -> Response {
     Json(json!({"models": models, "default_model": state.default_model})).into_response()
 }
 
-async fn get_model(
+/// One model's description (the same object as in /v1/models).
+#[utoipa::path(get, path = "/v1/models/{name}", tag = "models",
+    params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, description = "The model", body = serde_json::Value),
+              (status = 404, description = "No such model", body = ErrorBody)))]
+pub async fn get_model(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
@@ -399,7 +463,9 @@ async fn get_model(
 const INDEX_HTML: &str = include_str!("../web/index.html");
 
 /// The web page: everything is in this one embedded file, nothing comes from a CDN.
-async fn index() -> Response {
+#[utoipa::path(get, path = "/", tag = "web",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+pub async fn index() -> Response {
     (
         [
             (header::CONTENT_TYPE, "text/html; charset=utf-8"),
@@ -411,7 +477,11 @@ async fn index() -> Response {
 }
 
 /// The package's labelled sample images, for trying a model without a client.
-async fn list_samples(
+#[utoipa::path(get, path = "/v1/models/{name}/samples", tag = "models",
+    params(("name" = String, Path, description = "Model name")),
+    responses((status = 200, description = "`{\"model\", \"samples\": [{\"file\", \"label\", \"url\"}]}`", body = serde_json::Value),
+              (status = 404, description = "No such model", body = ErrorBody)))]
+pub async fn list_samples(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
@@ -424,7 +494,12 @@ async fn list_samples(
     Ok(Json(json!({"model": name, "samples": samples})).into_response())
 }
 
-async fn get_sample(
+/// One sample image (PNG), by the file name /v1/models/{name}/samples lists.
+#[utoipa::path(get, path = "/v1/models/{name}/samples/{file}", tag = "models",
+    params(("name" = String, Path, description = "Model name"), ("file" = String, Path, description = "Sample file name")),
+    responses((status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
+              (status = 404, description = "No such model or sample", body = ErrorBody)))]
+pub async fn get_sample(
     State(state): State<Shared>,
     Path((name, file)): Path<(String, String)>,
 ) -> Result<Response, Error> {
@@ -441,11 +516,18 @@ async fn get_sample(
     Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
 }
 
-async fn healthz() -> Response {
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ok\"}`", body = serde_json::Value)))]
+pub async fn healthz() -> Response {
     Json(json!({"status": "ok"})).into_response()
 }
 
-async fn readyz(State(state): State<Shared>) -> Response {
+/// Readiness: every model loaded and its engine serving, not draining.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "`{\"status\": \"ready\"}`", body = serde_json::Value),
+              (status = 503, description = "`{\"status\": \"draining\" | \"not ready\"}`", body = serde_json::Value)))]
+pub async fn readyz(State(state): State<Shared>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
@@ -462,7 +544,10 @@ async fn readyz(State(state): State<Shared>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<Shared>) -> Response {
+/// Prometheus metrics (text exposition format 0.0.4).
+#[utoipa::path(get, path = "/metrics", tag = "health",
+    responses((status = 200, description = "Metrics", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(state): State<Shared>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
@@ -481,7 +566,15 @@ fn auth(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
     )
 }
 
-async fn get_exit_policy(
+/// A model's default exit policy and what calibration expects of it.
+#[utoipa::path(get, path = "/admin/models/{name}/exit-policy", tag = "admin",
+    params(("name" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "The policy", body = ExitPolicyView),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 403, description = "Admin disabled (no token configured)", body = ErrorBody),
+              (status = 404, description = "No such model", body = ErrorBody)))]
+pub async fn get_exit_policy(
     State(state): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -491,7 +584,19 @@ async fn get_exit_policy(
     Ok(Json(state.policy_view(&m, None)).into_response())
 }
 
-async fn put_exit_policy(
+/// Changes a model's default exit policy: a rule, and at most one of `alpha`,
+/// `target_avg_timesteps`, `max_accuracy_drop` (the last two resolved through calibration.json).
+/// Persisted atomically before the answer.
+#[utoipa::path(put, path = "/admin/models/{name}/exit-policy", tag = "admin",
+    params(("name" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    request_body(content = ExitPolicyUpdate, content_type = "application/json"),
+    responses((status = 200, description = "The new policy, with the previous one", body = ExitPolicyView),
+              (status = 400, description = "Invalid update", body = ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 403, description = "Admin disabled (no token configured)", body = ErrorBody),
+              (status = 404, description = "No such model", body = ErrorBody)))]
+pub async fn put_exit_policy(
     State(state): State<Shared>,
     Path(name): Path<String>,
     headers: HeaderMap,
@@ -515,4 +620,15 @@ async fn inject_fault(
     let m = state.model(Some(&name))?;
     m.engine.inject_fault.store(true, Ordering::SeqCst);
     Ok(Json(json!({"model": name, "fault": "armed: the next engine step fails"})).into_response())
+}
+
+/// This API's OpenAPI 3 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "web",
+    responses((status = 200, description = "The OpenAPI document", body = serde_json::Value)))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::api::openapi::spec_json(),
+    )
+        .into_response()
 }

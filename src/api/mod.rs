@@ -1,2 +1,3 @@
 pub mod grpc;
 pub mod http;
+pub mod openapi;

@@ -17,7 +17,7 @@ use crate::runtime::{self, Expect, SessionOptions};
 use manifest::{Calibration, Manifest};
 
 /// A model's default exit policy: what a request without overrides runs under.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ExitPolicy {
     pub rule: RuleKind,
     pub alpha: f64,
