@@ -41,6 +41,9 @@ pub struct ServeConfig {
     /// Most requests waiting per model; more get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "SEENN_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
+    /// Turn an optimisation off to measure it (encoder-every-step, copy-membranes); repeatable.
+    #[arg(long, value_enum, hide = true)]
+    pub ablate: Vec<crate::engine::Ablation>,
     /// continuous: requests join and leave the batch at every timestep; static: for comparison.
     #[arg(long, env = "SEENN_BATCHING", value_enum, default_value = "continuous")]
     pub batching: Batching,
@@ -97,6 +100,7 @@ impl ServeConfig {
             max_batch: 32,
             max_queue: 256,
             batching: Batching::Continuous,
+            ablate: Vec::new(),
             request_timeout: 30.0,
             shutdown_timeout: 30.0,
             max_body_bytes: 8 * 1024 * 1024,

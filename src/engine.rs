@@ -70,11 +70,30 @@ pub enum Batching {
     Static,
 }
 
+/// Switches that turn one optimisation off, to measure what it buys (`--ablate`). Not for serving.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Ablation {
+    /// Run the encoder (first conv + BN) at every timestep instead of once per request, as a
+    /// network that repeats its whole forward pass each step does.
+    EncoderEveryStep,
+    /// Copy the membranes out of ONNX Runtime's outputs into new input tensors after every step
+    /// instead of feeding the output values back.
+    CopyMembranes,
+}
+
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
     pub max_batch: usize,
     pub max_queue: usize,
     pub batching: Batching,
+    pub ablations: Vec<Ablation>,
+}
+
+impl EngineConfig {
+    fn ablates(&self, a: Ablation) -> bool {
+        self.ablations.contains(&a)
+    }
 }
 
 /// The model's ONNX Runtime sessions, owned by the engine thread (`Session::run` takes `&mut`).
@@ -206,6 +225,17 @@ pub fn spawn(
 
 fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Internal(format!("{what}: {e}"))
+}
+
+/// A fresh tensor holding a copy of `v`'s data (the `copy-membranes` ablation).
+fn copy_value(v: DynValue) -> Result<DynValue, Error> {
+    let (shape, data) = v
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ort_err("membrane", e))?;
+    let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
+    Ok(Tensor::from_array((dims, data.to_vec()))
+        .map_err(|e| ort_err("membrane tensor", e))?
+        .into_dyn())
 }
 
 /// Runs a graph with one input and returns its one named output, flattened.
@@ -457,6 +487,10 @@ impl Engine {
             _ => Vec::new(),
         };
         let features = match (&mut self.sessions.encoder, &self.manifest.graphs.encoder) {
+            // The encoder runs in every step instead (measurement only).
+            (Some(_), Some(_)) if self.cfg.ablates(Ablation::EncoderEveryStep) => {
+                vec![0.0; m * self.feature_len]
+            }
             (Some(session), Some(g)) => {
                 run_single_input(session, &g.input, &g.output, shape, batch)?
             }
@@ -470,6 +504,27 @@ impl Engine {
             )));
         }
         Ok((features, actions))
+    }
+
+    /// The encoder over every active request's input (the `encoder-every-step` ablation).
+    fn encode_active(&mut self) -> Result<DynValue, Error> {
+        let spec = &self.manifest.input;
+        let n = self.active.len();
+        let mut batch = Vec::with_capacity(n * spec.len());
+        for a in &self.active {
+            batch.extend_from_slice(&a.job.input);
+        }
+        let (Some(session), Some(g)) = (&mut self.sessions.encoder, &self.manifest.graphs.encoder)
+        else {
+            return Err(Error::internal("the model has no encoder graph"));
+        };
+        let shape = vec![n, spec.channels, spec.height, spec.width];
+        let features = run_single_input(session, &g.input, &g.output, shape, batch)?;
+        let mut fshape = vec![n];
+        fshape.extend_from_slice(&g.output_shape);
+        Ok(Tensor::from_array((fshape, features))
+            .map_err(|e| ort_err("features tensor", e))?
+            .into_dyn())
     }
 
     /// Builds the batch tensors for the current `active` list, keeping each request's membranes.
@@ -525,7 +580,7 @@ impl Engine {
         if self.inject_fault.swap(false, Ordering::SeqCst) {
             return Err(Error::internal("injected engine fault (test switch)"));
         }
-        let carried = match (self.rows_match, self.carried.take()) {
+        let mut carried = match (self.rows_match, self.carried.take()) {
             (true, Some(c)) => c,
             (_, old) => {
                 self.carried = old;
@@ -535,8 +590,11 @@ impl Engine {
             }
         };
         let n = self.active.len();
-        let g = &self.manifest.graphs.step;
         let started = Instant::now();
+        if self.cfg.ablates(Ablation::EncoderEveryStep) {
+            carried.features = self.encode_active()?;
+        }
+        let g = &self.manifest.graphs.step;
         let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(1 + g.states.len());
         inputs.push((g.input.clone(), (&carried.features).into()));
@@ -558,6 +616,12 @@ impl Engine {
             .remove(&g.logits)
             .ok_or_else(|| Error::internal(format!("step.onnx output {} missing", g.logits)))?;
         drop(outputs);
+        if self.cfg.ablates(Ablation::CopyMembranes) {
+            states = states
+                .into_iter()
+                .map(copy_value)
+                .collect::<Result<Vec<_>, Error>>()?;
+        }
         let elapsed = started.elapsed();
         let model = self.manifest.name.clone();
         self.metrics

@@ -36,6 +36,12 @@ pub struct EvalArgs {
     pub concurrency: usize,
     #[arg(long, default_value_t = 32)]
     pub max_batch: usize,
+    /// continuous or static batching (for comparison).
+    #[arg(long, value_enum, default_value = "continuous")]
+    pub batching: Batching,
+    /// Turn an optimisation off to measure it (encoder-every-step, copy-membranes); repeatable.
+    #[arg(long, value_enum)]
+    pub ablate: Vec<crate::engine::Ablation>,
     #[arg(long, default_value_t = 1)]
     pub intra_threads: usize,
     #[arg(long, env = "SEENN_ORT_LIB")]
@@ -197,7 +203,8 @@ async fn run_async(args: EvalArgs) -> Result<bool, String> {
         engine: EngineConfig {
             max_batch: args.max_batch,
             max_queue: 1 << 16,
-            batching: Batching::Continuous,
+            batching: args.batching,
+            ablations: args.ablate.clone(),
         },
         metrics,
     };

@@ -70,6 +70,7 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
             max_batch: cfg.max_batch,
             max_queue: cfg.max_queue,
             batching: cfg.batching,
+            ablations: cfg.ablate.clone(),
         },
         metrics: metrics.clone(),
     };

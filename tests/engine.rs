@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use seenn_serve::engine::{Batching, EngineConfig, Job, RequestRule};
+use seenn_serve::engine::{Ablation, Batching, EngineConfig, Job, Outcome, RequestRule};
 use seenn_serve::error::Error;
 use seenn_serve::metrics::Metrics;
 use seenn_serve::model::{self, LoadOptions};
@@ -33,6 +33,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
             max_batch: 8,
             max_queue: 16,
             batching: Batching::Continuous,
+            ablations: Vec::new(),
         },
         metrics: metrics.clone(),
     };
@@ -128,4 +129,82 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
         ran < t_max as f64,
         "the abandoned request ran {ran} of {t_max} steps"
     );
+}
+
+/// The measurement switches (`--ablate`) do the same computation the slow way: every golden sample
+/// gets exactly the same logits-derived answer (class, timesteps, probabilities) with the encoder
+/// run at every step and with membranes copied between steps, batched together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ablations_compute_the_same_answers() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let mut answers: Vec<Vec<(usize, usize, Vec<f64>)>> = Vec::new();
+    for ablations in [
+        vec![],
+        vec![Ablation::EncoderEveryStep],
+        vec![Ablation::CopyMembranes],
+    ] {
+        let metrics = Arc::new(Metrics::new(4, 8).expect("metrics"));
+        let opts = LoadOptions {
+            env: &env,
+            session: SessionOptions {
+                device: Device::Cpu,
+                intra_threads: 1,
+            },
+            engine: EngineConfig {
+                max_batch: 16,
+                max_queue: 128,
+                batching: Batching::Continuous,
+                ablations,
+            },
+            metrics,
+        };
+        let m = model::load_one(&pkg, &opts).expect("loads");
+        let mut replies = Vec::new();
+        for s in &g.samples {
+            let x = seenn_serve::preprocess::image_to_tensor(
+                &sample_bytes(&pkg, s),
+                None,
+                &m.manifest.input,
+                1 << 24,
+            )
+            .expect("tensor");
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            m.engine
+                .submit(Job {
+                    input: x,
+                    rule: RequestRule::Confidence {
+                        alpha: 0.94,
+                        max_timesteps: 4,
+                    },
+                    explain: false,
+                    deadline: Instant::now() + Duration::from_secs(30),
+                    enqueued: Instant::now(),
+                    reply: tx,
+                    progress: None,
+                })
+                .expect("submit");
+            replies.push(rx);
+        }
+        let mut got = Vec::new();
+        for rx in replies {
+            let o: Outcome = rx.await.expect("reply").expect("ok");
+            got.push((o.class_id, o.timesteps_used, o.probabilities));
+        }
+        answers.push(got);
+    }
+    let base = &answers[0];
+    assert!(
+        base.iter().any(|a| a.1 > 1),
+        "some samples need more than one step"
+    );
+    for (k, other) in answers.iter().enumerate().skip(1) {
+        for (i, (a, b)) in base.iter().zip(other).enumerate() {
+            assert_eq!((a.0, a.1), (b.0, b.1), "ablation {k}, sample {i}");
+            for (p, q) in a.2.iter().zip(&b.2) {
+                assert!((p - q).abs() < 1e-5, "ablation {k}, sample {i}: {p} vs {q}");
+            }
+        }
+    }
 }
