@@ -31,6 +31,9 @@ pub struct EvalArgs {
     /// Only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Run the images N times over (for timing small sets such as `--data samples`).
+    #[arg(long, default_value_t = 1)]
+    pub repeat: usize,
     /// Requests in flight at once (1 measures per-request latency without queueing).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
@@ -242,7 +245,10 @@ async fn run_async(args: EvalArgs) -> Result<bool, String> {
             ))
         }
     };
-    let inputs = Arc::new(inputs);
+    let reps = args.repeat.max(1);
+    let n0 = inputs.len();
+    let inputs = Arc::new(inputs.into_iter().cycle().take(n0 * reps).collect::<Vec<_>>());
+    let labels: Vec<usize> = labels.iter().copied().cycle().take(n0 * reps).collect();
     let alpha = m.manifest.exit.default_alpha;
     let mut results = Vec::new();
     let c = args.concurrency;
