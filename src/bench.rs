@@ -72,6 +72,10 @@ struct Sample {
 #[derive(Default)]
 struct Tally {
     latencies_ms: Vec<f64>,
+    /// Latency of answers that were not a success (how fast rejections come back).
+    error_latencies_ms: Vec<f64>,
+    /// 429 / RESOURCE_EXHAUSTED answers that carried Retry-After.
+    with_retry_after: u64,
     by_status: BTreeMap<String, u64>,
     timesteps: u64,
     correct: u64,
@@ -135,13 +139,14 @@ enum Client {
     Grpc(pb::classifier_client::ClassifierClient<tonic::transport::Channel>),
 }
 
-/// One request; returns (status, timesteps_used, class_id).
+/// One request; returns the status, (timesteps_used, class_id) on success, and whether the
+/// answer carried Retry-After.
 async fn send(
     client: &Client,
     args: &BenchArgs,
     sample: &Sample,
     fixed_t: Option<usize>,
-) -> (String, Option<(u64, u64)>) {
+) -> (String, Option<(u64, u64)>, bool) {
     let rule = if fixed_t.is_some() {
         Some("fixed".to_string())
     } else {
@@ -172,6 +177,7 @@ async fn send(
             match req.send().await {
                 Ok(r) => {
                     let status = r.status().as_u16().to_string();
+                    let retry_after = r.headers().contains_key("retry-after");
                     if r.status().is_success() {
                         match r.json::<serde_json::Value>().await {
                             Ok(v) => (
@@ -180,15 +186,16 @@ async fn send(
                                     v["timesteps_used"].as_u64().unwrap_or(0),
                                     v["class_id"].as_u64().unwrap_or(u64::MAX),
                                 )),
+                                false,
                             ),
-                            Err(_) => ("bad_body".into(), None),
+                            Err(_) => ("bad_body".into(), None, false),
                         }
                     } else {
-                        (status, None)
+                        (status, None, retry_after)
                     }
                 }
-                Err(e) if e.is_timeout() => ("timeout".into(), None),
-                Err(_) => ("connection_error".into(), None),
+                Err(e) if e.is_timeout() => ("timeout".into(), None, false),
+                Err(_) => ("connection_error".into(), None, false),
             }
         }
         Client::Grpc(c) => {
@@ -209,12 +216,31 @@ async fn send(
                     (
                         "OK".into(),
                         Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
+                        false,
                     )
                 }
-                Err(s) => (format!("{:?}", s.code()), None),
+                Err(s) => (
+                    format!("{:?}", s.code()),
+                    None,
+                    s.metadata().contains_key("retry-after"),
+                ),
             }
         }
     }
+}
+
+async fn server_rss_mb(c: &reqwest::Client, url: &str) -> Option<f64> {
+    let r = c
+        .get(format!("{}/metrics", url.trim_end_matches('/')))
+        .send()
+        .await
+        .ok()?;
+    let text = r.text().await.ok()?;
+    text.lines()
+        .find(|l| l.starts_with("process_resident_memory_bytes "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|b| b / 1048576.0)
 }
 
 pub fn run(args: BenchArgs) -> Result<(), String> {
@@ -295,17 +321,45 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     };
     let record = {
         let tally = tally.clone();
-        move |sample: &Sample, status: String, res: Option<(u64, u64)>, ms: f64| {
+        move |sample: &Sample,
+              (status, res, retry_after): (String, Option<(u64, u64)>, bool),
+              ms: f64| {
             if let Ok(mut t) = tally.lock() {
                 *t.by_status.entry(status).or_default() += 1;
+                t.with_retry_after += u64::from(retry_after);
                 if let Some((steps, class)) = res {
                     t.ok += 1;
                     t.timesteps += steps;
                     t.correct += u64::from(class == sample.label as u64);
                     t.latencies_ms.push(ms);
+                } else {
+                    t.error_latencies_ms.push(ms);
                 }
             }
         }
+    };
+    // The server's peak resident memory during the run, sampled from its /metrics (HTTP only).
+    let rss_peak = Arc::new(Mutex::new(None::<f64>));
+    let sampler = match &*client {
+        Client::Http(c) => {
+            let (c, url, peak, stop) = (
+                c.clone(),
+                args.url.clone(),
+                rss_peak.clone(),
+                stop.clone(),
+            );
+            Some(tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    if let Some(mb) = server_rss_mb(&c, &url).await {
+                        if let Ok(mut p) = peak.lock() {
+                            *p = Some(p.map_or(mb, |x: f64| x.max(mb)));
+                        }
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }))
+        }
+        Client::Grpc(_) => None,
     };
     let started = Instant::now();
     if let Some(rate) = args.rate {
@@ -325,8 +379,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
             let fixed = pick_t(i);
             handles.push(tokio::spawn(async move {
                 let s = &samples[i % samples.len()];
-                let (status, res) = send(&client, &args, s, fixed).await;
-                record(s, status, res, due.elapsed().as_secs_f64() * 1e3);
+                let answer = send(&client, &args, s, fixed).await;
+                record(s, answer, due.elapsed().as_secs_f64() * 1e3);
                 bar.inc(1);
             }));
             i += 1;
@@ -359,8 +413,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
                     }
                     let s = &samples[i % samples.len()];
                     let t0 = Instant::now();
-                    let (status, res) = send(&client, &args, s, pick_t(i)).await;
-                    record(s, status, res, t0.elapsed().as_secs_f64() * 1e3);
+                    let answer = send(&client, &args, s, pick_t(i)).await;
+                    record(s, answer, t0.elapsed().as_secs_f64() * 1e3);
                     bar.inc(1);
                 }
             }));
@@ -370,6 +424,10 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         }
     }
     let elapsed = started.elapsed().as_secs_f64();
+    stop.store(true, Ordering::SeqCst);
+    if let Some(h) = sampler {
+        let _ = h.await;
+    }
     bar.finish_and_clear();
     let mut t = match Arc::try_unwrap(tally) {
         Ok(m) => m.into_inner().map_err(|_| "tally poisoned".to_string())?,
@@ -377,26 +435,21 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     };
     t.latencies_ms
         .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    t.error_latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let ep = |q| crate::eval::percentile(&t.error_latencies_ms, q);
     let total: u64 = t.by_status.values().sum();
     let errors = total - t.ok;
     let p = |q| crate::eval::percentile(&t.latencies_ms, q);
     // The server's resident memory, from its own metrics (HTTP only).
-    let rss_mb = match (args.protocol, &*client) {
-        (Protocol::Http, Client::Http(c)) => match c
-            .get(format!("{}/metrics", args.url.trim_end_matches('/')))
-            .send()
-            .await
-        {
-            Ok(r) => r.text().await.ok().and_then(|text| {
-                text.lines()
-                    .find(|l| l.starts_with("process_resident_memory_bytes "))
-                    .and_then(|l| l.split_whitespace().nth(1))
-                    .and_then(|v| v.parse::<f64>().ok())
-                    .map(|b| b / 1048576.0)
-            }),
-            Err(_) => None,
-        },
-        _ => None,
+    let rss_mb = match &*client {
+        Client::Http(c) => server_rss_mb(c, &args.url).await,
+        Client::Grpc(_) => None,
+    };
+    let sampled = rss_peak.lock().ok().and_then(|p| *p);
+    let rss_peak_mb = match (sampled, rss_mb) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
     };
     let mode = if let Some(r) = args.rate {
         json!({"open_loop_rate": r})
@@ -411,7 +464,10 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
         "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "max": t.latencies_ms.last().copied().unwrap_or(f64::NAN)},
         "avg_timesteps": if t.ok > 0 { t.timesteps as f64 / t.ok as f64 } else { f64::NAN },
         "accuracy": if t.ok > 0 { t.correct as f64 / t.ok as f64 } else { f64::NAN },
-        "server_rss_mb": rss_mb,
+        "server_rss_mb": rss_mb, "server_rss_peak_mb": rss_peak_mb,
+        "offered_rps": total as f64 / elapsed,
+        "error_latency_ms": {"p50": ep(0.5), "p99": ep(0.99), "max": t.error_latencies_ms.last().copied().unwrap_or(f64::NAN)},
+        "rejections_with_retry_after": t.with_retry_after,
     });
     if args.json {
         println!(
