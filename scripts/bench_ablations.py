@@ -27,6 +27,7 @@ CONFIGS = [
     ("both off", ["--ablate", "encoder-every-step", "--ablate", "copy-membranes"]),
     ("intra-threads 2", ["--intra-threads", "2"]),
     ("static batching", ["--batching", "static"]),
+    ("max-batch 8", ["--max-batch", "8"]),
     ("max-batch 1", ["--max-batch", "1"]),
 ]
 
@@ -46,7 +47,7 @@ def main() -> None:
     ]
     runs = [(m, margs, name, cargs, c) for m, margs in models for name, cargs in CONFIGS for c in (1, 64)
             # Batching settings only matter with requests to batch.
-            if not (c == 1 and name in ("static batching", "max-batch 1"))]
+            if not (c == 1 and name in ("static batching", "max-batch 8", "max-batch 1"))]
     order = [(r, run) for r in range(args.rounds) for run in random.Random(r).sample(runs, len(runs))]
     results: dict[tuple, list] = {}
     for rnd, (model, margs, name, cargs, c) in tqdm(order, desc="eval runs", unit="run"):
