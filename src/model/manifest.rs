@@ -198,8 +198,27 @@ impl Manifest {
         if i.mean.len() != i.channels || i.std.len() != i.channels {
             return Err("input.mean and input.std need one value per channel".into());
         }
-        if i.std.iter().any(|s| !s.is_finite() || *s == 0.0) || !i.scale.is_finite() {
-            return Err("input.std must be finite and non-zero, input.scale finite".into());
+        if i.std.iter().any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
+            || !i.scale.is_finite()
+            || i.mean.iter().any(|m| !m.is_finite())
+        {
+            return Err(
+                "input.std must be finite and not zero or subnormal, input.scale and input.mean finite"
+                    .into(),
+            );
+        }
+        // (pixel × scale − mean) / std is monotonic in the pixel, so black and white bound every
+        // value the preprocessing can produce: both must stay finite in float32.
+        for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
+            for px in [0.0f32, 255.0] {
+                let v = (px * i.scale - m) / sd;
+                if !v.is_finite() {
+                    return Err(format!(
+                        "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
+                        i.scale
+                    ));
+                }
+            }
         }
         if !["bilinear", "nearest"].contains(&i.resize.as_str()) {
             return Err(format!(
@@ -241,9 +260,34 @@ impl Manifest {
                 ));
             }
         }
+        // Element counts the engine allocates per request: real, non-zero and bounded.
+        const MAX_ELEMENTS: usize = 1 << 28;
+        let elements = |shape: &[usize]| {
+            shape
+                .iter()
+                .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+                .filter(|n| *n > 0 && *n <= MAX_ELEMENTS && !shape.is_empty())
+        };
         for s in &self.graphs.step.states {
-            if s.shape.is_empty() || s.is_empty() {
-                return Err(format!("state {} has an empty shape", s.input));
+            if elements(&s.shape).is_none() {
+                return Err(format!(
+                    "state {} has shape {:?}: it needs 1..={MAX_ELEMENTS} elements",
+                    s.input, s.shape
+                ));
+            }
+            if !s.initial_value.is_finite() {
+                return Err(format!(
+                    "state {} initial_value must be a finite float32",
+                    s.input
+                ));
+            }
+        }
+        if let Some(e) = &self.graphs.encoder {
+            if elements(&e.output_shape).is_none() {
+                return Err(format!(
+                    "graphs.encoder.output_shape {:?} needs 1..={MAX_ELEMENTS} elements",
+                    e.output_shape
+                ));
             }
         }
         Ok(())
