@@ -1,0 +1,9 @@
+//! Fuzz target `image_preprocess`: see the framing and the checked properties in `fuzz/harness.rs`.
+#![no_main]
+
+#[path = "../harness.rs"]
+mod harness;
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| {
+    let _ = harness::image_preprocess(data);
+});
