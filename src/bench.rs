@@ -55,6 +55,10 @@ pub struct BenchArgs {
     /// Replay a distribution of exit timesteps through rule=fixed, e.g. "1:0.8,2:0.15,4:0.05".
     #[arg(long)]
     pub replay_exits: Option<String>,
+    /// Open loop: most requests outstanding at once; a request due beyond it is not sent and is
+    /// counted as `client_overrun` (keeps the load generator within its sockets).
+    #[arg(long, default_value_t = 2000)]
+    pub max_outstanding: usize,
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
@@ -342,12 +346,8 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     let rss_peak = Arc::new(Mutex::new(None::<f64>));
     let sampler = match &*client {
         Client::Http(c) => {
-            let (c, url, peak, stop) = (
-                c.clone(),
-                args.url.clone(),
-                rss_peak.clone(),
-                stop.clone(),
-            );
+            let (c, url, peak, stop) =
+                (c.clone(), args.url.clone(), rss_peak.clone(), stop.clone());
             Some(tokio::spawn(async move {
                 while !stop.load(Ordering::SeqCst) {
                     if let Some(mb) = server_rss_mb(&c, &url).await {
@@ -365,6 +365,7 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
     if let Some(rate) = args.rate {
         // Open loop: request i is due at started + i/rate, whatever happened to the others.
         let mut handles = Vec::new();
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let mut i = 0usize;
         while i < max_requests && deadline.is_none_or(|d| Instant::now() < d) {
             let due = started + Duration::from_secs_f64(i as f64 / rate);
@@ -377,9 +378,18 @@ async fn run_async(args: BenchArgs) -> Result<(), String> {
                 bar.clone(),
             );
             let fixed = pick_t(i);
+            if outstanding.load(Ordering::SeqCst) >= args.max_outstanding {
+                let s = &samples[i % samples.len()];
+                record(s, ("client_overrun".into(), None, false), 0.0);
+                i += 1;
+                continue;
+            }
+            outstanding.fetch_add(1, Ordering::SeqCst);
+            let outstanding = outstanding.clone();
             handles.push(tokio::spawn(async move {
                 let s = &samples[i % samples.len()];
                 let answer = send(&client, &args, s, fixed).await;
+                outstanding.fetch_sub(1, Ordering::SeqCst);
                 record(s, answer, due.elapsed().as_secs_f64() * 1e3);
                 bar.inc(1);
             }));

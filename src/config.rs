@@ -36,8 +36,14 @@ pub struct ServeConfig {
     #[arg(long, env = "SEENN_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
     /// Most requests in one batched timestep.
-    #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 32)]
+    /// 8 measured best on CPU (BENCHMARKS.md); raise it on a GPU.
+    #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
+    /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
+    /// before their body is read, so memory stays bounded under overload. Health, readiness and
+    /// metrics are not counted.
+    #[arg(long, env = "SEENN_MAX_HTTP_IN_FLIGHT", default_value_t = 1024)]
+    pub max_http_in_flight: usize,
     /// Most requests waiting per model; more get 429 / RESOURCE_EXHAUSTED.
     #[arg(long, env = "SEENN_MAX_QUEUE", default_value_t = 256)]
     pub max_queue: usize,
@@ -97,7 +103,8 @@ impl ServeConfig {
             device: "cpu".into(),
             ort_lib: None,
             intra_threads: 1,
-            max_batch: 32,
+            max_batch: 8,
+            max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,
             ablate: Vec::new(),

@@ -37,7 +37,7 @@ pub struct EvalArgs {
     /// Requests in flight at once (1 measures per-request latency without queueing).
     #[arg(long, default_value_t = 1)]
     pub concurrency: usize,
-    #[arg(long, default_value_t = 32)]
+    #[arg(long, default_value_t = 8)]
     pub max_batch: usize,
     /// continuous or static batching (for comparison).
     #[arg(long, value_enum, default_value = "continuous")]
@@ -247,7 +247,13 @@ async fn run_async(args: EvalArgs) -> Result<bool, String> {
     };
     let reps = args.repeat.max(1);
     let n0 = inputs.len();
-    let inputs = Arc::new(inputs.into_iter().cycle().take(n0 * reps).collect::<Vec<_>>());
+    let inputs = Arc::new(
+        inputs
+            .into_iter()
+            .cycle()
+            .take(n0 * reps)
+            .collect::<Vec<_>>(),
+    );
     let labels: Vec<usize> = labels.iter().copied().cycle().take(n0 * reps).collect();
     let alpha = m.manifest.exit.default_alpha;
     let mut results = Vec::new();

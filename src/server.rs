@@ -141,6 +141,7 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
     if admin_token.is_none() {
         tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
     }
+    let http_permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_http_in_flight.max(1)));
     let state = Arc::new(AppState {
         cfg,
         models: models.into_iter().collect::<BTreeMap<_, _>>(),
@@ -151,6 +152,7 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
         ready: AtomicBool::new(true),
         draining: AtomicBool::new(false),
         in_flight: AtomicUsize::new(0),
+        http_permits,
         ort_library,
         started: Instant::now(),
     });

@@ -29,6 +29,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     pub draining: AtomicBool,
     pub in_flight: AtomicUsize,
+    /// Admission of HTTP requests (`--max-http-in-flight`).
+    pub http_permits: Arc<tokio::sync::Semaphore>,
     pub ort_library: PathBuf,
     pub started: Instant,
 }

@@ -930,3 +930,65 @@ async fn a_full_queue_answers_429_with_retry_after() {
         Err(_) => panic!("server still shared"),
     }
 }
+
+/// `--max-http-in-flight`: past the limit a request is refused with 429 + Retry-After before its
+/// body is read, the admitted ones finish, and probes and metrics still answer meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http_admission_limit_sheds_load_and_keeps_probes_up() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.max_http_in_flight = 2;
+    cfg.max_queue = 256;
+    cfg.max_batch = 1;
+    let s = Arc::new(start(cfg).await);
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let mut handles = Vec::new();
+    for _ in 0..40 {
+        let (s, png) = (s.clone(), png.clone());
+        handles.push(tokio::spawn(async move {
+            let r = client()
+                .post(url(
+                    &s,
+                    "/v1/models/fashion-mnist-qcfs/classify?rule=fixed&max_timesteps=32",
+                ))
+                .header("content-type", "image/png")
+                .body(png)
+                .send()
+                .await
+                .expect("req");
+            let status = r.status().as_u16();
+            let retry = r.headers().contains_key("retry-after");
+            let body: Value = r.json().await.expect("json");
+            (status, retry, body)
+        }));
+    }
+    // While the two admitted requests run, probes and metrics are not shed.
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let r = client().get(url(&s, path)).send().await.expect("probe");
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    let (mut ok, mut shed) = (0, 0);
+    for h in handles {
+        match h.await.expect("task") {
+            (200, _, _) => ok += 1,
+            (429, true, body) => {
+                assert!(
+                    body["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("--max-http-in-flight"),
+                    "{body}"
+                );
+                shed += 1
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    assert!(ok >= 2 && shed >= 1, "{ok} answered, {shed} shed");
+    assert_eq!(ok + shed, 40);
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.shutdown().await,
+        Err(_) => panic!("server still shared"),
+    }
+}

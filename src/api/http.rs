@@ -72,11 +72,47 @@ pub fn router(state: Shared) -> Router {
     }
     let app = app
         .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            admit_http,
+        ))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state);
     match cors {
         Some(c) => app.layer(c),
         None => app,
+    }
+}
+
+/// Load shedding: at most `--max-http-in-flight` requests are read and answered at once; the
+/// next one gets 429 with Retry-After before its body is read. Probes and metrics always pass.
+async fn admit_http(
+    State(state): State<Shared>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
+        return next.run(req).await;
+    }
+    match state.http_permits.clone().try_acquire_owned() {
+        Ok(permit) => {
+            let resp = next.run(req).await;
+            drop(permit);
+            resp
+        }
+        Err(_) => {
+            state
+                .metrics
+                .requests_total
+                .with_label_values(&["_unparsed", "none", "429"])
+                .inc();
+            Error::Overloaded {
+                model: "* (HTTP admission, --max-http-in-flight)".into(),
+                depth: state.cfg.max_http_in_flight,
+                retry_after_s: 1,
+            }
+            .into_response()
+        }
     }
 }
 

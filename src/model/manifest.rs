@@ -198,7 +198,9 @@ impl Manifest {
         if i.mean.len() != i.channels || i.std.len() != i.channels {
             return Err("input.mean and input.std need one value per channel".into());
         }
-        if i.std.iter().any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
+        if i.std
+            .iter()
+            .any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
             || !i.scale.is_finite()
             || i.mean.iter().any(|m| !m.is_finite())
         {
@@ -207,11 +209,16 @@ impl Manifest {
                     .into(),
             );
         }
-        // (pixel × scale − mean) / std is monotonic in the pixel, so black and white bound every
+        // (pixel × scale − mean) / std (with `invert`, 1 − pixel × scale) is monotonic in the pixel, so black and white bound every
         // value the preprocessing can produce: both must stay finite in float32.
         for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
             for px in [0.0f32, 255.0] {
-                let v = (px * i.scale - m) / sd;
+                let x = if i.invert {
+                    1.0 - px * i.scale
+                } else {
+                    px * i.scale
+                };
+                let v = (x - m) / sd;
                 if !v.is_finite() {
                     return Err(format!(
                         "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
