@@ -363,21 +363,11 @@ pub fn package_input(kind: u8, timesteps: usize, file: &[u8]) -> Vec<u8> {
 
 /// One of the three package/state parsers on the framed file. `None` when too short to frame.
 pub fn package_file(data: &[u8]) -> Option<PackageFile> {
-    package_file_checked(data, false)
-}
-
-/// As [`package_file`], but an accepted manifest that hits an [`open_issue`] is not checked.
-pub fn package_file_skipping_open_issues(data: &[u8]) -> Option<PackageFile> {
-    package_file_checked(data, true)
-}
-
-fn package_file_checked(data: &[u8], skip_open_issues: bool) -> Option<PackageFile> {
     let (&b0, rest) = data.split_first()?;
     Some(match b0 % 3 {
         0 => {
             let r = seenn_serve::model::parse_manifest(rest);
             match &r {
-                Ok(m) if skip_open_issues && open_issue(m).is_some() => {}
                 Ok(m) => check_manifest(m),
                 Err(e) => assert!(!e.is_empty()),
             }
@@ -405,26 +395,6 @@ fn package_file_checked(data: &[u8], skip_open_issues: bool) -> Option<PackageFi
             PackageFile::State(r)
         }
     })
-}
-
-/// A bug found by fuzzing and still open in src/ (fuzz/README.md, "Findings") that an accepted
-/// manifest hits, if any. The `package_files` target does not check such a manifest further, so
-/// that a run goes on to new bugs; `tests/fuzz_regressions.rs` replays the saved inputs strictly.
-/// Once `Manifest::validate` refuses them, this never fires.
-pub fn open_issue(m: &Manifest) -> Option<&'static str> {
-    // validate() bounds (pixel * scale - mean) / std, but preprocessing with `invert` computes
-    // (1 - pixel * scale - mean) / std.
-    let i = &m.input;
-    if i.invert {
-        for (mean, std) in i.mean.iter().zip(&i.std) {
-            for px in [0.0f32, 255.0] {
-                if !((1.0 - px * i.scale - mean) / std).is_finite() {
-                    return Some("input.invert normalises a pixel to a non-finite value");
-                }
-            }
-        }
-    }
-    None
 }
 
 /// What the loader and the engine rely on once a manifest has been accepted.

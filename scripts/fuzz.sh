@@ -15,7 +15,7 @@ seconds=${FUZZ_SECONDS:-600}
 sanitizer=${FUZZ_SANITIZER:-address}
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(http_request image_preprocess package_files)
+    targets=(http_request image_preprocess package_files kserve_request)
 fi
 # cargo-fuzz passes -Z flags to rustc; this lets a stable toolchain accept them.
 export RUSTC_BOOTSTRAP=1

@@ -6,6 +6,8 @@
 
 #[path = "../fuzz/harness.rs"]
 mod harness;
+#[path = "../fuzz/kserve_harness.rs"]
+mod kserve_harness;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -189,20 +191,6 @@ fn package_files_regressions() {
     }
 }
 
-/// Found and still open in src/: once fixed, move the files to fuzz/regressions/package_files/,
-/// drop this test and empty `harness::open_issue`.
-#[test]
-#[ignore = "open bug in Manifest::validate (fuzz/README.md, Findings)"]
-fn open_package_files_regressions() {
-    let inputs = corpus("fuzz/regressions/open/package_files");
-    for (file, r) in replay(&inputs, harness::package_file) {
-        match r {
-            Some(PackageFile::Manifest(Err(e))) => assert!(!e.is_empty(), "{file}"),
-            _ => panic!("{file}: must be refused as a manifest"),
-        }
-    }
-}
-
 #[test]
 fn committed_package_files_are_accepted() {
     for (dir, manifest, calibration) in packages() {
@@ -369,5 +357,53 @@ fn tensors_and_malformed_bodies() {
             harness::CONTENT_TYPES[ct],
             String::from_utf8_lossy(body)
         );
+    }
+}
+
+#[test]
+fn kserve_request_seeds_and_regressions() {
+    let seeds = replay(&seeds("kserve_request"), kserve_harness::kserve_request);
+    // The hand-made seeds are what tritonclient sends: REST JSON and binary, gRPC raw and
+    // contents, each accepted with one input.
+    let mut accepted = 0;
+    for (file, r) in &seeds {
+        if let Some(Ok(req)) = r {
+            assert_eq!(req.inputs.len(), 1, "{file}");
+            accepted += 1;
+        }
+    }
+    assert!(accepted >= 7, "{accepted} seeds accepted");
+    for (file, r) in replay(
+        &corpus("fuzz/regressions/kserve_request"),
+        kserve_harness::kserve_request,
+    ) {
+        assert!(!matches!(r, Some(Ok(_))), "{file}: must be refused");
+    }
+    // Known-bad bodies are refused with a client error that says why.
+    use kserve_harness::{kserve_input, Transport};
+    const BINARY_PAST_END: &[u8] = br#"{"inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": 9}}]}"#;
+    for (body, header, why) in [
+        (&b"{"[..], None, "malformed"),
+        (
+            BINARY_PAST_END,
+            Some(BINARY_PAST_END.len() as u16),
+            "binary data",
+        ),
+        (
+            br#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1e39]}]}"#,
+            None,
+            "finite",
+        ),
+        (
+            br#"{"inputs": [], "parameters": {"alpha": [1]}}"#,
+            None,
+            "bool, a number or a string",
+        ),
+    ] {
+        let r = kserve_harness::kserve_request(&kserve_input(Transport::Rest, header, body));
+        match r {
+            Some(Err(e)) => assert!(e.to_string().contains(why), "{e}"),
+            other => panic!("{:?} accepted: {other:?}", String::from_utf8_lossy(body)),
+        }
     }
 }
