@@ -27,7 +27,7 @@ build:
 lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
-	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi scripts
+	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi scripts fuzz
 
 test-rust:
 	cargo test --release --locked --no-fail-fast -- --test-threads=2
