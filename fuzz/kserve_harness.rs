@@ -1,5 +1,6 @@
 //! The fuzz harness of the Open Inference Protocol request decoders, shared by the fuzz target
-//! `kserve_request` and `tests/fuzz_regressions.rs` (both include it with `#[path]`).
+//! `kserve_request` and `tests/fuzz_regressions.rs` (both include it, and `harness.rs` as
+//! `harness`, with `#[path]`).
 //!
 //! Input framing: byte 0 bit 0 picks the transport: clear, REST (`seenn_serve::kserve::rest::decode`);
 //! set, gRPC (the bytes are a protobuf `inference.ModelInferRequest`, decoded by prost, then
@@ -15,6 +16,10 @@
 use prost::Message as _;
 use seenn_serve::error::Error;
 use seenn_serve::kserve::{self, InferRequest, TensorData};
+
+// Both includers (the fuzz target and tests/fuzz_regressions.rs) also include `harness.rs` as
+// `harness` at their root: client errors are judged the same way for every target.
+use crate::harness::assert_client_error;
 
 pub enum Transport {
     Rest,
@@ -34,18 +39,6 @@ pub fn kserve_input(transport: Transport, header_len: Option<u16>, body: &[u8]) 
     }
     v.extend_from_slice(body);
     v
-}
-
-fn assert_client_error(e: &Error) {
-    assert!(
-        matches!(
-            e,
-            Error::InvalidRequest(_) | Error::UnsupportedMediaType(_) | Error::TooLarge(_)
-        ),
-        "client input answered with {e:?}"
-    );
-    assert!(e.http_status().is_client_error(), "{e:?}");
-    assert!(!e.to_string().is_empty(), "{e:?} has no message");
 }
 
 fn check_accepted(r: &InferRequest) {

@@ -18,25 +18,36 @@ fn input(pkg: &std::path::Path, m: &seenn_serve::model::manifest::Manifest) -> V
     seenn_serve::preprocess::image_to_tensor(&png, None, &m.input, 1 << 24).expect("tensor")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gone_clients_and_passed_deadlines_stop_the_work() {
-    let (env, _) = runtime::init(None).expect("ORT");
-    let pkg = policy_package();
-    let metrics = Arc::new(Metrics::new(4, 8).expect("metrics"));
-    let opts = LoadOptions {
-        env: &env,
+/// Load options for one CPU session thread and a continuous-batching engine.
+fn cpu_options(
+    env: &ort::environment::Environment,
+    max_batch: usize,
+    max_queue: usize,
+    ablations: Vec<Ablation>,
+    metrics: Arc<Metrics>,
+) -> LoadOptions<'_> {
+    LoadOptions {
+        env,
         session: SessionOptions {
             device: Device::Cpu,
             intra_threads: 1,
         },
         engine: EngineConfig {
-            max_batch: 8,
-            max_queue: 16,
+            max_batch,
+            max_queue,
             batching: Batching::Continuous,
-            ablations: Vec::new(),
+            ablations,
         },
-        metrics: metrics.clone(),
-    };
+        metrics,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gone_clients_and_passed_deadlines_stop_the_work() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let pkg = policy_package();
+    let metrics = Arc::new(Metrics::new(4, 8).expect("metrics"));
+    let opts = cpu_options(&env, 8, 16, Vec::new(), metrics.clone());
     let m = model::load_one(&pkg, &opts).expect("loads");
     let x = input(&pkg, &m.manifest);
     let steps = || {
@@ -146,20 +157,7 @@ async fn ablations_compute_the_same_answers() {
         vec![Ablation::CopyMembranes],
     ] {
         let metrics = Arc::new(Metrics::new(4, 8).expect("metrics"));
-        let opts = LoadOptions {
-            env: &env,
-            session: SessionOptions {
-                device: Device::Cpu,
-                intra_threads: 1,
-            },
-            engine: EngineConfig {
-                max_batch: 16,
-                max_queue: 128,
-                batching: Batching::Continuous,
-                ablations,
-            },
-            metrics,
-        };
+        let opts = cpu_options(&env, 16, 128, ablations, metrics);
         let m = model::load_one(&pkg, &opts).expect("loads");
         let mut replies = Vec::new();
         for s in &g.samples {

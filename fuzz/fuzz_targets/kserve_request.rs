@@ -2,6 +2,8 @@
 //! `fuzz/kserve_harness.rs`.
 #![no_main]
 
+#[path = "../harness.rs"]
+mod harness;
 #[path = "../kserve_harness.rs"]
 mod kserve_harness;
 
