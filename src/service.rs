@@ -36,13 +36,20 @@ pub struct AppState {
 }
 
 /// Per-request options, from the query string, JSON fields, multipart fields or gRPC.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ClassifyOptions {
+    /// Model name (default: the server's default model; on a named route, the same name).
     pub model: Option<String>,
+    /// confidence | policy | fixed (default: the model's exit policy).
     pub rule: Option<String>,
+    /// Confidence threshold in (0, 1].
     pub alpha: Option<f64>,
+    /// Cap on timesteps (the count for `fixed`).
     pub max_timesteps: Option<u64>,
+    /// Number of classes to return (default 5).
     pub top_k: Option<u64>,
+    /// Return the score and prediction at every timestep.
     pub explain: Option<bool>,
     /// Per-request deadline in milliseconds (default `--request-timeout`).
     pub timeout_ms: Option<u64>,

@@ -384,13 +384,7 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
 /// JSON; options also come from the query string.
 #[utoipa::path(post, path = "/classify", tag = "classify",
     params(
-        ("model" = Option<String>, Query, description = "Model name (default: the server's default model)"),
-        ("rule" = Option<String>, Query, description = "confidence | policy | fixed"),
-        ("alpha" = Option<f64>, Query, description = "Confidence threshold in (0, 1]"),
-        ("max_timesteps" = Option<u64>, Query, description = "Cap on timesteps (the count for `fixed`)"),
-        ("top_k" = Option<u64>, Query, description = "Number of classes to return (default 5)"),
-        ("explain" = Option<bool>, Query, description = "Return the score and prediction at every timestep"),
-        ("timeout_ms" = Option<u64>, Query, description = "Deadline in milliseconds"),
+        ClassifyOptions,
         ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
     request_body(description = "An image, a multipart form or JSON", content(
         (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
@@ -413,12 +407,7 @@ pub async fn classify_default(State(state): State<Shared>, req: Request) -> Resp
 /// JSON; options also come from the query string.
 #[utoipa::path(post, path = "/v1/models/{name}/classify", tag = "classify",
     params(("name" = String, Path, description = "Model name"),
-        ("rule" = Option<String>, Query, description = "confidence | policy | fixed"),
-        ("alpha" = Option<f64>, Query, description = "Confidence threshold in (0, 1]"),
-        ("max_timesteps" = Option<u64>, Query, description = "Cap on timesteps (the count for `fixed`)"),
-        ("top_k" = Option<u64>, Query, description = "Number of classes to return (default 5)"),
-        ("explain" = Option<bool>, Query, description = "Return the score and prediction at every timestep"),
-        ("timeout_ms" = Option<u64>, Query, description = "Deadline in milliseconds"),
+        ClassifyOptions,
         ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
     request_body(description = "An image, a multipart form or JSON", content(
         (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
