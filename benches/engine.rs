@@ -45,7 +45,7 @@ fn engine_step(c: &mut Criterion) {
         device: seenn_serve::runtime::Device::Cpu,
         intra_threads: 1,
     };
-    let mut s = seenn_serve::model::load_sessions(&package(), &m, &env, &opts).expect("sessions");
+    let mut s = seenn_serve::graphs::load_sessions(&package(), &m, &env, &opts).expect("sessions");
     let enc = m.graphs.encoder.as_ref().expect("encoder");
     let st = &m.graphs.step;
     let x = seenn_serve::preprocess::image_to_tensor(&sample_png(), None, &m.input, 1 << 24)

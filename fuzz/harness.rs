@@ -406,7 +406,12 @@ fn check_manifest(m: &Manifest) {
     assert!(!i.is_empty() && i.len() == i.channels * i.height * i.width);
     assert_eq!(i.shape(), [i.channels, i.height, i.width]);
     assert!(i.mean.len() == i.channels && i.std.len() == i.channels);
-    seenn_serve::exit::RuleKind::parse(&m.exit.default_rule).expect("default_rule was checked");
+    if m.exit.default_rule == seenn_serve::exit::RuleKind::Policy {
+        assert!(
+            m.graphs.policy.is_some(),
+            "default_rule policy needs graphs.policy"
+        );
+    }
     if let Some(p) = &m.graphs.policy {
         assert!(p.actions.iter().all(|a| (1..=m.timesteps).contains(a)));
     }

@@ -247,15 +247,7 @@ async fn server_rss_mb(c: &reqwest::Client, url: &str) -> Option<f64> {
         .map(|b| b / 1048576.0)
 }
 
-pub fn run(args: BenchArgs) -> Result<(), String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: BenchArgs) -> Result<(), String> {
+pub async fn run(args: BenchArgs) -> Result<(), String> {
     let samples = Arc::new(load_samples(&args)?);
     if samples.is_empty() {
         return Err("no samples to send".into());

@@ -62,6 +62,9 @@ pub struct ServeConfig {
     /// Largest request body in bytes (HTTP) / message (gRPC).
     #[arg(long, env = "SEENN_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Longest HTTP request target (path and query) in bytes; longer ones get 414.
+    #[arg(long, env = "SEENN_MAX_URI_BYTES", default_value_t = 8 * 1024)]
+    pub max_uri_bytes: usize,
     /// Largest image in pixels, checked from the header before decoding.
     #[arg(long, env = "SEENN_MAX_IMAGE_PIXELS", default_value_t = 16 * 1024 * 1024)]
     pub max_image_pixels: u64,
@@ -111,6 +114,7 @@ impl ServeConfig {
             request_timeout: 30.0,
             shutdown_timeout: 30.0,
             max_body_bytes: 8 * 1024 * 1024,
+            max_uri_bytes: 8 * 1024,
             max_image_pixels: 16 * 1024 * 1024,
             state_dir,
             admin_token_file: None,

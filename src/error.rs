@@ -1,7 +1,9 @@
 //! One error type for the whole server, mapped exhaustively to HTTP status codes and gRPC codes so
 //! that a new variant cannot be forgotten by either transport.
 
-use axum::http::StatusCode;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
@@ -16,6 +18,15 @@ pub enum Error {
     TooLarge(String),
     #[error("{0}")]
     ModelNotFound(String),
+    /// No route at this path.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not with this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The request target (path and query) is over the limit.
+    #[error("{0}")]
+    UriTooLong(String),
     /// The bounded queue is full; retry after the given number of seconds.
     #[error(
         "queue full for model {model}: {depth} requests waiting; retry after {retry_after_s} s"
@@ -35,9 +46,6 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
-    /// The client went away; nobody reads this answer.
-    #[error("request cancelled by the client")]
-    Cancelled,
     /// A failure inside ONNX Runtime or the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -59,12 +67,14 @@ impl Error {
             Error::UnsupportedMediaType(_) => "unsupported_media_type",
             Error::TooLarge(_) => "too_large",
             Error::ModelNotFound(_) => "model_not_found",
+            Error::NotFound(_) => "not_found",
+            Error::MethodNotAllowed(_) => "method_not_allowed",
+            Error::UriTooLong(_) => "uri_too_long",
             Error::Overloaded { .. } => "overloaded",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::Unavailable(_) => "unavailable",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
-            Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }
     }
@@ -74,14 +84,14 @@ impl Error {
             Error::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             Error::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             Error::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            Error::ModelNotFound(_) => StatusCode::NOT_FOUND,
+            Error::ModelNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
+            Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
             Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
-            // nginx's "client closed request"; nobody sees it but the access log.
-            Error::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -91,13 +101,14 @@ impl Error {
             Error::InvalidRequest(_) => tonic::Code::InvalidArgument,
             Error::UnsupportedMediaType(_) => tonic::Code::InvalidArgument,
             Error::TooLarge(_) => tonic::Code::ResourceExhausted,
-            Error::ModelNotFound(_) => tonic::Code::NotFound,
+            Error::ModelNotFound(_) | Error::NotFound(_) => tonic::Code::NotFound,
+            Error::MethodNotAllowed(_) => tonic::Code::Unimplemented,
+            Error::UriTooLong(_) => tonic::Code::InvalidArgument,
             Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::Forbidden(_) => tonic::Code::PermissionDenied,
-            Error::Cancelled => tonic::Code::Cancelled,
             Error::Internal(_) => tonic::Code::Internal,
         }
     }
@@ -119,6 +130,32 @@ impl From<Error> for tonic::Status {
             }
         }
         status
+    }
+}
+
+/// Every error answer: what was wrong and what is accepted, and a stable machine-readable code.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+    pub code: String,
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        let status = self.http_status();
+        let mut resp = (
+            status,
+            Json(ErrorBody {
+                error: self.to_string(),
+                code: self.code().to_string(),
+            }),
+        )
+            .into_response();
+        if let Some(s) = self.retry_after() {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        resp
     }
 }
 

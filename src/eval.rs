@@ -12,7 +12,8 @@ use serde_json::json;
 
 use crate::engine::{Batching, EngineConfig, Job, Outcome, RequestRule};
 use crate::metrics::Metrics;
-use crate::model::{self, LoadOptions, LoadedModel};
+use crate::model;
+use crate::registry::{self, LoadOptions, LoadedModel};
 use crate::runtime::{self, Device, SessionOptions};
 
 #[derive(Debug, Clone, Args)]
@@ -184,15 +185,7 @@ fn summarize(
     }
 }
 
-pub fn run(args: EvalArgs) -> Result<bool, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
-    rt.block_on(run_async(args))
-}
-
-async fn run_async(args: EvalArgs) -> Result<bool, String> {
+pub async fn run(args: EvalArgs) -> Result<bool, String> {
     let (env, _) = runtime::init(args.ort_lib.as_deref())?;
     let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
     let t_max = manifest.timesteps;
@@ -211,7 +204,7 @@ async fn run_async(args: EvalArgs) -> Result<bool, String> {
         },
         metrics,
     };
-    let m = Arc::new(model::load_one(&args.model, &opts).map_err(|e| e.to_string())?);
+    let m = Arc::new(registry::load_one(&args.model, &opts).map_err(|e| e.to_string())?);
     let spec = &m.manifest.input;
     let (inputs, labels): (Vec<Vec<f32>>, Vec<usize>) = match args.data.as_str() {
         "fashion-mnist" | "mnist" => {

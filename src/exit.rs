@@ -15,6 +15,8 @@ pub enum RuleKind {
 }
 
 impl RuleKind {
+    pub const ALL: [RuleKind; 3] = [RuleKind::Confidence, RuleKind::Policy, RuleKind::Fixed];
+
     pub fn as_str(&self) -> &'static str {
         match self {
             RuleKind::Confidence => "confidence",
@@ -33,6 +35,15 @@ impl RuleKind {
             )),
         }
     }
+}
+
+/// A model's default exit policy: what a request without overrides runs under.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ExitPolicy {
+    pub rule: RuleKind,
+    pub alpha: f64,
+    /// Timesteps for the `fixed` rule (and the cap for the others).
+    pub timesteps: usize,
 }
 
 /// The rule one request runs under, fully resolved.

@@ -1,4 +1,4 @@
-//! `seenn`: serve | inspect.
+//! `seenn`: serve | inspect | eval | bench | openapi, all on one async runtime.
 
 use std::process::ExitCode;
 
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Openapi => {
-            print!("{}", seenn_serve::api::openapi::spec_json());
+            print!("{}", seenn_serve::openapi::spec_json());
             ExitCode::SUCCESS
         }
         Command::Serve(cfg) => {
@@ -66,8 +66,8 @@ fn main() -> ExitCode {
                 let server = match RunningServer::start(cfg).await {
                     Ok(s) => s,
                     Err(e) => {
-                        tracing::error!("{e}");
-                        eprintln!("error: {e}");
+                        tracing::error!("{e:#}");
+                        eprintln!("error: {e:#}");
                         return ExitCode::FAILURE;
                     }
                 };
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         }
         Command::Eval(args) => {
             init_logging(LogFormat::Text);
-            match seenn_serve::eval::run(args) {
+            match rt.block_on(seenn_serve::eval::run(args)) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => {
                     eprintln!(
@@ -92,7 +92,7 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Bench(args) => match seenn_serve::bench::run(args) {
+        Command::Bench(args) => match rt.block_on(seenn_serve::bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -101,15 +101,21 @@ fn main() -> ExitCode {
         },
         Command::Inspect(cfg) => {
             init_logging(cfg.log_format);
-            match seenn_serve::server::build_state(cfg) {
-                Ok(state) => {
-                    for m in state.models.values() {
-                        println!("{}", seenn_serve::api::http::model_json(&state, m));
+            match seenn_serve::server::build_service(&cfg) {
+                Ok(service) => {
+                    for m in service.registry.models() {
+                        match serde_json::to_string(&service.model_view(m)) {
+                            Ok(json) => println!("{json}"),
+                            Err(e) => {
+                                eprintln!("error: {e}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
                     }
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -1,9 +1,11 @@
 //! Every Prometheus metric the server exports, defined in one place.
 
 use prometheus::{
-    exponential_buckets, CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec,
-    IntGaugeVec, Opts, Registry, TextEncoder,
+    exponential_buckets, Counter, CounterVec, Encoder, GaugeVec, Histogram, HistogramOpts,
+    HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::exit::RuleKind;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -26,6 +28,11 @@ pub struct Metrics {
     pub model_info: IntGaugeVec,
     pub model_ready: IntGaugeVec,
 }
+
+/// The `model` label of a request rejected before its body named a model.
+pub const UNPARSED: &str = "_unparsed";
+/// The `model` label of a request for a model that is not served.
+pub const UNKNOWN_MODEL: &str = "_unknown";
 
 fn latency_buckets() -> Vec<f64> {
     // 50 µs … ~26 s, ×1.5 per bucket.
@@ -177,11 +184,113 @@ impl Metrics {
         Ok(m)
     }
 
+    /// Binds every per-model series of `model` (T = `timesteps`) once.
+    pub fn for_model(&self, model: &str, timesteps: usize) -> ModelMetrics {
+        let rules = RuleKind::ALL
+            .iter()
+            .map(|k| {
+                let r = k.as_str();
+                (
+                    *k,
+                    RuleMetrics {
+                        timesteps_used: self.timesteps_used.with_label_values(&[model, r]),
+                        inference_duration: self.inference_duration.with_label_values(&[model, r]),
+                        exits: (1..=timesteps.max(1))
+                            .map(|t| {
+                                self.exits_total
+                                    .with_label_values(&[model, r, &t.to_string()])
+                            })
+                            .collect(),
+                    },
+                )
+            })
+            .collect();
+        ModelMetrics {
+            queue_depth: self.queue_depth.with_label_values(&[model]),
+            queue_duration: self.queue_duration.with_label_values(&[model]),
+            active_requests: self.active_requests.with_label_values(&[model]),
+            step_duration: self.step_duration.with_label_values(&[model]),
+            batch_size: self.batch_size.with_label_values(&[model]),
+            steps_total: self.steps_total.with_label_values(&[model]),
+            engine_failures: self.engine_failures.with_label_values(&[model]),
+            model_ready: self.model_ready.with_label_values(&[model]),
+            cancelled: CancelReason::ALL
+                .map(|r| self.cancelled_total.with_label_values(&[model, r.as_str()])),
+            rules,
+        }
+    }
+
+    /// Counts a request rejected before it named a model (admission, unreadable body).
+    pub fn count_rejected(&self, status: u16) {
+        self.requests_total
+            .with_label_values(&[UNPARSED, "none", &status.to_string()])
+            .inc();
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::error!("metrics encoding failed: {e}");
         }
         String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+/// Why a request left the batch before its exit rule fired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The client closed the connection or dropped the stream.
+    ClientGone,
+    /// The request's deadline passed.
+    Deadline,
+}
+
+impl CancelReason {
+    pub const ALL: [CancelReason; 2] = [CancelReason::ClientGone, CancelReason::Deadline];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::ClientGone => "client_gone",
+            CancelReason::Deadline => "deadline",
+        }
+    }
+}
+
+/// The series of one rule of one model, bound once.
+pub struct RuleMetrics {
+    pub timesteps_used: Histogram,
+    pub inference_duration: Histogram,
+    /// `exits[t - 1]`: answered requests that exited at timestep t.
+    pub exits: Vec<IntCounter>,
+}
+
+/// One model's series, bound to its label once at load so the engine's hot path does no label
+/// lookups. Creating the handles also creates the series at zero, so rates and alerts have data
+/// before the first event.
+pub struct ModelMetrics {
+    pub queue_depth: IntGauge,
+    pub queue_duration: Histogram,
+    pub active_requests: IntGauge,
+    pub step_duration: Histogram,
+    pub batch_size: Histogram,
+    pub steps_total: Counter,
+    pub engine_failures: IntCounter,
+    pub model_ready: IntGauge,
+    cancelled: [IntCounter; 2],
+    rules: Vec<(RuleKind, RuleMetrics)>,
+}
+
+impl ModelMetrics {
+    pub fn cancelled(&self, reason: CancelReason) -> &IntCounter {
+        &self.cancelled[reason as usize]
+    }
+
+    pub fn rule(&self, kind: RuleKind) -> &RuleMetrics {
+        // Every kind is bound in `Metrics::for_model`; the first entry is only a fallback.
+        self.rules
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, r)| r)
+            .unwrap_or(&self.rules[0].1)
     }
 }

@@ -8,7 +8,7 @@ use std::io::Cursor;
 use image::{imageops::FilterType, DynamicImage, ImageFormat, ImageReader};
 
 use crate::error::Error;
-use crate::model::manifest::InputSpec;
+use crate::model::manifest::{InputSpec, Resize};
 
 pub const ACCEPTED_FORMATS: &str = "PNG, JPEG, WebP, BMP, GIF";
 
@@ -90,10 +90,9 @@ pub fn decode(
 /// Converts a decoded image into the normalised CHW tensor of `spec`.
 pub fn to_tensor(img: &DynamicImage, spec: &InputSpec) -> Vec<f32> {
     let (w, h) = (spec.width as u32, spec.height as u32);
-    let filter = if spec.resize == "nearest" {
-        FilterType::Nearest
-    } else {
-        FilterType::Triangle
+    let filter = match spec.resize {
+        Resize::Nearest => FilterType::Nearest,
+        Resize::Bilinear => FilterType::Triangle,
     };
     let resized;
     let img = if img.width() != w || img.height() != h {
@@ -164,13 +163,13 @@ mod tests {
             channels: 1,
             height: 2,
             width: 2,
-            color: "grayscale".into(),
+            color: crate::model::manifest::Color::Grayscale,
             scale: 1.0 / 255.0,
             mean: vec![0.5],
             std: vec![0.25],
             invert: false,
-            resize: "bilinear".into(),
-            layout: "NCHW".into(),
+            resize: Resize::Bilinear,
+            layout: crate::model::manifest::Layout::Nchw,
         }
     }
 

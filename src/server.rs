@@ -1,38 +1,42 @@
 //! Start-up and shutdown: load ONNX Runtime and the models, bind HTTP and gRPC, drain on SIGTERM.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::api::{grpc, http};
+use crate::api::grpc;
+use crate::api::http::{self, HttpOptions};
 use crate::config::ServeConfig;
 use crate::engine::EngineConfig;
 use crate::metrics::Metrics;
-use crate::model::{self, LoadOptions};
+use crate::registry::Registry;
+use crate::registry::{self, LoadOptions};
 use crate::runtime::{self, Device, SessionOptions};
-use crate::service::AppState;
+use crate::service::{Lifecycle, Limits, PolicyAdmin, Service};
 use crate::state::StateStore;
+use crate::{kserve, openapi};
 
 pub struct RunningServer {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
-    pub state: Arc<AppState>,
+    pub service: Arc<Service>,
+    shutdown_timeout: Duration,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
-fn admin_token(cfg: &ServeConfig) -> Result<Option<String>, String> {
+fn admin_token(cfg: &ServeConfig) -> Result<Option<String>> {
     if let Some(path) = &cfg.admin_token_file {
         let t = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read the admin token: {e}", path.display()))?;
+            .with_context(|| format!("{}: cannot read the admin token", path.display()))?;
         let t = t.trim().to_string();
         if t.is_empty() {
-            return Err(format!("{}: the admin token file is empty", path.display()));
+            bail!("{}: the admin token file is empty", path.display());
         }
         return Ok(Some(t));
     }
@@ -42,24 +46,22 @@ fn admin_token(cfg: &ServeConfig) -> Result<Option<String>, String> {
         .filter(|t| !t.is_empty()))
 }
 
-/// Builds the shared state: everything that can fail at start-up fails here with a clear message.
-pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
-    let device = Device::parse(&cfg.device)?;
+/// Builds the service: everything that can fail at start-up fails here with a clear message.
+pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
+    let device = Device::parse(&cfg.device).map_err(anyhow::Error::msg)?;
     if cfg.max_batch == 0 || cfg.max_queue == 0 {
-        return Err("--max-batch and --max-queue must be at least 1".into());
+        bail!("--max-batch and --max-queue must be at least 1");
     }
-    let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref())?;
+    let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref()).map_err(anyhow::Error::msg)?;
     tracing::info!(library = %ort_library.display(), device = %device.provider_name(), "ONNX Runtime loaded");
     // Metrics need the largest T for their buckets: read the manifests first.
-    let max_t = model::package_dirs(&cfg.models)
-        .map_err(|e| e.to_string())?
+    let max_t = registry::package_dirs(&cfg.models)?
         .iter()
-        .filter_map(|d| model::read_manifest(d).ok())
+        .filter_map(|d| crate::model::read_manifest(d).ok())
         .map(|m| m.timesteps)
         .max()
         .unwrap_or(1);
-    let metrics =
-        Arc::new(Metrics::new(max_t, cfg.max_batch).map_err(|e| format!("metrics: {e}"))?);
+    let metrics = Arc::new(Metrics::new(max_t, cfg.max_batch).context("metrics")?);
     let opts = LoadOptions {
         env: &env,
         session: SessionOptions {
@@ -74,46 +76,38 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
         },
         metrics: metrics.clone(),
     };
-    let (models, errors) = model::load_all(&cfg.models, &opts).map_err(|e| e.to_string())?;
+    let (models, errors) = registry::load_all(&cfg.models, &opts)?;
     for e in &errors {
         tracing::error!("broken model package: {e}");
     }
     if !errors.is_empty() && !cfg.skip_broken {
-        return Err(format!(
+        bail!(
             "{} broken model package(s): {}; fix them or start with --skip-broken to serve the rest",
             errors.len(),
             errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
-        ));
+        );
     }
     if models.is_empty() {
-        return Err(format!(
+        bail!(
             "no model package under {} (each needs a manifest.json)",
             cfg.models.display()
-        ));
+        );
     }
-    let store = StateStore::open(&cfg.state_dir)?;
-    for (name, m) in &models {
-        if let Some(p) = store.get(name) {
-            if p.timesteps > m.manifest.timesteps
-                || (p.rule == crate::exit::RuleKind::Policy && !m.has_policy())
-            {
-                return Err(format!(
-                    "{}: the saved policy for {name} does not fit the model",
-                    store.path().display()
-                ));
-            }
-            m.set_exit_policy(p);
-            tracing::info!(model = %name, policy = ?p, "restored exit policy");
-        }
+    let registry =
+        Registry::new(models, cfg.default_model.as_deref()).map_err(anyhow::Error::msg)?;
+    let admin_token = admin_token(cfg)?;
+    if admin_token.is_none() {
+        tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
+    }
+    let store = StateStore::open(&cfg.state_dir).map_err(anyhow::Error::msg)?;
+    let policies = PolicyAdmin::new(admin_token, store, metrics.clone());
+    for m in registry.models() {
+        let name = &m.manifest.name;
+        policies.restore(m).map_err(anyhow::Error::msg)?;
         metrics
             .queue_capacity
             .with_label_values(&[name])
             .set(cfg.max_queue as i64);
-        // Series that start at zero, so rates and alerts have data before the first event.
-        for reason in ["client_gone", "deadline"] {
-            metrics.cancelled_total.with_label_values(&[name, reason]);
-        }
-        metrics.engine_failures.with_label_values(&[name]);
         metrics
             .model_info
             .with_label_values(&[
@@ -124,42 +118,20 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
             ])
             .set(1);
         metrics.model_ready.with_label_values(&[name]).set(1);
-        metrics.queue_depth.with_label_values(&[name]).set(0);
-        metrics.active_requests.with_label_values(&[name]).set(0);
         tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
     }
-    let default_model = match &cfg.default_model {
-        Some(d) if models.contains_key(d) => d.clone(),
-        Some(d) => {
-            return Err(format!(
-                "--default-model {d:?} is not among the loaded models"
-            ))
-        }
-        None => models.keys().next().cloned().unwrap_or_default(),
-    };
-    let admin_token = admin_token(&cfg)?;
-    if admin_token.is_none() {
-        tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
-    }
-    let http_permits = Arc::new(tokio::sync::Semaphore::new(cfg.max_http_in_flight.max(1)));
-    let state = Arc::new(AppState {
-        cfg,
-        models: models.into_iter().collect::<BTreeMap<_, _>>(),
-        default_model,
+    Ok(Arc::new(Service {
+        registry,
+        policies,
+        lifecycle: Lifecycle::new(),
         metrics,
-        admin_token,
-        store,
-        ready: AtomicBool::new(true),
-        draining: AtomicBool::new(false),
-        in_flight: AtomicUsize::new(0),
-        http_permits,
-        ort_library,
-        started: Instant::now(),
-    });
-    for m in state.models.values() {
-        state.publish_policy(&state.policy_view(m, None));
-    }
-    Ok(state)
+        limits: Limits {
+            request_timeout: Duration::from_secs_f64(cfg.request_timeout.max(0.001)),
+            max_image_pixels: cfg.max_image_pixels,
+            max_body_bytes: cfg.max_body_bytes,
+            max_rows: cfg.max_queue.max(1),
+        },
+    }))
 }
 
 async fn wait_for(mut rx: watch::Receiver<bool>) {
@@ -171,23 +143,25 @@ async fn wait_for(mut rx: watch::Receiver<bool>) {
 }
 
 impl RunningServer {
-    pub async fn start(cfg: ServeConfig) -> Result<Self, String> {
-        let state = tokio::task::spawn_blocking(move || build_state(cfg))
-            .await
-            .map_err(|e| format!("start-up task: {e}"))??;
-        Self::serve(state).await
+    pub async fn start(cfg: ServeConfig) -> Result<Self> {
+        let service = {
+            let cfg = cfg.clone();
+            tokio::task::spawn_blocking(move || build_service(&cfg))
+                .await
+                .context("start-up task")??
+        };
+        Self::serve(service, &cfg).await
     }
 
-    pub async fn serve(state: Arc<AppState>) -> Result<Self, String> {
-        let cfg = &state.cfg;
+    pub async fn serve(state: Arc<Service>, cfg: &ServeConfig) -> Result<Self> {
         let http_listener = TcpListener::bind((cfg.host.as_str(), cfg.http_port))
             .await
-            .map_err(|e| format!("cannot bind HTTP {}:{}: {e}", cfg.host, cfg.http_port))?;
+            .with_context(|| format!("cannot bind HTTP {}:{}", cfg.host, cfg.http_port))?;
         let grpc_listener = TcpListener::bind((cfg.host.as_str(), cfg.grpc_port))
             .await
-            .map_err(|e| format!("cannot bind gRPC {}:{}: {e}", cfg.host, cfg.grpc_port))?;
-        let http_addr = http_listener.local_addr().map_err(|e| e.to_string())?;
-        let grpc_addr = grpc_listener.local_addr().map_err(|e| e.to_string())?;
+            .with_context(|| format!("cannot bind gRPC {}:{}", cfg.host, cfg.grpc_port))?;
+        let http_addr = http_listener.local_addr()?;
+        let grpc_addr = grpc_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
         // TCP_NODELAY: without it a keep-alive response written in two segments waits ~40 ms
@@ -196,7 +170,16 @@ impl RunningServer {
         let listener = http_listener.tap_io(|tcp| {
             let _ = tcp.set_nodelay(true);
         });
-        let app = http::router(state.clone());
+        let http_opts = HttpOptions {
+            cors_origins: cfg.cors_origins.clone(),
+            max_in_flight: cfg.max_http_in_flight,
+            max_uri_bytes: cfg.max_uri_bytes,
+            enable_fault_injection: cfg.enable_fault_injection,
+        };
+        let routes = http::routes(&http_opts)
+            .merge(kserve::rest::router())
+            .route("/openapi.json", axum::routing::get(openapi::openapi_json));
+        let app = http::finish(routes, state.clone(), &http_opts);
         let rx = shutdown_rx.clone();
         let http_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app)
@@ -218,45 +201,24 @@ impl RunningServer {
             .register_encoded_file_descriptor_set(grpc::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
             .build_v1()
-            .map_err(|e| format!("gRPC reflection: {e}"))?;
-        let max_message = cfg.max_body_bytes;
+            .context("gRPC reflection")?;
+        let max_message = state.limits.max_body_bytes;
         let rx = shutdown_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
-        let health_state = state.clone();
+        tokio::spawn(mirror_health(
+            state.clone(),
+            health_reporter.clone(),
+            shutdown_rx.clone(),
+        ));
         let grpc_task = tokio::spawn(async move {
-            // The health status follows readiness (draining, engine failures).
-            let reporter = health_reporter.clone();
-            let mut rx_h = rx.clone();
-            tokio::spawn(async move {
-                let mut last = true;
-                loop {
-                    let ready = health_state.is_ready();
-                    if ready != last {
-                        let status = if ready {
-                            tonic_health::ServingStatus::Serving
-                        } else {
-                            tonic_health::ServingStatus::NotServing
-                        };
-                        reporter.set_service_status("", status).await;
-                        reporter
-                            .set_service_status("seenn.v1.Classifier", status)
-                            .await;
-                        last = ready;
-                    }
-                    tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        _ = rx_h.changed() => { if *rx_h.borrow() { break; } }
-                    }
-                }
-            });
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(grpc::classifier_server(svc.clone(), max_message))
                 .add_service(grpc::admin_server(svc.clone()))
-                .add_service(crate::kserve::grpc::server(
-                    crate::kserve::grpc::InferenceService {
+                .add_service(kserve::grpc::server(
+                    kserve::grpc::InferenceService {
                         state: svc.state.clone(),
                     },
                     max_message,
@@ -271,7 +233,8 @@ impl RunningServer {
         Ok(RunningServer {
             http_addr,
             grpc_addr,
-            state,
+            service: state,
+            shutdown_timeout: Duration::from_secs_f64(cfg.shutdown_timeout.max(0.0)),
             shutdown_tx,
             tasks: vec![http_task, grpc_task],
         })
@@ -280,14 +243,7 @@ impl RunningServer {
     /// Graceful shutdown: readiness turns 503 and new requests get 503 at once, requests in flight
     /// finish (bounded by `--shutdown-timeout`), then both listeners close.
     pub async fn shutdown(self) {
-        let state = self.state.clone();
-        state.draining.store(true, Ordering::SeqCst);
-        let deadline =
-            Instant::now() + Duration::from_secs_f64(state.cfg.shutdown_timeout.max(0.0));
-        while state.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        let left = state.in_flight.load(Ordering::SeqCst);
+        let left = self.service.lifecycle.drain(self.shutdown_timeout).await;
         if left > 0 {
             tracing::warn!(
                 requests = left,
@@ -296,9 +252,49 @@ impl RunningServer {
         }
         let _ = self.shutdown_tx.send(true);
         for t in self.tasks {
-            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+            let _ = tokio::time::timeout(TASK_JOIN_TIMEOUT, t).await;
         }
         tracing::info!("stopped");
+    }
+}
+
+/// How long shutdown waits for each listener task to finish after it was told to stop.
+const TASK_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Keeps the gRPC health status equal to readiness: waits on the engines' and the drain's
+/// `watch` channels and republishes when any of them changes.
+async fn mirror_health(
+    service: Arc<Service>,
+    reporter: tonic_health::server::HealthReporter,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut sources: Vec<watch::Receiver<bool>> = service
+        .registry
+        .models()
+        .map(|m| m.engine.watch_ready())
+        .collect();
+    sources.push(service.lifecycle.watch_draining());
+    let mut published = true;
+    loop {
+        let ready = service.is_ready();
+        if ready != published {
+            let status = if ready {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            reporter.set_service_status("", status).await;
+            reporter
+                .set_service_status("seenn.v1.Classifier", status)
+                .await;
+            published = ready;
+        }
+        let any_change =
+            futures::future::select_all(sources.iter_mut().map(|s| Box::pin(s.changed())));
+        tokio::select! {
+            (changed, _, _) = any_change => if changed.is_err() { return },
+            _ = stop.changed() => return,
+        }
     }
 }
 

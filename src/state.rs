@@ -9,7 +9,7 @@ use std::sync::Mutex;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::ExitPolicy;
+use crate::exit::ExitPolicy;
 
 pub const STATE_FILE: &str = "exit-policies.json";
 

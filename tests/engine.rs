@@ -10,7 +10,7 @@ use common::*;
 use seenn_serve::engine::{Ablation, Batching, EngineConfig, Job, Outcome, RequestRule};
 use seenn_serve::error::Error;
 use seenn_serve::metrics::Metrics;
-use seenn_serve::model::{self, LoadOptions};
+use seenn_serve::registry::{self as model, LoadOptions};
 use seenn_serve::runtime::{self, Device, SessionOptions};
 
 fn input(pkg: &std::path::Path, m: &seenn_serve::model::manifest::Manifest) -> Vec<f32> {

@@ -73,7 +73,8 @@ fn seeds(target: &str) -> Vec<(String, Vec<u8>)> {
 fn packages() -> Vec<(PathBuf, Vec<u8>, Vec<u8>)> {
     let mut v = Vec::new();
     for root in ["models", "models-bench"] {
-        for dir in seenn_serve::model::package_dirs(&repo().join(root)).expect("package folder") {
+        for dir in seenn_serve::registry::package_dirs(&repo().join(root)).expect("package folder")
+        {
             let m = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
             let c = std::fs::read(dir.join("calibration.json")).expect("calibration.json");
             v.push((dir, m, c));

@@ -9,7 +9,7 @@ use common::*;
 fn committed_document_matches_the_code() {
     let committed = std::fs::read_to_string(repo().join("proto/openapi.json"))
         .expect("proto/openapi.json is committed");
-    let generated = seenn_serve::api::openapi::spec_json();
+    let generated = seenn_serve::openapi::spec_json();
     assert!(
         committed == generated,
         "proto/openapi.json is out of date with the handlers' annotations; regenerate it with \
@@ -33,7 +33,7 @@ async fn served_document_and_every_documented_route() {
         .expect("GET /openapi.json");
     assert_eq!(served.status(), 200);
     let served = served.text().await.expect("body");
-    assert_eq!(served, seenn_serve::api::openapi::spec_json());
+    assert_eq!(served, seenn_serve::openapi::spec_json());
 
     let doc: serde_json::Value = serde_json::from_str(&served).expect("JSON");
     assert!(doc["openapi"].as_str().unwrap_or("").starts_with("3."));

@@ -20,7 +20,7 @@ fn golden_logits_reproduce_through_the_server_runtime() {
             device: seenn_serve::runtime::Device::Cpu,
             intra_threads: 1,
         };
-        let mut s = seenn_serve::model::load_sessions(&pkg, &m, &env, &opts).expect("sessions");
+        let mut s = seenn_serve::graphs::load_sessions(&pkg, &m, &env, &opts).expect("sessions");
         let g = golden(&pkg);
         assert!(
             g.samples.len() >= 8,
@@ -37,7 +37,7 @@ fn golden_logits_reproduce_through_the_server_runtime() {
             )
             .expect("preprocess");
             let logits =
-                seenn_serve::model::run_single(&mut s, &m, &x, sample.logits.len()).expect("runs");
+                seenn_serve::graphs::run_single(&mut s, &m, &x, sample.logits.len()).expect("runs");
             for (got, want) in logits.iter().zip(&sample.logits) {
                 assert_eq!(got.len(), want.len());
                 for (a, b) in got.iter().zip(want) {

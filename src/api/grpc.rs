@@ -1,7 +1,6 @@
 //! gRPC API (tonic): `seenn.v1.Classifier` and `seenn.v1.Admin`, plus health and reflection.
 
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use tokio_stream::Stream;
@@ -10,7 +9,7 @@ use tonic::{Request, Response, Status};
 use crate::engine::StepTrace;
 use crate::error::Error;
 use crate::service::{
-    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input,
+    ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input, Service,
 };
 
 pub mod pb {
@@ -25,7 +24,7 @@ use pb::classifier_server::{Classifier, ClassifierServer};
 
 #[derive(Clone)]
 pub struct GrpcService {
-    pub state: Arc<AppState>,
+    pub state: Arc<Service>,
 }
 
 fn request_id<T>(req: &Request<T>) -> String {
@@ -38,7 +37,7 @@ fn request_id<T>(req: &Request<T>) -> String {
 }
 
 fn to_input_and_options(
-    state: &AppState,
+    state: &Service,
     r: pb::ClassifyRequest,
 ) -> Result<(Input, ClassifyOptions), Error> {
     let input = match r.input {
@@ -187,8 +186,8 @@ impl Classifier for GrpcService {
     ) -> Result<Response<pb::ListModelsResponse>, Status> {
         let models = self
             .state
-            .models
-            .values()
+            .registry
+            .models()
             .map(|m| {
                 let p = m.exit_policy();
                 pb::ModelInfo {
@@ -201,7 +200,7 @@ impl Classifier for GrpcService {
                     alpha: p.alpha as f32,
                     has_policy: m.has_policy(),
                     execution_provider: m.provider.clone(),
-                    ready: m.engine.ready.load(Ordering::SeqCst),
+                    ready: m.engine.is_ready(),
                 }
             })
             .collect();
@@ -209,7 +208,7 @@ impl Classifier for GrpcService {
     }
 }
 
-fn authorize<T>(state: &AppState, req: &Request<T>) -> Result<(), Status> {
+fn authorize<T>(state: &Service, req: &Request<T>) -> Result<(), Status> {
     let header = req
         .metadata()
         .get("authorization")
@@ -225,7 +224,7 @@ impl Admin for GrpcService {
     ) -> Result<Response<pb::ExitPolicyResponse>, Status> {
         authorize(&self.state, &req)?;
         let m = self.state.model(Some(&req.get_ref().model))?;
-        Ok(Response::new(policy_pb(self.state.policy_view(&m, None))))
+        Ok(Response::new(policy_pb(self.state.policy_view(&m))))
     }
 
     async fn set_exit_policy(
@@ -242,7 +241,7 @@ impl Admin for GrpcService {
             timesteps: r.timesteps.map(u64::from),
         };
         let name = if r.model.is_empty() {
-            self.state.default_model.clone()
+            self.state.registry.default_model().to_string()
         } else {
             r.model
         };

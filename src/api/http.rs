@@ -1,7 +1,6 @@
 //! HTTP API (axum): classification, model metadata, health, metrics and admin.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -15,42 +14,32 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::error::Error;
+use crate::error::{Error, ErrorBody};
 use crate::preprocess;
 use crate::service::{
-    AppState, ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input,
+    ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input, ModelView, Service,
     OPTION_NAMES,
 };
 
-pub type Shared = Arc<AppState>;
+pub type Shared = Arc<Service>;
 
-/// Every error answer: what was wrong and what is accepted, and a stable machine-readable code.
-#[derive(serde::Serialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: String,
-    pub code: String,
+/// Settings of the HTTP transport itself (the service's limits live in `service::Limits`).
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    pub cors_origins: Vec<String>,
+    /// `--max-http-in-flight`: requests read and answered at once before 429.
+    pub max_in_flight: usize,
+    /// Longest request target (path and query) accepted, in bytes.
+    pub max_uri_bytes: usize,
+    pub enable_fault_injection: bool,
 }
 
-impl IntoResponse for Error {
-    fn into_response(self) -> Response {
-        let status = self.http_status();
-        let mut resp = (
-            status,
-            Json(json!({"error": self.to_string(), "code": self.code()})),
-        )
-            .into_response();
-        if let Some(s) = self.retry_after() {
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(s));
-        }
-        resp
-    }
-}
+/// Seconds a client is told to wait (Retry-After) when admission refuses it.
+pub const RETRY_AFTER_S: u64 = 1;
 
-pub fn router(state: Shared) -> Router {
-    let limit = state.cfg.max_body_bytes;
-    let cors = cors_layer(&state.cfg.cors_origins);
-    let mut app = Router::new()
+/// This API's routes, without the layers every HTTP route shares (see [`finish`]).
+pub fn routes(opts: &HttpOptions) -> Router<Shared> {
+    let app = Router::new()
         .route("/classify", post(classify_default))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{name}", get(get_model))
@@ -64,52 +53,78 @@ pub fn router(state: Shared) -> Router {
         .route("/v1/models/{name}/samples/{file}", get(get_sample))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/openapi.json", get(openapi_json))
-        .merge(crate::kserve::rest::router());
-    if state.cfg.enable_fault_injection {
-        app = app.route("/admin/models/{name}/fault", post(inject_fault));
+        .route("/metrics", get(metrics));
+    if opts.enable_fault_injection {
+        app.route("/admin/models/{name}/fault", post(inject_fault))
+    } else {
+        app
     }
-    let app = app
+}
+
+/// What every HTTP route shares, whichever protocol module defined it: errors in the JSON error
+/// format for unknown routes, wrong methods and over-long targets; admission (`--max-http-in-flight`);
+/// the body limit; CORS.
+pub fn finish(routes: Router<Shared>, state: Shared, opts: &HttpOptions) -> Router {
+    let admission = Admission {
+        permits: Arc::new(tokio::sync::Semaphore::new(opts.max_in_flight.max(1))),
+        limit: opts.max_in_flight,
+        max_uri_bytes: opts.max_uri_bytes,
+        metrics: state.metrics.clone(),
+    };
+    let app = routes
         .fallback(not_found)
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            admit_http,
-        ))
-        .layer(DefaultBodyLimit::max(limit))
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(admission, admit_http))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state);
-    match cors {
+    match cors_layer(&opts.cors_origins) {
         Some(c) => app.layer(c),
         None => app,
     }
 }
 
+#[derive(Clone)]
+struct Admission {
+    permits: Arc<tokio::sync::Semaphore>,
+    limit: usize,
+    max_uri_bytes: usize,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
 /// Load shedding: at most `--max-http-in-flight` requests are read and answered at once; the
 /// next one gets 429 with Retry-After before its body is read. Probes and metrics always pass.
+/// A request target over `max_uri_bytes` gets 414 before anything else.
 async fn admit_http(
-    State(state): State<Shared>,
+    State(adm): State<Admission>,
     req: Request,
     next: axum::middleware::Next,
 ) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > adm.max_uri_bytes {
+        adm.metrics
+            .count_rejected(StatusCode::URI_TOO_LONG.as_u16());
+        return Error::UriTooLong(format!(
+            "request target of {target} bytes; accepted: at most {} bytes (send options in the body instead)",
+            adm.max_uri_bytes
+        ))
+        .into_response();
+    }
     if matches!(req.uri().path(), "/healthz" | "/readyz" | "/metrics") {
         return next.run(req).await;
     }
-    match state.http_permits.clone().try_acquire_owned() {
+    match adm.permits.clone().try_acquire_owned() {
         Ok(permit) => {
             let resp = next.run(req).await;
             drop(permit);
             resp
         }
         Err(_) => {
-            state
-                .metrics
-                .requests_total
-                .with_label_values(&["_unparsed", "none", "429"])
-                .inc();
+            adm.metrics
+                .count_rejected(StatusCode::TOO_MANY_REQUESTS.as_u16());
             Error::Overloaded {
                 model: "* (HTTP admission, --max-http-in-flight)".into(),
-                depth: state.cfg.max_http_in_flight,
-                retry_after_s: 1,
+                depth: adm.limit,
+                retry_after_s: RETRY_AFTER_S,
             }
             .into_response()
         }
@@ -129,11 +144,17 @@ fn cors_layer(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
     )
 }
 
-async fn not_found() -> Error {
-    Error::ModelNotFound(
-        "no such route; see GET /v1/models, POST /classify, POST /v1/models/{name}/classify, /healthz, /readyz, /metrics"
-            .into(),
-    )
+const ROUTES: &str = "GET /v1/models, POST /classify, POST /v1/models/{name}/classify, /v2 (Open Inference Protocol), /healthz, /readyz, /metrics, /openapi.json";
+
+async fn not_found(uri: axum::http::Uri) -> Error {
+    Error::NotFound(format!("no route {}; see {ROUTES}", uri.path()))
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Error {
+    Error::MethodNotAllowed(format!(
+        "{method} is not accepted on {}; see {ROUTES} (or GET /openapi.json)",
+        uri.path()
+    ))
 }
 
 fn request_id(headers: &HeaderMap) -> String {
@@ -342,15 +363,15 @@ fn with_headers(result: ClassifyResult) -> Response {
 
 async fn classify(state: Shared, model: Option<String>, req: Request) -> Response {
     let rid = request_id(req.headers());
-    let span = tracing::info_span!("classify", request_id = %rid);
+    let span = tracing::debug_span!("classify", request_id = %rid);
     let rid_header = HeaderValue::from_str(&rid).ok();
     let mut resp = async move {
-        let (input, mut opts) = match parse_request(state.cfg.max_body_bytes, req).await {
+        let (input, mut opts) = match parse_request(state.limits.max_body_bytes, req).await {
             Ok(x) => x,
             Err(e) => {
                 // Count rejected bodies too, so the error ratio sees them.
-                state.metrics.requests_total.with_label_values(&["_unparsed", "none", &e.http_status().as_u16().to_string()]).inc();
-                tracing::info!(error = %e, "rejected");
+                state.metrics.count_rejected(e.http_status().as_u16());
+                tracing::debug!(error = %e, "rejected");
                 return e.into_response();
             }
         };
@@ -362,11 +383,11 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
         }
         match state.classify(input, opts, rid, None).await {
             Ok(r) => {
-                tracing::info!(model = %r.model, class = r.class_id, timesteps = r.timesteps_used, total_ms = r.timings.total_ms, "classified");
+                tracing::debug!(model = %r.model, class = r.class_id, timesteps = r.timesteps_used, total_ms = r.timings.total_ms, "classified");
                 with_headers(r)
             }
             Err(e) => {
-                tracing::info!(error = %e, "failed");
+                tracing::debug!(error = %e, "failed");
                 e.into_response()
             }
         }
@@ -429,60 +450,39 @@ pub async fn classify_named(
     classify(state, Some(name), req).await
 }
 
-pub fn model_json(state: &AppState, m: &crate::model::LoadedModel) -> serde_json::Value {
-    let policy = state.policy_view(m, None);
-    let calibration = m.calibration.as_ref().map(|c| {
-        json!({
-            "split": c.split,
-            "samples": c.samples,
-            "accuracy_per_t": c.accuracy_per_t,
-            "aet": c.aet,
-            "chosen_alpha": c.chosen_alpha,
-            "policy": c.policy,
-        })
-    });
-    json!({
-        "name": m.manifest.name,
-        "version": m.manifest.version,
-        "kind": m.manifest.kind,
-        "architecture": m.manifest.architecture,
-        "labels": m.manifest.labels,
-        "timesteps": m.manifest.timesteps,
-        "input": m.manifest.input,
-        "exit_score": {"aggregation": m.manifest.exit.aggregation, "temperature": m.manifest.exit.temperature},
-        "exit_policy": policy,
-        "has_policy": m.has_policy(),
-        "calibration": calibration,
-        "execution_provider": m.provider,
-        "ready": m.engine.ready.load(Ordering::SeqCst),
-        "queue_depth": m.engine.queue_depth(),
-        "default": m.manifest.name == state.default_model,
-    })
+/// `GET /v1/models`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ModelList {
+    pub models: Vec<ModelView>,
+    pub default_model: String,
 }
 
 /// Every served model: labels, T, input spec, exit policy, calibration summary, readiness.
 #[utoipa::path(get, path = "/v1/models", tag = "models",
-    responses((status = 200, description = "`{\"models\": [...], \"default_model\": ...}`", body = serde_json::Value)))]
+    responses((status = 200, description = "Every model and the default one", body = ModelList)))]
 pub async fn list_models(State(state): State<Shared>) -> Response {
-    let models: Vec<_> = state
-        .models
-        .values()
-        .map(|m| model_json(&state, m))
-        .collect();
-    Json(json!({"models": models, "default_model": state.default_model})).into_response()
+    Json(ModelList {
+        models: state
+            .registry
+            .models()
+            .map(|m| state.model_view(m))
+            .collect(),
+        default_model: state.registry.default_model().to_string(),
+    })
+    .into_response()
 }
 
 /// One model's description (the same object as in /v1/models).
 #[utoipa::path(get, path = "/v1/models/{name}", tag = "models",
     params(("name" = String, Path, description = "Model name")),
-    responses((status = 200, description = "The model", body = serde_json::Value),
+    responses((status = 200, description = "The model", body = ModelView),
               (status = 404, description = "No such model", body = ErrorBody)))]
 pub async fn get_model(
     State(state): State<Shared>,
     Path(name): Path<String>,
 ) -> Result<Response, Error> {
     let m = state.model(Some(&name))?;
-    Ok(Json(model_json(&state, &m)).into_response())
+    Ok(Json(state.model_view(&m)).into_response())
 }
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
@@ -556,7 +556,7 @@ pub async fn readyz(State(state): State<Shared>) -> Response {
     if state.is_ready() {
         Json(json!({"status": "ready"})).into_response()
     } else {
-        let why = if state.draining.load(Ordering::SeqCst) {
+        let why = if state.lifecycle.is_draining() {
             "draining"
         } else {
             "not ready"
@@ -583,7 +583,7 @@ pub async fn metrics(State(state): State<Shared>) -> Response {
         .into_response()
 }
 
-fn auth(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+fn auth(state: &Service, headers: &HeaderMap) -> Result<(), Error> {
     state.authorize(
         headers
             .get(header::AUTHORIZATION)
@@ -606,7 +606,7 @@ pub async fn get_exit_policy(
 ) -> Result<Response, Error> {
     auth(&state, &headers)?;
     let m = state.model(Some(&name))?;
-    Ok(Json(state.policy_view(&m, None)).into_response())
+    Ok(Json(state.policy_view(&m)).into_response())
 }
 
 /// Changes a model's default exit policy: a rule, and at most one of `alpha`,
@@ -643,17 +643,8 @@ async fn inject_fault(
 ) -> Result<Response, Error> {
     auth(&state, &headers)?;
     let m = state.model(Some(&name))?;
-    m.engine.inject_fault.store(true, Ordering::SeqCst);
+    m.engine
+        .inject_fault
+        .store(true, std::sync::atomic::Ordering::SeqCst);
     Ok(Json(json!({"model": name, "fault": "armed: the next engine step fails"})).into_response())
-}
-
-/// This API's OpenAPI 3 description.
-#[utoipa::path(get, path = "/openapi.json", tag = "web",
-    responses((status = 200, description = "The OpenAPI document", body = serde_json::Value)))]
-pub async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        crate::api::openapi::spec_json(),
-    )
-        .into_response()
 }

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::{InferInput, InferRequest, Param, TensorData, SERVER_NAME};
 use crate::error::{Error, Result};
-use crate::service::AppState;
+use crate::service::Service;
 
 pub mod pb {
     tonic::include_proto!("inference");
@@ -18,7 +18,7 @@ use pb::infer_parameter::ParameterChoice;
 
 #[derive(Clone)]
 pub struct InferenceService {
-    pub state: Arc<AppState>,
+    pub state: Arc<Service>,
 }
 
 pub fn server(

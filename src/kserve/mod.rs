@@ -12,8 +12,8 @@ pub mod rest;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
-use crate::model::LoadedModel;
-use crate::service::{AppState, ClassifyOptions, ClassifyResult, Input};
+use crate::registry::LoadedModel;
+use crate::service::{ClassifyOptions, ClassifyResult, Input, Service};
 
 pub const INPUT_TENSOR: &str = "input";
 pub const INPUT_IMAGE: &str = "image";
@@ -191,7 +191,7 @@ pub fn bytes_from_raw(raw: &[u8]) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Looks a model up and checks the version, when one is named.
-pub fn model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>> {
+pub fn model(state: &Service, name: &str, version: Option<&str>) -> Result<Arc<LoadedModel>> {
     if name.is_empty() {
         return Err(Error::invalid("the model name is empty"));
     }
@@ -207,10 +207,9 @@ pub fn model(state: &AppState, name: &str, version: Option<&str>) -> Result<Arc<
     Ok(m)
 }
 
-pub fn model_ready(state: &AppState, name: &str, version: Option<&str>) -> Result<bool> {
+pub fn model_ready(state: &Service, name: &str, version: Option<&str>) -> Result<bool> {
     let m = model(state, name, version)?;
-    Ok(!state.draining.load(std::sync::atomic::Ordering::SeqCst)
-        && m.engine.ready.load(std::sync::atomic::Ordering::SeqCst))
+    Ok(!state.lifecycle.is_draining() && m.engine.is_ready())
 }
 
 pub fn metadata(m: &LoadedModel) -> ModelMetadata {
@@ -344,7 +343,7 @@ pub fn split_inputs(
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
 pub async fn infer(
-    state: &AppState,
+    state: &Service,
     model_name: &str,
     version: Option<&str>,
     req: InferRequest,
@@ -365,7 +364,7 @@ pub async fn infer(
             )));
         }
     }
-    let rows = split_inputs(&m, req.inputs, state.cfg.max_queue.max(1))?;
+    let rows = split_inputs(&m, req.inputs, state.limits.max_rows)?;
     let base_id = req
         .id
         .clone()

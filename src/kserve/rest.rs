@@ -17,7 +17,7 @@ use super::{
     SERVER_NAME,
 };
 use crate::error::{Error, Result};
-use crate::service::AppState;
+use crate::service::Service;
 
 /// The header that gives the JSON part's length when binary tensor data follows it.
 pub const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -341,7 +341,7 @@ pub fn encode(resp: &InferResponse, binary: &BinaryOutputs) -> (Vec<u8>, Option<
     }
 }
 
-type Shared = Arc<AppState>;
+type Shared = Arc<Service>;
 
 pub fn router() -> Router<Shared> {
     Router::new()
@@ -414,7 +414,7 @@ pub async fn ready(State(state): State<Shared>) -> Response {
     (status, Json(Ready { ready: r })).into_response()
 }
 
-fn metadata_for(state: &AppState, name: &str, version: Option<&str>) -> Result<ModelMetadata> {
+fn metadata_for(state: &Service, name: &str, version: Option<&str>) -> Result<ModelMetadata> {
     let m = super::model(state, name, version)?;
     Ok(super::metadata(&m))
 }
@@ -423,7 +423,7 @@ fn metadata_for(state: &AppState, name: &str, version: Option<&str>) -> Result<M
 #[utoipa::path(get, path = "/v2/models/{model}", tag = "open-inference",
     params(("model" = String, Path, description = "Model name")),
     responses((status = 200, description = "Model metadata", body = ModelMetadata),
-              (status = 404, description = "No such model", body = crate::api::http::ErrorBody)))]
+              (status = 404, description = "No such model", body = crate::error::ErrorBody)))]
 pub async fn model_metadata(
     State(state): State<Shared>,
     Path(model): Path<String>,
@@ -436,7 +436,7 @@ pub async fn model_metadata(
     params(("model" = String, Path, description = "Model name"),
            ("version" = String, Path, description = "Model version")),
     responses((status = 200, description = "Model metadata", body = ModelMetadata),
-              (status = 404, description = "No such model or version", body = crate::api::http::ErrorBody)))]
+              (status = 404, description = "No such model or version", body = crate::error::ErrorBody)))]
 pub async fn model_metadata_version(
     State(state): State<Shared>,
     Path((model, version)): Path<(String, String)>,
@@ -444,7 +444,7 @@ pub async fn model_metadata_version(
     metadata_for(&state, &model, Some(&version)).map(Json)
 }
 
-fn ready_response(state: &AppState, name: &str, version: Option<&str>) -> Result<Response> {
+fn ready_response(state: &Service, name: &str, version: Option<&str>) -> Result<Response> {
     let r = super::model_ready(state, name, version)?;
     let status = if r {
         StatusCode::OK
@@ -459,7 +459,7 @@ fn ready_response(state: &AppState, name: &str, version: Option<&str>) -> Result
     params(("model" = String, Path, description = "Model name")),
     responses((status = 200, description = "Ready", body = Ready),
               (status = 503, description = "Not ready", body = Ready),
-              (status = 404, description = "No such model", body = crate::api::http::ErrorBody)))]
+              (status = 404, description = "No such model", body = crate::error::ErrorBody)))]
 pub async fn model_ready(
     State(state): State<Shared>,
     Path(model): Path<String>,
@@ -473,7 +473,7 @@ pub async fn model_ready(
            ("version" = String, Path, description = "Model version")),
     responses((status = 200, description = "Ready", body = Ready),
               (status = 503, description = "Not ready", body = Ready),
-              (status = 404, description = "No such model or version", body = crate::api::http::ErrorBody)))]
+              (status = 404, description = "No such model or version", body = crate::error::ErrorBody)))]
 pub async fn model_ready_version(
     State(state): State<Shared>,
     Path((model, version)): Path<(String, String)>,
@@ -498,7 +498,7 @@ async fn run_infer(
                 })?,
         ),
     };
-    let limit = state.cfg.max_body_bytes;
+    let limit = state.limits.max_body_bytes;
     let body = axum::body::to_bytes(req.into_body(), limit)
         .await
         .map_err(|_| Error::TooLarge(format!("body over {limit} bytes (--max-body-bytes)")))?;
@@ -539,10 +539,10 @@ async fn run_infer(
     params(("model" = String, Path, description = "Model name")),
     request_body(content = serde_json::Value, description = "Open Inference Protocol request", content_type = "application/json"),
     responses((status = 200, description = "Outputs class_ids, probabilities, timesteps, labels", body = serde_json::Value),
-              (status = 400, description = "Malformed request", body = crate::api::http::ErrorBody),
-              (status = 404, description = "No such model", body = crate::api::http::ErrorBody),
-              (status = 413, description = "Too large", body = crate::api::http::ErrorBody),
-              (status = 429, description = "Queue full", body = crate::api::http::ErrorBody)))]
+              (status = 400, description = "Malformed request", body = crate::error::ErrorBody),
+              (status = 404, description = "No such model", body = crate::error::ErrorBody),
+              (status = 413, description = "Too large", body = crate::error::ErrorBody),
+              (status = 429, description = "Queue full", body = crate::error::ErrorBody)))]
 pub async fn infer(
     State(state): State<Shared>,
     Path(model): Path<String>,
@@ -557,9 +557,9 @@ pub async fn infer(
            ("version" = String, Path, description = "Model version")),
     request_body(content = serde_json::Value, description = "Open Inference Protocol request", content_type = "application/json"),
     responses((status = 200, description = "Outputs class_ids, probabilities, timesteps, labels", body = serde_json::Value),
-              (status = 400, description = "Malformed request", body = crate::api::http::ErrorBody),
-              (status = 404, description = "No such model or version", body = crate::api::http::ErrorBody),
-              (status = 429, description = "Queue full", body = crate::api::http::ErrorBody)))]
+              (status = 400, description = "Malformed request", body = crate::error::ErrorBody),
+              (status = 404, description = "No such model or version", body = crate::error::ErrorBody),
+              (status = 429, description = "Queue full", body = crate::error::ErrorBody)))]
 pub async fn infer_version(
     State(state): State<Shared>,
     Path((model, version)): Path<(String, String)>,

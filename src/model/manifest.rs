@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::exit::RuleKind;
+
 pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -22,31 +24,58 @@ pub struct Manifest {
     pub graphs: Graphs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputSpec {
     pub channels: usize,
     pub height: usize,
     pub width: usize,
-    /// "grayscale" or "rgb".
-    pub color: String,
+    pub color: Color,
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
     #[serde(default)]
     pub invert: bool,
     /// Resize filter when the image size differs: "bilinear" (triangle) or "nearest".
-    #[serde(default = "default_resize")]
-    pub resize: String,
-    #[serde(default = "default_layout")]
-    pub layout: String,
+    #[serde(default)]
+    pub resize: Resize,
+    #[serde(default)]
+    pub layout: Layout,
 }
 
-fn default_resize() -> String {
-    "bilinear".into()
+/// The colour mode the network was trained on (grayscale: 1 channel, rgb: 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Color {
+    Grayscale,
+    Rgb,
 }
 
-fn default_layout() -> String {
-    "NCHW".into()
+/// Resize filter when the image size differs from the input's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Resize {
+    /// Triangle filter (PIL's bilinear on downscale by whole factors).
+    #[default]
+    Bilinear,
+    Nearest,
+}
+
+/// Tensor layout of the input (only NCHW).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+pub enum Layout {
+    #[default]
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+/// How per-step logits are aggregated into the exit score's input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Aggregation {
+    /// The running sum (the official code).
+    Sum,
+    /// The running mean.
+    Mean,
 }
 
 impl InputSpec {
@@ -65,10 +94,9 @@ impl InputSpec {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ExitSpec {
-    /// How per-step logits are aggregated: "sum" (the official code) or "mean".
-    pub aggregation: String,
+    pub aggregation: Aggregation,
     pub temperature: f64,
-    pub default_rule: String,
+    pub default_rule: RuleKind,
     pub default_alpha: f64,
 }
 
@@ -183,7 +211,9 @@ impl Manifest {
             return Err(format!("timesteps {} must be in 1..=1024", self.timesteps));
         }
         let i = &self.input;
-        if !(i.color == "grayscale" && i.channels == 1 || i.color == "rgb" && i.channels == 3) {
+        if !(i.color == Color::Grayscale && i.channels == 1
+            || i.color == Color::Rgb && i.channels == 3)
+        {
             return Err(format!(
                 "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
                 i.color, i.channels
@@ -227,25 +257,7 @@ impl Manifest {
                 }
             }
         }
-        if !["bilinear", "nearest"].contains(&i.resize.as_str()) {
-            return Err(format!(
-                "input.resize {:?}: accepted are bilinear, nearest",
-                i.resize
-            ));
-        }
-        if i.layout != "NCHW" {
-            return Err(format!(
-                "input.layout {:?}: only NCHW is supported",
-                i.layout
-            ));
-        }
         let e = &self.exit;
-        if !["sum", "mean"].contains(&e.aggregation.as_str()) {
-            return Err(format!(
-                "exit.aggregation {:?}: accepted are sum, mean",
-                e.aggregation
-            ));
-        }
         if !(e.temperature.is_finite() && e.temperature > 0.0) {
             return Err("exit.temperature must be positive".into());
         }
@@ -255,8 +267,7 @@ impl Manifest {
                 e.default_alpha
             ));
         }
-        let rule = crate::exit::RuleKind::parse(&e.default_rule)?;
-        if rule == crate::exit::RuleKind::Policy && self.graphs.policy.is_none() {
+        if e.default_rule == RuleKind::Policy && self.graphs.policy.is_none() {
             return Err("exit.default_rule is policy but graphs.policy is missing".into());
         }
         if let Some(p) = &self.graphs.policy {

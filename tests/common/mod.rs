@@ -17,7 +17,7 @@ pub fn models_dir() -> PathBuf {
 
 /// Every committed package.
 pub fn packages() -> Vec<PathBuf> {
-    let dirs = seenn_serve::model::package_dirs(&models_dir()).expect("models/ readable");
+    let dirs = seenn_serve::registry::package_dirs(&models_dir()).expect("models/ readable");
     assert!(!dirs.is_empty(), "no committed model package under models/");
     dirs
 }

@@ -1,38 +1,51 @@
-//! What HTTP and gRPC share: model lookup, option validation, exit-rule resolution, classification
-//! and the admin exit-policy change.
+//! What every transport shares: model lookup, option validation, exit-rule resolution and
+//! classification (`Service`), the exit-policy admin (`policy`), and start-up/drain (`lifecycle`).
+//! Transports (HTTP, gRPC, Open Inference Protocol) hold an `Arc<Service>` and nothing else.
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+pub mod lifecycle;
+pub mod policy;
+mod view;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ServeConfig;
 use crate::engine::{Job, RequestRule, StepTrace};
 use crate::error::{Error, Result};
-use crate::exit::RuleKind;
+use crate::exit::{ExitRule, RuleKind};
 use crate::metrics::Metrics;
-use crate::model::{ExitPolicy, LoadedModel};
 use crate::preprocess;
-use crate::state::StateStore;
+use crate::registry::{LoadedModel, Registry};
+pub use lifecycle::Lifecycle;
+pub use policy::{ExitPolicyUpdate, ExitPolicyView, PolicyAdmin};
+pub use view::{CalibrationSummary, ExitScoreView, ModelView};
 
-pub struct AppState {
-    pub cfg: ServeConfig,
-    pub models: BTreeMap<String, Arc<LoadedModel>>,
-    pub default_model: String,
+/// Classes returned when a request does not set `top_k`.
+pub const DEFAULT_TOP_K: usize = 5;
+/// Images larger than this are decoded on the blocking pool, so a big decode cannot stall the
+/// async workers; smaller ones decode inline (cheaper than the hand-off).
+pub const INLINE_DECODE_MAX_BYTES: usize = 256 * 1024;
+
+/// Request limits every transport applies the same way.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Deadline of a request that sets none.
+    pub request_timeout: Duration,
+    pub max_image_pixels: u64,
+    /// Largest body (HTTP) or message (gRPC) in bytes.
+    pub max_body_bytes: usize,
+    /// Most rows in one Open Inference Protocol request (the queue could not take more).
+    pub max_rows: usize,
+}
+
+pub struct Service {
+    pub registry: Registry,
+    pub policies: PolicyAdmin,
+    pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
-    pub admin_token: Option<String>,
-    pub store: StateStore,
-    pub ready: AtomicBool,
-    pub draining: AtomicBool,
-    pub in_flight: AtomicUsize,
-    /// Admission of HTTP requests (`--max-http-in-flight`).
-    pub http_permits: Arc<tokio::sync::Semaphore>,
-    pub ort_library: PathBuf,
-    pub started: Instant,
+    pub limits: Limits,
 }
 
 /// Per-request options, from the query string, JSON fields, multipart fields or gRPC.
@@ -136,61 +149,30 @@ pub struct ClassifyResult {
     pub request_id: String,
 }
 
-/// The admin request body.
-#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct ExitPolicyUpdate {
-    pub rule: Option<String>,
-    pub alpha: Option<f64>,
-    pub target_avg_timesteps: Option<f64>,
-    pub max_accuracy_drop: Option<f64>,
-    pub timesteps: Option<u64>,
-}
-
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct ExitPolicyView {
-    pub model: String,
-    pub rule: RuleKind,
-    pub alpha: f64,
-    pub timesteps: usize,
-    /// What calibration.json (validation split) expects at this α.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected_accuracy: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub expected_avg_timesteps: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub previous: Option<ExitPolicy>,
-}
-
-fn check_alpha(alpha: f64) -> Result<f64> {
-    if alpha.is_nan() || alpha <= 0.0 || alpha > 1.0 {
-        return Err(Error::invalid(format!(
-            "alpha {alpha} is out of range; accepted: 0 < alpha <= 1"
-        )));
-    }
-    Ok(alpha)
-}
-
-impl AppState {
+impl Service {
+    /// The model `name` names (the default one when absent or empty).
     pub fn model(&self, name: Option<&str>) -> Result<Arc<LoadedModel>> {
-        let name = name
-            .filter(|n| !n.is_empty())
-            .unwrap_or(&self.default_model);
-        self.models.get(name).cloned().ok_or_else(|| {
-            Error::ModelNotFound(format!(
-                "model {name:?} not found; served models: {}",
-                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
-            ))
-        })
+        self.registry.get(name)
     }
 
+    /// Ready to serve: not draining and every engine up.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-            && !self.draining.load(Ordering::SeqCst)
-            && self
-                .models
-                .values()
-                .all(|m| m.engine.ready.load(Ordering::SeqCst))
+        !self.lifecycle.is_draining() && self.registry.all_ready()
+    }
+
+    /// Checks `Authorization: Bearer <token>` for the admin endpoints.
+    pub fn authorize(&self, header: Option<&str>) -> Result<()> {
+        self.policies.authorize(header)
+    }
+
+    pub fn policy_view(&self, m: &LoadedModel) -> ExitPolicyView {
+        PolicyAdmin::view(m, None)
+    }
+
+    /// Changes model `name`'s default exit policy (admin).
+    pub fn set_exit_policy(&self, name: &str, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
+        let m = self.model(Some(name))?;
+        self.policies.set(&m, u)
     }
 
     /// The rule this request runs under: its overrides on top of the model's current default.
@@ -212,7 +194,7 @@ impl AppState {
             None => None,
         };
         if let Some(a) = o.alpha {
-            check_alpha(a)?;
+            policy::check_alpha(a)?;
         }
         Ok(match kind {
             RuleKind::Confidence => RequestRule::Confidence {
@@ -253,16 +235,21 @@ impl AppState {
         progress: Option<mpsc::UnboundedSender<StepTrace>>,
     ) -> Result<ClassifyResult> {
         let started = Instant::now();
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        // Held until this future ends or is dropped (client gone): drain waits for exactly the
+        // requests that still exist.
+        let in_flight = self.lifecycle.admit();
         let model = self.model(opts.model.as_deref()).ok();
-        let result = self
-            .classify_inner(input, &opts, request_id, progress, started)
-            .await;
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        let result = match in_flight {
+            Ok(_token) => {
+                self.classify_inner(input, &opts, request_id, progress, started)
+                    .await
+            }
+            Err(e) => Err(e),
+        };
         let model_label = model
             .as_ref()
             .map(|m| m.manifest.name.as_str())
-            .unwrap_or("_unknown");
+            .unwrap_or(crate::metrics::UNKNOWN_MODEL);
         let rule_label = match &result {
             Ok(r) => r.exit_rule.as_str(),
             Err(_) => self.rule_label(&opts, model.as_deref()),
@@ -275,7 +262,12 @@ impl AppState {
             .requests_total
             .with_label_values(&[model_label, rule_label, &status])
             .inc();
-        if result.is_ok() {
+        // Answers and server-side failures (deadline, engine) count toward latency, so a 504
+        // reaches the p99; client errors and rejections answered at once would only dilute it.
+        if matches!(
+            &result,
+            Ok(_) | Err(Error::DeadlineExceeded(_) | Error::Internal(_))
+        ) {
             self.metrics
                 .request_duration
                 .with_label_values(&[model_label, rule_label])
@@ -292,13 +284,8 @@ impl AppState {
         progress: Option<mpsc::UnboundedSender<StepTrace>>,
         started: Instant,
     ) -> Result<ClassifyResult> {
-        if self.draining.load(Ordering::SeqCst) {
-            return Err(Error::Unavailable(
-                "server is shutting down; retry on another replica".into(),
-            ));
-        }
         let m = self.model(opts.model.as_deref())?;
-        if !m.engine.ready.load(Ordering::SeqCst) {
+        if !m.engine.is_ready() {
             return Err(Error::Unavailable(format!(
                 "model {} is recovering from an engine failure",
                 m.manifest.name
@@ -309,12 +296,12 @@ impl AppState {
         let top_k = match opts.top_k {
             Some(0) => return Err(Error::invalid(format!("top_k must be in 1..={k}"))),
             Some(n) => (n as usize).min(k),
-            None => 5.min(k),
+            None => DEFAULT_TOP_K.min(k),
         };
         let timeout = match opts.timeout_ms {
             Some(0) => return Err(Error::invalid("timeout_ms must be positive")),
             Some(ms) => Duration::from_millis(ms),
-            None => Duration::from_secs_f64(self.cfg.request_timeout.max(0.001)),
+            None => self.limits.request_timeout,
         };
         let tensor = match input {
             Input::Tensor(t) => {
@@ -323,8 +310,8 @@ impl AppState {
             }
             Input::Image { bytes, hint } => {
                 let spec = m.manifest.input.clone();
-                let max_pixels = self.cfg.max_image_pixels;
-                if bytes.len() > 256 * 1024 {
+                let max_pixels = self.limits.max_image_pixels;
+                if bytes.len() > INLINE_DECODE_MAX_BYTES {
                     tokio::task::spawn_blocking(move || {
                         preprocess::image_to_tensor(&bytes, hint, &spec, max_pixels)
                     })
@@ -359,12 +346,11 @@ impl AppState {
         let labels = &m.manifest.labels;
         let label = |i: usize| labels.get(i).cloned().unwrap_or_default();
         let max_timesteps = match outcome.rule {
-            crate::exit::ExitRule::Confidence { max_timesteps, .. } => max_timesteps,
-            crate::exit::ExitRule::Policy { timesteps }
-            | crate::exit::ExitRule::Fixed { timesteps } => timesteps,
+            ExitRule::Confidence { max_timesteps, .. } => max_timesteps,
+            ExitRule::Policy { timesteps } | ExitRule::Fixed { timesteps } => timesteps,
         };
         let alpha = match outcome.rule {
-            crate::exit::ExitRule::Confidence { alpha, .. } => Some(alpha),
+            ExitRule::Confidence { alpha, .. } => Some(alpha),
             _ => None,
         };
         Ok(ClassifyResult {
@@ -398,155 +384,5 @@ impl AppState {
             },
             request_id,
         })
-    }
-
-    /// Checks `Authorization: Bearer <token>` in constant time.
-    pub fn authorize(&self, header: Option<&str>) -> Result<()> {
-        use subtle::ConstantTimeEq;
-        let Some(token) = &self.admin_token else {
-            return Err(Error::Forbidden(
-                "admin disabled: no admin token configured (set SEENN_ADMIN_TOKEN or --admin-token-file)".into(),
-            ));
-        };
-        let given = header
-            .and_then(|h| h.strip_prefix("Bearer "))
-            .ok_or_else(|| {
-                Error::Unauthenticated("missing `Authorization: Bearer <token>`".into())
-            })?;
-        let a = token.as_bytes();
-        let b = given.trim().as_bytes();
-        // Equal lengths are compared in constant time; a length mismatch fails without looking at
-        // the bytes (it only reveals the length).
-        let equal = a.len() == b.len() && bool::from(a.ct_eq(b));
-        if equal {
-            Ok(())
-        } else {
-            Err(Error::Unauthenticated("wrong admin token".into()))
-        }
-    }
-
-    /// Exports the current default policy (α and what calibration expects of it) as gauges.
-    pub fn publish_policy(&self, v: &ExitPolicyView) {
-        self.metrics
-            .exit_alpha
-            .with_label_values(&[&v.model])
-            .set(v.alpha);
-        if let Some(avg) = v.expected_avg_timesteps {
-            self.metrics
-                .expected_avg_timesteps
-                .with_label_values(&[&v.model])
-                .set(avg);
-        }
-    }
-
-    pub fn policy_view(&self, m: &LoadedModel, previous: Option<ExitPolicy>) -> ExitPolicyView {
-        let p = m.exit_policy();
-        let expected = m.calibration.as_ref().and_then(|c| c.expected_at(p.alpha));
-        let (acc, avg) = match (p.rule, expected) {
-            (RuleKind::Confidence, Some(r)) => (Some(r.accuracy), Some(r.avg_timesteps)),
-            (RuleKind::Policy, _) => match m.calibration.as_ref().and_then(|c| c.policy.as_ref()) {
-                Some(s) => (Some(s.accuracy), Some(s.avg_timesteps)),
-                None => (None, None),
-            },
-            (RuleKind::Fixed, _) => (
-                m.calibration
-                    .as_ref()
-                    .and_then(|c| c.accuracy_per_t.get(p.timesteps.saturating_sub(1)).copied()),
-                Some(p.timesteps as f64),
-            ),
-            _ => (None, None),
-        };
-        ExitPolicyView {
-            model: m.manifest.name.clone(),
-            rule: p.rule,
-            alpha: p.alpha,
-            timesteps: p.timesteps,
-            expected_accuracy: acc,
-            expected_avg_timesteps: avg,
-            previous,
-        }
-    }
-
-    pub fn set_exit_policy(&self, name: &str, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
-        let m = self.model(Some(name))?;
-        let old = m.exit_policy();
-        let mut new = old;
-        if let Some(r) = &u.rule {
-            new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
-        }
-        if new.rule == RuleKind::Policy && !m.has_policy() {
-            return Err(Error::invalid(format!(
-                "model {name} has no policy network; accepted rules: confidence, fixed"
-            )));
-        }
-        let targets = [
-            u.alpha.is_some(),
-            u.target_avg_timesteps.is_some(),
-            u.max_accuracy_drop.is_some(),
-        ];
-        if targets.iter().filter(|x| **x).count() > 1 {
-            return Err(Error::invalid(
-                "give at most one of alpha, target_avg_timesteps, max_accuracy_drop",
-            ));
-        }
-        if let Some(a) = u.alpha {
-            new.alpha = check_alpha(a)?;
-        }
-        let calibration = || {
-            m.calibration.as_ref().ok_or_else(|| {
-                Error::invalid(format!(
-                    "model {name} has no calibration.json; give alpha directly"
-                ))
-            })
-        };
-        if let Some(target) = u.target_avg_timesteps {
-            if !(target.is_finite() && target >= 1.0) {
-                return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
-            }
-            let row = calibration()?
-                .alpha_for_avg_timesteps(target)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "no calibrated alpha reaches an average of {target} timesteps or fewer"
-                    ))
-                })?;
-            new.alpha = row.alpha;
-            new.rule = RuleKind::Confidence;
-        }
-        if let Some(drop) = u.max_accuracy_drop {
-            if !(drop.is_finite() && (0.0..=1.0).contains(&drop)) {
-                return Err(Error::invalid(
-                    "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
-                ));
-            }
-            let row = calibration()?
-                .alpha_for_accuracy_drop(drop)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "no calibrated alpha stays within {drop} of full-T accuracy"
-                    ))
-                })?;
-            new.alpha = row.alpha;
-            new.rule = RuleKind::Confidence;
-        }
-        if let Some(t) = u.timesteps {
-            if t == 0 || t as usize > m.manifest.timesteps {
-                return Err(Error::invalid(format!(
-                    "timesteps must be in 1..={}",
-                    m.manifest.timesteps
-                )));
-            }
-            new.timesteps = t as usize;
-        }
-        self.store
-            .set(name, new)
-            .map_err(|e| Error::internal(format!("cannot persist the exit policy: {e}")))?;
-        m.set_exit_policy(new);
-        self.metrics
-            .exit_alpha
-            .with_label_values(&[name])
-            .set(new.alpha);
-        tracing::info!(model = name, old = ?old, new = ?new, "exit policy changed");
-        Ok(self.policy_view(&m, Some(old)))
     }
 }

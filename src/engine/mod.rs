@@ -8,18 +8,18 @@
 //! the batch does not change; they are gathered into new tensors only when requests join or leave.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ort::session::Session;
 use ort::value::{DynValue, Tensor};
-use tokio::sync::{mpsc as tmpsc, oneshot};
+use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::exit::{self, ExitRule};
-use crate::metrics::Metrics;
-use crate::model::manifest::Manifest;
+use crate::graphs::{self, Sessions};
+use crate::metrics::{CancelReason, ModelMetrics};
+use crate::model::manifest::{Aggregation, Manifest};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -96,21 +96,14 @@ impl EngineConfig {
     }
 }
 
-/// The model's ONNX Runtime sessions, owned by the engine thread (`Session::run` takes `&mut`).
-pub struct Sessions {
-    pub encoder: Option<Session>,
-    pub step: Session,
-    pub policy: Option<Session>,
-}
-
 /// The handle the API holds: a bounded queue into the engine thread.
 pub struct EngineHandle {
     tx: SyncSender<Job>,
     depth: Arc<AtomicUsize>,
-    pub ready: Arc<AtomicBool>,
+    ready: watch::Receiver<bool>,
     max_queue: usize,
     model: String,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     /// Test-only fault switch: the next step fails inside the engine thread.
     pub inject_fault: Arc<AtomicBool>,
 }
@@ -125,10 +118,7 @@ impl EngineHandle {
         }
         match result {
             Ok(()) => {
-                self.metrics
-                    .queue_depth
-                    .with_label_values(&[&self.model])
-                    .set(d as i64);
+                self.metrics.queue_depth.set(d as i64);
                 Ok(())
             }
             Err(TrySendError::Full(_)) => Err(Error::Overloaded {
@@ -145,6 +135,16 @@ impl EngineHandle {
 
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Whether the engine serves (false while it recovers from a failed step).
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Readiness as it changes, for whoever mirrors it (gRPC health).
+    pub fn watch_ready(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
     }
 }
 
@@ -169,9 +169,9 @@ struct Engine {
     manifest: Arc<Manifest>,
     sessions: Sessions,
     cfg: EngineConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
-    ready: Arc<AtomicBool>,
+    ready: watch::Sender<bool>,
     inject_fault: Arc<AtomicBool>,
     active: Vec<Active>,
     carried: Option<Carried>,
@@ -184,11 +184,11 @@ pub fn spawn(
     manifest: Arc<Manifest>,
     sessions: Sessions,
     cfg: EngineConfig,
-    metrics: Arc<Metrics>,
+    metrics: Arc<ModelMetrics>,
 ) -> Result<EngineHandle, Error> {
     let (tx, rx) = mpsc::sync_channel(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
-    let ready = Arc::new(AtomicBool::new(true));
+    let (ready_tx, ready) = watch::channel(true);
     let inject_fault = Arc::new(AtomicBool::new(false));
     let feature_len = match &manifest.graphs.encoder {
         Some(e) => e.output_shape.iter().product(),
@@ -201,7 +201,7 @@ pub fn spawn(
         cfg: cfg.clone(),
         metrics: metrics.clone(),
         depth: depth.clone(),
-        ready: ready.clone(),
+        ready: ready_tx,
         inject_fault: inject_fault.clone(),
         active: Vec::new(),
         carried: None,
@@ -238,27 +238,6 @@ fn copy_value(v: DynValue) -> Result<DynValue, Error> {
         .into_dyn())
 }
 
-/// Runs a graph with one input and returns its one named output, flattened.
-pub fn run_single_input(
-    session: &mut Session,
-    input: &str,
-    output: &str,
-    shape: Vec<usize>,
-    data: Vec<f32>,
-) -> Result<Vec<f32>, Error> {
-    let tensor = Tensor::from_array((shape, data)).map_err(|e| ort_err("input tensor", e))?;
-    let outputs = session
-        .run(ort::inputs![input => tensor])
-        .map_err(|e| ort_err("onnxruntime run", e))?;
-    let value = outputs
-        .get(output)
-        .ok_or_else(|| Error::internal(format!("graph output {output:?} missing")))?;
-    let (_, data) = value
-        .try_extract_tensor::<f32>()
-        .map_err(|e| ort_err("output tensor", e))?;
-    Ok(data.to_vec())
-}
-
 impl Engine {
     fn model(&self) -> &str {
         &self.manifest.name
@@ -269,10 +248,10 @@ impl Engine {
         loop {
             let mut newcomers = Vec::new();
             if self.active.is_empty() {
-                match rx.recv_timeout(Duration::from_millis(200)) {
+                // Idle: sleep on the queue until work arrives or every handle is gone.
+                match rx.recv() {
                     Ok(job) => newcomers.push(job),
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
+                    Err(_) => break,
                 }
             }
             let may_admit = self.cfg.batching == Batching::Continuous || self.active.is_empty();
@@ -284,10 +263,7 @@ impl Engine {
             }
             if !newcomers.is_empty() {
                 let d = self.depth.fetch_sub(newcomers.len(), Ordering::SeqCst) - newcomers.len();
-                self.metrics
-                    .queue_depth
-                    .with_label_values(&[self.model()])
-                    .set(d as i64);
+                self.metrics.queue_depth.set(d as i64);
                 self.admit(newcomers);
             }
             self.drop_abandoned();
@@ -306,24 +282,18 @@ impl Engine {
     fn fail_all(&mut self, e: Error) {
         let model = self.manifest.name.clone();
         tracing::error!(model = %model, error = %e, requests = self.active.len(), "engine step failed");
-        self.ready.store(false, Ordering::SeqCst);
-        self.metrics.model_ready.with_label_values(&[&model]).set(0);
-        self.metrics
-            .engine_failures
-            .with_label_values(&[&model])
-            .inc();
+        self.ready.send_replace(false);
+        self.metrics.model_ready.set(0);
+        self.metrics.engine_failures.inc();
         for a in self.active.drain(..) {
             let _ = a.job.reply.send(Err(e.clone()));
         }
         self.carried = None;
         self.rows_match = false;
-        self.metrics
-            .active_requests
-            .with_label_values(&[&model])
-            .set(0);
+        self.metrics.active_requests.set(0);
         let mut backoff = Duration::from_millis(100);
         loop {
-            match crate::model::warm_up(&mut self.sessions, &self.manifest) {
+            match graphs::warm_up(&mut self.sessions, &self.manifest) {
                 Ok(()) => break,
                 Err(err) => {
                     tracing::error!(model = %model, error = %err, "engine self-test failed; retrying");
@@ -332,17 +302,14 @@ impl Engine {
                 }
             }
         }
-        self.ready.store(true, Ordering::SeqCst);
-        self.metrics.model_ready.with_label_values(&[&model]).set(1);
+        self.ready.send_replace(true);
+        self.metrics.model_ready.set(1);
         tracing::info!(model = %model, "engine recovered");
     }
 
-    fn cancel(&self, a: Active, reason: &str) {
-        self.metrics
-            .cancelled_total
-            .with_label_values(&[self.model(), reason])
-            .inc();
-        if reason == "deadline" {
+    fn cancel(&self, a: Active, reason: CancelReason) {
+        self.metrics.cancelled(reason).inc();
+        if reason == CancelReason::Deadline {
             let _ = a.job.reply.send(Err(Error::DeadlineExceeded(format!(
                 "deadline passed after {} of the request's timesteps",
                 a.t
@@ -360,9 +327,9 @@ impl Engine {
         let mut i = 0;
         while i < self.active.len() {
             let reason = if Self::is_abandoned(&self.active[i].job) {
-                Some("client_gone")
+                Some(CancelReason::ClientGone)
             } else if now >= self.active[i].job.deadline {
-                Some("deadline")
+                Some(CancelReason::Deadline)
             } else {
                 None
             };
@@ -375,6 +342,8 @@ impl Engine {
                 None => i += 1,
             }
         }
+        // Cancellation can empty the batch with no step left to publish the new size.
+        self.metrics.active_requests.set(self.active.len() as i64);
     }
 
     fn admit(&mut self, jobs: Vec<Job>) {
@@ -382,20 +351,11 @@ impl Engine {
         let mut fresh = Vec::with_capacity(jobs.len());
         for job in jobs {
             let queued = now.saturating_duration_since(job.enqueued);
-            self.metrics
-                .queue_duration
-                .with_label_values(&[self.model()])
-                .observe(queued.as_secs_f64());
+            self.metrics.queue_duration.observe(queued.as_secs_f64());
             if Self::is_abandoned(&job) {
-                self.metrics
-                    .cancelled_total
-                    .with_label_values(&[self.model(), "client_gone"])
-                    .inc();
+                self.metrics.cancelled(CancelReason::ClientGone).inc();
             } else if now >= job.deadline {
-                self.metrics
-                    .cancelled_total
-                    .with_label_values(&[self.model(), "deadline"])
-                    .inc();
+                self.metrics.cancelled(CancelReason::Deadline).inc();
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
                     "deadline passed while the request waited in the queue".into(),
                 )));
@@ -468,8 +428,13 @@ impl Engine {
             wants_policy,
         ) {
             (Some(session), Some(g), true) => {
-                let logits =
-                    run_single_input(session, &g.input, &g.output, shape.clone(), batch.clone())?;
+                let logits = graphs::run_single_input(
+                    session,
+                    &g.input,
+                    &g.output,
+                    shape.clone(),
+                    batch.clone(),
+                )?;
                 let a = g.actions.len();
                 logits
                     .chunks(a)
@@ -492,7 +457,7 @@ impl Engine {
                 vec![0.0; m * self.feature_len]
             }
             (Some(session), Some(g)) => {
-                run_single_input(session, &g.input, &g.output, shape, batch)?
+                graphs::run_single_input(session, &g.input, &g.output, shape, batch)?
             }
             _ => batch,
         };
@@ -519,7 +484,7 @@ impl Engine {
             return Err(Error::internal("the model has no encoder graph"));
         };
         let shape = vec![n, spec.channels, spec.height, spec.width];
-        let features = run_single_input(session, &g.input, &g.output, shape, batch)?;
+        let features = graphs::run_single_input(session, &g.input, &g.output, shape, batch)?;
         let mut fshape = vec![n];
         fshape.extend_from_slice(&g.output_shape);
         Ok(Tensor::from_array((fshape, features))
@@ -623,23 +588,10 @@ impl Engine {
                 .collect::<Result<Vec<_>, Error>>()?;
         }
         let elapsed = started.elapsed();
-        let model = self.manifest.name.clone();
-        self.metrics
-            .step_duration
-            .with_label_values(&[&model])
-            .observe(elapsed.as_secs_f64());
-        self.metrics
-            .batch_size
-            .with_label_values(&[&model])
-            .observe(n as f64);
-        self.metrics
-            .steps_total
-            .with_label_values(&[&model])
-            .inc_by(n as f64);
-        self.metrics
-            .active_requests
-            .with_label_values(&[&model])
-            .set(n as i64);
+        self.metrics.step_duration.observe(elapsed.as_secs_f64());
+        self.metrics.batch_size.observe(n as f64);
+        self.metrics.steps_total.inc_by(n as f64);
+        self.metrics.active_requests.set(n as i64);
         let (_, logits) = logits_value
             .try_extract_tensor::<f32>()
             .map_err(|e| ort_err("logits", e))?;
@@ -651,7 +603,7 @@ impl Engine {
             )));
         }
         let temperature = self.manifest.exit.temperature;
-        let mean = self.manifest.exit.aggregation == "mean";
+        let mean = self.manifest.exit.aggregation == Aggregation::Mean;
         let mut finished = Vec::new();
         for (i, a) in self.active.iter_mut().enumerate() {
             for (s, z) in a.sum.iter_mut().zip(&logits[i * k..(i + 1) * k]) {
@@ -690,20 +642,13 @@ impl Engine {
         self.rows_match = finished.is_empty();
         for (i, score, class_id, probs) in finished.into_iter().rev() {
             let a = self.active.remove(i);
-            let rule_label = a.rule.kind().as_str();
-            self.metrics
-                .timesteps_used
-                .with_label_values(&[&model, rule_label])
-                .observe(a.t as f64);
-            self.metrics
-                .exits_total
-                .with_label_values(&[&model, rule_label, &a.t.to_string()])
-                .inc();
+            let rm = self.metrics.rule(a.rule.kind());
+            rm.timesteps_used.observe(a.t as f64);
+            if let Some(c) = rm.exits.get(a.t - 1) {
+                c.inc();
+            }
             let inference = a.admitted.elapsed();
-            self.metrics
-                .inference_duration
-                .with_label_values(&[&model, rule_label])
-                .observe(inference.as_secs_f64());
+            rm.inference_duration.observe(inference.as_secs_f64());
             let outcome = Outcome {
                 class_id,
                 confidence: score,
@@ -716,12 +661,7 @@ impl Engine {
             };
             let _ = a.job.reply.send(Ok(outcome));
         }
-        if self.active.is_empty() {
-            self.metrics
-                .active_requests
-                .with_label_values(&[&model])
-                .set(0);
-        }
+        self.metrics.active_requests.set(self.active.len() as i64);
         Ok(())
     }
 }

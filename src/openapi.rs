@@ -28,7 +28,7 @@ use crate::kserve::rest;
         http::readyz,
         http::metrics,
         http::index,
-        http::openapi_json,
+        openapi_json,
         rest::server_metadata,
         rest::live,
         rest::ready,
@@ -61,6 +61,18 @@ impl Modify for AdminToken {
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
     }
+}
+
+/// This API's OpenAPI 3 description.
+#[utoipa::path(get, path = "/openapi.json", tag = "web",
+    responses((status = 200, description = "The OpenAPI document", body = serde_json::Value)))]
+pub async fn openapi_json() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        spec_json(),
+    )
+        .into_response()
 }
 
 /// The document as pretty JSON with a trailing newline (the committed file's exact bytes).

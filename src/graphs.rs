@@ -1,0 +1,211 @@
+//! One package's ONNX Runtime sessions: built and checked against the manifest, warmed up, and
+//! the batch-1 reference run that warm-up, the engine's self-test and the golden tests share.
+
+use std::path::Path;
+
+use ort::session::Session;
+use ort::value::Tensor;
+
+use crate::error::Error;
+use crate::model::manifest::Manifest;
+use crate::model::{err, LoadError};
+use crate::runtime::{self, Expect, SessionOptions};
+
+/// The model's ONNX Runtime sessions, owned by the engine thread (`Session::run` takes `&mut`).
+pub struct Sessions {
+    pub encoder: Option<Session>,
+    pub step: Session,
+    pub policy: Option<Session>,
+}
+
+fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Internal(format!("{what}: {e}"))
+}
+
+/// Runs a graph with one input and returns its one named output, flattened.
+pub fn run_single_input(
+    session: &mut Session,
+    input: &str,
+    output: &str,
+    shape: Vec<usize>,
+    data: Vec<f32>,
+) -> Result<Vec<f32>, Error> {
+    let tensor = Tensor::from_array((shape, data)).map_err(|e| ort_err("input tensor", e))?;
+    let outputs = session
+        .run(ort::inputs![input => tensor])
+        .map_err(|e| ort_err("onnxruntime run", e))?;
+    let value = outputs
+        .get(output)
+        .ok_or_else(|| Error::internal(format!("graph output {output:?} missing")))?;
+    let (_, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ort_err("output tensor", e))?;
+    Ok(data.to_vec())
+}
+
+/// Builds and checks the sessions of one package, then warms them up (one full T-step run).
+pub fn load_sessions(
+    dir: &Path,
+    m: &Manifest,
+    env: &ort::environment::Environment,
+    opts: &SessionOptions,
+) -> Result<Sessions, LoadError> {
+    let input_dims = m.input.shape();
+    let open = |file: &str| -> Result<Session, LoadError> {
+        let path = dir.join(file);
+        if !path.exists() {
+            return Err(err(&path, "file missing (named in manifest.json)"));
+        }
+        runtime::build_session(env, &path, opts).map_err(|e| err(&path, e))
+    };
+    let encoder = match &m.graphs.encoder {
+        Some(g) => {
+            let s = open(&g.file)?;
+            runtime::check_graph(
+                &s,
+                &[Expect {
+                    name: &g.input,
+                    dims: &input_dims,
+                }],
+                &[Expect {
+                    name: &g.output,
+                    dims: &g.output_shape,
+                }],
+            )
+            .map_err(|e| err(&dir.join(&g.file), e))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let feature_dims: Vec<usize> = match &m.graphs.encoder {
+        Some(g) => g.output_shape.clone(),
+        None => input_dims.to_vec(),
+    };
+    let g = &m.graphs.step;
+    let step = open(&g.file)?;
+    let classes = [m.num_classes()];
+    let mut ins = vec![Expect {
+        name: &g.input,
+        dims: &feature_dims,
+    }];
+    let mut outs = vec![Expect {
+        name: &g.logits,
+        dims: &classes,
+    }];
+    for s in &g.states {
+        ins.push(Expect {
+            name: &s.input,
+            dims: &s.shape,
+        });
+        outs.push(Expect {
+            name: &s.output,
+            dims: &s.shape,
+        });
+    }
+    runtime::check_graph(&step, &ins, &outs).map_err(|e| err(&dir.join(&g.file), e))?;
+    let policy = match &m.graphs.policy {
+        Some(p) => {
+            let s = open(&p.file)?;
+            let actions = [p.actions.len()];
+            runtime::check_graph(
+                &s,
+                &[Expect {
+                    name: &p.input,
+                    dims: &input_dims,
+                }],
+                &[Expect {
+                    name: &p.output,
+                    dims: &actions,
+                }],
+            )
+            .map_err(|e| err(&dir.join(&p.file), e))?;
+            Some(s)
+        }
+        None => None,
+    };
+    let mut sessions = Sessions {
+        encoder,
+        step,
+        policy,
+    };
+    warm_up(&mut sessions, m).map_err(|e| {
+        err(
+            &dir.join(&m.graphs.step.file),
+            format!("warm-up run failed: {e}"),
+        )
+    })?;
+    Ok(sessions)
+}
+
+/// Runs one input alone (batch 1) through the encoder and `timesteps` steps, carrying the
+/// membranes, and returns the logits of every step. The reference path for warm-up, the engine's
+/// self-test and the golden-output tests.
+pub fn run_single(
+    s: &mut Sessions,
+    m: &Manifest,
+    input: &[f32],
+    timesteps: usize,
+) -> Result<Vec<Vec<f32>>, String> {
+    let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+    let (features, mut fshape) = match (&mut s.encoder, &m.graphs.encoder) {
+        (Some(sess), Some(g)) => (
+            run_single_input(sess, &g.input, &g.output, shape, input.to_vec())
+                .map_err(|e| e.to_string())?,
+            g.output_shape.clone(),
+        ),
+        _ => (input.to_vec(), m.input.shape().to_vec()),
+    };
+    fshape.insert(0, 1);
+    let g = &m.graphs.step;
+    let mut states: Vec<Vec<f32>> = g
+        .states
+        .iter()
+        .map(|st| vec![st.initial_value; st.len()])
+        .collect();
+    let mut logits = Vec::with_capacity(timesteps);
+    for _ in 0..timesteps {
+        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(1 + states.len());
+        let f =
+            Tensor::from_array((fshape.clone(), features.clone())).map_err(|e| e.to_string())?;
+        inputs.push((g.input.clone(), f.into()));
+        for (st, v) in g.states.iter().zip(states) {
+            let mut shape = vec![1];
+            shape.extend_from_slice(&st.shape);
+            inputs.push((
+                st.input.clone(),
+                Tensor::from_array((shape, v))
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            ));
+        }
+        let out = s.step.run(inputs).map_err(|e| e.to_string())?;
+        let extract = |name: &str| -> Result<Vec<f32>, String> {
+            let v = out
+                .get(name)
+                .ok_or_else(|| format!("step output {name} missing"))?;
+            Ok(v.try_extract_tensor::<f32>()
+                .map_err(|e| e.to_string())?
+                .1
+                .to_vec())
+        };
+        logits.push(extract(&g.logits)?);
+        states = g
+            .states
+            .iter()
+            .map(|st| extract(&st.output))
+            .collect::<Result<_, _>>()?;
+    }
+    Ok(logits)
+}
+
+/// Start-up warm-up and the engine's self-test: the policy once and a few steps on a zero input.
+pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+    let zeros = vec![0f32; m.input.len()];
+    if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
+        let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+        run_single_input(sess, &g.input, &g.output, shape, zeros.clone())
+            .map_err(|e| e.to_string())?;
+    }
+    run_single(s, m, &zeros, m.timesteps.min(4)).map(|_| ())
+}

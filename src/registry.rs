@@ -1,0 +1,194 @@
+//! The model registry: every package under `--models`, each loaded, checked, warmed up and given
+//! its engine, and the lookup by name that the service uses.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use crate::engine::{self, EngineConfig, EngineHandle};
+use crate::error::Error;
+use crate::exit::ExitPolicy;
+use crate::graphs;
+use crate::metrics::Metrics;
+use crate::model::manifest::{Calibration, Manifest};
+use crate::model::{err, read_calibration, read_manifest, LoadError};
+use crate::runtime::SessionOptions;
+
+pub struct LoadedModel {
+    pub manifest: Arc<Manifest>,
+    pub calibration: Option<Calibration>,
+    pub dir: PathBuf,
+    pub engine: EngineHandle,
+    pub provider: String,
+    pub policy: RwLock<ExitPolicy>,
+    /// The package's labelled sample images (`samples/<file>`, label), read once from golden.json.
+    pub samples: Vec<(String, String)>,
+}
+
+impl LoadedModel {
+    pub fn exit_policy(&self) -> ExitPolicy {
+        match self.policy.read() {
+            Ok(p) => *p,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
+    }
+
+    pub fn set_exit_policy(&self, p: ExitPolicy) {
+        match self.policy.write() {
+            Ok(mut g) => *g = p,
+            Err(poisoned) => *poisoned.into_inner() = p,
+        }
+    }
+
+    pub fn has_policy(&self) -> bool {
+        self.manifest.graphs.policy.is_some()
+    }
+}
+
+pub struct LoadOptions<'a> {
+    pub env: &'a ort::environment::Environment,
+    pub session: SessionOptions,
+    pub engine: EngineConfig,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Folders under `root` that hold a `manifest.json`, sorted by name.
+pub fn package_dirs(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
+    let rd = std::fs::read_dir(root)
+        .map_err(|e| err(root, format!("cannot read the models folder: {e}")))?;
+    let mut dirs: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.json").is_file())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
+pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadError> {
+    let manifest = read_manifest(dir)?;
+    let calibration = read_calibration(dir, manifest.timesteps)?;
+    let sessions = graphs::load_sessions(dir, &manifest, opts.env, &opts.session)?;
+    let policy = ExitPolicy {
+        rule: manifest.exit.default_rule,
+        alpha: manifest.exit.default_alpha,
+        timesteps: manifest.timesteps,
+    };
+    let samples = read_samples(dir, &manifest.labels);
+    let manifest = Arc::new(manifest);
+    let engine = engine::spawn(
+        manifest.clone(),
+        sessions,
+        opts.engine.clone(),
+        Arc::new(opts.metrics.for_model(&manifest.name, manifest.timesteps)),
+    )
+    .map_err(|e| err(dir, e.to_string()))?;
+    Ok(LoadedModel {
+        provider: opts.session.device.provider_name(),
+        manifest,
+        calibration,
+        dir: dir.to_path_buf(),
+        engine,
+        policy: RwLock::new(policy),
+        samples,
+    })
+}
+
+/// The samples golden.json lists (file name under `samples/`, label); none when it is absent.
+fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("golden.json")) else {
+        return Vec::new();
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return Vec::new();
+    };
+    let Some(list) = v["samples"].as_array() else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|s| {
+            let file = s["file"].as_str()?.strip_prefix("samples/")?.to_string();
+            let label = labels.get(s["label"].as_u64()? as usize)?.clone();
+            Some((file, label))
+        })
+        .collect()
+}
+
+/// Loads every package. Broken packages are returned as errors next to the models that loaded.
+pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LoadError>);
+
+pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
+    let mut models = BTreeMap::new();
+    let mut errors = Vec::new();
+    for dir in package_dirs(root)? {
+        match load_one(&dir, opts) {
+            Ok(m) => {
+                let name = m.manifest.name.clone();
+                match models.entry(name) {
+                    std::collections::btree_map::Entry::Occupied(o) => errors.push(err(
+                        &dir.join("manifest.json"),
+                        format!("a second model named {:?}", o.key()),
+                    )),
+                    std::collections::btree_map::Entry::Vacant(v) => {
+                        v.insert(Arc::new(m));
+                    }
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    Ok((models, errors))
+}
+
+/// The served models by name, and the one a request without a name goes to.
+pub struct Registry {
+    models: BTreeMap<String, Arc<LoadedModel>>,
+    default_model: String,
+}
+
+impl Registry {
+    /// `default_model`: the name to use, else the first model by name.
+    pub fn new(
+        models: BTreeMap<String, Arc<LoadedModel>>,
+        default_model: Option<&str>,
+    ) -> Result<Self, String> {
+        let default_model = match default_model {
+            Some(d) if models.contains_key(d) => d.to_string(),
+            Some(d) => {
+                return Err(format!(
+                    "--default-model {d:?} is not among the loaded models"
+                ))
+            }
+            None => models.keys().next().cloned().ok_or("no model to serve")?,
+        };
+        Ok(Registry {
+            models,
+            default_model,
+        })
+    }
+
+    /// The model `name` names, or the default one when `name` is absent or empty.
+    pub fn get(&self, name: Option<&str>) -> Result<Arc<LoadedModel>, Error> {
+        let name = name
+            .filter(|n| !n.is_empty())
+            .unwrap_or(&self.default_model);
+        self.models.get(name).cloned().ok_or_else(|| {
+            Error::ModelNotFound(format!(
+                "model {name:?} not found; served models: {}",
+                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        })
+    }
+
+    pub fn models(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
+        self.models.values()
+    }
+
+    pub fn default_model(&self) -> &str {
+        &self.default_model
+    }
+
+    /// Whether every model's engine serves.
+    pub fn all_ready(&self) -> bool {
+        self.models.values().all(|m| m.engine.is_ready())
+    }
+}

@@ -1,0 +1,246 @@
+//! Exit-policy admin: who may change a model's default policy, how an update is validated and
+//! resolved through calibration.json, where it is persisted, and the gauges that publish it.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::exit::{ExitPolicy, RuleKind};
+use crate::metrics::Metrics;
+use crate::registry::LoadedModel;
+use crate::state::StateStore;
+
+/// The admin request body.
+#[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExitPolicyUpdate {
+    pub rule: Option<String>,
+    pub alpha: Option<f64>,
+    pub target_avg_timesteps: Option<f64>,
+    pub max_accuracy_drop: Option<f64>,
+    pub timesteps: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ExitPolicyView {
+    pub model: String,
+    pub rule: RuleKind,
+    pub alpha: f64,
+    pub timesteps: usize,
+    /// What calibration.json (validation split) expects at this α.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_accuracy: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_avg_timesteps: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub previous: Option<ExitPolicy>,
+}
+
+pub(crate) fn check_alpha(alpha: f64) -> Result<f64> {
+    if alpha.is_nan() || alpha <= 0.0 || alpha > 1.0 {
+        return Err(Error::invalid(format!(
+            "alpha {alpha} is out of range; accepted: 0 < alpha <= 1"
+        )));
+    }
+    Ok(alpha)
+}
+
+pub struct PolicyAdmin {
+    admin_token: Option<String>,
+    store: StateStore,
+    metrics: Arc<Metrics>,
+}
+
+impl PolicyAdmin {
+    pub fn new(admin_token: Option<String>, store: StateStore, metrics: Arc<Metrics>) -> Self {
+        PolicyAdmin {
+            admin_token,
+            store,
+            metrics,
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.admin_token.is_some()
+    }
+
+    /// Checks `Authorization: Bearer <token>` in constant time.
+    pub fn authorize(&self, header: Option<&str>) -> Result<()> {
+        use subtle::ConstantTimeEq;
+        let Some(token) = &self.admin_token else {
+            return Err(Error::Forbidden(
+                "admin disabled: no admin token configured (set SEENN_ADMIN_TOKEN or --admin-token-file)".into(),
+            ));
+        };
+        let given = header
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Error::Unauthenticated("missing `Authorization: Bearer <token>`".into())
+            })?;
+        let a = token.as_bytes();
+        let b = given.trim().as_bytes();
+        // Equal lengths are compared in constant time; a length mismatch fails without looking at
+        // the bytes (it only reveals the length).
+        let equal = a.len() == b.len() && bool::from(a.ct_eq(b));
+        if equal {
+            Ok(())
+        } else {
+            Err(Error::Unauthenticated("wrong admin token".into()))
+        }
+    }
+
+    /// Exports a policy view as gauges: the one place that publishes an exit policy. A view
+    /// without an expectation removes the series, so no stale number outlives the policy it
+    /// described.
+    pub fn publish(&self, v: &ExitPolicyView) {
+        self.metrics
+            .exit_alpha
+            .with_label_values(&[&v.model])
+            .set(v.alpha);
+        match v.expected_avg_timesteps {
+            Some(avg) => self
+                .metrics
+                .expected_avg_timesteps
+                .with_label_values(&[&v.model])
+                .set(avg),
+            None => {
+                let _ = self
+                    .metrics
+                    .expected_avg_timesteps
+                    .remove_label_values(&[&v.model]);
+            }
+        }
+    }
+
+    /// At start-up: the policy saved for `m`, when there is one and it fits the model, then the
+    /// gauges of whatever policy `m` now has.
+    pub fn restore(&self, m: &LoadedModel) -> std::result::Result<(), String> {
+        let name = &m.manifest.name;
+        if let Some(p) = self.store.get(name) {
+            if p.timesteps > m.manifest.timesteps || (p.rule == RuleKind::Policy && !m.has_policy())
+            {
+                return Err(format!(
+                    "{}: the saved policy for {name} does not fit the model",
+                    self.store.path().display()
+                ));
+            }
+            m.set_exit_policy(p);
+            tracing::info!(model = %name, policy = ?p, "restored exit policy");
+        }
+        self.publish(&Self::view(m, None));
+        Ok(())
+    }
+
+    /// `m`'s current default policy and what calibration expects of it.
+    pub fn view(m: &LoadedModel, previous: Option<ExitPolicy>) -> ExitPolicyView {
+        let p = m.exit_policy();
+        let expected = m.calibration.as_ref().and_then(|c| c.expected_at(p.alpha));
+        let (acc, avg) = match (p.rule, expected) {
+            (RuleKind::Confidence, Some(r)) => (Some(r.accuracy), Some(r.avg_timesteps)),
+            (RuleKind::Policy, _) => match m.calibration.as_ref().and_then(|c| c.policy.as_ref()) {
+                Some(s) => (Some(s.accuracy), Some(s.avg_timesteps)),
+                None => (None, None),
+            },
+            (RuleKind::Fixed, _) => (
+                m.calibration
+                    .as_ref()
+                    .and_then(|c| c.accuracy_per_t.get(p.timesteps.saturating_sub(1)).copied()),
+                Some(p.timesteps as f64),
+            ),
+            _ => (None, None),
+        };
+        ExitPolicyView {
+            model: m.manifest.name.clone(),
+            rule: p.rule,
+            alpha: p.alpha,
+            timesteps: p.timesteps,
+            expected_accuracy: acc,
+            expected_avg_timesteps: avg,
+            previous,
+        }
+    }
+
+    /// Applies an admin update to `m`'s default policy: validated, resolved through calibration,
+    /// persisted, then published (every gauge of the policy view) and logged.
+    pub fn set(&self, m: &LoadedModel, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
+        let name = m.manifest.name.as_str();
+        let old = m.exit_policy();
+        let mut new = old;
+        if let Some(r) = &u.rule {
+            new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
+        }
+        if new.rule == RuleKind::Policy && !m.has_policy() {
+            return Err(Error::invalid(format!(
+                "model {name} has no policy network; accepted rules: confidence, fixed"
+            )));
+        }
+        let targets = [
+            u.alpha.is_some(),
+            u.target_avg_timesteps.is_some(),
+            u.max_accuracy_drop.is_some(),
+        ];
+        if targets.iter().filter(|x| **x).count() > 1 {
+            return Err(Error::invalid(
+                "give at most one of alpha, target_avg_timesteps, max_accuracy_drop",
+            ));
+        }
+        if let Some(a) = u.alpha {
+            new.alpha = check_alpha(a)?;
+        }
+        let calibration = || {
+            m.calibration.as_ref().ok_or_else(|| {
+                Error::invalid(format!(
+                    "model {name} has no calibration.json; give alpha directly"
+                ))
+            })
+        };
+        if let Some(target) = u.target_avg_timesteps {
+            if !(target.is_finite() && target >= 1.0) {
+                return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
+            }
+            let row = calibration()?
+                .alpha_for_avg_timesteps(target)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "no calibrated alpha reaches an average of {target} timesteps or fewer"
+                    ))
+                })?;
+            new.alpha = row.alpha;
+            new.rule = RuleKind::Confidence;
+        }
+        if let Some(drop) = u.max_accuracy_drop {
+            if !(drop.is_finite() && (0.0..=1.0).contains(&drop)) {
+                return Err(Error::invalid(
+                    "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
+                ));
+            }
+            let row = calibration()?
+                .alpha_for_accuracy_drop(drop)
+                .ok_or_else(|| {
+                    Error::invalid(format!(
+                        "no calibrated alpha stays within {drop} of full-T accuracy"
+                    ))
+                })?;
+            new.alpha = row.alpha;
+            new.rule = RuleKind::Confidence;
+        }
+        if let Some(t) = u.timesteps {
+            if t == 0 || t as usize > m.manifest.timesteps {
+                return Err(Error::invalid(format!(
+                    "timesteps must be in 1..={}",
+                    m.manifest.timesteps
+                )));
+            }
+            new.timesteps = t as usize;
+        }
+        self.store
+            .set(name, new)
+            .map_err(|e| Error::internal(format!("cannot persist the exit policy: {e}")))?;
+        m.set_exit_policy(new);
+        let view = Self::view(m, Some(old));
+        self.publish(&view);
+        tracing::info!(model = name, old = ?old, new = ?new, "exit policy changed");
+        Ok(view)
+    }
+}
