@@ -164,12 +164,7 @@ impl RunningServer {
         let grpc_addr = grpc_listener.local_addr()?;
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
-        // TCP_NODELAY: without it a keep-alive response written in two segments waits ~40 ms
-        // for the client's delayed ACK (Nagle).
-        use axum::serve::ListenerExt;
-        let listener = http_listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
+        let listener = crate::api::conn::Listener(http_listener);
         let http_opts = HttpOptions {
             cors_origins: cfg.cors_origins.clone(),
             max_in_flight: cfg.max_http_in_flight,

@@ -398,3 +398,88 @@ async fn engine_fault_fails_the_batch_promptly_and_the_model_recovers() {
     );
     s.shutdown().await;
 }
+
+/// Clients that reset their connections while their requests run must leave nothing behind:
+/// no request counted in flight (drain would wait for ghosts) and no stale active-batch gauge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn abandoned_requests_neither_hold_up_drain_nor_stay_in_the_active_gauge() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let mut child = serve_cmd(&models_dir(), dir.path(), port, free_port())
+        .args(["--shutdown-timeout", "20"])
+        .spawn()
+        .expect("spawn");
+    wait_ready(port, &mut child);
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let c = ::reqwest::Client::builder()
+        .timeout(Duration::from_millis(50))
+        .build()
+        .expect("client");
+    let url = format!("http://127.0.0.1:{port}/v1/models/fashion-mnist-qcfs/classify?rule=fixed");
+    let mut handles = Vec::new();
+    for _ in 0..200 {
+        let (c, url, png) = (c.clone(), url.clone(), png.clone());
+        handles.push(tokio::spawn(async move {
+            c.post(url)
+                .header("content-type", "image/png")
+                .body(png)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }));
+    }
+    let mut gone = 0;
+    for h in handles {
+        if h.await.expect("task").is_err() {
+            gone += 1;
+        }
+    }
+    assert!(gone > 0, "some clients must have given up after 50 ms");
+    let metrics_url = format!("http://127.0.0.1:{port}/metrics");
+    let read = |name: &'static str| {
+        let c = client();
+        let u = metrics_url.clone();
+        async move {
+            let text = c
+                .get(u)
+                .send()
+                .await
+                .expect("metrics")
+                .text()
+                .await
+                .expect("text");
+            metric_value(&text, name, &[("model", "fashion-mnist-qcfs")])
+        }
+    };
+    // The engine notices abandoned requests between steps; give it a moment to empty the batch.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while read("seenn_active_requests").await != 0.0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        read("seenn_active_requests").await,
+        0.0,
+        "nothing runs any more"
+    );
+    assert!(read("seenn_cancelled_total").await > 0.0);
+    let pid = child.id().to_string();
+    let sent = Instant::now();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let (code, stderr) = tokio::task::spawn_blocking(move || stderr_of(child))
+        .await
+        .expect("join");
+    let took = sent.elapsed();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        took < Duration::from_secs(10),
+        "drain took {took:?}: it waited for requests whose clients were gone\n{stderr}"
+    );
+    assert!(!stderr.contains("still in flight"), "{stderr}");
+    // Requests are logged at debug: the default level keeps start-up and shutdown only.
+    assert!(!stderr.contains("classified"), "{stderr}");
+}

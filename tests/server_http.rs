@@ -992,3 +992,88 @@ async fn http_admission_limit_sheds_load_and_keeps_probes_up() {
         Err(_) => panic!("server still shared"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_admin_change_publishes_the_whole_policy_view_as_gauges() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    let s = start(cfg).await;
+    let path = "/admin/models/fashion-mnist/exit-policy";
+    let gauges = |text: &str| {
+        (
+            metric_value(text, "seenn_exit_alpha", &[("model", "fashion-mnist")]),
+            metric_value(
+                text,
+                "seenn_expected_avg_timesteps",
+                &[("model", "fashion-mnist")],
+            ),
+        )
+    };
+    for body in [
+        json!({"target_avg_timesteps": 1e9}),
+        json!({"alpha": 0.5}),
+        json!({"rule": "fixed", "timesteps": 3}),
+    ] {
+        let v: Value = client()
+            .put(url(&s, path))
+            .bearer_auth("s3cret-token")
+            .json(&body)
+            .send()
+            .await
+            .expect("req")
+            .json()
+            .await
+            .expect("json");
+        let (alpha, expected) = gauges(&metrics_text(&s).await);
+        assert_eq!(Some(alpha), v["alpha"].as_f64(), "{body}: {v}");
+        assert_eq!(
+            Some(expected),
+            v["expected_avg_timesteps"].as_f64(),
+            "{body}: the drift alert's reference must follow the policy: {v}"
+        );
+    }
+    s.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unknown_routes_wrong_methods_and_long_targets_answer_in_the_error_format() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(config(dir.path())).await;
+    let c = client();
+    let long = format!("/classify?model={}", "m".repeat(20_000));
+    for (req, status, code) in [
+        (c.get(url(&s, "/classify")), 405, "method_not_allowed"),
+        (c.delete(url(&s, "/v1/models")), 405, "method_not_allowed"),
+        (c.get(url(&s, "/no/such/route")), 404, "not_found"),
+        (c.post(url(&s, "/v2/models/x/nothing")), 404, "not_found"),
+        (c.post(url(&s, &long)), 414, "uri_too_long"),
+    ] {
+        let r = req.send().await.expect("req");
+        assert_eq!(r.status().as_u16(), status);
+        assert!(
+            r.headers()[reqwest::header::CONTENT_TYPE]
+                .to_str()
+                .expect("ascii")
+                .starts_with("application/json"),
+            "{code}"
+        );
+        let v: Value = r.json().await.expect("a JSON error body");
+        assert_eq!(v["code"], code, "{v}");
+        assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
+    }
+    // Rejected by the HTTP parser itself, before any handler: still the JSON error format.
+    let huge = format!("/classify?model={}", "m".repeat(100_000));
+    let r = c.post(url(&s, &huge)).send().await.expect("req");
+    assert_eq!(r.status(), 414);
+    let v: Value = r.json().await.expect("a JSON error body");
+    assert_eq!(v["code"], "uri_too_long", "{v}");
+    // A model that does not exist is still model_not_found, not a missing route.
+    let r = c.get(url(&s, "/v1/models/nope")).send().await.expect("req");
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(v["code"], "model_not_found");
+    s.shutdown().await;
+}

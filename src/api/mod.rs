@@ -1,2 +1,3 @@
+pub mod conn;
 pub mod grpc;
 pub mod http;
