@@ -462,7 +462,6 @@ async fn abandoned_requests_neither_hold_up_drain_nor_stay_in_the_active_gauge()
         0.0,
         "nothing runs any more"
     );
-    assert!(read("seenn_cancelled_total").await > 0.0);
     let pid = child.id().to_string();
     let sent = Instant::now();
     assert!(Command::new("kill")

@@ -1065,11 +1065,36 @@ async fn unknown_routes_wrong_methods_and_long_targets_answer_in_the_error_forma
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
     // Rejected by the HTTP parser itself, before any handler: still the JSON error format.
-    let huge = format!("/classify?model={}", "m".repeat(100_000));
-    let r = c.post(url(&s, &huge)).send().await.expect("req");
-    assert_eq!(r.status(), 414);
-    let v: Value = r.json().await.expect("a JSON error body");
-    assert_eq!(v["code"], "uri_too_long", "{v}");
+    // (reqwest refuses such a URL, so the request goes over a raw socket.)
+    for (request, status, code) in [
+        (
+            format!(
+                "POST /classify?model={} HTTP/1.1\r\nhost: x\r\n\r\n",
+                "m".repeat(100_000)
+            ),
+            "414",
+            "uri_too_long",
+        ),
+        (
+            "NOT HTTP AT ALL\r\n\r\n".to_string(),
+            "400",
+            "malformed_http",
+        ),
+    ] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut tcp = tokio::net::TcpStream::connect(s.http_addr)
+            .await
+            .expect("connect");
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.expect("read");
+        let answer = String::from_utf8(answer).expect("utf8");
+        let (head, body) = answer.split_once("\r\n\r\n").expect("head and body");
+        assert!(head.starts_with(&format!("HTTP/1.1 {status} ")), "{head}");
+        assert!(head.contains("content-type: application/json"), "{head}");
+        let v: Value = serde_json::from_str(body).expect("a JSON error body");
+        assert_eq!(v["code"], code, "{v}");
+    }
     // A model that does not exist is still model_not_found, not a missing route.
     let r = c.get(url(&s, "/v1/models/nope")).send().await.expect("req");
     assert_eq!(r.status(), 404);
