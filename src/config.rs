@@ -62,6 +62,9 @@ pub struct ServeConfig {
     /// Largest request body in bytes (HTTP) / message (gRPC).
     #[arg(long, env = "SEENN_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Period of the adaptive-α controller (see the admin `adaptive` policy), in milliseconds.
+    #[arg(long, env = "SEENN_ADAPTIVE_INTERVAL_MS", default_value_t = 1000)]
+    pub adaptive_interval_ms: u64,
     /// Longest HTTP request target (path and query) in bytes; longer ones get 414.
     #[arg(long, env = "SEENN_MAX_URI_BYTES", default_value_t = 8 * 1024)]
     pub max_uri_bytes: usize,
@@ -115,6 +118,7 @@ impl ServeConfig {
             shutdown_timeout: 30.0,
             max_body_bytes: 8 * 1024 * 1024,
             max_uri_bytes: 8 * 1024,
+            adaptive_interval_ms: 1000,
             max_image_pixels: 16 * 1024 * 1024,
             state_dir,
             admin_token_file: None,

@@ -44,6 +44,23 @@ pub struct ExitPolicy {
     pub alpha: f64,
     /// Timesteps for the `fixed` rule (and the cap for the others).
     pub timesteps: usize,
+    /// When set, α follows load between `configured_alpha` and `floor_alpha`
+    /// (see `service::adaptive`); `alpha` is then the α in force now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveAlpha>,
+}
+
+/// The adaptive part of a model's exit policy, as configured and persisted.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AdaptiveAlpha {
+    /// The latency objective: p99 of default-policy requests, in milliseconds.
+    pub p99_ms: f64,
+    /// The most accuracy (fraction, validation split) the controller may give up.
+    pub max_accuracy_drop: f64,
+    /// The α the operator configured: where α stays while the objective is met.
+    pub configured_alpha: f64,
+    /// The lowest α the controller may set (calibration's α for `max_accuracy_drop`).
+    pub floor_alpha: f64,
 }
 
 /// The rule one request runs under, fully resolved.

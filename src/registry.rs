@@ -72,6 +72,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         rule: manifest.exit.default_rule,
         alpha: manifest.exit.default_alpha,
         timesteps: manifest.timesteps,
+        adaptive: None,
     };
     let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);

@@ -17,6 +17,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::{self, LoadOptions};
 use crate::runtime::{self, Device, SessionOptions};
+use crate::service::adaptive::{Controller, LatencyWindows};
 use crate::service::{Lifecycle, Limits, PolicyAdmin, Service};
 use crate::state::StateStore;
 use crate::{kserve, openapi};
@@ -120,7 +121,9 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         metrics.model_ready.with_label_values(&[name]).set(1);
         tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
     }
+    let latency = LatencyWindows::new(registry.models().map(|m| m.manifest.name.as_str()));
     Ok(Arc::new(Service {
+        latency,
         registry,
         policies,
         lifecycle: Lifecycle::new(),
@@ -200,6 +203,11 @@ impl RunningServer {
         let max_message = state.limits.max_body_bytes;
         let rx = shutdown_rx.clone();
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener);
+        tokio::spawn(control_adaptive_alpha(
+            state.clone(),
+            Duration::from_millis(cfg.adaptive_interval_ms.max(1)),
+            shutdown_rx.clone(),
+        ));
         tokio::spawn(mirror_health(
             state.clone(),
             health_reporter.clone(),
@@ -255,6 +263,52 @@ impl RunningServer {
 
 /// How long shutdown waits for each listener task to finish after it was told to stop.
 const TASK_JOIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The adaptive-α control loop: once per `interval`, every model whose policy has `adaptive` set
+/// gets the p99 of its default-policy answers since the last tick, and its controller's move.
+async fn control_adaptive_alpha(
+    service: Arc<Service>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut controllers: std::collections::BTreeMap<
+        String,
+        (crate::exit::AdaptiveAlpha, Controller),
+    > = Default::default();
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticks.tick() => {}
+            _ = stop.changed() => return,
+        }
+        for m in service.registry.models() {
+            let name = &m.manifest.name;
+            let p99 = service.latency.take_p99(name);
+            let policy = m.exit_policy();
+            let Some(cfg) = policy.adaptive else {
+                controllers.remove(name);
+                continue;
+            };
+            let sweep: Vec<f64> = m
+                .calibration
+                .as_ref()
+                .map(|c| c.alpha_sweep.iter().map(|r| r.alpha).collect())
+                .unwrap_or_default();
+            let entry = controllers
+                .entry(name.clone())
+                .or_insert_with(|| (cfg, Controller::new(&cfg, &sweep, policy.alpha)));
+            if entry.0 != cfg {
+                *entry = (cfg, Controller::new(&cfg, &sweep, policy.alpha));
+            }
+            if let Some(alpha) = entry.1.tick(p99) {
+                if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
+                    tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");
+                }
+            }
+        }
+    }
+}
 
 /// Keeps the gRPC health status equal to readiness: waits on the engines' and the drain's
 /// `watch` channels and republishes when any of them changes.

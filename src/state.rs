@@ -35,6 +35,18 @@ pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
                 "model {name}: alpha must be in (0, 1] and timesteps >= 1"
             ));
         }
+        if let Some(a) = &p.adaptive {
+            let in_range = |x: f64| x > 0.0 && x <= 1.0;
+            if !(a.p99_ms.is_finite()
+                && a.p99_ms > 0.0
+                && (0.0..=1.0).contains(&a.max_accuracy_drop)
+                && in_range(a.configured_alpha)
+                && in_range(a.floor_alpha)
+                && a.floor_alpha <= a.configured_alpha)
+            {
+                return Err(format!("model {name}: adaptive {a:?} is out of range"));
+            }
+        }
     }
     Ok(s)
 }
@@ -115,6 +127,7 @@ mod tests {
             rule: RuleKind::Confidence,
             alpha: 0.75,
             timesteps: 4,
+            adaptive: None,
         };
         store.set("m", p).expect("set");
         let again = StateStore::open(dir.path()).expect("reopen");

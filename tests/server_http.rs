@@ -1102,3 +1102,98 @@ async fn unknown_routes_wrong_methods_and_long_targets_answer_in_the_error_forma
     assert_eq!(v["code"], "model_not_found");
     s.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    cfg.adaptive_interval_ms = 100;
+    let s = start(cfg.clone()).await;
+    let path = "/admin/models/fashion-mnist/exit-policy";
+    let c = client();
+    let put = |body: Value| {
+        let c = c.clone();
+        let u = url(&s, path);
+        async move {
+            let r = c
+                .put(u)
+                .bearer_auth("s3cret-token")
+                .json(&body)
+                .send()
+                .await
+                .expect("req");
+            assert_eq!(r.status(), 200);
+            r.json::<Value>().await.expect("json")
+        }
+    };
+    let current = || {
+        let c = c.clone();
+        let u = url(&s, path);
+        async move {
+            c.get(u)
+                .bearer_auth("s3cret-token")
+                .send()
+                .await
+                .expect("req")
+                .json::<Value>()
+                .await
+                .expect("json")
+        }
+    };
+    // An objective no server meets (1 µs): α must go down to the accuracy floor and stay there.
+    let v =
+        put(json!({"alpha": 0.94, "adaptive": {"p99_ms": 0.001, "max_accuracy_drop": 0.01}})).await;
+    let configured = v["adaptive"]["configured_alpha"]
+        .as_f64()
+        .expect("configured");
+    let floor = v["adaptive"]["floor_alpha"].as_f64().expect("floor");
+    assert_eq!(configured, 0.94);
+    assert!(floor < configured, "{v}");
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, r) = post_png(&s, "/classify", png.clone()).await;
+        assert!(r["alpha"].as_f64().expect("alpha") >= floor, "{r}");
+        if current().await["alpha"].as_f64() == Some(floor) || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    let v = current().await;
+    assert_eq!(v["alpha"].as_f64(), Some(floor), "{v}");
+    let text = metrics_text(&s).await;
+    assert_eq!(
+        metric_value(&text, "seenn_exit_alpha", &[("model", "fashion-mnist")]),
+        floor
+    );
+    // A request that sets its own α is never changed.
+    let (_, own) = post_png(&s, "/classify?alpha=0.99", png.clone()).await;
+    assert_eq!(own["alpha"].as_f64(), Some(0.99));
+    // More slow ticks never go below the floor.
+    for _ in 0..5 {
+        post_png(&s, "/classify", png.clone()).await;
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(current().await["alpha"].as_f64(), Some(floor));
+    // The state is persisted like the rest of the policy.
+    let saved =
+        std::fs::read_to_string(dir.path().join("state/exit-policies.json")).expect("state");
+    assert!(saved.contains("\"adaptive\""), "{saved}");
+    // No traffic counts as calm: α climbs back, level by level, to the configured value.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while current().await["alpha"].as_f64() != Some(configured)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(current().await["alpha"].as_f64(), Some(configured));
+    // Switched off: the adaptive block is gone.
+    let v = put(json!({"adaptive": null})).await;
+    assert!(v.get("adaptive").is_none(), "{v}");
+    assert_eq!(v["alpha"].as_f64(), Some(configured));
+    s.shutdown().await;
+}

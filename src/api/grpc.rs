@@ -8,6 +8,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::StepTrace;
 use crate::error::Error;
+use crate::service::policy::AdaptiveObjective;
 use crate::service::{
     ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input, Service,
 };
@@ -125,6 +126,12 @@ fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
         timesteps: v.timesteps as u32,
         expected_accuracy: v.expected_accuracy.map(|x| x as f32),
         expected_avg_timesteps: v.expected_avg_timesteps.map(|x| x as f32),
+        adaptive: v.adaptive.map(|a| pb::AdaptiveObjective {
+            p99_ms: a.p99_ms as f32,
+            max_accuracy_drop: a.max_accuracy_drop as f32,
+        }),
+        configured_alpha: v.adaptive.map(|a| a.configured_alpha as f32),
+        floor_alpha: v.adaptive.map(|a| a.floor_alpha as f32),
     }
 }
 
@@ -239,6 +246,19 @@ impl Admin for GrpcService {
             target_avg_timesteps: r.target_avg_timesteps.map(f64::from),
             max_accuracy_drop: r.max_accuracy_drop.map(f64::from),
             timesteps: r.timesteps.map(u64::from),
+            adaptive: match (r.disable_adaptive, r.adaptive) {
+                (true, Some(_)) => {
+                    return Err(Status::invalid_argument(
+                        "give either adaptive or disable_adaptive, not both",
+                    ))
+                }
+                (true, None) => Some(None),
+                (false, Some(a)) => Some(Some(AdaptiveObjective {
+                    p99_ms: f64::from(a.p99_ms),
+                    max_accuracy_drop: f64::from(a.max_accuracy_drop),
+                })),
+                (false, None) => None,
+            },
         };
         let name = if r.model.is_empty() {
             self.state.registry.default_model().to_string()

@@ -2,6 +2,7 @@
 //! classification (`Service`), the exit-policy admin (`policy`), and start-up/drain (`lifecycle`).
 //! Transports (HTTP, gRPC, Open Inference Protocol) hold an `Arc<Service>` and nothing else.
 
+pub mod adaptive;
 pub mod lifecycle;
 pub mod policy;
 mod view;
@@ -46,6 +47,8 @@ pub struct Service {
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// Latencies of default-policy answers, read by the adaptive-α controller.
+    pub latency: adaptive::LatencyWindows,
 }
 
 /// Per-request options, from the query string, JSON fields, multipart fields or gRPC.
@@ -250,6 +253,14 @@ impl Service {
             .as_ref()
             .map(|m| m.manifest.name.as_str())
             .unwrap_or(crate::metrics::UNKNOWN_MODEL);
+        // Adaptive α is about the requests it can change: those on the default policy.
+        if result.is_ok()
+            && opts.alpha.is_none()
+            && opts.rule.as_deref().is_none_or(str::is_empty)
+            && opts.max_timesteps.is_none()
+        {
+            self.latency.record(model_label, started.elapsed());
+        }
         let rule_label = match &result {
             Ok(r) => r.exit_rule.as_str(),
             Err(_) => self.rule_label(&opts, model.as_deref()),

@@ -1,12 +1,12 @@
 //! Exit-policy admin: who may change a model's default policy, how an update is validated and
 //! resolved through calibration.json, where it is persisted, and the gauges that publish it.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::exit::{ExitPolicy, RuleKind};
+use crate::exit::{AdaptiveAlpha, ExitPolicy, RuleKind};
 use crate::metrics::Metrics;
 use crate::registry::LoadedModel;
 use crate::state::StateStore;
@@ -20,6 +20,30 @@ pub struct ExitPolicyUpdate {
     pub target_avg_timesteps: Option<f64>,
     pub max_accuracy_drop: Option<f64>,
     pub timesteps: Option<u64>,
+    /// Adaptive α under load: an objective to switch it on (or change it), `null` to switch it
+    /// off; absent keeps what is configured.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<AdaptiveObjective>)]
+    pub adaptive: Option<Option<AdaptiveObjective>>,
+}
+
+/// What an operator asks of adaptive α.
+#[derive(Debug, Clone, Copy, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveObjective {
+    /// p99 latency objective of default-policy requests, in milliseconds.
+    pub p99_ms: f64,
+    /// The most accuracy (fraction, validation split) α may be lowered to give up.
+    pub max_accuracy_drop: f64,
+}
+
+/// A field that is present (`Some`), possibly `null` (`Some(None)`), as opposed to absent (`None`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -33,6 +57,10 @@ pub struct ExitPolicyView {
     pub expected_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_avg_timesteps: Option<f64>,
+    /// Adaptive α, when on: the objective, the configured α and the floor; `alpha` above is the
+    /// α in force now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveAlpha>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<ExitPolicy>,
 }
@@ -50,6 +78,8 @@ pub struct PolicyAdmin {
     admin_token: Option<String>,
     store: StateStore,
     metrics: Arc<Metrics>,
+    /// Serialises read-modify-write of policies (admin requests and the adaptive controller).
+    writing: Mutex<()>,
 }
 
 impl PolicyAdmin {
@@ -58,6 +88,7 @@ impl PolicyAdmin {
             admin_token,
             store,
             metrics,
+            writing: Mutex::new(()),
         }
     }
 
@@ -157,6 +188,7 @@ impl PolicyAdmin {
             timesteps: p.timesteps,
             expected_accuracy: acc,
             expected_avg_timesteps: avg,
+            adaptive: p.adaptive,
             previous,
         }
     }
@@ -165,8 +197,13 @@ impl PolicyAdmin {
     /// persisted, then published (every gauge of the policy view) and logged.
     pub fn set(&self, m: &LoadedModel, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
         let name = m.manifest.name.as_str();
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let old = m.exit_policy();
         let mut new = old;
+        // Under adaptive α the α in force moves; an update starts from the configured one.
+        if let Some(a) = old.adaptive {
+            new.alpha = a.configured_alpha;
+        }
         if let Some(r) = &u.rule {
             new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
         }
@@ -234,6 +271,41 @@ impl PolicyAdmin {
             }
             new.timesteps = t as usize;
         }
+        let objective = match u.adaptive {
+            Some(o) => o,
+            None => old.adaptive.map(|a| AdaptiveObjective {
+                p99_ms: a.p99_ms,
+                max_accuracy_drop: a.max_accuracy_drop,
+            }),
+        };
+        new.adaptive = match objective {
+            None => None,
+            Some(o) => {
+                if new.rule != RuleKind::Confidence {
+                    return Err(Error::invalid(
+                        "adaptive alpha needs the confidence rule (it moves alpha)",
+                    ));
+                }
+                if !(o.p99_ms.is_finite() && o.p99_ms > 0.0) {
+                    return Err(Error::invalid("adaptive.p99_ms must be a positive number"));
+                }
+                if !(o.max_accuracy_drop.is_finite() && (0.0..=1.0).contains(&o.max_accuracy_drop))
+                {
+                    return Err(Error::invalid(
+                        "adaptive.max_accuracy_drop must be a fraction in [0, 1] (0.005 = 0.5 pp)",
+                    ));
+                }
+                let floor = calibration()?
+                    .alpha_for_accuracy_drop(o.max_accuracy_drop)
+                    .map_or(new.alpha, |r| r.alpha.min(new.alpha));
+                Some(AdaptiveAlpha {
+                    p99_ms: o.p99_ms,
+                    max_accuracy_drop: o.max_accuracy_drop,
+                    configured_alpha: new.alpha,
+                    floor_alpha: floor,
+                })
+            }
+        };
         self.store
             .set(name, new)
             .map_err(|e| Error::internal(format!("cannot persist the exit policy: {e}")))?;
@@ -242,5 +314,35 @@ impl PolicyAdmin {
         self.publish(&view);
         tracing::info!(model = name, old = ?old, new = ?new, "exit policy changed");
         Ok(view)
+    }
+
+    /// The adaptive controller's move: α in force becomes `alpha`, as long as the adaptive
+    /// configuration is still `expected` (an admin change in between wins). Persisted, published
+    /// and logged like every policy change.
+    pub fn apply_adaptive(
+        &self,
+        m: &LoadedModel,
+        expected: &AdaptiveAlpha,
+        alpha: f64,
+        p99_ms: Option<f64>,
+    ) -> std::result::Result<(), String> {
+        let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let old = m.exit_policy();
+        if old.adaptive.as_ref() != Some(expected) || old.alpha == alpha {
+            return Ok(());
+        }
+        let new = ExitPolicy { alpha, ..old };
+        self.store.set(&m.manifest.name, new)?;
+        m.set_exit_policy(new);
+        self.publish(&Self::view(m, None));
+        tracing::info!(
+            model = %m.manifest.name,
+            from = old.alpha,
+            to = alpha,
+            p99_ms = p99_ms.unwrap_or(0.0),
+            objective_ms = expected.p99_ms,
+            "adaptive alpha moved"
+        );
+        Ok(())
     }
 }

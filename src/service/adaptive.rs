@@ -1,0 +1,231 @@
+//! Adaptive α: under load, answer everyone a little earlier instead of refusing some.
+//!
+//! The controlled quantity is the p99 of the end-to-end latency of requests that run under the
+//! model's *default* policy (requests that set their own `alpha` or `rule` are neither measured
+//! nor changed): that is the latency the objective promises, and it includes the queue wait that
+//! grows first under overload. Every tick (`--adaptive-interval-ms`) the controller reads the p99
+//! of the requests answered since the last tick and moves α along the calibrated α levels
+//! (calibration.json's sweep, between the configured α and the floor that costs
+//! `max_accuracy_drop` on the validation split):
+//!
+//! - p99 above the objective: one level down (fewer timesteps), never below the floor;
+//! - p99 below `RECOVER_BELOW` × objective (or no traffic) for `RECOVER_TICKS` ticks in a row:
+//!   one level up, never above the configured α;
+//! - in between: hold. The band and the run of calm ticks are the hysteresis that keeps α from
+//!   oscillating when the load sits near capacity.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+pub use crate::exit::AdaptiveAlpha;
+
+/// Recovery starts only when the p99 is this far under the objective.
+pub const RECOVER_BELOW: f64 = 0.6;
+/// Calm ticks in a row before α moves one level back up.
+pub const RECOVER_TICKS: u32 = 3;
+
+/// The controller's rule, free of clocks and I/O so it can be tested on synthetic series.
+#[derive(Debug, Clone)]
+pub struct Controller {
+    /// α levels from the configured α (index 0) down to the floor (last).
+    levels: Vec<f64>,
+    level: usize,
+    calm: u32,
+    p99_ms: f64,
+}
+
+impl Controller {
+    /// `sweep_alphas`: every α calibration measured; `current`: the α in force now.
+    pub fn new(cfg: &AdaptiveAlpha, sweep_alphas: &[f64], current: f64) -> Self {
+        let mut levels: Vec<f64> = sweep_alphas
+            .iter()
+            .copied()
+            .filter(|a| *a < cfg.configured_alpha && *a >= cfg.floor_alpha)
+            .collect();
+        levels.push(cfg.configured_alpha);
+        levels.sort_by(|a, b| b.total_cmp(a));
+        levels.dedup();
+        // Start at the level nearest the α in force (after a restart, where the controller was).
+        let level = levels
+            .iter()
+            .enumerate()
+            .min_by(|a, b| (a.1 - current).abs().total_cmp(&(b.1 - current).abs()))
+            .map_or(0, |(i, _)| i);
+        Controller {
+            levels,
+            level,
+            calm: 0,
+            p99_ms: cfg.p99_ms,
+        }
+    }
+
+    pub fn alpha(&self) -> f64 {
+        self.levels[self.level]
+    }
+
+    /// One control period: `p99_ms` of the requests answered in it (`None`: there were none).
+    /// Returns the new α when it changes.
+    pub fn tick(&mut self, p99_ms: Option<f64>) -> Option<f64> {
+        let before = self.level;
+        match p99_ms {
+            Some(p) if p > self.p99_ms => {
+                self.calm = 0;
+                self.level = (self.level + 1).min(self.levels.len() - 1);
+            }
+            Some(p) if p > self.p99_ms * RECOVER_BELOW => self.calm = 0,
+            _ => {
+                self.calm += 1;
+                if self.calm >= RECOVER_TICKS && self.level > 0 {
+                    self.level -= 1;
+                    self.calm = 0;
+                }
+            }
+        }
+        (self.level != before).then(|| self.alpha())
+    }
+}
+
+/// The p99 of `samples` (nearest rank), `None` when empty.
+pub fn p99(samples: &mut [f64]) -> Option<f64> {
+    if samples.is_empty() {
+        return None;
+    }
+    samples.sort_by(f64::total_cmp);
+    let rank = ((samples.len() as f64) * 0.99).ceil() as usize;
+    Some(samples[rank.clamp(1, samples.len()) - 1])
+}
+
+/// Latencies of default-policy requests per model since the last tick.
+#[derive(Default)]
+pub struct LatencyWindows {
+    windows: BTreeMap<String, Mutex<Vec<f64>>>,
+}
+
+/// Samples kept per model and tick at most (memory stays bounded under any load).
+const MAX_SAMPLES: usize = 100_000;
+
+impl LatencyWindows {
+    pub fn new<'a>(models: impl Iterator<Item = &'a str>) -> Self {
+        LatencyWindows {
+            windows: models
+                .map(|m| (m.to_string(), Mutex::new(Vec::new())))
+                .collect(),
+        }
+    }
+
+    pub fn record(&self, model: &str, latency: Duration) {
+        if let Some(w) = self.windows.get(model) {
+            if let Ok(mut w) = w.lock() {
+                if w.len() < MAX_SAMPLES {
+                    w.push(latency.as_secs_f64() * 1e3);
+                }
+            }
+        }
+    }
+
+    /// The p99 since the last call, and a fresh window.
+    pub fn take_p99(&self, model: &str) -> Option<f64> {
+        let mut samples = std::mem::take(&mut *self.windows.get(model)?.lock().ok()?);
+        p99(&mut samples)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SWEEP: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.94, 0.99];
+
+    fn controller() -> Controller {
+        let cfg = AdaptiveAlpha {
+            p99_ms: 50.0,
+            max_accuracy_drop: 0.005,
+            configured_alpha: 0.94,
+            floor_alpha: 0.8,
+        };
+        Controller::new(&cfg, &SWEEP, 0.94)
+    }
+
+    #[test]
+    fn lowers_one_level_per_slow_tick_and_stops_at_the_floor() {
+        let mut c = controller();
+        assert_eq!(c.alpha(), 0.94);
+        assert_eq!(c.tick(Some(80.0)), Some(0.9));
+        assert_eq!(c.tick(Some(80.0)), Some(0.8));
+        for _ in 0..10 {
+            assert_eq!(c.tick(Some(500.0)), None, "never below the accuracy floor");
+        }
+        assert_eq!(c.alpha(), 0.8);
+    }
+
+    #[test]
+    fn recovers_after_calm_ticks_and_never_above_the_configured_alpha() {
+        let mut c = controller();
+        c.tick(Some(80.0));
+        c.tick(Some(80.0));
+        assert_eq!(c.alpha(), 0.8);
+        let mut changes = Vec::new();
+        for _ in 0..20 {
+            if let Some(a) = c.tick(Some(10.0)) {
+                changes.push(a);
+            }
+        }
+        assert_eq!(
+            changes,
+            vec![0.9, 0.94],
+            "one level per {RECOVER_TICKS} calm ticks"
+        );
+        assert_eq!(c.alpha(), 0.94);
+        // No traffic counts as calm: a model that went idle returns to its configured α.
+        let mut c = controller();
+        c.tick(Some(80.0));
+        for _ in 0..RECOVER_TICKS {
+            c.tick(None);
+        }
+        assert_eq!(c.alpha(), 0.94);
+    }
+
+    #[test]
+    fn holds_in_the_band_and_does_not_oscillate_near_capacity() {
+        let mut c = controller();
+        c.tick(Some(60.0));
+        assert_eq!(c.alpha(), 0.9);
+        // Latency that settles inside the band (between 0.6× and 1× the objective): no move.
+        for p in [45.0, 31.0, 49.9, 35.0, 40.0, 30.5, 48.0, 33.0, 41.0, 44.0] {
+            assert_eq!(c.tick(Some(p)), None, "{p} ms is inside the band");
+        }
+        // Load flapping around the objective: α only steps down, and a calm tick between two
+        // slow ones does not send it back up.
+        let mut ups = 0;
+        for i in 0..30 {
+            let p = if i % 2 == 0 { 55.0 } else { 20.0 };
+            if let Some(a) = c.tick(Some(p)) {
+                if a > 0.85 && p < 50.0 {
+                    ups += 1;
+                }
+            }
+        }
+        assert_eq!(ups, 0);
+        assert_eq!(c.alpha(), 0.8);
+    }
+
+    #[test]
+    fn resumes_at_the_level_it_was_saved_at() {
+        let cfg = AdaptiveAlpha {
+            p99_ms: 50.0,
+            max_accuracy_drop: 0.005,
+            configured_alpha: 0.94,
+            floor_alpha: 0.8,
+        };
+        assert_eq!(Controller::new(&cfg, &SWEEP, 0.9).alpha(), 0.9);
+    }
+
+    #[test]
+    fn p99_is_the_nearest_rank() {
+        let mut v: Vec<f64> = (1..=200).map(f64::from).collect();
+        assert_eq!(p99(&mut v), Some(198.0));
+        assert_eq!(p99(&mut [7.0]), Some(7.0));
+        assert_eq!(p99(&mut []), None);
+    }
+}
