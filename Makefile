@@ -27,13 +27,14 @@ build:
 lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
-	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi scripts fuzz
+	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure scripts fuzz
 
 test-rust:
 	cargo test --release --locked --no-fail-fast -- --test-threads=2
 
 test-python:
 	cd training && ../$(PY) -m pytest -q
+	$(PY) -m pytest -q tests/structure
 
 ## Deployment files against real tools: docker-compose, promtool, Prometheus, kubectl kustomize.
 test-deploy: build
