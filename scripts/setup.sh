@@ -3,7 +3,8 @@
 #   scripts/setup.sh server   ONNX Runtime library only (enough for `make run`)
 #   scripts/setup.sh image    buildah and debootstrap only (enough for `make test-image`)
 #   scripts/setup.sh all      + Debian packages (PyTorch CPU, Fashion-MNIST, Prometheus/promtool,
-#                             docker-compose, buildah, debootstrap) and the Python virtual environment (.venv)
+#                             Alertmanager (amtool), docker-compose, buildah, debootstrap) and the Python
+#                             virtual environment (.venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -33,7 +34,7 @@ if [ "$what" = server ]; then
 fi
 
 pkgs=(unzip python3-venv python3-pip dataset-fashion-mnist prometheus docker-compose python3-matplotlib python3-tqdm
-      python3-pil python3-yaml chromium chromium-driver buildah debootstrap)
+      python3-pil python3-yaml chromium chromium-driver buildah debootstrap prometheus-alertmanager)
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 # Use an importable torch if the system Python has one, else Debian's CPU build.
 /usr/bin/python3 -c "import torch" 2>/dev/null || pkgs+=(python3-torch)

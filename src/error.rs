@@ -35,6 +35,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The change conflicts with how the server is configured (e.g. exit policies managed by a file).
+    #[error("{0}")]
+    Conflict(String),
     /// The client went away; nobody reads this answer.
     #[error("request cancelled by the client")]
     Cancelled,
@@ -64,6 +67,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
+            Error::Conflict(_) => "conflict",
             Error::Cancelled => "cancelled",
             Error::Internal(_) => "internal",
         }
@@ -80,6 +84,7 @@ impl Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             // nginx's "client closed request"; nobody sees it but the access log.
             Error::Cancelled => StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST),
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -97,6 +102,7 @@ impl Error {
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::Forbidden(_) => tonic::Code::PermissionDenied,
+            Error::Conflict(_) => tonic::Code::FailedPrecondition,
             Error::Cancelled => tonic::Code::Cancelled,
             Error::Internal(_) => tonic::Code::Internal,
         }

@@ -1,5 +1,6 @@
 //! seenn-serve: an inference server for spiking neural networks with early exit (SEENN).
 
+pub mod admin_token;
 pub mod api;
 pub mod bench;
 pub mod config;
@@ -11,6 +12,7 @@ pub mod exit;
 pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod policy_file;
 pub mod preprocess;
 pub mod runtime;
 pub mod server;

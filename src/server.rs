@@ -138,6 +138,9 @@ pub fn build_state(cfg: ServeConfig) -> Result<Arc<AppState>, String> {
         None => models.keys().next().cloned().unwrap_or_default(),
     };
     let admin_token = admin_token(&cfg)?;
+    if let Some(t) = &admin_token {
+        crate::admin_token::check_admin_token(t)?;
+    }
     if admin_token.is_none() {
         tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
     }
@@ -175,6 +178,7 @@ impl RunningServer {
         let state = tokio::task::spawn_blocking(move || build_state(cfg))
             .await
             .map_err(|e| format!("start-up task: {e}"))??;
+        crate::policy_file::start(&state)?;
         Self::serve(state).await
     }
 

@@ -467,7 +467,17 @@ impl AppState {
         }
     }
 
+    /// The admin change (HTTP PUT, gRPC SetExitPolicy): refused with 409 while
+    /// `--exit-policy-file` manages the policies.
     pub fn set_exit_policy(&self, name: &str, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
+        if let Some(file) = &self.cfg.exit_policy_file {
+            return Err(Error::Conflict(crate::policy_file::managed_message(file)));
+        }
+        self.apply_exit_policy(name, u)
+    }
+
+    /// Validates, persists and applies a policy change (the admin change, and `policy_file`).
+    pub fn apply_exit_policy(&self, name: &str, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
         let m = self.model(Some(name))?;
         let old = m.exit_policy();
         let mut new = old;
@@ -542,11 +552,10 @@ impl AppState {
             .set(name, new)
             .map_err(|e| Error::internal(format!("cannot persist the exit policy: {e}")))?;
         m.set_exit_policy(new);
-        self.metrics
-            .exit_alpha
-            .with_label_values(&[name])
-            .set(new.alpha);
+        let view = self.policy_view(&m, Some(old));
+        // Both gauges: the drift alert compares traffic with the expectation at the new α.
+        self.publish_policy(&view);
         tracing::info!(model = name, old = ?old, new = ?new, "exit policy changed");
-        Ok(self.policy_view(&m, Some(old)))
+        Ok(view)
     }
 }
