@@ -7,6 +7,9 @@
 #   localhost/seenn-rust:bookworm     + gcc, libc6-dev, ca-certificates: stands in for rust:1.95-bookworm,
 #                                     less the toolchain, which scripts/test_image.sh mounts read-only
 #                                     from this machine (`buildah bud -v`) at /usr/local/rust
+#   localhost/seenn-cuda-standin:bookworm  the Debian base with the environment the CUDA runtime image
+#                                     sets (LD_LIBRARY_PATH to the driver's libraries), for a build-only
+#                                     check of Dockerfile.cuda
 # Certificates this machine trusts beyond Debian's (/usr/local/share/ca-certificates: a TLS-inspecting
 # egress proxy) are added to both, so pip and cargo inside the build reach PyPI and crates.io.
 set -euo pipefail
@@ -14,6 +17,7 @@ cd "$(dirname "$0")/.."
 SUITE=bookworm
 BASE=localhost/seenn-debian:$SUITE
 RUST_BASE=localhost/seenn-rust:$SUITE
+CUDA_STANDIN=localhost/seenn-cuda-standin:$SUITE
 rebuild=${1:-}
 
 have() { buildah inspect --type image "$1" >/dev/null 2>&1; }
@@ -66,4 +70,13 @@ EOF
   rm -rf "$work"
   trap - EXIT
 fi
-buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "seenn-(debian|rust)" || true
+if [ "$rebuild" = --rebuild ] || ! have "$CUDA_STANDIN"; then
+  echo "base: $CUDA_STANDIN"
+  c=$(buildah from "$BASE")
+  # As nvidia/cuda:*-runtime-* sets it: where the NVIDIA container toolkit mounts the driver.
+  buildah config --env LD_LIBRARY_PATH=/usr/local/nvidia/lib:/usr/local/nvidia/lib64 \
+    --env NVIDIA_VISIBLE_DEVICES=all --env NVIDIA_DRIVER_CAPABILITIES=compute,utility "$c"
+  buildah commit --quiet "$c" "$CUDA_STANDIN" >/dev/null
+  buildah rm "$c" >/dev/null
+fi
+buildah images --format '{{.Name}}:{{.Tag}} {{.Size}}' | grep -E "seenn-(debian|rust|cuda-standin)" || true

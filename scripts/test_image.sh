@@ -29,7 +29,7 @@ timed() { # timed LABEL CMD...: runs CMD, records its wall time
 command -v buildah >/dev/null && command -v debootstrap >/dev/null || scripts/setup.sh image
 RUST_IMAGE=${RUST_IMAGE:-localhost/seenn-rust:bookworm}
 RUNTIME_IMAGE=${RUNTIME_IMAGE:-localhost/seenn-debian:bookworm}
-CUDA_RUNTIME_IMAGE=${CUDA_RUNTIME_IMAGE:-localhost/seenn-debian:bookworm}
+CUDA_RUNTIME_IMAGE=${CUDA_RUNTIME_IMAGE:-localhost/seenn-cuda-standin:bookworm}
 IMAGE=localhost/seenn-serve:test
 CUDA_IMAGE=localhost/seenn-serve:cuda-test
 work=$(mktemp -d /var/tmp/seenn-test-image.XXXXXX)
@@ -42,7 +42,7 @@ cleanup() {
 trap cleanup EXIT
 
 step "base images"
-if [[ $RUST_IMAGE == localhost/seenn-* || $RUNTIME_IMAGE == localhost/seenn-* ]]; then
+if [[ $RUST_IMAGE == localhost/seenn-* || $RUNTIME_IMAGE == localhost/seenn-* || $CUDA_RUNTIME_IMAGE == localhost/seenn-* ]]; then
   timed "base images" scripts/image_bases.sh
 fi
 
@@ -166,8 +166,9 @@ buildah run "$c" -- sh -ec 'cd /usr/local/lib/seenn; test -e libonnxruntime.so; 
 ok "libonnxruntime.so -> $(buildah run "$c" -- readlink /usr/local/lib/seenn/libonnxruntime.so), with libonnxruntime_providers_cuda.so"
 ldp=$(buildah inspect --type image --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$CUDA_IMAGE" | sed -n 's/^LD_LIBRARY_PATH=//p')
 base_ldp=$(buildah inspect --type image --format '{{range .OCIv1.Config.Env}}{{println .}}{{end}}' "$CUDA_RUNTIME_IMAGE" | sed -n 's/^LD_LIBRARY_PATH=//p')
+[ -n "$base_ldp" ] || echo "   note: $CUDA_RUNTIME_IMAGE sets no LD_LIBRARY_PATH: appending is not exercised"
 [ "$ldp" = "/usr/local/lib/seenn${base_ldp:+:$base_ldp}" ] || fail "LD_LIBRARY_PATH=$ldp (base: $base_ldp)"
-ok "LD_LIBRARY_PATH=$ldp (the base's value kept)"
+ok "LD_LIBRARY_PATH=$ldp (the base's ${base_ldp:-empty value} kept)"
 # The GPU build of ONNX Runtime loads and serves on the CPU provider: the binary, the library and the
 # models fit together; only the CUDA provider itself needs a GPU.
 buildah run --isolation chroot "$c" -- seenn inspect --device cpu >"$work/inspect.json" 2>"$work/inspect.log" || {
