@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8080
 
-.PHONY: run test setup setup-server build lint test-rust test-python test-deploy test-web test-clients models bench-models ort clean
+.PHONY: run test setup setup-server build lint test-rust test-python test-deploy test-web test-clients test-image models bench-models ort clean
 
 ## Serve the committed models on :8080 (HTTP) and :50051 (gRPC).
 run: setup-server build
@@ -39,6 +39,12 @@ test-python:
 ## Deployment files against real tools: docker-compose, promtool, Prometheus, kubectl kustomize.
 test-deploy: build
 	$(PY) -m pytest -q tests/deploy
+
+## Build deploy/Dockerfile and deploy/Dockerfile.cuda with buildah (local Debian bases) and smoke-test the
+## CPU image with `buildah run`: /readyz, a classification, the admin token file, the state directory,
+## SIGTERM. Needs root.
+test-image:
+	nice -n 5 scripts/test_image.sh
 
 ## The web page in headless Chromium (Debian's chromium + chromedriver, driven by selenium).
 test-web: build

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the project needs on a fresh Debian 12 machine, without asking:
 #   scripts/setup.sh server   ONNX Runtime library only (enough for `make run`)
+#   scripts/setup.sh image    buildah and debootstrap only (enough for `make test-image`)
 #   scripts/setup.sh all      + Debian packages (PyTorch CPU, Fashion-MNIST, Prometheus/promtool,
-#                             docker-compose) and the Python virtual environment (.venv)
+#                             Alertmanager (amtool), docker-compose, buildah, debootstrap) and the Python
+#                             virtual environment (.venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-all}
@@ -18,6 +20,12 @@ apt_install() {
   fi
 }
 
+if [ "$what" = image ]; then
+  # make test-image: buildah (builds and runs with --isolation chroot) and debootstrap (local bases).
+  apt_install buildah debootstrap
+  exit 0
+fi
+
 if [ "$what" = server ]; then
   command -v unzip >/dev/null || apt_install unzip
   command -v pip3 >/dev/null || command -v pip >/dev/null || apt_install python3-pip
@@ -26,7 +34,7 @@ if [ "$what" = server ]; then
 fi
 
 pkgs=(unzip python3-venv python3-pip dataset-fashion-mnist prometheus docker-compose python3-matplotlib python3-tqdm
-      python3-pil python3-yaml chromium chromium-driver)
+      python3-pil python3-yaml chromium chromium-driver buildah debootstrap prometheus-alertmanager)
 command -v kubectl >/dev/null || pkgs+=(kubernetes-client)
 # Use an importable torch if the system Python has one, else Debian's CPU build.
 /usr/bin/python3 -c "import torch" 2>/dev/null || pkgs+=(python3-torch)

@@ -77,6 +77,10 @@ pub struct ServeConfig {
     /// File holding the admin bearer token (else SEENN_ADMIN_TOKEN; neither: admin disabled).
     #[arg(long, env = "SEENN_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
+    /// JSON file of exit policies keyed by model name (each like the admin PUT body), loaded at
+    /// start and re-read when it changes; the admin endpoint then refuses changes (409).
+    #[arg(long, env = "SEENN_EXIT_POLICY_FILE")]
+    pub exit_policy_file: Option<PathBuf>,
     /// Serve the models that load and log the broken ones, instead of refusing to start.
     #[arg(long, env = "SEENN_SKIP_BROKEN")]
     pub skip_broken: bool,
@@ -122,6 +126,7 @@ impl ServeConfig {
             max_image_pixels: 16 * 1024 * 1024,
             state_dir,
             admin_token_file: None,
+            exit_policy_file: None,
             skip_broken: false,
             default_model: None,
             cors_origins: Vec::new(),

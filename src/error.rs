@@ -46,6 +46,9 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(String),
+    /// The change conflicts with how the server is configured (e.g. exit policies managed by a file).
+    #[error("{0}")]
+    Conflict(String),
     /// A failure inside ONNX Runtime or the engine.
     #[error("internal error: {0}")]
     Internal(String),
@@ -75,6 +78,7 @@ impl Error {
             Error::Unavailable(_) => "unavailable",
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
+            Error::Conflict(_) => "conflict",
             Error::Internal(_) => "internal",
         }
     }
@@ -92,6 +96,7 @@ impl Error {
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
+            Error::Conflict(_) => StatusCode::CONFLICT,
             Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -109,6 +114,7 @@ impl Error {
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::Forbidden(_) => tonic::Code::PermissionDenied,
+            Error::Conflict(_) => tonic::Code::FailedPrecondition,
             Error::Internal(_) => tonic::Code::Internal,
         }
     }

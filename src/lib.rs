@@ -1,5 +1,6 @@
 //! seenn-serve: an inference server for spiking neural networks with early exit (SEENN).
 
+pub mod admin_token;
 pub mod api;
 pub mod bench;
 pub mod config;

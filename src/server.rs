@@ -97,11 +97,19 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     let registry =
         Registry::new(models, cfg.default_model.as_deref()).map_err(anyhow::Error::msg)?;
     let admin_token = admin_token(cfg)?;
+    if let Some(t) = &admin_token {
+        crate::admin_token::check_admin_token(t).map_err(anyhow::Error::msg)?;
+    }
     if admin_token.is_none() {
         tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
     }
     let store = StateStore::open(&cfg.state_dir).map_err(anyhow::Error::msg)?;
-    let policies = PolicyAdmin::new(admin_token, store, metrics.clone());
+    let policies = PolicyAdmin::new(
+        admin_token,
+        store,
+        metrics.clone(),
+        cfg.exit_policy_file.clone(),
+    );
     for m in registry.models() {
         let name = &m.manifest.name;
         policies.restore(m).map_err(anyhow::Error::msg)?;
@@ -153,6 +161,8 @@ impl RunningServer {
                 .await
                 .context("start-up task")??
         };
+        crate::service::policy_file::start(&service, cfg.exit_policy_file.as_deref())
+            .map_err(anyhow::Error::msg)?;
         Self::serve(service, &cfg).await
     }
 

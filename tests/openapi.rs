@@ -21,7 +21,7 @@ fn committed_document_matches_the_code() {
 async fn served_document_and_every_documented_route() {
     let dir = tempfile::tempdir().expect("tempdir");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "t0ken\n").expect("write");
+    std::fs::write(&token_file, "t0ken-for-the-openapi-test\n").expect("write");
     let mut cfg = config(dir.path());
     cfg.admin_token_file = Some(token_file);
     let s = start(cfg).await;
@@ -64,7 +64,11 @@ async fn served_document_and_every_documented_route() {
                 "put" => c.put(url(&s, &concrete)).body("{}"),
                 other => panic!("unexpected method {other} on {path}"),
             };
-            let resp = req.bearer_auth("t0ken").send().await.expect("request");
+            let resp = req
+                .bearer_auth("t0ken-for-the-openapi-test")
+                .send()
+                .await
+                .expect("request");
             let status = resp.status().as_u16();
             let body = resp.text().await.unwrap_or_default();
             // A documented route exists: it never gets the router's fallback or 405.

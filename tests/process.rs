@@ -286,7 +286,7 @@ async fn kill_9_after_an_admin_change_keeps_the_change() {
     let port = free_port();
     let spawn = |port: u16| {
         serve_cmd(&models_dir(), dir.path(), port, free_port())
-            .env("SEENN_ADMIN_TOKEN", "t0ken")
+            .env("SEENN_ADMIN_TOKEN", "t0ken-for-the-process-test")
             .spawn()
             .expect("spawn")
     };
@@ -296,7 +296,7 @@ async fn kill_9_after_an_admin_change_keeps_the_change() {
         .put(format!(
             "http://127.0.0.1:{port}/admin/models/fashion-mnist/exit-policy"
         ))
-        .bearer_auth("t0ken")
+        .bearer_auth("t0ken-for-the-process-test")
         .json(&serde_json::json!({"alpha": 0.777}))
         .send()
         .await
@@ -315,7 +315,7 @@ async fn kill_9_after_an_admin_change_keeps_the_change() {
         .get(format!(
             "http://127.0.0.1:{port}/admin/models/fashion-mnist/exit-policy"
         ))
-        .bearer_auth("t0ken")
+        .bearer_auth("t0ken-for-the-process-test")
         .send()
         .await
         .expect("get")
@@ -332,7 +332,7 @@ async fn engine_fault_fails_the_batch_promptly_and_the_model_recovers() {
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = config(dir.path());
     cfg.enable_fault_injection = true;
-    std::env::set_var("SEENN_ADMIN_TOKEN", "fault-token");
+    std::env::set_var("SEENN_ADMIN_TOKEN", "fault-token-for-the-process-test");
     let s = start(cfg).await;
     std::env::remove_var("SEENN_ADMIN_TOKEN");
     let pkg = policy_package();
@@ -340,7 +340,7 @@ async fn engine_fault_fails_the_batch_promptly_and_the_model_recovers() {
     let c = client();
     let r = c
         .post(url(&s, "/admin/models/fashion-mnist/fault"))
-        .bearer_auth("fault-token")
+        .bearer_auth("fault-token-for-the-process-test")
         .send()
         .await
         .expect("arm");

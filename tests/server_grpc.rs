@@ -218,7 +218,7 @@ async fn grpc_bad_inputs_map_to_status_codes() {
 async fn grpc_admin_health_and_reflection() {
     let dir = tempfile::tempdir().expect("tmp");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "grpc-token").expect("write");
+    std::fs::write(&token_file, "grpc-token-for-the-grpc-test").expect("write");
     let mut cfg = config(&dir.path().join("state"));
     cfg.admin_token_file = Some(token_file);
     let s = start(cfg).await;
@@ -241,8 +241,10 @@ async fn grpc_admin_health_and_reflection() {
         alpha: Some(0.75),
         ..Default::default()
     });
-    req.metadata_mut()
-        .insert("authorization", "Bearer grpc-token".parse().expect("meta"));
+    req.metadata_mut().insert(
+        "authorization",
+        "Bearer grpc-token-for-the-grpc-test".parse().expect("meta"),
+    );
     let r = admin.set_exit_policy(req).await.expect("set").into_inner();
     assert_eq!(r.alpha, 0.75);
     let mut req = tonic::Request::new(get);

@@ -361,7 +361,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     s.shutdown().await;
 
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    std::fs::write(&token_file, "s3cret-token-for-the-http-test\n").expect("write");
     let mut cfg = config(&dir.path().join("state"));
     cfg.admin_token_file = Some(token_file.clone());
     let s = start(cfg.clone()).await;
@@ -381,7 +381,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     );
     let r = c
         .get(url(&s, path))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-for-the-http-test")
         .send()
         .await
         .expect("req");
@@ -393,7 +393,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
     let r = c
         .put(url(&s, path))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-for-the-http-test")
         .json(&json!({"alpha": 1.0}))
         .send()
         .await
@@ -416,7 +416,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
         .expect("avg");
     let r = c
         .put(url(&s, path))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-for-the-http-test")
         .json(&json!({"target_avg_timesteps": target}))
         .send()
         .await
@@ -442,7 +442,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     assert_eq!(v["expected_avg_timesteps"], row["avg_timesteps"]);
     let r = c
         .put(url(&s, path))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-for-the-http-test")
         .json(&json!({"max_accuracy_drop": 0.001}))
         .send()
         .await
@@ -467,7 +467,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     ] {
         let r = c
             .put(url(&s, path))
-            .bearer_auth("s3cret-token")
+            .bearer_auth("s3cret-token-for-the-http-test")
             .json(&bad)
             .send()
             .await
@@ -480,7 +480,7 @@ async fn admin_auth_alpha_targets_and_persistence() {
     let s = start(cfg).await;
     let v: Value = client()
         .get(url(&s, path))
-        .bearer_auth("s3cret-token")
+        .bearer_auth("s3cret-token-for-the-http-test")
         .send()
         .await
         .expect("req")
@@ -997,7 +997,7 @@ async fn http_admission_limit_sheds_load_and_keeps_probes_up() {
 async fn an_admin_change_publishes_the_whole_policy_view_as_gauges() {
     let dir = tempfile::tempdir().expect("tmp");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    std::fs::write(&token_file, "s3cret-token-for-the-http-test\n").expect("write");
     let mut cfg = config(&dir.path().join("state"));
     cfg.admin_token_file = Some(token_file);
     let s = start(cfg).await;
@@ -1019,7 +1019,7 @@ async fn an_admin_change_publishes_the_whole_policy_view_as_gauges() {
     ] {
         let v: Value = client()
             .put(url(&s, path))
-            .bearer_auth("s3cret-token")
+            .bearer_auth("s3cret-token-for-the-http-test")
             .json(&body)
             .send()
             .await
@@ -1107,7 +1107,7 @@ async fn unknown_routes_wrong_methods_and_long_targets_answer_in_the_error_forma
 async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     let dir = tempfile::tempdir().expect("tmp");
     let token_file = dir.path().join("token");
-    std::fs::write(&token_file, "s3cret-token\n").expect("write");
+    std::fs::write(&token_file, "s3cret-token-for-the-http-test\n").expect("write");
     let mut cfg = config(&dir.path().join("state"));
     cfg.admin_token_file = Some(token_file);
     cfg.adaptive_interval_ms = 100;
@@ -1120,7 +1120,7 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
         async move {
             let r = c
                 .put(u)
-                .bearer_auth("s3cret-token")
+                .bearer_auth("s3cret-token-for-the-http-test")
                 .json(&body)
                 .send()
                 .await
@@ -1134,7 +1134,7 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
         let u = url(&s, path);
         async move {
             c.get(u)
-                .bearer_auth("s3cret-token")
+                .bearer_auth("s3cret-token-for-the-http-test")
                 .send()
                 .await
                 .expect("req")

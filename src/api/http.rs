@@ -620,7 +620,8 @@ pub async fn get_exit_policy(
               (status = 400, description = "Invalid update", body = ErrorBody),
               (status = 401, description = "Missing or wrong token", body = ErrorBody),
               (status = 403, description = "Admin disabled (no token configured)", body = ErrorBody),
-              (status = 404, description = "No such model", body = ErrorBody)))]
+              (status = 404, description = "No such model", body = ErrorBody),
+              (status = 409, description = "Policies are managed by --exit-policy-file", body = ErrorBody)))]
 pub async fn put_exit_policy(
     State(state): State<Shared>,
     Path(name): Path<String>,

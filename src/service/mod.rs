@@ -5,6 +5,7 @@
 pub mod adaptive;
 pub mod lifecycle;
 pub mod policy;
+pub mod policy_file;
 mod view;
 
 use std::sync::Arc;

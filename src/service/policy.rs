@@ -80,15 +80,23 @@ pub struct PolicyAdmin {
     metrics: Arc<Metrics>,
     /// Serialises read-modify-write of policies (admin requests and the adaptive controller).
     writing: Mutex<()>,
+    /// `--exit-policy-file`: when set, the file is the policy and admin writes get 409.
+    managed_by: Option<std::path::PathBuf>,
 }
 
 impl PolicyAdmin {
-    pub fn new(admin_token: Option<String>, store: StateStore, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        admin_token: Option<String>,
+        store: StateStore,
+        metrics: Arc<Metrics>,
+        managed_by: Option<std::path::PathBuf>,
+    ) -> Self {
         PolicyAdmin {
             admin_token,
             store,
             metrics,
             writing: Mutex::new(()),
+            managed_by,
         }
     }
 
@@ -193,9 +201,18 @@ impl PolicyAdmin {
         }
     }
 
-    /// Applies an admin update to `m`'s default policy: validated, resolved through calibration,
-    /// persisted, then published (every gauge of the policy view) and logged.
+    /// The admin change (HTTP PUT, gRPC SetExitPolicy): refused with 409 while
+    /// `--exit-policy-file` manages the policies.
     pub fn set(&self, m: &LoadedModel, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
+        if let Some(file) = &self.managed_by {
+            return Err(Error::Conflict(super::policy_file::managed_message(file)));
+        }
+        self.apply(m, u)
+    }
+
+    /// Applies an update to `m`'s default policy: validated, resolved through calibration,
+    /// persisted, then published (every gauge of the policy view) and logged.
+    pub fn apply(&self, m: &LoadedModel, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
         let name = m.manifest.name.as_str();
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let old = m.exit_policy();

@@ -1,0 +1,196 @@
+//! Declarative exit policies for servers with several replicas (`--exit-policy-file`,
+//! `SEENN_EXIT_POLICY_FILE`). An admin PUT reaches one replica and persists in that replica's state
+//! directory; a file that every replica mounts (in Kubernetes, a ConfigMap) gives them all the same
+//! policies. The file is a JSON object keyed by model name, each value shaped like the admin PUT
+//! body:
+//!
+//! ```json
+//! {"fashion-mnist": {"alpha": 0.95}, "fashion-mnist-qcfs": {"target_avg_timesteps": 2.0}}
+//! ```
+//!
+//! What the file says is the whole policy: a field it leaves out, and a model it leaves out, take
+//! the manifest's default, so every replica ends up with the same policy whatever its history.
+//! The file is read at start (a bad file stops start-up) and re-read every [`POLL`]; a bad edit is
+//! logged and the previous policies stay. While a file manages the policies the admin endpoints
+//! still answer reads, and refuse changes with 409 ([`managed_message`]).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use super::policy::ExitPolicyUpdate;
+use super::Service;
+use crate::registry::LoadedModel;
+
+/// How often the file is re-read (a ConfigMap volume changes within about a minute of an edit).
+pub const POLL: Duration = Duration::from_secs(2);
+
+/// Model name -> the admin PUT body for it.
+pub type PolicyFile = BTreeMap<String, ExitPolicyUpdate>;
+
+/// The 409 answer to an admin change while `file` manages the policies.
+pub fn managed_message(file: &Path) -> String {
+    format!(
+        "the exit policy is managed by {} (--exit-policy-file), the same file on every replica; \
+         edit it (in Kubernetes: the ConfigMap seenn-exit-policies) and each server applies it within seconds",
+        file.display()
+    )
+}
+
+/// Parses the file's text.
+pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
+    serde_json::from_slice(bytes).map_err(|e| {
+        format!(
+            "expected a JSON object of model name -> {{rule, alpha, target_avg_timesteps, \
+             max_accuracy_drop, timesteps, adaptive}}: {e}"
+        )
+    })
+}
+
+/// The update that gives `m` exactly the policy of `entry`: what it leaves out comes from the
+/// manifest, not from the policy the model has now.
+fn from_manifest(m: &LoadedModel, entry: Option<&ExitPolicyUpdate>) -> ExitPolicyUpdate {
+    let e = entry.cloned().unwrap_or_default();
+    let alpha_given =
+        e.alpha.is_some() || e.target_avg_timesteps.is_some() || e.max_accuracy_drop.is_some();
+    ExitPolicyUpdate {
+        rule: e
+            .rule
+            .clone()
+            .or_else(|| Some(m.manifest.exit.default_rule.as_str().to_string())),
+        alpha: if alpha_given {
+            e.alpha
+        } else {
+            Some(m.manifest.exit.default_alpha)
+        },
+        timesteps: e.timesteps.or(Some(m.manifest.timesteps as u64)),
+        // Left out means off: the file is the whole policy.
+        adaptive: Some(e.adaptive.flatten()),
+        ..e
+    }
+}
+
+/// Applies a parsed file to every served model, through the admin change's own validation.
+pub fn apply(service: &Service, file: &PolicyFile) -> Result<(), String> {
+    if let Some(unknown) = file
+        .keys()
+        .find(|k| service.registry.get(Some(k.as_str())).is_err())
+    {
+        return Err(format!(
+            "model {unknown:?} is not served; served models: {}",
+            service
+                .registry
+                .models()
+                .map(|m| m.manifest.name.clone())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
+    for m in service.registry.models() {
+        let name = &m.manifest.name;
+        service
+            .policies
+            .apply(m, from_manifest(m, file.get(name)))
+            .map_err(|e| format!("model {name}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, String> {
+    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+}
+
+/// Loads `--exit-policy-file` (an error stops start-up) and starts re-reading it. No file: nothing.
+pub fn start(state: &Arc<Service>, path: Option<&Path>) -> Result<(), String> {
+    let Some(path) = path.map(Path::to_path_buf) else {
+        return Ok(());
+    };
+    let bytes = read(&path)?;
+    let file = parse(&bytes)
+        .and_then(|f| apply(state, &f).map(|_| f))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(file = %path.display(), models = file.len(), "exit policies loaded from the file; admin changes are refused");
+    tokio::spawn(watch(Arc::downgrade(state), path, bytes, file));
+    Ok(())
+}
+
+/// Re-reads the file every POLL while the server runs; applies it when its bytes change. A bad
+/// file is logged once and the last good one is re-applied (a file that fails half-way through must
+/// not leave some models on the new policy and some on the old).
+async fn watch(state: Weak<Service>, path: PathBuf, mut seen: Vec<u8>, mut good: PolicyFile) {
+    let mut last_error: Option<String> = None;
+    loop {
+        tokio::time::sleep(POLL).await;
+        let Some(state) = state.upgrade() else {
+            return;
+        };
+        let result = read(&path).and_then(|bytes| {
+            if bytes == seen {
+                return Ok(false);
+            }
+            seen = bytes;
+            let file = parse(&seen)?;
+            if let Err(e) = apply(&state, &file) {
+                if let Err(e2) = apply(&state, &good) {
+                    tracing::error!(file = %path.display(), error = %e2, "cannot re-apply the previous exit policies");
+                }
+                return Err(e);
+            }
+            good = file;
+            Ok(true)
+        });
+        match result {
+            Ok(true) => {
+                last_error = None;
+                tracing::info!(file = %path.display(), "exit policies reloaded from the file");
+            }
+            Ok(false) => {}
+            Err(e) => {
+                if last_error.as_deref() != Some(e.as_str()) {
+                    tracing::error!(file = %path.display(), error = %e, "exit policy file rejected; the previous policies stay");
+                    last_error = Some(e);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_admin_body_per_model() {
+        let f = parse(
+            br#"{"a": {"alpha": 0.9}, "b": {"target_avg_timesteps": 2.0, "rule": "confidence"}, "c": {}}"#,
+        )
+        .expect("parse");
+        assert_eq!(f.len(), 3);
+        assert_eq!(f["a"].alpha, Some(0.9));
+        assert_eq!(f["b"].target_avg_timesteps, Some(2.0));
+        assert!(f["c"].rule.is_none());
+    }
+
+    #[test]
+    fn rejects_typos_and_other_shapes() {
+        for bad in [
+            &br#"{"a": {"alpah": 0.9}}"#[..],
+            br#"[{"alpha": 0.9}]"#,
+            br#"{"a": 0.9}"#,
+            b"{not json",
+        ] {
+            let e = parse(bad).expect_err(std::str::from_utf8(bad).unwrap_or("?"));
+            assert!(e.contains("model name"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_409_message_names_the_file_and_the_configmap() {
+        let m = managed_message(Path::new("/etc/seenn/exit-policies.json"));
+        assert!(
+            m.contains("/etc/seenn/exit-policies.json") && m.contains("ConfigMap"),
+            "{m}"
+        );
+    }
+}
