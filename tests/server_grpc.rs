@@ -247,6 +247,55 @@ async fn grpc_admin_health_and_reflection() {
     );
     let r = admin.set_exit_policy(req).await.expect("set").into_inner();
     assert_eq!(r.alpha, 0.75);
+    assert!(r.adaptive.is_none());
+    // Adaptive α over gRPC: on (with its floor from calibration), then off.
+    let authed = |body: pb::SetExitPolicyRequest| {
+        let mut req = tonic::Request::new(body);
+        req.metadata_mut().insert(
+            "authorization",
+            "Bearer grpc-token-for-the-grpc-test".parse().expect("meta"),
+        );
+        req
+    };
+    let r = admin
+        .set_exit_policy(authed(pb::SetExitPolicyRequest {
+            model: "fashion-mnist".into(),
+            adaptive: Some(pb::AdaptiveObjective {
+                p99_ms: 50.0,
+                max_accuracy_drop: 0.005,
+            }),
+            ..Default::default()
+        }))
+        .await
+        .expect("adaptive on")
+        .into_inner();
+    assert_eq!(r.adaptive.map(|a| a.p99_ms), Some(50.0));
+    assert_eq!(r.configured_alpha, Some(0.75));
+    assert!(r.floor_alpha.is_some_and(|f| f <= 0.75), "{r:?}");
+    let both = admin
+        .set_exit_policy(authed(pb::SetExitPolicyRequest {
+            model: "fashion-mnist".into(),
+            adaptive: Some(pb::AdaptiveObjective {
+                p99_ms: 50.0,
+                max_accuracy_drop: 0.005,
+            }),
+            disable_adaptive: true,
+            ..Default::default()
+        }))
+        .await
+        .expect_err("contradictory");
+    assert_eq!(both.code(), Code::InvalidArgument);
+    let r = admin
+        .set_exit_policy(authed(pb::SetExitPolicyRequest {
+            model: "fashion-mnist".into(),
+            disable_adaptive: true,
+            ..Default::default()
+        }))
+        .await
+        .expect("adaptive off")
+        .into_inner();
+    assert!(r.adaptive.is_none() && r.configured_alpha.is_none());
+    assert_eq!(r.alpha, 0.75);
     let mut req = tonic::Request::new(get);
     req.metadata_mut()
         .insert("authorization", "Bearer wrong".parse().expect("meta"));
