@@ -12,7 +12,6 @@ use axum::{Json, Router};
 use base64::Engine as _;
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use super::{
     InferInput, InferRequest, InferResponse, ModelMetadata, OutputData, Param, TensorData,
@@ -630,6 +629,13 @@ pub async fn model_metadata_version(
     metadata_for(&state, &model, Some(&version)).map(Json)
 }
 
+/// A model's readiness.
+#[derive(Serialize)]
+struct ModelReady {
+    name: String,
+    ready: bool,
+}
+
 fn ready_response(state: &Service, name: &str, version: Option<&str>) -> Result<Response> {
     let r = super::model_ready(state, name, version)?;
     let status = if r {
@@ -637,7 +643,11 @@ fn ready_response(state: &Service, name: &str, version: Option<&str>) -> Result<
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(json!({"name": name, "ready": r}))).into_response())
+    let body = ModelReady {
+        name: name.to_string(),
+        ready: r,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// Model readiness: 200 when it serves, 503 while it recovers or the server drains.
@@ -757,6 +767,7 @@ pub async fn infer_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn binary_tail_is_split_per_input() {
