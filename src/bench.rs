@@ -604,3 +604,53 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
         rejections_with_retry_after: t.with_retry_after,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_json_keeps_the_field_names_scripts_read() {
+        let report = BenchReport {
+            url: "http://x".into(),
+            protocol: Protocol::Grpc,
+            mode: Mode::OpenLoopRate(50.0),
+            rule: None,
+            alpha: Some(0.9),
+            replay_exits: None,
+            requests: 3,
+            successes: 0,
+            errors: 3,
+            by_status: BTreeMap::from([("429".to_string(), 3)]),
+            duration_s: 1.0,
+            throughput_rps: 0.0,
+            latency_ms: Latency {
+                p50: f64::NAN,
+                p90: f64::NAN,
+                p99: f64::NAN,
+                max: f64::NAN,
+            },
+            avg_timesteps: f64::NAN,
+            accuracy: f64::NAN,
+            server_rss_mb: None,
+            server_rss_peak_mb: None,
+            offered_rps: 3.0,
+            error_latency_ms: ErrorLatency {
+                p50: 1.0,
+                p99: 2.0,
+                max: 3.0,
+            },
+            rejections_with_retry_after: 3,
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["protocol"], "grpc");
+        assert_eq!(v["mode"]["open_loop_rate"], 50.0);
+        assert_eq!(v["by_status"]["429"], 3);
+        // No answers to measure: null, as before.
+        assert!(v["avg_timesteps"].is_null() && v["latency_ms"]["p50"].is_null());
+        assert_eq!(v["error_latency_ms"]["max"], 3.0);
+        let closed = serde_json::to_value(Mode::ClosedLoopConcurrency(8)).unwrap();
+        assert_eq!(closed["closed_loop_concurrency"], 8);
+        assert!(report.render_text().contains("3 requests in 1.0 s"));
+    }
+}

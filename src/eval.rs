@@ -589,3 +589,70 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         matches_trainer,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> EvalReport {
+        EvalReport {
+            model: "m".into(),
+            version: "1".into(),
+            samples: 2,
+            split: "test".into(),
+            concurrency: 1,
+            timesteps: 2,
+            rules: vec![RuleResult {
+                rule: Rule::Confidence,
+                setting: "alpha=0.9".into(),
+                accuracy: 0.5,
+                avg_timesteps: 1.5,
+                exits_per_t: vec![1, 1],
+                latency_p50_ms: 1.0,
+                latency_p99_ms: 2.0,
+                throughput_rps: 10.0,
+            }],
+            accuracy_per_t: vec![0.5, 0.5],
+            alpha_sweep: vec![SweepPoint {
+                alpha: 0.9,
+                accuracy: 0.5,
+                avg_timesteps: 1.5,
+            }],
+            trainer_comparison: vec![Check {
+                what: "SEENN-I accuracy".into(),
+                eval: 0.5,
+                trainer: 0.5,
+                ok: true,
+            }],
+            matches_trainer: true,
+        }
+    }
+
+    #[test]
+    fn report_json_keeps_the_field_names_scripts_read() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["rules"][0]["rule"], "confidence");
+        assert_eq!(v["rules"][0]["latency_p50_ms"], 1.0);
+        assert_eq!(v["alpha_sweep"][0]["avg_timesteps"], 1.5);
+        assert_eq!(v["trainer_comparison"][0]["ok"], true);
+        assert_eq!(v["matches_trainer"], true);
+        assert_eq!(v["samples"], 2);
+        let text = report().render_text();
+        assert!(text.contains("confidence  alpha=0.9"), "{text}");
+        assert!(text.contains("check SEENN-I accuracy"), "{text}");
+        assert!(report().passes_check());
+    }
+
+    #[test]
+    fn trainer_report_reads_what_it_compares() {
+        let r: TrainerReport = serde_json::from_str(
+            r#"{"samples": 10, "accuracy_per_t": [0.5, 0.6], "seenn_i": {"alpha": 0.9, "accuracy": 0.55},
+                "training": {"history": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.samples, Some(10));
+        assert_eq!(r.seenn_i.accuracy, Some(0.55));
+        assert_eq!(r.seenn_i.avg_timesteps, None);
+        assert_eq!(r.seenn_ii.accuracy, None);
+    }
+}
