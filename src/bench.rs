@@ -9,11 +9,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use clap::{Args, ValueEnum};
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::api::grpc::pb;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http,
     Grpc,
@@ -66,6 +67,99 @@ pub struct BenchArgs {
     pub json: bool,
     #[arg(long)]
     pub quiet: bool,
+}
+
+/// How the load was offered.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Open loop: requests per second, sent on schedule.
+    OpenLoopRate(f64),
+    /// Closed loop: requests in flight at once.
+    ClosedLoopConcurrency(usize),
+}
+
+/// Latency percentiles of the successful answers, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Latency {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// Latency percentiles of the answers that were not a success, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorLatency {
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
+}
+
+/// What `seenn bench` measured (`--json` prints it as is). Non-finite numbers (no answers to
+/// measure) are written as `null`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    pub url: String,
+    pub protocol: Protocol,
+    pub mode: Mode,
+    pub rule: Option<String>,
+    pub alpha: Option<f64>,
+    pub replay_exits: Option<String>,
+    pub requests: u64,
+    pub successes: u64,
+    pub errors: u64,
+    /// Answers by HTTP status, gRPC code or client-side outcome.
+    pub by_status: BTreeMap<String, u64>,
+    pub duration_s: f64,
+    pub throughput_rps: f64,
+    pub latency_ms: Latency,
+    pub avg_timesteps: f64,
+    pub accuracy: f64,
+    pub server_rss_mb: Option<f64>,
+    pub server_rss_peak_mb: Option<f64>,
+    pub offered_rps: f64,
+    pub error_latency_ms: ErrorLatency,
+    pub rejections_with_retry_after: u64,
+}
+
+impl BenchReport {
+    /// The human-readable summary (what `seenn bench` prints without `--json`).
+    pub fn render_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let l = &self.latency_ms;
+        writeln!(
+            f,
+            "{} requests in {:.1} s: {:.1} req/s ok, {} errors {:?}",
+            self.requests, self.duration_s, self.throughput_rps, self.errors, self.by_status
+        )?;
+        writeln!(
+            f,
+            "latency ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}",
+            l.p50, l.p90, l.p99, l.max
+        )?;
+        writeln!(
+            f,
+            "avg timesteps {:.3}, accuracy {:.2}%{}",
+            self.avg_timesteps,
+            self.accuracy * 100.0,
+            self.server_rss_mb
+                .map(|m| format!(", server RSS {m:.0} MB"))
+                .unwrap_or_default()
+        )
+    }
+}
+
+/// The fields of a `/classify` answer that the load generator tallies.
+#[derive(Deserialize)]
+struct ClassifyAnswer {
+    timesteps_used: u64,
+    class_id: u64,
 }
 
 struct Sample {
@@ -126,15 +220,20 @@ fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
             })
             .collect()
     } else {
-        let (imgs, labels) = crate::dataset::golden_samples(std::path::Path::new(&args.data))?;
-        Ok(imgs
-            .into_iter()
-            .zip(labels)
-            .map(|(b, l)| Sample {
-                png: Arc::new(b),
-                label: l,
+        let dir = std::path::Path::new(&args.data);
+        let golden = crate::model::read_golden(dir)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("{}: no golden.json", dir.display()))?;
+        golden
+            .samples
+            .iter()
+            .map(|s| {
+                Ok(Sample {
+                    png: Arc::new(s.read_image(dir).map_err(|e| e.to_string())?),
+                    label: s.label,
+                })
             })
-            .collect())
+            .collect()
     }
 }
 
@@ -183,15 +282,8 @@ async fn send(
                     let status = r.status().as_u16().to_string();
                     let retry_after = r.headers().contains_key("retry-after");
                     if r.status().is_success() {
-                        match r.json::<serde_json::Value>().await {
-                            Ok(v) => (
-                                status,
-                                Some((
-                                    v["timesteps_used"].as_u64().unwrap_or(0),
-                                    v["class_id"].as_u64().unwrap_or(u64::MAX),
-                                )),
-                                false,
-                            ),
+                        match r.json::<ClassifyAnswer>().await {
+                            Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false),
                             Err(_) => ("bad_body".into(), None, false),
                         }
                     } else {
@@ -247,7 +339,23 @@ async fn server_rss_mb(c: &reqwest::Client, url: &str) -> Option<f64> {
         .map(|b| b / 1048576.0)
 }
 
+/// Runs the load and prints the report (JSON with `--json`, a summary otherwise).
 pub async fn run(args: BenchArgs) -> Result<(), String> {
+    let json = args.json;
+    let report = measure(args).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(())
+}
+
+/// Sends the load and measures what came back.
+pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
     let samples = Arc::new(load_samples(&args)?);
     if samples.is_empty() {
         return Err("no samples to send".into());
@@ -453,38 +561,96 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    let mode = if let Some(r) = args.rate {
-        json!({"open_loop_rate": r})
-    } else {
-        json!({"closed_loop_concurrency": args.concurrency})
+    let mode = match args.rate {
+        Some(r) => Mode::OpenLoopRate(r),
+        None => Mode::ClosedLoopConcurrency(args.concurrency),
     };
-    let report = json!({
-        "url": args.url, "protocol": format!("{:?}", args.protocol).to_lowercase(), "mode": mode,
-        "rule": args.rule, "alpha": args.alpha, "replay_exits": args.replay_exits,
-        "requests": total, "successes": t.ok, "errors": errors, "by_status": t.by_status,
-        "duration_s": elapsed, "throughput_rps": t.ok as f64 / elapsed,
-        "latency_ms": {"p50": p(0.5), "p90": p(0.9), "p99": p(0.99), "max": t.latencies_ms.last().copied().unwrap_or(f64::NAN)},
-        "avg_timesteps": if t.ok > 0 { t.timesteps as f64 / t.ok as f64 } else { f64::NAN },
-        "accuracy": if t.ok > 0 { t.correct as f64 / t.ok as f64 } else { f64::NAN },
-        "server_rss_mb": rss_mb, "server_rss_peak_mb": rss_peak_mb,
-        "offered_rps": total as f64 / elapsed,
-        "error_latency_ms": {"p50": ep(0.5), "p99": ep(0.99), "max": t.error_latencies_ms.last().copied().unwrap_or(f64::NAN)},
-        "rejections_with_retry_after": t.with_retry_after,
-    });
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-        );
-    } else {
-        println!(
-            "{} requests in {:.1} s: {:.1} req/s ok, {} errors {:?}\nlatency ms p50 {:.3} p90 {:.3} p99 {:.3} max {:.3}\navg timesteps {:.3}, accuracy {:.2}%{}",
-            total, elapsed, t.ok as f64 / elapsed, errors, t.by_status, p(0.5), p(0.9), p(0.99),
-            t.latencies_ms.last().copied().unwrap_or(f64::NAN),
-            report["avg_timesteps"].as_f64().unwrap_or(f64::NAN),
-            report["accuracy"].as_f64().unwrap_or(f64::NAN) * 100.0,
-            rss_mb.map(|m| format!(", server RSS {m:.0} MB")).unwrap_or_default()
-        );
+    let per_ok = |x: u64| {
+        if t.ok > 0 {
+            x as f64 / t.ok as f64
+        } else {
+            f64::NAN
+        }
+    };
+    Ok(BenchReport {
+        url: args.url.clone(),
+        protocol: args.protocol,
+        mode,
+        rule: args.rule.clone(),
+        alpha: args.alpha,
+        replay_exits: args.replay_exits.clone(),
+        requests: total,
+        successes: t.ok,
+        errors,
+        by_status: t.by_status.clone(),
+        duration_s: elapsed,
+        throughput_rps: t.ok as f64 / elapsed,
+        latency_ms: Latency {
+            p50: p(0.5),
+            p90: p(0.9),
+            p99: p(0.99),
+            max: t.latencies_ms.last().copied().unwrap_or(f64::NAN),
+        },
+        avg_timesteps: per_ok(t.timesteps),
+        accuracy: per_ok(t.correct),
+        server_rss_mb: rss_mb,
+        server_rss_peak_mb: rss_peak_mb,
+        offered_rps: total as f64 / elapsed,
+        error_latency_ms: ErrorLatency {
+            p50: ep(0.5),
+            p99: ep(0.99),
+            max: t.error_latencies_ms.last().copied().unwrap_or(f64::NAN),
+        },
+        rejections_with_retry_after: t.with_retry_after,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_json_keeps_the_field_names_scripts_read() {
+        let report = BenchReport {
+            url: "http://x".into(),
+            protocol: Protocol::Grpc,
+            mode: Mode::OpenLoopRate(50.0),
+            rule: None,
+            alpha: Some(0.9),
+            replay_exits: None,
+            requests: 3,
+            successes: 0,
+            errors: 3,
+            by_status: BTreeMap::from([("429".to_string(), 3)]),
+            duration_s: 1.0,
+            throughput_rps: 0.0,
+            latency_ms: Latency {
+                p50: f64::NAN,
+                p90: f64::NAN,
+                p99: f64::NAN,
+                max: f64::NAN,
+            },
+            avg_timesteps: f64::NAN,
+            accuracy: f64::NAN,
+            server_rss_mb: None,
+            server_rss_peak_mb: None,
+            offered_rps: 3.0,
+            error_latency_ms: ErrorLatency {
+                p50: 1.0,
+                p99: 2.0,
+                max: 3.0,
+            },
+            rejections_with_retry_after: 3,
+        };
+        let v = serde_json::to_value(&report).unwrap();
+        assert_eq!(v["protocol"], "grpc");
+        assert_eq!(v["mode"]["open_loop_rate"], 50.0);
+        assert_eq!(v["by_status"]["429"], 3);
+        // No answers to measure: null, as before.
+        assert!(v["avg_timesteps"].is_null() && v["latency_ms"]["p50"].is_null());
+        assert_eq!(v["error_latency_ms"]["max"], 3.0);
+        let closed = serde_json::to_value(Mode::ClosedLoopConcurrency(8)).unwrap();
+        assert_eq!(closed["closed_loop_concurrency"], 8);
+        assert!(report.render_text().contains("3 requests in 1.0 s"));
     }
-    Ok(())
 }

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use serde::Serialize;
-use serde_json::json;
+use serde::{Deserialize, Serialize};
 
 use crate::engine::{Batching, EngineConfig, Job, Outcome, RequestRule};
 use crate::metrics::Metrics;
@@ -61,9 +60,29 @@ pub struct EvalArgs {
     pub quiet: bool,
 }
 
+/// The exit rules `seenn eval` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Rule {
+    Fixed,
+    Confidence,
+    Policy,
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Rule::Fixed => "fixed",
+            Rule::Confidence => "confidence",
+            Rule::Policy => "policy",
+        })
+    }
+}
+
+/// One exit rule over the whole dataset.
 #[derive(Debug, Clone, Serialize)]
 pub struct RuleResult {
-    pub rule: String,
+    pub rule: Rule,
     pub setting: String,
     pub accuracy: f64,
     pub avg_timesteps: f64,
@@ -71,6 +90,144 @@ pub struct RuleResult {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub throughput_rps: f64,
+}
+
+/// The confidence rule at one α, computed from the full-T trajectories.
+#[derive(Debug, Clone, Serialize)]
+pub struct SweepPoint {
+    pub alpha: f64,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+}
+
+/// One number compared with the trainer's.
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub what: String,
+    pub eval: f64,
+    pub trainer: f64,
+    pub ok: bool,
+}
+
+/// What `seenn eval` measured (`--json` prints it as is).
+#[derive(Debug, Clone, Serialize)]
+pub struct EvalReport {
+    pub model: String,
+    pub version: String,
+    pub samples: usize,
+    pub split: String,
+    pub concurrency: usize,
+    pub timesteps: usize,
+    pub rules: Vec<RuleResult>,
+    pub accuracy_per_t: Vec<f64>,
+    pub alpha_sweep: Vec<SweepPoint>,
+    pub trainer_comparison: Vec<Check>,
+    pub matches_trainer: bool,
+}
+
+impl EvalReport {
+    /// `--check`: compared with the trainer, and every comparison within tolerance.
+    pub fn passes_check(&self) -> bool {
+        self.matches_trainer && !self.trainer_comparison.is_empty()
+    }
+
+    /// The human-readable table (what `seenn eval` prints without `--json`).
+    pub fn render_text(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, out: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            out,
+            "{} v{} on {} {} images (concurrency {})",
+            self.model, self.version, self.samples, self.split, self.concurrency
+        )?;
+        writeln!(
+            out,
+            "{:<11} {:<14} {:>9} {:>8} {:>9} {:>9} {:>10}  exits per t",
+            "rule", "setting", "accuracy", "avg t", "p50 ms", "p99 ms", "req/s"
+        )?;
+        for r in &self.rules {
+            writeln!(
+                out,
+                "{:<11} {:<14} {:>8.2}% {:>8.3} {:>9.3} {:>9.3} {:>10.1}  {:?}",
+                r.rule,
+                r.setting,
+                r.accuracy * 100.0,
+                r.avg_timesteps,
+                r.latency_p50_ms,
+                r.latency_p99_ms,
+                r.throughput_rps,
+                r.exits_per_t
+            )?;
+        }
+        writeln!(
+            out,
+            "accuracy per t: {}",
+            self.accuracy_per_t
+                .iter()
+                .map(|a| format!("{:.2}%", a * 100.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        )?;
+        writeln!(out, "alpha sweep (alpha: accuracy, avg t):")?;
+        for s in &self.alpha_sweep {
+            writeln!(
+                out,
+                "  {:<9} {:>7.2}% {:.3}",
+                s.alpha,
+                s.accuracy * 100.0,
+                s.avg_timesteps
+            )?;
+        }
+        for c in &self.trainer_comparison {
+            writeln!(
+                out,
+                "check {:<24} eval {:.5} trainer {:.5} {}",
+                c.what,
+                c.eval,
+                c.trainer,
+                if c.ok { "ok" } else { "MISMATCH" }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The numbers `seenn eval` compares with in the trainer's `report.json`; everything else in
+/// the file is ignored, and a number the trainer did not write is not compared.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TrainerReport {
+    /// How many of the first test images the trainer evaluated.
+    #[serde(default)]
+    pub samples: Option<u64>,
+    #[serde(default)]
+    pub accuracy_per_t: Vec<f64>,
+    #[serde(default)]
+    pub seenn_i: TrainerRule,
+    #[serde(default)]
+    pub seenn_ii: TrainerRule,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TrainerRule {
+    #[serde(default)]
+    pub accuracy: Option<f64>,
+    #[serde(default)]
+    pub avg_timesteps: Option<f64>,
+}
+
+/// Reads the package's `report.json`; `None` when there is none.
+pub fn read_trainer_report(dir: &std::path::Path) -> Result<Option<TrainerReport>, String> {
+    let path = dir.join("report.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(None);
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
@@ -151,7 +308,7 @@ async fn run_rule(
 }
 
 fn summarize(
-    rule: &str,
+    rule: Rule,
     setting: String,
     outcomes: &[Outcome],
     labels: &[usize],
@@ -170,7 +327,7 @@ fn summarize(
         exits[o.timesteps_used - 1] += 1;
     }
     RuleResult {
-        rule: rule.into(),
+        rule,
         setting,
         accuracy: correct as f64 / n,
         avg_timesteps: outcomes
@@ -185,7 +342,23 @@ fn summarize(
     }
 }
 
+/// Runs the evaluation and prints the report (JSON with `--json`, a table otherwise). `Ok(false)`
+/// when `--check` is given and the numbers do not match the trainer's.
 pub async fn run(args: EvalArgs) -> Result<bool, String> {
+    let report = evaluate(&args).await?;
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+        );
+    } else {
+        print!("{}", report.render_text());
+    }
+    Ok(!args.check || report.passes_check())
+}
+
+/// Runs the engine over the dataset for every exit rule and compares with `report.json`.
+pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let (env, _) = runtime::init(args.ort_lib.as_deref())?;
     let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
     let t_max = manifest.timesteps;
@@ -222,14 +395,19 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
             (xs, d.labels[..n].to_vec())
         }
         "samples" => {
-            let (imgs, labels) = crate::dataset::golden_samples(&args.model)?;
-            let xs = imgs
-                .iter()
-                .map(|b| {
-                    crate::preprocess::image_to_tensor(b, None, spec, 1 << 26)
-                        .map_err(|e| e.to_string())
-                })
-                .collect::<Result<Vec<_>, _>>()?;
+            let golden = model::read_golden(&args.model)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{}: no golden.json", args.model.display()))?;
+            let mut xs = Vec::with_capacity(golden.samples.len());
+            let mut labels = Vec::with_capacity(golden.samples.len());
+            for s in &golden.samples {
+                let bytes = s.read_image(&args.model).map_err(|e| e.to_string())?;
+                xs.push(
+                    crate::preprocess::image_to_tensor(&bytes, None, spec, 1 << 26)
+                        .map_err(|e| format!("{}: {e}", s.file))?,
+                );
+                labels.push(s.label);
+            }
             (xs, labels)
         }
         other => {
@@ -264,7 +442,7 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
     )
     .await?;
     results.push(summarize(
-        "fixed",
+        Rule::Fixed,
         format!("t={t_max}"),
         &full,
         &labels,
@@ -286,7 +464,7 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
     )
     .await?;
     results.push(summarize(
-        "confidence",
+        Rule::Confidence,
         format!("alpha={alpha}"),
         &conf,
         &labels,
@@ -308,7 +486,7 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
         )
         .await?;
         results.push(summarize(
-            "policy",
+            Rule::Policy,
             "argmax".into(),
             &pol,
             &labels,
@@ -332,7 +510,7 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
         .as_ref()
         .map(|c| c.alpha_sweep.iter().map(|r| r.alpha).collect())
         .unwrap_or_default();
-    let sweep: Vec<serde_json::Value> = grid
+    let sweep: Vec<SweepPoint> = grid
         .iter()
         .map(|&a| {
             let mut correct = 0usize;
@@ -346,128 +524,135 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
                 steps += t + 1;
                 correct += usize::from(o.trajectory[t].class_id == *l);
             }
-            json!({"alpha": a, "accuracy": correct as f64 / n, "avg_timesteps": steps as f64 / n})
+            SweepPoint {
+                alpha: a,
+                accuracy: correct as f64 / n,
+                avg_timesteps: steps as f64 / n,
+            }
         })
         .collect();
 
     // Compare with the trainer's test numbers.
     let mut checks = Vec::new();
-    let report_path = args.model.join("report.json");
-    let report: Option<serde_json::Value> = match std::fs::read_to_string(&report_path) {
-        Ok(text) => Some(
-            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", report_path.display()))?,
-        ),
-        Err(_) => None,
-    };
+    let report = read_trainer_report(&args.model)?;
     // The trainer reports on the first `samples` test images.
     let comparable = args.data == "fashion-mnist"
         && args.split == "test"
-        && report.as_ref().and_then(|r| r["samples"].as_u64()) == Some(labels.len() as u64);
+        && report.as_ref().and_then(|r| r.samples) == Some(labels.len() as u64);
     if let (true, Some(report)) = (comparable, report) {
-        let mut cmp = |what: &str, ours: f64, theirs: Option<f64>, scale: f64| {
+        let mut cmp = |what: &str, ours: f64, theirs: Option<f64>| {
             if let Some(t) = theirs {
-                checks.push(json!({"what": what, "eval": ours, "trainer": t, "ok": (ours - t).abs() <= 0.0005 * scale}));
+                checks.push(Check {
+                    what: what.to_string(),
+                    eval: ours,
+                    trainer: t,
+                    ok: (ours - t).abs() <= 0.0005,
+                });
             }
         };
         cmp(
             "SEENN-I accuracy",
             results[1].accuracy,
-            report["seenn_i"]["accuracy"].as_f64(),
-            1.0,
+            report.seenn_i.accuracy,
         );
         cmp(
             "SEENN-I avg timesteps",
             results[1].avg_timesteps,
-            report["seenn_i"]["avg_timesteps"].as_f64(),
-            1.0,
+            report.seenn_i.avg_timesteps,
         );
-        if let Some(p) = results.iter().find(|r| r.rule == "policy") {
-            cmp(
-                "SEENN-II accuracy",
-                p.accuracy,
-                report["seenn_ii"]["accuracy"].as_f64(),
-                1.0,
-            );
+        if let Some(p) = results.iter().find(|r| r.rule == Rule::Policy) {
+            cmp("SEENN-II accuracy", p.accuracy, report.seenn_ii.accuracy);
             cmp(
                 "SEENN-II avg timesteps",
                 p.avg_timesteps,
-                report["seenn_ii"]["avg_timesteps"].as_f64(),
-                1.0,
+                report.seenn_ii.avg_timesteps,
             );
         }
         cmp(
             &format!("accuracy at T={t_max}"),
             accuracy_per_t[t_max - 1],
-            report["accuracy_per_t"][t_max - 1].as_f64(),
-            1.0,
+            report.accuracy_per_t.get(t_max - 1).copied(),
         );
     }
-    let all_ok = checks.iter().all(|c| c["ok"].as_bool().unwrap_or(false));
-    let out = json!({
-        "model": m.manifest.name, "version": m.manifest.version, "samples": labels.len(), "split": args.split,
-        "concurrency": c, "timesteps": t_max, "rules": results, "accuracy_per_t": accuracy_per_t,
-        "alpha_sweep": sweep, "trainer_comparison": checks, "matches_trainer": all_ok,
-    });
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&out).map_err(|e| e.to_string())?
-        );
-    } else {
-        println!(
-            "{} v{} on {} {} images (concurrency {c})",
-            m.manifest.name,
-            m.manifest.version,
-            labels.len(),
-            args.split
-        );
-        println!(
-            "{:<11} {:<14} {:>9} {:>8} {:>9} {:>9} {:>10}  exits per t",
-            "rule", "setting", "accuracy", "avg t", "p50 ms", "p99 ms", "req/s"
-        );
-        for r in &results {
-            println!(
-                "{:<11} {:<14} {:>8.2}% {:>8.3} {:>9.3} {:>9.3} {:>10.1}  {:?}",
-                r.rule,
-                r.setting,
-                r.accuracy * 100.0,
-                r.avg_timesteps,
-                r.latency_p50_ms,
-                r.latency_p99_ms,
-                r.throughput_rps,
-                r.exits_per_t
-            );
-        }
-        println!(
-            "accuracy per t: {}",
-            accuracy_per_t
-                .iter()
-                .map(|a| format!("{:.2}%", a * 100.0))
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        println!("alpha sweep (alpha: accuracy, avg t):");
-        for s in &sweep {
-            println!(
-                "  {:<9} {:>7.2}% {:.3}",
-                s["alpha"],
-                s["accuracy"].as_f64().unwrap_or(0.0) * 100.0,
-                s["avg_timesteps"].as_f64().unwrap_or(0.0)
-            );
-        }
-        for c in &checks {
-            println!(
-                "check {:<24} eval {:.5} trainer {:.5} {}",
-                c["what"].as_str().unwrap_or(""),
-                c["eval"].as_f64().unwrap_or(0.0),
-                c["trainer"].as_f64().unwrap_or(0.0),
-                if c["ok"].as_bool().unwrap_or(false) {
-                    "ok"
-                } else {
-                    "MISMATCH"
-                }
-            );
+    let matches_trainer = checks.iter().all(|c| c.ok);
+    Ok(EvalReport {
+        model: m.manifest.name.clone(),
+        version: m.manifest.version.clone(),
+        samples: labels.len(),
+        split: args.split.clone(),
+        concurrency: c,
+        timesteps: t_max,
+        rules: results,
+        accuracy_per_t,
+        alpha_sweep: sweep,
+        trainer_comparison: checks,
+        matches_trainer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report() -> EvalReport {
+        EvalReport {
+            model: "m".into(),
+            version: "1".into(),
+            samples: 2,
+            split: "test".into(),
+            concurrency: 1,
+            timesteps: 2,
+            rules: vec![RuleResult {
+                rule: Rule::Confidence,
+                setting: "alpha=0.9".into(),
+                accuracy: 0.5,
+                avg_timesteps: 1.5,
+                exits_per_t: vec![1, 1],
+                latency_p50_ms: 1.0,
+                latency_p99_ms: 2.0,
+                throughput_rps: 10.0,
+            }],
+            accuracy_per_t: vec![0.5, 0.5],
+            alpha_sweep: vec![SweepPoint {
+                alpha: 0.9,
+                accuracy: 0.5,
+                avg_timesteps: 1.5,
+            }],
+            trainer_comparison: vec![Check {
+                what: "SEENN-I accuracy".into(),
+                eval: 0.5,
+                trainer: 0.5,
+                ok: true,
+            }],
+            matches_trainer: true,
         }
     }
-    Ok(!args.check || (all_ok && !checks.is_empty()))
+
+    #[test]
+    fn report_json_keeps_the_field_names_scripts_read() {
+        let v = serde_json::to_value(report()).unwrap();
+        assert_eq!(v["rules"][0]["rule"], "confidence");
+        assert_eq!(v["rules"][0]["latency_p50_ms"], 1.0);
+        assert_eq!(v["alpha_sweep"][0]["avg_timesteps"], 1.5);
+        assert_eq!(v["trainer_comparison"][0]["ok"], true);
+        assert_eq!(v["matches_trainer"], true);
+        assert_eq!(v["samples"], 2);
+        let text = report().render_text();
+        assert!(text.contains("confidence  alpha=0.9"), "{text}");
+        assert!(text.contains("check SEENN-I accuracy"), "{text}");
+        assert!(report().passes_check());
+    }
+
+    #[test]
+    fn trainer_report_reads_what_it_compares() {
+        let r: TrainerReport = serde_json::from_str(
+            r#"{"samples": 10, "accuracy_per_t": [0.5, 0.6], "seenn_i": {"alpha": 0.9, "accuracy": 0.55},
+                "training": {"history": []}}"#,
+        )
+        .unwrap();
+        assert_eq!(r.samples, Some(10));
+        assert_eq!(r.seenn_i.accuracy, Some(0.55));
+        assert_eq!(r.seenn_i.avg_timesteps, None);
+        assert_eq!(r.seenn_ii.accuracy, None);
+    }
 }

@@ -94,21 +94,23 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
     })
 }
 
-/// The samples golden.json lists (file name under `samples/`, label); none when it is absent.
+/// The samples golden.json lists (file name under `samples/`, label); none when it is absent or
+/// unreadable (the samples are a convenience, not part of serving).
 fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
-    let Ok(text) = std::fs::read_to_string(dir.join("golden.json")) else {
-        return Vec::new();
+    let golden = match crate::model::read_golden(dir) {
+        Ok(Some(g)) => g,
+        Ok(None) => return Vec::new(),
+        Err(e) => {
+            tracing::warn!("{e}; the package's samples are not listed");
+            return Vec::new();
+        }
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-        return Vec::new();
-    };
-    let Some(list) = v["samples"].as_array() else {
-        return Vec::new();
-    };
-    list.iter()
+    golden
+        .samples
+        .into_iter()
         .filter_map(|s| {
-            let file = s["file"].as_str()?.strip_prefix("samples/")?.to_string();
-            let label = labels.get(s["label"].as_u64()? as usize)?.clone();
+            let file = s.file.strip_prefix("samples/")?.to_string();
+            let label = labels.get(s.label)?.clone();
             Some((file, label))
         })
         .collect()

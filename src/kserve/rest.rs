@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
-use serde_json::{json, Map, Value};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::{Deserialize, Serialize};
 
 use super::{
     InferInput, InferRequest, InferResponse, ModelMetadata, OutputData, Param, TensorData,
@@ -41,72 +42,229 @@ impl BinaryOutputs {
     }
 }
 
-fn param(key: &str, v: &Value) -> Result<Param> {
-    match v {
-        Value::Bool(b) => Ok(Param::Bool(*b)),
-        Value::String(s) => Ok(Param::Str(s.clone())),
-        Value::Number(n) => match n.as_i64() {
-            Some(i) => Ok(Param::Int(i)),
-            None => n
-                .as_f64()
-                .map(Param::Float)
-                .ok_or_else(|| Error::invalid(format!("parameter {key:?}: number out of range"))),
-        },
-        _ => Err(Error::invalid(format!(
-            "parameter {key:?} must be a bool, a number or a string"
-        ))),
+/// The JSON part of a REST inference request, as the Open Inference Protocol defines it. Fields
+/// this server does not know are ignored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(expecting = "an inference request object")]
+pub struct RestRequest {
+    #[serde(default)]
+    pub id: Option<String>,
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+    pub inputs: Vec<RestInput>,
+    /// The outputs asked for; absent or `null` means all of them.
+    #[serde(default)]
+    pub outputs: Option<Vec<RestOutput>>,
+}
+
+/// One input tensor: its values in `data`, or (binary tensor data extension) in the bytes after
+/// the JSON header, `parameters.binary_data_size` of them.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(expecting = "an input object {\"name\", \"shape\", \"datatype\", \"data\"}")]
+pub struct RestInput {
+    pub name: String,
+    pub shape: Vec<i64>,
+    pub datatype: String,
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+    #[serde(default)]
+    pub data: Option<JsonData>,
+}
+
+/// One output asked for, and whether it goes back as binary data.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(expecting = "an output object {\"name\", \"parameters\"?}")]
+pub struct RestOutput {
+    pub name: String,
+    #[serde(default)]
+    pub parameters: Option<Parameters>,
+}
+
+/// A `parameters` object, in the order given. Each value is a bool, a number or a string.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Parameters(pub Vec<(String, Param)>);
+
+impl Parameters {
+    fn get(&self, key: &str) -> Option<&Param> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
     }
 }
 
-fn params(v: Option<&Value>, what: &str) -> Result<Vec<(String, Param)>> {
-    match v {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Object(m)) => m
-            .iter()
-            .map(|(k, v)| Ok((k.clone(), param(k, v)?)))
-            .collect(),
-        Some(_) => Err(Error::invalid(format!(
-            "{what} `parameters` must be an object"
-        ))),
-    }
-}
-
-fn field<'a>(obj: &'a Map<String, Value>, key: &str, what: &str) -> Result<&'a Value> {
-    obj.get(key)
-        .ok_or_else(|| Error::invalid(format!("{what} has no `{key}`")))
-}
-
-fn string(v: &Value, what: &str) -> Result<String> {
-    v.as_str()
-        .map(str::to_string)
-        .ok_or_else(|| Error::invalid(format!("{what} must be a string")))
-}
-
-/// Flattens nested JSON arrays (row-major) into their leaves.
-fn leaves<'a>(v: &'a Value, out: &mut Vec<&'a Value>, depth: usize) -> Result<()> {
-    if depth > 8 {
-        return Err(Error::invalid("`data` is nested deeper than 8 levels"));
-    }
-    match v {
-        Value::Array(items) => {
-            for i in items {
-                leaves(i, out, depth + 1)?;
+impl<'de> Deserialize<'de> for Parameters {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> Visitor<'de> for Visit {
+            type Value = Parameters;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a `parameters` object")
+            }
+            fn visit_map<A: MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Parameters, A::Error> {
+                let mut out = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    let value = map.next_value_seed(ParamSeed(&key))?;
+                    out.push((key, value));
+                }
+                Ok(Parameters(out))
             }
         }
-        other => out.push(other),
+        d.deserialize_map(Visit)
     }
-    Ok(())
 }
 
-fn json_data(name: &str, datatype: &str, data: &Value) -> Result<TensorData> {
-    let mut flat = Vec::new();
-    leaves(data, &mut flat, 0)?;
+/// Reads one parameter value; the key names it in the error.
+struct ParamSeed<'a>(&'a str);
+
+impl<'de> DeserializeSeed<'de> for ParamSeed<'_> {
+    type Value = Param;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Param, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ParamSeed<'_> {
+    type Value = Param;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        write!(f, "a bool, a number or a string for parameter {:?}", self.0)
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Param, E> {
+        Ok(Param::Bool(v))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Param, E> {
+        Ok(Param::Int(v))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Param, E> {
+        Ok(i64::try_from(v).map_or(Param::Float(v as f64), Param::Int))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Param, E> {
+        Ok(Param::Float(v))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Param, E> {
+        Ok(Param::Str(v.to_string()))
+    }
+}
+
+/// How deep `data` may nest arrays.
+const MAX_DATA_DEPTH: usize = 8;
+
+/// One element of a JSON `data` array, before the datatype says what it must be.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Element {
+    Number(f64),
+    Str(String),
+    /// Anything else (`true`, `null`, an object), as it is shown in errors.
+    Other(&'static str),
+}
+
+impl std::fmt::Display for Element {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Element::Number(n) => write!(f, "{n:?}"),
+            Element::Str(s) => write!(f, "{s:?}"),
+            Element::Other(o) => f.write_str(o),
+        }
+    }
+}
+
+/// A JSON `data` value: nested arrays (row-major) or flat, flattened to its elements. A lone
+/// element counts as a one-element array.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JsonData(pub Vec<Element>);
+
+impl<'de> Deserialize<'de> for JsonData {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut out = Vec::new();
+        Flatten {
+            out: &mut out,
+            depth: 0,
+        }
+        .deserialize(d)?;
+        Ok(JsonData(out))
+    }
+}
+
+/// Appends the leaves of one `data` value, `depth` arrays down.
+struct Flatten<'a> {
+    out: &'a mut Vec<Element>,
+    depth: usize,
+}
+
+impl<'de> DeserializeSeed<'de> for Flatten<'_> {
+    type Value = ();
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<(), D::Error> {
+        if self.depth > MAX_DATA_DEPTH {
+            return Err(de::Error::custom(format!(
+                "`data` is nested deeper than {MAX_DATA_DEPTH} levels"
+            )));
+        }
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Flatten<'_> {
+    type Value = ();
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("`data`: an array of numbers or strings, flat or nested")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<(), A::Error> {
+        let depth = self.depth + 1;
+        while seq
+            .next_element_seed(Flatten {
+                out: &mut *self.out,
+                depth,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<(), E> {
+        self.out.push(Element::Number(v as f64));
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<(), E> {
+        self.out.push(Element::Number(v as f64));
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<(), E> {
+        self.out.push(Element::Number(v));
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<(), E> {
+        self.out.push(Element::Str(v.to_string()));
+        Ok(())
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
+        self.out
+            .push(Element::Other(if v { "true" } else { "false" }));
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
+        self.out.push(Element::Other("null"));
+        Ok(())
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        self.out.push(Element::Other("an object"));
+        Ok(())
+    }
+}
+
+fn json_data(name: &str, datatype: &str, data: JsonData) -> Result<TensorData> {
     match datatype {
-        "FP32" => flat
+        "FP32" => data
+            .0
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let f = v.as_f64().map(|f| f as f32).filter(|f| f.is_finite());
+                let f = match v {
+                    Element::Number(n) => Some(*n as f32).filter(|f| f.is_finite()),
+                    _ => None,
+                };
                 f.ok_or_else(|| {
                     Error::invalid(format!(
                         "input {name:?} element {i} ({v}) is not a finite FP32 number"
@@ -115,13 +273,16 @@ fn json_data(name: &str, datatype: &str, data: &Value) -> Result<TensorData> {
             })
             .collect::<Result<Vec<f32>>>()
             .map(TensorData::Fp32),
-        "BYTES" => flat
+        "BYTES" => data
+            .0
             .iter()
             .enumerate()
             .map(|(i, v)| {
-                let s = v.as_str().ok_or_else(|| {
-                    Error::invalid(format!("input {name:?} element {i} is not a string"))
-                })?;
+                let Element::Str(s) = v else {
+                    return Err(Error::invalid(format!(
+                        "input {name:?} element {i} is not a string"
+                    )));
+                };
                 base64::engine::general_purpose::STANDARD
                     .decode(s.trim())
                     .map_err(|e| {
@@ -132,6 +293,17 @@ fn json_data(name: &str, datatype: &str, data: &Value) -> Result<TensorData> {
             })
             .collect::<Result<Vec<Vec<u8>>>>()
             .map(TensorData::Bytes),
+        other => Err(Error::invalid(format!(
+            "input {name:?} has datatype {other:?}; accepted: FP32 or BYTES"
+        ))),
+    }
+}
+
+/// Decodes the raw bytes `binary_data_size` gave an input.
+fn binary_data(name: &str, datatype: &str, chunk: &[u8]) -> Result<TensorData> {
+    match datatype {
+        "FP32" => super::fp32_from_raw(chunk).map(TensorData::Fp32),
+        "BYTES" => super::bytes_from_raw(chunk).map(TensorData::Bytes),
         other => Err(Error::invalid(format!(
             "input {name:?} has datatype {other:?}; accepted: FP32 or BYTES"
         ))),
@@ -151,51 +323,34 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
         Some(n) => body.split_at(n),
         None => (body, &[][..]),
     };
-    let v: Value = serde_json::from_slice(json_part).map_err(|e| {
+    let req: RestRequest = serde_json::from_slice(json_part).map_err(|e| {
         Error::invalid(format!(
             "malformed inference request JSON: {e}; accepted: {{\"inputs\": [{{\"name\", \"shape\", \"datatype\", \"data\"}}], \"outputs\"?, \"parameters\"?, \"id\"?}}"
         ))
     })?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| Error::invalid("the inference request must be a JSON object"))?;
-    let id = match obj.get("id") {
-        None | Some(Value::Null) => None,
-        Some(v) => Some(string(v, "`id`")?),
-    };
-    let parameters = params(obj.get("parameters"), "request")?;
+    let parameters = req.parameters.unwrap_or_default();
     let default_binary = parameters
-        .iter()
-        .find(|(k, _)| k == "binary_data_output")
-        .and_then(|(_, v)| v.as_bool())
+        .get("binary_data_output")
+        .and_then(Param::as_bool)
         .unwrap_or(false);
-    let Some(Value::Array(raw_inputs)) = obj.get("inputs") else {
-        return Err(Error::invalid("the request needs `inputs`, an array"));
-    };
-    let mut inputs = Vec::with_capacity(raw_inputs.len());
-    for (i, inp) in raw_inputs.iter().enumerate() {
+    let mut inputs = Vec::with_capacity(req.inputs.len());
+    for (i, input) in req.inputs.into_iter().enumerate() {
         let what = format!("inputs[{i}]");
-        let o = inp
-            .as_object()
-            .ok_or_else(|| Error::invalid(format!("{what} must be an object")))?;
-        let name = string(field(o, "name", &what)?, &format!("{what}.name"))?;
-        let datatype = string(field(o, "datatype", &what)?, &format!("{what}.datatype"))?;
-        let shape = field(o, "shape", &what)?
-            .as_array()
-            .and_then(|a| a.iter().map(Value::as_i64).collect::<Option<Vec<i64>>>())
-            .ok_or_else(|| Error::invalid(format!("{what}.shape must be an array of integers")))?;
-        let p = params(o.get("parameters"), &what)?;
-        let binary_size = p
-            .iter()
-            .find(|(k, _)| k == "binary_data_size")
-            .map(|(_, v)| match v {
-                Param::Int(n) if *n >= 0 => Ok(*n as usize),
-                _ => Err(Error::invalid(format!(
-                    "{what}.parameters.binary_data_size must be a non-negative integer"
-                ))),
+        let binary_size = input
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("binary_data_size"))
+            .map(|v| match v {
+                Param::Int(n) => usize::try_from(*n).map_err(|_| ()),
+                _ => Err(()),
             })
-            .transpose()?;
-        let data = match (binary_size, o.get("data")) {
+            .transpose()
+            .map_err(|()| {
+                Error::invalid(format!(
+                    "{what}.parameters.binary_data_size must be a non-negative integer"
+                ))
+            })?;
+        let data = match (binary_size, input.data) {
             (Some(_), Some(_)) => {
                 return Err(Error::invalid(format!(
                     "{what} has both `data` and binary_data_size; give one"
@@ -210,17 +365,9 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
                 }
                 let (chunk, rest) = binary.split_at(n);
                 binary = rest;
-                match datatype.as_str() {
-                    "FP32" => TensorData::Fp32(super::fp32_from_raw(chunk)?),
-                    "BYTES" => TensorData::Bytes(super::bytes_from_raw(chunk)?),
-                    other => {
-                        return Err(Error::invalid(format!(
-                            "input {name:?} has datatype {other:?}; accepted: FP32 or BYTES"
-                        )))
-                    }
-                }
+                binary_data(&input.name, &input.datatype, chunk)?
             }
-            (None, Some(d)) => json_data(&name, &datatype, d)?,
+            (None, Some(d)) => json_data(&input.name, &input.datatype, d)?,
             (None, None) => {
                 return Err(Error::invalid(format!(
                     "{what} has neither `data` nor parameters.binary_data_size"
@@ -228,9 +375,9 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
             }
         };
         inputs.push(InferInput {
-            name,
-            datatype,
-            shape,
+            name: input.name,
+            datatype: input.datatype,
+            shape: input.shape,
             data,
         });
     }
@@ -241,19 +388,15 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
         )));
     }
     let mut per_output = Vec::new();
-    let outputs = match obj.get("outputs") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(list)) => {
+    let outputs = match req.outputs {
+        None => None,
+        Some(list) => {
             let mut names = Vec::with_capacity(list.len());
-            for (i, out) in list.iter().enumerate() {
+            for (i, out) in list.into_iter().enumerate() {
                 let what = format!("outputs[{i}]");
-                let o = out
-                    .as_object()
-                    .ok_or_else(|| Error::invalid(format!("{what} must be an object")))?;
-                let name = string(field(o, "name", &what)?, &format!("{what}.name"))?;
-                for (k, v) in params(o.get("parameters"), &what)? {
+                for (k, v) in out.parameters.unwrap_or_default().0 {
                     match (k.as_str(), v) {
-                        ("binary_data", Param::Bool(b)) => per_output.push((name.clone(), b)),
+                        ("binary_data", Param::Bool(b)) => per_output.push((out.name.clone(), b)),
                         ("binary_data", _) => {
                             return Err(Error::invalid(format!(
                                 "{what}.parameters.binary_data must be a bool"
@@ -267,16 +410,15 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
                         }
                     }
                 }
-                names.push(name);
+                names.push(out.name);
             }
             Some(names)
         }
-        Some(_) => return Err(Error::invalid("`outputs` must be an array")),
     };
     Ok((
         InferRequest {
-            id,
-            parameters,
+            id: req.id,
+            parameters: parameters.0,
             inputs,
             outputs,
         },
@@ -287,16 +429,53 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
     ))
 }
 
-fn json_values(d: &OutputData) -> Value {
-    match d {
-        OutputData::Int64(v) => json!(v),
-        OutputData::Int32(v) => json!(v),
-        OutputData::Fp32(v) => json!(v),
-        OutputData::Bytes(v) => Value::Array(
-            v.iter()
-                .map(|b| Value::String(String::from_utf8_lossy(b).into_owned()))
-                .collect(),
-        ),
+/// The JSON part of a REST inference response.
+#[derive(Debug, Serialize)]
+struct RestResponse<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<RestOutputTensor<'a>>,
+}
+
+/// One output: its values in `data`, or their size when they follow the JSON as binary data.
+#[derive(Debug, Serialize)]
+struct RestOutputTensor<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinaryDataSize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonValues<'a>>,
+}
+
+#[derive(Debug, Serialize)]
+struct BinaryDataSize {
+    binary_data_size: usize,
+}
+
+/// Output values in JSON: numbers, or BYTES elements as (lossy UTF-8) strings.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+enum JsonValues<'a> {
+    Int64(&'a [i64]),
+    Int32(&'a [i32]),
+    Fp32(&'a [f32]),
+    Bytes(Vec<std::borrow::Cow<'a, str>>),
+}
+
+impl<'a> From<&'a OutputData> for JsonValues<'a> {
+    fn from(d: &'a OutputData) -> Self {
+        match d {
+            OutputData::Int64(v) => JsonValues::Int64(v),
+            OutputData::Int32(v) => JsonValues::Int32(v),
+            OutputData::Fp32(v) => JsonValues::Fp32(v),
+            OutputData::Bytes(v) => {
+                JsonValues::Bytes(v.iter().map(|b| String::from_utf8_lossy(b)).collect())
+            }
+        }
     }
 }
 
@@ -304,33 +483,39 @@ fn json_values(d: &OutputData) -> Value {
 /// binary data follows, the JSON part's length for `Inference-Header-Content-Length`.
 pub fn encode(resp: &InferResponse, binary: &BinaryOutputs) -> (Vec<u8>, Option<usize>) {
     let mut tail = Vec::new();
-    let outputs: Vec<Value> = resp
+    let outputs = resp
         .outputs
         .iter()
         .map(|o| {
-            let mut v = json!({
-                "name": o.name,
-                "datatype": o.data.datatype(),
-                "shape": o.shape,
-            });
-            if binary.is_binary(&o.name) {
+            let (parameters, data) = if binary.is_binary(&o.name) {
                 let raw = o.data.raw();
-                v["parameters"] = json!({"binary_data_size": raw.len()});
+                let size = raw.len();
                 tail.extend_from_slice(&raw);
+                (
+                    Some(BinaryDataSize {
+                        binary_data_size: size,
+                    }),
+                    None,
+                )
             } else {
-                v["data"] = json_values(&o.data);
+                (None, Some(JsonValues::from(&o.data)))
+            };
+            RestOutputTensor {
+                name: &o.name,
+                datatype: o.data.datatype(),
+                shape: &o.shape,
+                parameters,
+                data,
             }
-            v
         })
         .collect();
-    let mut doc = json!({
-        "model_name": resp.model_name,
-        "model_version": resp.model_version,
-        "outputs": outputs,
-    });
-    if let Some(id) = &resp.id {
-        doc["id"] = json!(id);
-    }
+    let doc = RestResponse {
+        model_name: &resp.model_name,
+        model_version: &resp.model_version,
+        id: resp.id.as_deref(),
+        outputs,
+    };
+    // Serializing these types cannot fail: every map key is a string.
     let mut body = serde_json::to_vec(&doc).unwrap_or_default();
     if tail.is_empty() {
         (body, None)
@@ -444,6 +629,13 @@ pub async fn model_metadata_version(
     metadata_for(&state, &model, Some(&version)).map(Json)
 }
 
+/// A model's readiness.
+#[derive(Serialize)]
+struct ModelReady {
+    name: String,
+    ready: bool,
+}
+
 fn ready_response(state: &Service, name: &str, version: Option<&str>) -> Result<Response> {
     let r = super::model_ready(state, name, version)?;
     let status = if r {
@@ -451,7 +643,11 @@ fn ready_response(state: &Service, name: &str, version: Option<&str>) -> Result<
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    Ok((status, Json(json!({"name": name, "ready": r}))).into_response())
+    let body = ModelReady {
+        name: name.to_string(),
+        ready: r,
+    };
+    Ok((status, Json(body)).into_response())
 }
 
 /// Model readiness: 200 when it serves, 503 while it recovers or the server drains.
@@ -571,6 +767,7 @@ pub async fn infer_version(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn binary_tail_is_split_per_input() {
@@ -604,5 +801,120 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a finite FP32"));
+    }
+
+    fn error(body: &[u8]) -> String {
+        match decode(body, None) {
+            Ok(r) => panic!("{} accepted: {r:?}", String::from_utf8_lossy(body)),
+            Err(e) => {
+                assert_eq!(e.http_status(), StatusCode::BAD_REQUEST, "{e}");
+                e.to_string()
+            }
+        }
+    }
+
+    #[test]
+    fn json_data_forms() {
+        // A lone element is a one-element tensor; BYTES are base64 strings.
+        let (r, _) = decode(
+            br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":7}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(r.inputs[0].data, TensorData::Fp32(vec![7.0]));
+        let (r, _) = decode(
+            br#"{"inputs":[{"name":"image","datatype":"BYTES","shape":[2],"data":[["YWI="],["Yw=="]]}],"outputs":null,"id":null}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            r.inputs[0].data,
+            TensorData::Bytes(vec![b"ab".to_vec(), b"c".to_vec()])
+        );
+        assert_eq!((r.id, r.outputs), (None, None));
+        let deep = format!(
+            r#"{{"inputs":[{{"name":"input","datatype":"FP32","shape":[1],"data":{}1{}}}]}}"#,
+            "[".repeat(10),
+            "]".repeat(10)
+        );
+        assert!(error(deep.as_bytes()).contains("nested deeper than 8"));
+        let e = error(
+            br#"{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":[1, true]}]}"#,
+        );
+        assert!(e.contains("element 1 (true) is not a finite FP32"), "{e}");
+        let e =
+            error(br#"{"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":[1]}]}"#);
+        assert!(e.contains("element 0 is not a string"), "{e}");
+        let e = error(br#"{"inputs":[{"name":"input","datatype":"FP64","shape":[1],"data":[1]}]}"#);
+        assert!(e.contains("accepted: FP32 or BYTES"), "{e}");
+    }
+
+    #[test]
+    fn structural_errors_say_what_is_wrong() {
+        for (body, why) in [
+            (&br#"[]"#[..], "an inference request object"),
+            (br#"{}"#, "missing field `inputs`"),
+            (br#"{"inputs": {}}"#, "malformed inference request JSON"),
+            (br#"{"inputs": [{"name": "input", "datatype": "FP32", "data": [1]}]}"#, "missing field `shape`"),
+            (br#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1.5], "data": [1]}]}"#, "i64"),
+            (br#"{"id": 5, "inputs": []}"#, "a string"),
+            (br#"{"inputs": [], "parameters": []}"#, "a `parameters` object"),
+            (br#"{"inputs": [], "parameters": {"alpha": null}}"#, "a bool, a number or a string for parameter \"alpha\""),
+            (br#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1]}]}"#, "neither `data` nor"),
+            (br#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"binary_data_size": 4}}]}"#, "both `data` and"),
+            (br#"{"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "parameters": {"binary_data_size": -1}}]}"#, "non-negative integer"),
+            (br#"{"inputs": [], "outputs": [{"name": "labels", "parameters": {"binary_data": 1}}]}"#, "binary_data must be a bool"),
+            (br#"{"inputs": [], "outputs": [{"name": "labels", "parameters": {"class_count": 3}}]}"#, "unknown output parameter \"class_count\""),
+            (br#"{"inputs": [], "outputs": [{}]}"#, "missing field `name`"),
+        ] {
+            let e = error(body);
+            assert!(e.contains(why), "{}: {e}", String::from_utf8_lossy(body));
+        }
+        // Fields this server does not know are ignored.
+        let (r, _) = decode(br#"{"inputs": [], "extra": {"a": 1}}"#, None).unwrap();
+        assert!(r.inputs.is_empty());
+    }
+
+    #[test]
+    fn response_json_and_binary() {
+        let resp = InferResponse {
+            model_name: "m".into(),
+            model_version: "1".into(),
+            id: Some("r".into()),
+            outputs: vec![
+                super::super::OutputTensor {
+                    name: "class_ids".into(),
+                    shape: vec![2],
+                    data: OutputData::Int64(vec![3, 4]),
+                },
+                super::super::OutputTensor {
+                    name: "labels".into(),
+                    shape: vec![2],
+                    data: OutputData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]),
+                },
+            ],
+        };
+        let (body, n) = encode(&resp, &BinaryOutputs::default());
+        assert_eq!(n, None);
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v,
+            json!({"model_name": "m", "model_version": "1", "id": "r", "outputs": [
+                {"name": "class_ids", "datatype": "INT64", "shape": [2], "data": [3, 4]},
+                {"name": "labels", "datatype": "BYTES", "shape": [2], "data": ["a", "bc"]}]})
+        );
+        let binary = BinaryOutputs {
+            default: false,
+            per_output: vec![("labels".into(), true)],
+        };
+        let (body, n) = encode(&resp, &binary);
+        let n = n.expect("binary data follows");
+        let v: serde_json::Value = serde_json::from_slice(&body[..n]).unwrap();
+        assert_eq!(v["outputs"][1]["parameters"]["binary_data_size"], 11);
+        assert!(v["outputs"][1].get("data").is_none());
+        assert_eq!(
+            &body[n..],
+            &OutputData::Bytes(vec![b"a".to_vec(), b"bc".to_vec()]).raw()[..]
+        );
     }
 }

@@ -63,3 +63,91 @@ pub fn read_calibration(dir: &Path, timesteps: usize) -> Result<Option<Calibrati
         .map(Some)
         .map_err(|e| err(&path, e))
 }
+
+/// `golden.json`: the trainer's reference outputs for the package's sample images. Fields the
+/// trainer adds later are ignored, so an older server reads a newer package.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct Golden {
+    /// The confidence threshold the reference exits were computed with.
+    pub alpha: f64,
+    pub samples: Vec<GoldenSample>,
+}
+
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct GoldenSample {
+    /// The image, relative to the package folder (`samples/…`).
+    pub file: String,
+    /// The true class.
+    pub label: usize,
+    /// Logits at every timestep, `[T][classes]`.
+    pub logits: Vec<Vec<f32>>,
+    /// The timestep (1-based) the confidence rule exits at, with `alpha`.
+    pub exit_timestep: usize,
+    /// The class answered at that exit.
+    pub class_id: usize,
+    /// The timestep the SEENN-II policy exits at, for packages with a policy.
+    #[serde(default)]
+    pub policy_timesteps: Option<usize>,
+}
+
+impl GoldenSample {
+    /// The sample's image bytes, read from the package folder `dir`.
+    pub fn read_image(&self, dir: &Path) -> Result<Vec<u8>, LoadError> {
+        let path = dir.join(&self.file);
+        std::fs::read(&path).map_err(|e| err(&path, format!("cannot read: {e}")))
+    }
+}
+
+/// Parses a golden.json body.
+pub fn parse_golden(bytes: &[u8]) -> Result<Golden, String> {
+    serde_json::from_slice(bytes).map_err(|e| format!("invalid golden.json: {e}"))
+}
+
+/// Reads `golden.json`; `None` when the package has none.
+pub fn read_golden(dir: &Path) -> Result<Option<Golden>, LoadError> {
+    let path = dir.join("golden.json");
+    if !path.exists() {
+        return Ok(None);
+    }
+    let text =
+        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
+    parse_golden(text.as_bytes())
+        .map(Some)
+        .map_err(|e| err(&path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn golden_tolerates_fields_it_does_not_know() {
+        let g = parse_golden(
+            br#"{"rule": "confidence", "alpha": 0.9, "new_top_level": [1], "samples": [
+                {"file": "samples/a.png", "label": 3, "logits": [[0.5, 1.5]], "exit_timestep": 1,
+                 "class_id": 1, "learned_exit_timestep": 2},
+                {"file": "samples/b.png", "label": 0, "logits": [[2, 1], [3, 1]], "exit_timestep": 2,
+                 "class_id": 0, "policy_timesteps": 2}]}"#,
+        )
+        .expect("parses");
+        assert_eq!(g.alpha, 0.9);
+        assert_eq!(g.samples.len(), 2);
+        assert_eq!(g.samples[0].policy_timesteps, None);
+        assert_eq!(g.samples[1].policy_timesteps, Some(2));
+        assert_eq!(g.samples[1].logits, vec![vec![2.0, 1.0], vec![3.0, 1.0]]);
+        let e = parse_golden(br#"{"alpha": 0.9, "samples": [{"file": "a.png"}]}"#).unwrap_err();
+        assert!(e.contains("missing field `label`"), "{e}");
+    }
+
+    #[test]
+    fn committed_goldens_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        for dir in ["models/fashion-mnist", "models/fashion-mnist-qcfs"] {
+            let g = read_golden(&root.join(dir))
+                .expect("parses")
+                .expect("present");
+            assert!(!g.samples.is_empty(), "{dir}");
+        }
+        assert!(read_golden(&root.join("models")).expect("absent").is_none());
+    }
+}

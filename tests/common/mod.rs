@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 
 use seenn_serve::config::ServeConfig;
 use seenn_serve::server::RunningServer;
-use serde::Deserialize;
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -27,25 +26,12 @@ pub fn policy_package() -> PathBuf {
     models_dir().join("fashion-mnist")
 }
 
-#[derive(Debug, Deserialize)]
-pub struct Golden {
-    pub alpha: f64,
-    pub samples: Vec<GoldenSample>,
-}
-
-#[derive(Debug, Deserialize)]
-pub struct GoldenSample {
-    pub file: String,
-    pub label: usize,
-    pub logits: Vec<Vec<f32>>,
-    pub exit_timestep: usize,
-    pub class_id: usize,
-    pub policy_timesteps: Option<usize>,
-}
+pub use seenn_serve::model::{Golden, GoldenSample};
 
 pub fn golden(pkg: &Path) -> Golden {
-    let text = std::fs::read_to_string(pkg.join("golden.json")).expect("golden.json");
-    serde_json::from_str(&text).expect("golden.json parses")
+    seenn_serve::model::read_golden(pkg)
+        .expect("golden.json parses")
+        .expect("golden.json")
 }
 
 pub fn sample_bytes(pkg: &Path, s: &GoldenSample) -> Vec<u8> {
