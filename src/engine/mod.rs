@@ -6,7 +6,8 @@
 //! every active request, whatever its timestep → add each request's logits to its running sum and
 //! apply its exit rule → answer finished requests at once → repeat. The batch lives in
 //! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
-//! the last row. An idle worker spins briefly on the queue, then blocks on it (no timed polling).
+//! the last row. An idle worker blocks on the queue (no timed polling), after an optional short
+//! spin (`SEENN_ENGINE_SPIN_US`, off by default).
 
 pub mod slots;
 
@@ -109,10 +110,12 @@ pub fn default_workers(models: usize) -> usize {
     (cores / models.max(1)).max(1)
 }
 
-/// How long an idle worker polls the queue before it blocks on it. A blocked worker costs a futex
-/// wake-up (tens of µs when the core sleeps) for the next request; a short spin catches the next
-/// request of a closed-loop client that answers within it. `SEENN_ENGINE_SPIN_US` overrides it.
-pub const DEFAULT_SPIN: Duration = Duration::from_micros(50);
+/// How long an idle worker polls the queue before it blocks on it (`SEENN_ENGINE_SPIN_US`). A
+/// short spin is what ONNX Runtime and tokio do to skip a futex wake-up; measured on the 2-core
+/// development machine (BENCHMARKS.md, "Hand-off at c=1") a 50 µs spin gave no gain at c=1
+/// (HTTP p50 0.815 ms with it, 0.739 ms without) while it burns a core the server shares, so the
+/// default is not to spin. Worth re-measuring on a machine with idle cores.
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
 
 fn spin_time() -> Duration {
     std::env::var("SEENN_ENGINE_SPIN_US")
