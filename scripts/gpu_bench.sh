@@ -31,7 +31,7 @@ OUT=${OUT:-bench-results}/gpu
 mkdir -p "$OUT"
 ldd --version | head -1
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-lib=$(ls "$ORT_GPU_DIR"/libonnxruntime.so.1.31.* 2>/dev/null | head -1)
+lib=$(ls "$ORT_GPU_DIR"/libonnxruntime.so.1.31.* 2>/dev/null | head -1 || true)
 [ -n "$lib" ] || { echo "no libonnxruntime.so.1.31.* under $ORT_GPU_DIR" >&2; exit 1; }
 ln -sf "$(basename "$lib")" "$ORT_GPU_DIR/libonnxruntime.so"
 # CUDA and cuDNN from PyTorch's nvidia-* wheels.

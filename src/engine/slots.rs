@@ -192,10 +192,6 @@ pub struct Slots {
     pub rows_moved: u64,
 }
 
-// The raw pointers in `Slots` point into its own buffers (and ONNX Runtime values over them), which
-// move with it; nothing is shared with another thread.
-unsafe impl Send for Slots {}
-
 impl Slots {
     pub fn new(spec: SlotSpec<'_>) -> Result<Slots, Error> {
         let cap = spec.max_batch.max(1);
@@ -361,8 +357,8 @@ impl Slots {
             let cur = self.cur;
             let mut ins = Vec::with_capacity(1 + self.states.len());
             let mut outs = Vec::with_capacity(1 + self.states.len());
-            // SAFETY: the views live in `step_views`, dropped with (and before) the buffers since
-            // `Slots` drops its fields in order... see `Drop` below, which drops them first.
+            // SAFETY: the views live in `step_views`, which `Drop for Slots` clears before the
+            // buffers go; ONNX Runtime touches the buffers only inside `run_views`.
             unsafe {
                 ins.push(
                     self.features
