@@ -244,6 +244,8 @@ pub fn spawn(
     if sessions.is_empty() {
         return Err(Error::internal("an engine needs at least one worker"));
     }
+    // The slots are built on each worker's thread; check here that they can be.
+    new_slots(&manifest, 1)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
     let (ready_tx, ready) = watch::channel(true);
@@ -613,7 +615,7 @@ impl Worker {
             )));
         }
         let started = Instant::now();
-        if self.cfg.ablates(Ablation::EncoderEveryStep) {
+        if self.cfg.ablates(Ablation::EncoderEveryStep) && self.sessions.encoder.is_some() {
             let images: Vec<&[f32]> = self.active.iter().map(|a| a.job.input.as_slice()).collect();
             let Some(session) = self.sessions.encoder.as_mut() else {
                 return Err(Error::internal("the model has no encoder graph"));
