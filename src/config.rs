@@ -39,6 +39,11 @@ pub struct ServeConfig {
     /// 8 measured best on CPU (BENCHMARKS.md); raise it on a GPU.
     #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
+    /// Engine worker threads per model, each with its own ONNX Runtime sessions and running batch,
+    /// all pulling from the model's one queue. Default: the available cores divided among the
+    /// models, at least 1.
+    #[arg(long, env = "SEENN_ENGINE_WORKERS")]
+    pub engine_workers: Option<usize>,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
     /// before their body is read, so memory stays bounded under overload. Health, readiness and
     /// metrics are not counted.
@@ -114,6 +119,7 @@ impl ServeConfig {
             ort_lib: None,
             intra_threads: 1,
             max_batch: 8,
+            engine_workers: None,
             max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,

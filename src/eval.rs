@@ -47,6 +47,12 @@ pub struct EvalArgs {
     pub ablate: Vec<crate::engine::Ablation>,
     #[arg(long, default_value_t = 1)]
     pub intra_threads: usize,
+    /// Execution device: cpu, cuda or cuda:N (cuda needs a build with `--features cuda`).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Engine worker threads (default: one per available core).
+    #[arg(long, env = "SEENN_ENGINE_WORKERS")]
+    pub engine_workers: Option<usize>,
     #[arg(long, env = "SEENN_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
     /// Print JSON instead of the table.
@@ -366,7 +372,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let opts = LoadOptions {
         env: &env,
         session: SessionOptions {
-            device: Device::Cpu,
+            device: Device::parse(&args.device)?,
             intra_threads: args.intra_threads,
         },
         engine: EngineConfig {
@@ -374,6 +380,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             max_queue: 1 << 16,
             batching: args.batching,
             ablations: args.ablate.clone(),
+            workers: args.engine_workers.map_or(0, |n| n.max(1)),
         },
         metrics,
     };

@@ -67,7 +67,14 @@ pub fn package_dirs(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
 pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadError> {
     let manifest = read_manifest(dir)?;
     let calibration = read_calibration(dir, manifest.timesteps)?;
-    let sessions = graphs::load_sessions(dir, &manifest, opts.env, &opts.session)?;
+    // One set of sessions per worker: a session's `Run` is not shared between threads.
+    let workers = match opts.engine.workers {
+        0 => engine::default_workers(1),
+        n => n,
+    };
+    let sessions = (0..workers)
+        .map(|_| graphs::load_sessions(dir, &manifest, opts.env, &opts.session))
+        .collect::<Result<Vec<_>, _>>()?;
     let policy = ExitPolicy {
         rule: manifest.exit.default_rule,
         alpha: manifest.exit.default_alpha,
@@ -119,10 +126,23 @@ fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
 /// Loads every package. Broken packages are returned as errors next to the models that loaded.
 pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LoadError>);
 
+/// With `workers` 0 in the engine options, each model gets [`engine::default_workers`] for the
+/// number of packages found: the cores divided among the models.
 pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut models = BTreeMap::new();
     let mut errors = Vec::new();
-    for dir in package_dirs(root)? {
+    let dirs = package_dirs(root)?;
+    let mut engine = opts.engine.clone();
+    if engine.workers == 0 {
+        engine.workers = engine::default_workers(dirs.len());
+    }
+    let opts = &LoadOptions {
+        env: opts.env,
+        session: opts.session.clone(),
+        engine,
+        metrics: opts.metrics.clone(),
+    };
+    for dir in dirs {
         match load_one(&dir, opts) {
             Ok(m) => {
                 let name = m.manifest.name.clone();

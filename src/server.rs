@@ -50,8 +50,8 @@ fn admin_token(cfg: &ServeConfig) -> Result<Option<String>> {
 /// Builds the service: everything that can fail at start-up fails here with a clear message.
 pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     let device = Device::parse(&cfg.device).map_err(anyhow::Error::msg)?;
-    if cfg.max_batch == 0 || cfg.max_queue == 0 {
-        bail!("--max-batch and --max-queue must be at least 1");
+    if cfg.max_batch == 0 || cfg.max_queue == 0 || cfg.engine_workers == Some(0) {
+        bail!("--max-batch, --max-queue and --engine-workers must be at least 1");
     }
     let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref()).map_err(anyhow::Error::msg)?;
     tracing::info!(library = %ort_library.display(), device = %device.provider_name(), "ONNX Runtime loaded");
@@ -74,6 +74,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             max_queue: cfg.max_queue,
             batching: cfg.batching,
             ablations: cfg.ablate.clone(),
+            workers: cfg.engine_workers.unwrap_or(0),
         },
         metrics: metrics.clone(),
     };

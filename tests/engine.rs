@@ -37,6 +37,7 @@ fn cpu_options(
             max_queue,
             batching: Batching::Continuous,
             ablations,
+            workers: 1,
         },
         metrics,
     }
@@ -205,4 +206,258 @@ async fn ablations_compute_the_same_answers() {
             }
         }
     }
+}
+
+/// Options with `workers` engine workers (one ONNX Runtime thread each).
+fn worker_options(
+    env: &ort::environment::Environment,
+    max_batch: usize,
+    max_queue: usize,
+    workers: usize,
+    metrics: Arc<Metrics>,
+) -> LoadOptions<'_> {
+    let mut o = cpu_options(env, max_batch, max_queue, Vec::new(), metrics);
+    o.engine.workers = workers;
+    o
+}
+
+/// The batch-1 reference of one input under one rule: every step's (score, class, probabilities)
+/// up to the exit, from `graphs::run_single` and the engine's own scoring.
+fn reference(
+    s: &mut seenn_serve::graphs::Sessions,
+    m: &seenn_serve::model::manifest::Manifest,
+    x: &[f32],
+    rule: seenn_serve::exit::ExitRule,
+) -> Vec<(f64, usize, Vec<f64>)> {
+    let logits = seenn_serve::graphs::run_single(s, m, x, m.timesteps).expect("reference run");
+    let mean = m.exit.aggregation == seenn_serve::model::manifest::Aggregation::Mean;
+    let mut sum = vec![0f64; m.num_classes()];
+    let mut out = Vec::new();
+    for (t, l) in logits.iter().enumerate() {
+        for (s, z) in sum.iter_mut().zip(l) {
+            *s += f64::from(*z);
+        }
+        let agg: Vec<f64> = if mean {
+            sum.iter().map(|s| s / (t + 1) as f64).collect()
+        } else {
+            sum.clone()
+        };
+        let (score, class_id, probs) = seenn_serve::exit::score(&agg, m.exit.temperature);
+        out.push((score, class_id, probs));
+        if rule.should_exit(t + 1, score) {
+            break;
+        }
+    }
+    out
+}
+
+fn rule_of(r: RequestRule) -> seenn_serve::exit::ExitRule {
+    use seenn_serve::exit::ExitRule;
+    match r {
+        RequestRule::Confidence {
+            alpha,
+            max_timesteps,
+        } => ExitRule::Confidence {
+            alpha,
+            max_timesteps,
+        },
+        RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
+        RequestRule::Policy { .. } => unreachable!("not used here"),
+    }
+}
+
+/// Requests with different exit points share batches of 3 rows on 2 workers, so rows leave from
+/// the middle of the batch at almost every step and the last row moves into their place. Every
+/// answer, and every step of its trajectory, is bit-identical to the batch-1 reference run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    for pkg in packages() {
+        let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
+        let opts = worker_options(&env, 3, 1024, 2, metrics.clone());
+        let m = model::load_one(&pkg, &opts).expect("loads");
+        assert_eq!(m.engine.workers(), 2);
+        let man = &m.manifest;
+        let name = man.name.clone();
+        let t_max = man.timesteps;
+        let sopts = SessionOptions {
+            device: Device::Cpu,
+            intra_threads: 1,
+        };
+        let mut s = seenn_serve::graphs::load_sessions(&pkg, man, &env, &sopts).expect("sessions");
+        let g = golden(&pkg);
+        let mut cases = Vec::new();
+        for (i, sample) in g.samples.iter().enumerate() {
+            let x = seenn_serve::preprocess::image_to_tensor(
+                &sample_bytes(&pkg, sample),
+                None,
+                &man.input,
+                1 << 24,
+            )
+            .expect("tensor");
+            // Fixed exit points 1..=5 spread over neighbouring samples, beside the confidence rule.
+            let fixed = 1 + (i * 3) % t_max.min(5);
+            cases.push((
+                x.clone(),
+                RequestRule::Confidence {
+                    alpha: man.exit.default_alpha,
+                    max_timesteps: t_max,
+                },
+            ));
+            cases.push((x, RequestRule::Fixed { timesteps: fixed }));
+        }
+        let mut replies = Vec::new();
+        for (x, rule) in &cases {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            m.engine
+                .submit(Job {
+                    input: x.clone(),
+                    rule: *rule,
+                    explain: true,
+                    deadline: Instant::now() + Duration::from_secs(60),
+                    enqueued: Instant::now(),
+                    reply: tx,
+                    progress: None,
+                })
+                .expect("submit");
+            replies.push(rx);
+        }
+        for (k, ((x, rule), rx)) in cases.iter().zip(replies).enumerate() {
+            let o: Outcome = rx.await.expect("reply").expect("ok");
+            let want = reference(&mut s, man, x, rule_of(*rule));
+            assert_eq!(o.timesteps_used, want.len(), "{name} case {k}");
+            let last = &want[want.len() - 1];
+            assert_eq!(o.class_id, last.1, "{name} case {k}");
+            assert_eq!(o.confidence.to_bits(), last.0.to_bits(), "{name} case {k}");
+            assert_eq!(o.probabilities, last.2, "{name} case {k}");
+            assert_eq!(o.trajectory.len(), want.len());
+            for (got, w) in o.trajectory.iter().zip(&want) {
+                assert_eq!(
+                    got.score.to_bits(),
+                    w.0.to_bits(),
+                    "{name} case {k} t {}",
+                    got.t
+                );
+                assert_eq!(got.class_id, w.1);
+            }
+        }
+        let gauge = metrics.active_requests.with_label_values(&[&name]).get();
+        assert_eq!(gauge, 0, "{name}: every request left the batch");
+        let batches = metrics.batch_size.with_label_values(&[&name]);
+        assert!(
+            batches.get_sample_sum() > batches.get_sample_count() as f64,
+            "{name}: requests were batched"
+        );
+    }
+}
+
+/// With 2 workers: a full queue answers 429, deadlines and gone clients cancel (and the gauge of
+/// active requests drops at once), and an injected fault answers its batch with an error, turns
+/// the model unready, and the model recovers and answers correctly again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, 2).expect("metrics"));
+    let opts = worker_options(&env, 2, 4, 2, metrics.clone());
+    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let x = input(&qcfs, &m.manifest);
+    let t_max = m.manifest.timesteps;
+    let job = |x: &Vec<f32>, reply, deadline| Job {
+        input: x.clone(),
+        rule: RequestRule::Fixed { timesteps: t_max },
+        explain: false,
+        deadline,
+        enqueued: Instant::now(),
+        reply,
+        progress: None,
+    };
+    let later = || Instant::now() + Duration::from_secs(60);
+
+    // 2 workers × 2 rows busy and 4 waiting: more are refused.
+    let mut replies = Vec::new();
+    let mut overloaded = 0;
+    for _ in 0..40 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match m.engine.submit(job(&x, tx, later())) {
+            Ok(()) => replies.push(rx),
+            Err(Error::Overloaded { .. }) => overloaded += 1,
+            Err(e) => panic!("unexpected {e:?}"),
+        }
+    }
+    assert!(overloaded > 0, "a full queue must refuse");
+    assert!(replies.len() >= 4);
+    for rx in replies {
+        assert_eq!(rx.await.expect("reply").expect("ok").timesteps_used, t_max);
+    }
+    assert_eq!(m.engine.queue_depth(), 0);
+
+    // Clients that leave mid-run: the gauge of active requests falls to 0 without another step.
+    let gauge = || {
+        metrics
+            .active_requests
+            .with_label_values(&["fashion-mnist-qcfs"])
+            .get()
+    };
+    let mut progress = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..4 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (ptx, prx) = tokio::sync::mpsc::unbounded_channel();
+        let mut j = job(&x, tx, later());
+        j.progress = Some(ptx);
+        m.engine.submit(j).expect("submit");
+        progress.push(prx);
+        keep.push(rx);
+    }
+    for p in &mut progress {
+        assert!(p.recv().await.is_some(), "a first step");
+    }
+    drop(progress);
+    drop(keep);
+    let until = Instant::now() + Duration::from_secs(5);
+    while gauge() != 0 {
+        assert!(Instant::now() < until, "gauge stuck at {}", gauge());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let gone = metrics
+        .cancelled_total
+        .with_label_values(&["fashion-mnist-qcfs", "client_gone"])
+        .get();
+    assert_eq!(gone, 4);
+
+    // A deadline that passes mid-run.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    m.engine
+        .submit(job(&x, tx, Instant::now() + Duration::from_millis(3)))
+        .expect("submit");
+    let err = rx.await.expect("reply").expect_err("deadline");
+    assert!(matches!(err, Error::DeadlineExceeded(_)), "{err:?}");
+
+    // An injected fault: that batch fails, the model goes unready, then recovers.
+    let mut ready = m.engine.watch_ready();
+    m.engine
+        .inject_fault
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    m.engine.submit(job(&x, tx, later())).expect("submit");
+    let err = rx.await.expect("reply").expect_err("fault");
+    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    let until = Instant::now() + Duration::from_secs(10);
+    while !*ready.borrow_and_update() {
+        assert!(Instant::now() < until, "never recovered");
+        let _ = tokio::time::timeout(Duration::from_millis(50), ready.changed()).await;
+    }
+    assert!(m.engine.is_ready());
+    assert_eq!(
+        metrics
+            .engine_failures
+            .with_label_values(&["fashion-mnist-qcfs"])
+            .get(),
+        1
+    );
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    m.engine.submit(job(&x, tx, later())).expect("submit");
+    assert_eq!(rx.await.expect("reply").expect("ok").timesteps_used, t_max);
+    assert_eq!(gauge(), 0);
 }

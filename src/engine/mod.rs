@@ -1,18 +1,21 @@
-//! The timestep engine: one scheduler thread per model that owns the model's ONNX Runtime sessions
-//! and batches continuously over timesteps.
+//! The timestep engine: per model, `workers` threads, each with its own ONNX Runtime sessions and
+//! its own running batch, all pulling from the model's one bounded queue (a crossbeam MPMC channel).
 //!
-//! Loop: admit waiting requests up to `max_batch` → run the encoder (and the SEENN-II policy) once
-//! for the newcomers → run `step.onnx` once for every active request, whatever its timestep → add
-//! each request's logits to its running sum and apply its exit rule → answer finished requests at
-//! once → repeat. Membranes stay in the ONNX Runtime output tensors and are fed straight back while
-//! the batch does not change; they are gathered into new tensors only when requests join or leave.
+//! A worker's loop: admit waiting requests up to `max_batch` → run the encoder (and the SEENN-II
+//! policy) once for the newcomers, straight into free rows of its batch → run `step.onnx` once for
+//! every active request, whatever its timestep → add each request's logits to its running sum and
+//! apply its exit rule → answer finished requests at once → repeat. The batch lives in
+//! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
+//! the last row. An idle worker blocks on the queue (no timed polling), after an optional short
+//! spin (`SEENN_ENGINE_SPIN_US`, off by default).
+
+pub mod slots;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ort::value::{DynValue, Tensor};
+use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::error::Error;
@@ -20,6 +23,7 @@ use crate::exit::{self, ExitRule};
 use crate::graphs::{self, Sessions};
 use crate::metrics::{CancelReason, ModelMetrics};
 use crate::model::manifest::{Aggregation, Manifest};
+use slots::{SlotSpec, Slots};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -77,8 +81,9 @@ pub enum Ablation {
     /// Run the encoder (first conv + BN) at every timestep instead of once per request, as a
     /// network that repeats its whole forward pass each step does.
     EncoderEveryStep,
-    /// Copy the membranes out of ONNX Runtime's outputs into new input tensors after every step
-    /// instead of feeding the output values back.
+    /// Rebuild the batch after every step: every active membrane row is copied into a freshly
+    /// allocated buffer and back, as an engine that gathers its batch into new tensors does
+    /// (instead of ONNX Runtime writing the next membranes in place into the worker's slots).
     CopyMembranes,
 }
 
@@ -88,6 +93,8 @@ pub struct EngineConfig {
     pub max_queue: usize,
     pub batching: Batching,
     pub ablations: Vec<Ablation>,
+    /// Worker threads per model, each with its own sessions and batch; 0 = [`default_workers`].
+    pub workers: usize,
 }
 
 impl EngineConfig {
@@ -96,21 +103,65 @@ impl EngineConfig {
     }
 }
 
-/// The handle the API holds: a bounded queue into the engine thread.
+/// The default number of workers per model: the available cores divided among the models, at
+/// least 1 (one ONNX Runtime thread per worker, so the workers of all models fill the machine once).
+pub fn default_workers(models: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (cores / models.max(1)).max(1)
+}
+
+/// How long an idle worker polls the queue before it blocks on it (`SEENN_ENGINE_SPIN_US`). A
+/// short spin is what ONNX Runtime and tokio do to skip a futex wake-up; measured on the 2-core
+/// development machine (BENCHMARKS.md, "Hand-off at c=1") a 50 µs spin gave no gain at c=1
+/// (HTTP p50 0.815 ms with it, 0.739 ms without) while it burns a core the server shares, so the
+/// default is not to spin. Worth re-measuring on a machine with idle cores.
+pub const DEFAULT_SPIN: Duration = Duration::ZERO;
+
+fn spin_time() -> Duration {
+    std::env::var("SEENN_ENGINE_SPIN_US")
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(DEFAULT_SPIN, Duration::from_micros)
+}
+
+/// Readiness shared by a model's workers: the model serves while every worker does.
+struct Readiness {
+    unready: AtomicUsize,
+    tx: watch::Sender<bool>,
+}
+
+impl Readiness {
+    fn worker_down(&self, metrics: &ModelMetrics) {
+        if self.unready.fetch_add(1, Ordering::SeqCst) == 0 {
+            self.tx.send_replace(false);
+            metrics.model_ready.set(0);
+        }
+    }
+
+    fn worker_up(&self, metrics: &ModelMetrics) {
+        if self.unready.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.tx.send_replace(true);
+            metrics.model_ready.set(1);
+        }
+    }
+}
+
+/// The handle the API holds: a bounded queue into the model's workers.
 pub struct EngineHandle {
-    tx: SyncSender<Job>,
+    tx: Sender<Job>,
     depth: Arc<AtomicUsize>,
     ready: watch::Receiver<bool>,
     max_queue: usize,
     model: String,
     metrics: Arc<ModelMetrics>,
-    /// Test-only fault switch: the next step fails inside the engine thread.
+    workers: usize,
+    /// Test-only fault switch: the next step (of whichever worker runs it first) fails.
     pub inject_fault: Arc<AtomicBool>,
 }
 
 impl EngineHandle {
     pub fn submit(&self, job: Job) -> Result<(), Error> {
-        // Counted before the send so the engine's decrement can never run first.
+        // Counted before the send so a worker's decrement can never run first.
         let d = self.depth.fetch_add(1, Ordering::SeqCst) + 1;
         let result = self.tx.try_send(job);
         if result.is_err() {
@@ -137,7 +188,7 @@ impl EngineHandle {
         self.depth.load(Ordering::SeqCst)
     }
 
-    /// Whether the engine serves (false while it recovers from a failed step).
+    /// Whether the engine serves (false while a worker recovers from a failed step).
     pub fn is_ready(&self) -> bool {
         *self.ready.borrow()
     }
@@ -146,72 +197,113 @@ impl EngineHandle {
     pub fn watch_ready(&self) -> watch::Receiver<bool> {
         self.ready.clone()
     }
+
+    /// Worker threads serving this model.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
 }
 
 struct Active {
     job: Job,
-    features: Vec<f32>,
     rule: ExitRule,
     sum: Vec<f64>,
     t: usize,
-    /// This job's row in the carried tensors, `None` until it has run a step in them.
-    row: Option<usize>,
     trajectory: Vec<StepTrace>,
     admitted: Instant,
 }
 
-struct Carried {
-    features: DynValue,
-    states: Vec<DynValue>,
-}
-
-struct Engine {
+struct Worker {
     manifest: Arc<Manifest>,
     sessions: Sessions,
     cfg: EngineConfig,
     metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
-    ready: watch::Sender<bool>,
+    ready: Arc<Readiness>,
     inject_fault: Arc<AtomicBool>,
+    /// Row `i` of `slots` is `active[i]`.
     active: Vec<Active>,
-    carried: Option<Carried>,
-    /// Whether `carried` rows are exactly `active` in order.
-    rows_match: bool,
-    feature_len: usize,
+    slots: Slots,
+    /// This worker's share of `seenn_active_requests` last published.
+    published: i64,
+    spin: Duration,
+    /// Reused per step: the aggregated logits of one request, and the rows that exit.
+    agg: Vec<f64>,
+    finished: Vec<(usize, f64, usize, Vec<f64>)>,
+    leaving: Vec<(Active, f64, usize, Vec<f64>)>,
+    dropped: Vec<(Active, CancelReason)>,
 }
 
+/// Starts one worker thread per element of `sessions` (at least one is needed).
 pub fn spawn(
     manifest: Arc<Manifest>,
-    sessions: Sessions,
+    sessions: Vec<Sessions>,
     cfg: EngineConfig,
     metrics: Arc<ModelMetrics>,
 ) -> Result<EngineHandle, Error> {
-    let (tx, rx) = mpsc::sync_channel(cfg.max_queue.max(1));
+    if sessions.is_empty() {
+        return Err(Error::internal("an engine needs at least one worker"));
+    }
+    // The slots are built on each worker's thread; check here that they can be.
+    new_slots(&manifest, 1)?;
+    let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
     let (ready_tx, ready) = watch::channel(true);
+    let readiness = Arc::new(Readiness {
+        unready: AtomicUsize::new(0),
+        tx: ready_tx,
+    });
     let inject_fault = Arc::new(AtomicBool::new(false));
-    let feature_len = match &manifest.graphs.encoder {
-        Some(e) => e.output_shape.iter().product(),
-        None => manifest.input.len(),
-    };
     let model = manifest.name.clone();
-    let mut engine = Engine {
-        manifest,
-        sessions,
-        cfg: cfg.clone(),
-        metrics: metrics.clone(),
-        depth: depth.clone(),
-        ready: ready_tx,
-        inject_fault: inject_fault.clone(),
-        active: Vec::new(),
-        carried: None,
-        rows_match: false,
-        feature_len,
-    };
-    std::thread::Builder::new()
-        .name(format!("engine-{model}"))
-        .spawn(move || engine.run(rx))
-        .map_err(|e| Error::internal(format!("cannot start the engine thread: {e}")))?;
+    let workers = sessions.len();
+    let spin = spin_time();
+    for (i, sessions) in sessions.into_iter().enumerate() {
+        let (manifest, cfg, metrics, depth, ready, fault, rx) = (
+            manifest.clone(),
+            cfg.clone(),
+            metrics.clone(),
+            depth.clone(),
+            readiness.clone(),
+            inject_fault.clone(),
+            rx.clone(),
+        );
+        let name = if workers == 1 {
+            format!("engine-{model}")
+        } else {
+            format!("engine-{model}-{i}")
+        };
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(move || {
+                let slots = match new_slots(&manifest, cfg.max_batch) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(model = %manifest.name, error = %e, "engine worker cannot start");
+                        return;
+                    }
+                };
+                let k = manifest.num_classes();
+                let mut w = Worker {
+                    manifest,
+                    sessions,
+                    cfg,
+                    metrics,
+                    depth,
+                    ready,
+                    inject_fault: fault,
+                    active: Vec::new(),
+                    slots,
+                    published: 0,
+                    spin,
+                    agg: Vec::with_capacity(k),
+                    finished: Vec::new(),
+                    leaving: Vec::new(),
+                    dropped: Vec::new(),
+                };
+                w.run(rx);
+            })
+            .map_err(|e| Error::internal(format!("cannot start an engine thread: {e}")))?;
+    }
     Ok(EngineHandle {
         tx,
         depth,
@@ -219,43 +311,83 @@ pub fn spawn(
         max_queue: cfg.max_queue,
         model,
         metrics,
+        workers,
         inject_fault,
     })
 }
 
-fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("{what}: {e}"))
+/// The slot buffers for `max_batch` rows of `manifest`'s graphs.
+pub fn new_slots(manifest: &Manifest, max_batch: usize) -> Result<Slots, Error> {
+    let input_dims = manifest.input.shape();
+    let g = &manifest.graphs.step;
+    let feature_dims: &[usize] = match &manifest.graphs.encoder {
+        Some(e) => &e.output_shape,
+        None => &input_dims,
+    };
+    let mut step_inputs = vec![g.input.as_str()];
+    let mut step_outputs = vec![g.logits.as_str()];
+    for s in &g.states {
+        step_inputs.push(&s.input);
+        step_outputs.push(&s.output);
+    }
+    Slots::new(SlotSpec {
+        max_batch,
+        input_dims: &input_dims,
+        feature_dims,
+        classes: manifest.num_classes(),
+        states: g
+            .states
+            .iter()
+            .map(|s| (s.shape.as_slice(), s.initial_value))
+            .collect(),
+        step_inputs,
+        step_outputs,
+        encoder: manifest
+            .graphs
+            .encoder
+            .as_ref()
+            .map(|e| (e.input.as_str(), e.output.as_str())),
+    })
 }
 
-/// A fresh tensor holding a copy of `v`'s data (the `copy-membranes` ablation).
-fn copy_value(v: DynValue) -> Result<DynValue, Error> {
-    let (shape, data) = v
-        .try_extract_tensor::<f32>()
-        .map_err(|e| ort_err("membrane", e))?;
-    let dims: Vec<usize> = shape.iter().map(|d| *d as usize).collect();
-    Ok(Tensor::from_array((dims, data.to_vec()))
-        .map_err(|e| ort_err("membrane tensor", e))?
-        .into_dyn())
-}
-
-impl Engine {
+impl Worker {
     fn model(&self) -> &str {
         &self.manifest.name
     }
 
+    /// Waits for a job while idle: spins on the queue for `spin`, then blocks on it.
+    fn wait(&self, rx: &Receiver<Job>) -> Option<Job> {
+        if !self.spin.is_zero() {
+            let until = Instant::now() + self.spin;
+            loop {
+                match rx.try_recv() {
+                    Ok(job) => return Some(job),
+                    Err(TryRecvError::Disconnected) => return None,
+                    Err(TryRecvError::Empty) => {}
+                }
+                if Instant::now() >= until {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        rx.recv().ok()
+    }
+
     fn run(&mut self, rx: Receiver<Job>) {
-        tracing::info!(model = %self.model(), max_batch = self.cfg.max_batch, batching = ?self.cfg.batching, "engine started");
+        tracing::info!(model = %self.model(), max_batch = self.cfg.max_batch, batching = ?self.cfg.batching, "engine worker started");
+        let cap = self.slots.capacity();
+        let mut newcomers = Vec::with_capacity(cap);
         loop {
-            let mut newcomers = Vec::new();
             if self.active.is_empty() {
-                // Idle: sleep on the queue until work arrives or every handle is gone.
-                match rx.recv() {
-                    Ok(job) => newcomers.push(job),
-                    Err(_) => break,
+                // Idle: wait on the queue until work arrives or every handle is gone.
+                match self.wait(&rx) {
+                    Some(job) => newcomers.push(job),
+                    None => break,
                 }
             }
             let may_admit = self.cfg.batching == Batching::Continuous || self.active.is_empty();
-            while may_admit && self.active.len() + newcomers.len() < self.cfg.max_batch {
+            while may_admit && self.active.len() + newcomers.len() < cap {
                 match rx.try_recv() {
                     Ok(job) => newcomers.push(job),
                     Err(_) => break,
@@ -264,7 +396,7 @@ impl Engine {
             if !newcomers.is_empty() {
                 let d = self.depth.fetch_sub(newcomers.len(), Ordering::SeqCst) - newcomers.len();
                 self.metrics.queue_depth.set(d as i64);
-                self.admit(newcomers);
+                self.admit(&mut newcomers);
             }
             self.drop_abandoned();
             if self.active.is_empty() {
@@ -274,7 +406,17 @@ impl Engine {
                 self.fail_all(e);
             }
         }
-        tracing::info!(model = %self.model(), "engine stopped");
+        self.publish_active();
+        tracing::info!(model = %self.model(), "engine worker stopped");
+    }
+
+    /// Adds this worker's change of batch size to `seenn_active_requests` (the sum over workers).
+    fn publish_active(&mut self) {
+        let n = self.active.len() as i64;
+        if n != self.published {
+            self.metrics.active_requests.add(n - self.published);
+            self.published = n;
+        }
     }
 
     /// Answers every active request with `e`, forgets the batch, reports unready, and re-checks
@@ -282,15 +424,13 @@ impl Engine {
     fn fail_all(&mut self, e: Error) {
         let model = self.manifest.name.clone();
         tracing::error!(model = %model, error = %e, requests = self.active.len(), "engine step failed");
-        self.ready.send_replace(false);
-        self.metrics.model_ready.set(0);
+        self.ready.worker_down(&self.metrics);
         self.metrics.engine_failures.inc();
         for a in self.active.drain(..) {
             let _ = a.job.reply.send(Err(e.clone()));
         }
-        self.carried = None;
-        self.rows_match = false;
-        self.metrics.active_requests.set(0);
+        self.slots.clear();
+        self.publish_active();
         let mut backoff = Duration::from_millis(100);
         loop {
             match graphs::warm_up(&mut self.sessions, &self.manifest) {
@@ -302,8 +442,7 @@ impl Engine {
                 }
             }
         }
-        self.ready.send_replace(true);
-        self.metrics.model_ready.set(1);
+        self.ready.worker_up(&self.metrics);
         tracing::info!(model = %model, "engine recovered");
     }
 
@@ -321,11 +460,13 @@ impl Engine {
         job.reply.is_closed() || job.progress.as_ref().is_some_and(|p| p.is_closed())
     }
 
-    /// Requests whose client went away or whose deadline passed leave the batch before the next step.
+    /// Requests whose client went away or whose deadline passed leave the batch before the next
+    /// step; the gauge of active requests follows at once.
     fn drop_abandoned(&mut self) {
         let now = Instant::now();
-        let mut i = 0;
-        while i < self.active.len() {
+        let mut i = self.active.len();
+        while i > 0 {
+            i -= 1;
             let reason = if Self::is_abandoned(&self.active[i].job) {
                 Some(CancelReason::ClientGone)
             } else if now >= self.active[i].job.deadline {
@@ -333,289 +474,178 @@ impl Engine {
             } else {
                 None
             };
-            match reason {
-                Some(r) => {
-                    let a = self.active.remove(i);
-                    self.rows_match = false;
-                    self.cancel(a, r);
-                }
-                None => i += 1,
+            if let Some(r) = reason {
+                let a = self.active.swap_remove(i);
+                self.slots.swap_remove(i);
+                self.dropped.push((a, r));
             }
         }
-        // Cancellation can empty the batch with no step left to publish the new size.
-        self.metrics.active_requests.set(self.active.len() as i64);
+        if self.dropped.is_empty() {
+            return;
+        }
+        self.publish_active();
+        while let Some((a, r)) = self.dropped.pop() {
+            self.cancel(a, r);
+        }
     }
 
-    fn admit(&mut self, jobs: Vec<Job>) {
+    fn admit(&mut self, jobs: &mut Vec<Job>) {
         let now = Instant::now();
-        let mut fresh = Vec::with_capacity(jobs.len());
-        for job in jobs {
+        jobs.retain(|job| {
             let queued = now.saturating_duration_since(job.enqueued);
             self.metrics.queue_duration.observe(queued.as_secs_f64());
-            if Self::is_abandoned(&job) {
+            let gone = Self::is_abandoned(job);
+            if gone {
                 self.metrics.cancelled(CancelReason::ClientGone).inc();
-            } else if now >= job.deadline {
+            }
+            !gone
+        });
+        // Deadlines passed in the queue are answered here (`retain` cannot move the job out).
+        let mut i = 0;
+        while i < jobs.len() {
+            if now >= jobs[i].deadline {
+                let job = jobs.swap_remove(i);
                 self.metrics.cancelled(CancelReason::Deadline).inc();
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
                     "deadline passed while the request waited in the queue".into(),
                 )));
             } else {
-                fresh.push(job);
+                i += 1;
             }
         }
-        if fresh.is_empty() {
+        if jobs.is_empty() {
             return;
         }
-        match self.prepare(&fresh) {
-            Ok((features, actions)) => {
-                let k = self.manifest.num_classes();
-                for (i, job) in fresh.into_iter().enumerate() {
-                    let rule = match job.rule {
-                        RequestRule::Confidence {
-                            alpha,
-                            max_timesteps,
-                        } => ExitRule::Confidence {
-                            alpha,
-                            max_timesteps,
-                        },
-                        RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
-                        RequestRule::Policy { max_timesteps } => ExitRule::Policy {
-                            timesteps: actions
-                                .get(i)
-                                .copied()
-                                .unwrap_or(max_timesteps)
-                                .clamp(1, max_timesteps),
-                        },
-                    };
-                    self.active.push(Active {
-                        features: features[i * self.feature_len..(i + 1) * self.feature_len]
-                            .to_vec(),
-                        rule,
-                        sum: vec![0.0; k],
-                        t: 0,
-                        row: None,
-                        trajectory: Vec::new(),
-                        admitted: now,
-                        job,
-                    });
-                }
-                self.rows_match = false;
-            }
+        let actions = match self.policy_actions(jobs) {
+            Ok(a) => a,
             Err(e) => {
-                tracing::error!(model = %self.model(), error = %e, "encoder/policy failed");
-                for job in fresh {
-                    let _ = job.reply.send(Err(e.clone()));
-                }
+                self.reject(jobs, e);
+                return;
             }
+        };
+        let encode = !self.cfg.ablates(Ablation::EncoderEveryStep);
+        let images: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
+        if let Err(e) = self
+            .slots
+            .admit(&images, self.sessions.encoder.as_mut(), encode)
+        {
+            self.reject(jobs, e);
+            return;
+        }
+        let k = self.manifest.num_classes();
+        for (i, job) in jobs.drain(..).enumerate() {
+            let rule = match job.rule {
+                RequestRule::Confidence {
+                    alpha,
+                    max_timesteps,
+                } => ExitRule::Confidence {
+                    alpha,
+                    max_timesteps,
+                },
+                RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
+                RequestRule::Policy { max_timesteps } => ExitRule::Policy {
+                    timesteps: actions
+                        .get(i)
+                        .copied()
+                        .unwrap_or(max_timesteps)
+                        .clamp(1, max_timesteps),
+                },
+            };
+            self.active.push(Active {
+                rule,
+                sum: vec![0.0; k],
+                t: 0,
+                trajectory: Vec::new(),
+                admitted: now,
+                job,
+            });
         }
     }
 
-    /// Runs the encoder (and the policy, when a newcomer asked for it) once for the newcomers.
-    fn prepare(&mut self, jobs: &[Job]) -> Result<(Vec<f32>, Vec<usize>), Error> {
-        let m = jobs.len();
-        let spec = &self.manifest.input;
-        let mut batch = Vec::with_capacity(m * spec.len());
-        for j in jobs {
-            batch.extend_from_slice(&j.input);
+    fn reject(&self, jobs: &mut Vec<Job>, e: Error) {
+        tracing::error!(model = %self.model(), error = %e, "encoder/policy failed");
+        for job in jobs.drain(..) {
+            let _ = job.reply.send(Err(e.clone()));
         }
-        let shape = vec![m, spec.channels, spec.height, spec.width];
+    }
+
+    /// The SEENN-II policy once for the newcomers, when one of them asked for it.
+    fn policy_actions(&mut self, jobs: &[Job]) -> Result<Vec<usize>, Error> {
         let wants_policy = jobs
             .iter()
             .any(|j| matches!(j.rule, RequestRule::Policy { .. }));
-        let actions = match (
+        let (Some(session), Some(g), true) = (
             &mut self.sessions.policy,
             &self.manifest.graphs.policy,
             wants_policy,
-        ) {
-            (Some(session), Some(g), true) => {
-                let logits = graphs::run_single_input(
-                    session,
-                    &g.input,
-                    &g.output,
-                    shape.clone(),
-                    batch.clone(),
-                )?;
-                let a = g.actions.len();
-                logits
-                    .chunks(a)
-                    .map(|row| {
-                        let mut best = 0;
-                        for (i, v) in row.iter().enumerate() {
-                            if *v > row[best] {
-                                best = i;
-                            }
-                        }
-                        g.actions[best]
-                    })
-                    .collect()
-            }
-            _ => Vec::new(),
+        ) else {
+            return Ok(Vec::new());
         };
-        let features = match (&mut self.sessions.encoder, &self.manifest.graphs.encoder) {
-            // The encoder runs in every step instead (measurement only).
-            (Some(_), Some(_)) if self.cfg.ablates(Ablation::EncoderEveryStep) => {
-                vec![0.0; m * self.feature_len]
-            }
-            (Some(session), Some(g)) => {
-                graphs::run_single_input(session, &g.input, &g.output, shape, batch)?
-            }
-            _ => batch,
-        };
-        if features.len() != m * self.feature_len {
-            return Err(Error::internal(format!(
-                "encoder returned {} values for {m} inputs, expected {} each",
-                features.len(),
-                self.feature_len
-            )));
-        }
-        Ok((features, actions))
-    }
-
-    /// The encoder over every active request's input (the `encoder-every-step` ablation).
-    fn encode_active(&mut self) -> Result<DynValue, Error> {
         let spec = &self.manifest.input;
-        let n = self.active.len();
-        let mut batch = Vec::with_capacity(n * spec.len());
-        for a in &self.active {
-            batch.extend_from_slice(&a.job.input);
+        let mut batch = Vec::with_capacity(jobs.len() * spec.len());
+        for j in jobs {
+            batch.extend_from_slice(&j.input);
         }
-        let (Some(session), Some(g)) = (&mut self.sessions.encoder, &self.manifest.graphs.encoder)
-        else {
-            return Err(Error::internal("the model has no encoder graph"));
-        };
-        let shape = vec![n, spec.channels, spec.height, spec.width];
-        let features = graphs::run_single_input(session, &g.input, &g.output, shape, batch)?;
-        let mut fshape = vec![n];
-        fshape.extend_from_slice(&g.output_shape);
-        Ok(Tensor::from_array((fshape, features))
-            .map_err(|e| ort_err("features tensor", e))?
-            .into_dyn())
-    }
-
-    /// Builds the batch tensors for the current `active` list, keeping each request's membranes.
-    fn gather(&mut self) -> Result<Carried, Error> {
-        let n = self.active.len();
-        let g = &self.manifest.graphs.step;
-        let mut features = Vec::with_capacity(n * self.feature_len);
-        for a in &self.active {
-            features.extend_from_slice(&a.features);
-        }
-        let mut fshape = vec![n];
-        match &self.manifest.graphs.encoder {
-            Some(e) => fshape.extend_from_slice(&e.output_shape),
-            None => fshape.extend_from_slice(&self.manifest.input.shape()),
-        }
-        let features = Tensor::from_array((fshape, features))
-            .map_err(|e| ort_err("features tensor", e))?
-            .into_dyn();
-        let mut states = Vec::with_capacity(g.states.len());
-        for (k, spec) in g.states.iter().enumerate() {
-            let len = spec.len();
-            let mut buf = Vec::with_capacity(n * len);
-            let old = match &self.carried {
-                Some(c) => Some(
-                    c.states[k]
-                        .try_extract_tensor::<f32>()
-                        .map_err(|e| ort_err("membrane", e))?
-                        .1,
-                ),
-                None => None,
-            };
-            for a in &self.active {
-                match (a.row, old) {
-                    (Some(r), Some(old)) => buf.extend_from_slice(&old[r * len..(r + 1) * len]),
-                    _ => buf.extend(std::iter::repeat_n(spec.initial_value, len)),
+        let shape = vec![jobs.len(), spec.channels, spec.height, spec.width];
+        let logits = graphs::run_single_input(session, &g.input, &g.output, shape, batch)?;
+        let a = g.actions.len();
+        Ok(logits
+            .chunks(a)
+            .map(|row| {
+                let mut best = 0;
+                for (i, v) in row.iter().enumerate() {
+                    if *v > row[best] {
+                        best = i;
+                    }
                 }
-            }
-            let mut shape = vec![n];
-            shape.extend_from_slice(&spec.shape);
-            states.push(
-                Tensor::from_array((shape, buf))
-                    .map_err(|e| ort_err("membrane tensor", e))?
-                    .into_dyn(),
-            );
-        }
-        for (i, a) in self.active.iter_mut().enumerate() {
-            a.row = Some(i);
-        }
-        Ok(Carried { features, states })
+                g.actions[best]
+            })
+            .collect())
     }
 
     fn step(&mut self) -> Result<(), Error> {
         if self.inject_fault.swap(false, Ordering::SeqCst) {
             return Err(Error::internal("injected engine fault (test switch)"));
         }
-        let mut carried = match (self.rows_match, self.carried.take()) {
-            (true, Some(c)) => c,
-            (_, old) => {
-                self.carried = old;
-                let c = self.gather()?;
-                self.carried = None;
-                c
-            }
-        };
         let n = self.active.len();
+        if self.slots.len() != n {
+            return Err(Error::internal(format!(
+                "batch rows out of step: {} rows for {n} requests",
+                self.slots.len()
+            )));
+        }
         let started = Instant::now();
-        if self.cfg.ablates(Ablation::EncoderEveryStep) {
-            carried.features = self.encode_active()?;
+        if self.cfg.ablates(Ablation::EncoderEveryStep) && self.sessions.encoder.is_some() {
+            let images: Vec<&[f32]> = self.active.iter().map(|a| a.job.input.as_slice()).collect();
+            let Some(session) = self.sessions.encoder.as_mut() else {
+                return Err(Error::internal("the model has no encoder graph"));
+            };
+            self.slots.encode_all(&images, session)?;
         }
-        let g = &self.manifest.graphs.step;
-        let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
-            Vec::with_capacity(1 + g.states.len());
-        inputs.push((g.input.clone(), (&carried.features).into()));
-        for (spec, value) in g.states.iter().zip(carried.states) {
-            inputs.push((spec.input.clone(), value.into()));
-        }
-        let mut outputs = self
-            .sessions
-            .step
-            .run(inputs)
-            .map_err(|e| ort_err("step.onnx", e))?;
-        let mut states = Vec::with_capacity(g.states.len());
-        for spec in &g.states {
-            states.push(outputs.remove(&spec.output).ok_or_else(|| {
-                Error::internal(format!("step.onnx output {} missing", spec.output))
-            })?);
-        }
-        let logits_value = outputs
-            .remove(&g.logits)
-            .ok_or_else(|| Error::internal(format!("step.onnx output {} missing", g.logits)))?;
-        drop(outputs);
+        self.slots.step(&mut self.sessions.step)?;
         if self.cfg.ablates(Ablation::CopyMembranes) {
-            states = states
-                .into_iter()
-                .map(copy_value)
-                .collect::<Result<Vec<_>, Error>>()?;
+            self.slots.copy_membranes();
         }
         let elapsed = started.elapsed();
         self.metrics.step_duration.observe(elapsed.as_secs_f64());
         self.metrics.batch_size.observe(n as f64);
         self.metrics.steps_total.inc_by(n as f64);
-        self.metrics.active_requests.set(n as i64);
-        let (_, logits) = logits_value
-            .try_extract_tensor::<f32>()
-            .map_err(|e| ort_err("logits", e))?;
-        let k = self.manifest.num_classes();
-        if logits.len() != n * k {
-            return Err(Error::internal(format!(
-                "step.onnx returned {} logits for {n} requests of {k} classes",
-                logits.len()
-            )));
-        }
         let temperature = self.manifest.exit.temperature;
         let mean = self.manifest.exit.aggregation == Aggregation::Mean;
-        let mut finished = Vec::new();
+        self.finished.clear();
         for (i, a) in self.active.iter_mut().enumerate() {
-            for (s, z) in a.sum.iter_mut().zip(&logits[i * k..(i + 1) * k]) {
+            for (s, z) in a.sum.iter_mut().zip(self.slots.logits(i)) {
                 *s += f64::from(*z);
             }
             a.t += 1;
-            let agg: Vec<f64> = if mean {
-                a.sum.iter().map(|s| s / a.t as f64).collect()
+            self.agg.clear();
+            if mean {
+                let t = a.t as f64;
+                self.agg.extend(a.sum.iter().map(|s| s / t));
             } else {
-                a.sum.clone()
-            };
-            let (score, class_id, probs) = exit::score(&agg, temperature);
+                self.agg.extend_from_slice(&a.sum);
+            }
+            let (score, class_id, probs) = exit::score(&self.agg, temperature);
             let traced = a.job.explain || a.job.progress.is_some();
             if traced {
                 let trace = StepTrace {
@@ -632,16 +662,18 @@ impl Engine {
                 }
             }
             if a.rule.should_exit(a.t, score) {
-                finished.push((i, score, class_id, probs));
+                self.finished.push((i, score, class_id, probs));
             }
         }
-        self.carried = Some(Carried {
-            features: carried.features,
-            states,
-        });
-        self.rows_match = finished.is_empty();
-        for (i, score, class_id, probs) in finished.into_iter().rev() {
-            let a = self.active.remove(i);
+        // Highest row first: the row that `swap_remove` moves down never exits in this step.
+        while let Some((i, score, class_id, probs)) = self.finished.pop() {
+            let a = self.active.swap_remove(i);
+            self.slots.swap_remove(i);
+            self.leaving.push((a, score, class_id, probs));
+        }
+        // The gauge is right before anyone gets an answer.
+        self.publish_active();
+        for (a, score, class_id, probs) in self.leaving.drain(..) {
             let rm = self.metrics.rule(a.rule.kind());
             rm.timesteps_used.observe(a.t as f64);
             if let Some(c) = rm.exits.get(a.t - 1) {
@@ -661,7 +693,6 @@ impl Engine {
             };
             let _ = a.job.reply.send(Ok(outcome));
         }
-        self.metrics.active_requests.set(self.active.len() as i64);
         Ok(())
     }
 }
