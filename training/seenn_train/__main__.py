@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -37,13 +38,18 @@ def build_model(meta: dict) -> torch.nn.Module:
     raise ValueError(f"unknown arch {arch!r}; accepted: vgg28, resnet19, vgg16")
 
 
-def load_splits(args):
+def load_splits(args, holdout_size: int | None = None):
+    """(train, holdout, val, test). Validation is always the same 5 000 images of the training file;
+    ``holdout_size`` more images are kept out of SNN training for the exit head and the SEENN-II policy
+    (0: none, the pre-holdout layout used by the QCFS package)."""
     full = data.load(args.dataset, args.data_dir, train=True)
-    train, val = data.train_val_split(full, args.val_size, seed=0)
+    hold = args.holdout_size if holdout_size is None else holdout_size
+    train, holdout, val = data.train_holdout_val_split(full, args.val_size, hold or 0, seed=0)
     test = data.load(args.dataset, args.data_dir, train=False)
     if args.limit:
-        train, val, test = train.subset(args.limit), val.subset(args.limit // 4), test.subset(args.limit // 4)
-    return train, val, test
+        train, holdout, val, test = (train.subset(args.limit), holdout.subset(args.limit // 4), val.subset(args.limit // 4),
+                                     test.subset(args.limit // 4))
+    return train, holdout, val, test
 
 
 def load_run(run: Path):
@@ -61,16 +67,32 @@ def write_run(run: Path, meta: dict):
 
 def cmd_train(args):
     torch.set_num_threads(args.threads)
-    train, val, _ = load_splits(args)
+    if args.resume is not None:
+        args.out.mkdir(parents=True, exist_ok=True)
+        if args.resume:  # a checkpoint kept elsewhere (e.g. the committed one): continue it in --out
+            src = Path(args.resume)
+            if src.resolve() != (args.out / "snn.pt").resolve():
+                shutil.copyfile(src, args.out / "snn.pt")
+    holdout_size = 5000 if args.holdout_size is None else args.holdout_size
+    train, holdout, val, _ = load_splits(args, holdout_size)
     meta = {"kind": "direct", "arch": args.arch, "dataset": args.dataset, "width": args.width,
             "timesteps": args.timesteps, "surrogate": args.surrogate, "neuron": "lif", "seed": args.seed,
-            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "train_samples": len(train),
-            "temperature": 1.0, "command": " ".join(sys.argv[1:])}
+            "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "weight_decay": args.weight_decay,
+            "train_samples": len(train), "holdout_size": holdout_size, "val_size": args.val_size,
+            "temperature": 1.0, "command": " ".join(a for a in sys.argv[1:] if a != "--resume") if not args.resume
+            else None}
+    if args.resume is not None and (args.out / "run.json").exists():
+        old = json.loads((args.out / "run.json").read_text())
+        meta["command"] = old.get("command") or meta["command"]
+    if meta["command"] is None:
+        meta["command"] = " ".join(sys.argv[1:])
     write_run(args.out, meta)
+    torch.manual_seed(args.seed)  # the initial weights depend on --seed only
     model = build_model(meta)
     result = fit(model, tet_loss, train, val, args.dataset, args.out, "snn", epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
-                 forward=lambda m, x: m(x, args.timesteps), meta=meta)
+                 forward=lambda m, x: m(x, args.timesteps), meta=meta, resume=args.resume is not None,
+                 stop_after=args.stop_after)
     meta["train_seconds"] = result["elapsed_s"]
     meta["history"] = result["history"]
     write_run(args.out, meta)
@@ -79,16 +101,18 @@ def cmd_train(args):
 def cmd_convert(args):
     """Train a QCFS ANN, then convert it to an IF SNN (θ = λ, v₀ = 0.5θ, soft reset)."""
     torch.set_num_threads(args.threads)
-    train, val, _ = load_splits(args)
+    holdout_size = args.holdout_size or 0
+    train, _, val, _ = load_splits(args, holdout_size)
     meta = {"kind": "converted", "arch": "vgg28", "dataset": args.dataset, "width": args.width,
             "timesteps": args.timesteps, "neuron": "qcfs", "levels": args.levels, "seed": args.seed,
             "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "train_samples": len(train),
-            "temperature": 8.0, "command": " ".join(sys.argv[1:])}
+            "holdout_size": holdout_size, "temperature": 8.0, "command": " ".join(sys.argv[1:])}
     write_run(args.out, meta)
+    torch.manual_seed(args.seed)
     ann = build_model(meta)
     result = fit(ann, torch.nn.functional.cross_entropy, train, val, args.dataset, args.out, "ann",
                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                 seed=args.seed, forward=lambda m, x: m(x, 1)[0], meta=meta)
+                 seed=args.seed, forward=lambda m, x: m(x, 1)[0], meta=meta, resume=args.resume)
     ann.eval()
     meta["ann_val_accuracy"] = evaluate_accuracy(ann, val, args.dataset, lambda m, x: m(x, 1)[0])
     snn = convert_qcfs(ann)
@@ -110,7 +134,7 @@ def cmd_evaluate(args):
     meta, model = load_run(args.run)
     torch.set_num_threads(args.threads)
     args.dataset = meta["dataset"]
-    _, val, test = load_splits(args)
+    _, _, val, test = load_splits(args, meta.get("holdout_size", 0))
     split = val if args.split == "val" else test
     t = args.timesteps or meta["timesteps"]
     z = collect_logits(model, split, meta["dataset"], t, desc=f"{args.split} logits")
@@ -126,7 +150,7 @@ def cmd_policy(args):
     meta, model = load_run(args.run)
     torch.set_num_threads(args.threads)
     args.dataset = meta["dataset"]
-    train, val, test = load_splits(args)
+    train, _, val, test = load_splits(args, meta.get("holdout_size", 0))
     t_max, ds = meta["timesteps"], meta["dataset"]
     info = data.DATASETS[ds]
     joint_policy = None
@@ -174,7 +198,7 @@ def cmd_export(args):
     torch.set_num_threads(args.threads)
     meta, model = load_run(args.run)
     args.dataset = meta["dataset"]
-    _, val, test = load_splits(args)
+    _, _, val, test = load_splits(args, meta.get("holdout_size", 0))
     policy = None
     if (args.run / "policy.pt").exists() and not args.no_policy:
         p = torch.load(args.run / "policy.pt", map_location="cpu")
@@ -211,6 +235,9 @@ def main(argv=None):
         sp.add_argument("--limit", type=int, default=0, help="use only this many training samples (smoke runs)")
         sp.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
         sp.add_argument("--seed", type=int, default=1000)
+        sp.add_argument("--holdout-size", type=int, default=None,
+                        help="images of the training file kept out of SNN training for the exit head and policy "
+                             "(train: default 5000; convert: default 0; other commands read it from the run)")
 
     sp = sub.add_parser("train", help="direct training with TET")
     common(sp)
@@ -224,6 +251,10 @@ def main(argv=None):
     sp.add_argument("--weight-decay", type=float, default=1e-4)
     sp.add_argument("--surrogate", default="dspike", choices=["dspike", "triangle"])
     sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
+                    help="continue the run in --out from its last epoch (or from CHECKPOINT, copied into --out)")
+    sp.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
+                    help="stop this call after that many epochs in total; --resume later finishes the run")
     sp.set_defaults(func=cmd_train)
 
     sp = sub.add_parser("convert", help="train a QCFS ANN and convert it to an IF SNN")
@@ -237,6 +268,7 @@ def main(argv=None):
     sp.add_argument("--lr", type=float, default=2e-3)
     sp.add_argument("--weight-decay", type=float, default=1e-4)
     sp.add_argument("--out", type=Path, required=True)
+    sp.add_argument("--resume", action="store_true", help="continue the ANN training in --out from its last epoch")
     sp.set_defaults(func=cmd_convert)
 
     sp = sub.add_parser("policy", help="SEENN-II: train the policy network (β sweep)")

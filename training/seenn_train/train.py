@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from pathlib import Path
 
@@ -79,52 +80,84 @@ def save_checkpoint(path: Path, **state):
     os.replace(tmp, path)
 
 
+def rng_state(gen: torch.Generator) -> dict:
+    return {"generator": gen.get_state(), "torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+            "python": random.getstate()}
+
+
+def set_rng_state(gen: torch.Generator, state: dict):
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
 def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: Path, name: str, *,
         epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, forward,
-        pad: int = 2, flip: bool = True, meta: dict | None = None) -> dict:
-    """Generic epoch loop with cosine LR (per iteration, short warm-up), checkpoint every epoch and
-    resume from ``out/name.pt``. ``forward(model, x)`` returns what ``loss_fn(output, y)`` takes and
-    ``evaluate`` reads (``[T, B, K]`` logits or ``[B, K]``)."""
+        pad: int = 2, flip: bool = True, meta: dict | None = None, resume: bool = False,
+        stop_after: int | None = None) -> dict:
+    """Generic epoch loop: AdamW, cosine LR per iteration after a short linear warm-up (a ``LambdaLR``
+    scheduler), random crop + flip. After every epoch ``out/name.pt`` holds everything needed to carry
+    on exactly where it stopped: model, optimizer, scheduler, epoch, the RNG states (data order and
+    augmentation generator, torch, numpy, python), elapsed training time and the per-epoch history.
+
+    With ``resume`` the loop continues from that checkpoint (it must exist); a run resumed after k
+    epochs ends with the same weights as one that ran straight through. Without ``resume`` an existing
+    checkpoint is an error, so a finished run is never overwritten by accident.
+    ``stop_after`` ends this call after that many epochs in total (a run finished in pieces).
+    ``forward(model, x)`` returns what ``loss_fn(output, y)`` takes and ``evaluate`` reads
+    (``[T, B, K]`` logits or ``[B, K]``)."""
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / f"{name}.pt"
     torch.manual_seed(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2 ** 32))
     norm = Normalizer(dataset)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total, warmup = epochs * steps_per_epoch, min(200, steps_per_epoch)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_lr(step, total, 1.0, warmup))
+    gen = torch.Generator().manual_seed(seed)
     start_epoch, elapsed, history = 0, 0.0, []
-    if ckpt_path.exists():
+    if ckpt_path.exists() and not resume:
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue that run, or choose another --out")
+    if resume:
+        if not ckpt_path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint {ckpt_path}")
         ckpt = torch.load(ckpt_path, map_location="cpu")
+        if ckpt.get("total_epochs", epochs) != epochs:
+            raise ValueError(f"{ckpt_path} was started with --epochs {ckpt['total_epochs']}; the cosine schedule "
+                             f"depends on it, so resume with the same --epochs")
         model.load_state_dict(ckpt["model"])
-        if ckpt.get("optimizer") is not None and ckpt["epoch"] < epochs:
-            opt.load_state_dict(ckpt["optimizer"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        set_rng_state(gen, ckpt["rng"])
         start_epoch, elapsed, history = ckpt["epoch"], ckpt["elapsed_s"], ckpt["history"]
-        print(f"resuming {ckpt_path} at epoch {start_epoch}/{epochs}")
-    gen = torch.Generator().manual_seed(seed + start_epoch)
+        print(f"resuming {ckpt_path} at epoch {start_epoch}/{epochs} ({elapsed / 60:.1f} min trained so far)")
     x_all = norm(train.images)
     y_all = torch.as_tensor(train.labels)
-    for epoch in range(start_epoch, epochs):
+    for epoch in range(start_epoch, min(epochs, stop_after or epochs)):
         model.train()
         t0 = time.time()
         bar = tqdm(batches(len(train), batch_size, gen), total=steps_per_epoch, desc=f"{name} epoch {epoch + 1}/{epochs}")
         running = 0.0
         for i, idx in enumerate(bar):
-            step = epoch * steps_per_epoch + i
-            for g in opt.param_groups:
-                g["lr"] = cosine_lr(step, total, lr, warmup)
             x = augment(x_all[idx], pad, flip, gen)
             loss = loss_fn(forward(model, x), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            sched.step()
             running = 0.98 * running + 0.02 * float(loss) if i else float(loss)
-            bar.set_postfix(loss=f"{running:.4f}")
+            bar.set_postfix(loss=f"{running:.4f}", lr=f"{sched.get_last_lr()[0]:.2e}")
         elapsed += time.time() - t0
         val_acc = evaluate_accuracy(model, val, dataset, forward)
-        history.append({"epoch": epoch + 1, "loss": running, "val_accuracy": val_acc, "elapsed_s": elapsed})
-        print(json.dumps(history[-1]))
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), epoch=epoch + 1,
-                        elapsed_s=elapsed, history=history, meta=meta or {})
+        history.append({"epoch": epoch + 1, "loss": running, "val_accuracy": val_acc, "elapsed_s": elapsed,
+                        "epoch_s": time.time() - t0})
+        print(json.dumps(history[-1]), flush=True)
+        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+                        rng=rng_state(gen), epoch=epoch + 1, total_epochs=epochs, elapsed_s=elapsed, history=history,
+                        meta=meta or {})
     return {"elapsed_s": elapsed, "history": history}
 
 
