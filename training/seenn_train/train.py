@@ -187,12 +187,20 @@ def collect_logits(model, split: Split, dataset: str, timesteps: int, batch_size
 
 
 def train_policy(policy: nn.Module, images: np.ndarray, z: np.ndarray, y: np.ndarray, dataset: str, beta: float,
-                 *, epochs: int, batch_size: int = 256, lr: float = 2e-3, seed: int = 0, rate: float | None = None):
-    """SEENN-II with the SNN frozen: ``z`` holds the SNN's stored per-timestep logits on the training
-    images, so the expected reward over all actions is exact (no sampling)."""
+                 *, epochs: int, batch_size: int = 256, lr: float = 2e-3, seed: int = 0, rate: float | None = None,
+                 loss: str = "rl", pad: int = 1, desc: str = ""):
+    """Train a SEENN-II policy with the SNN frozen: ``z`` holds the SNN's stored per-timestep logits on
+    ``images``, so the targets are exact.
+
+    - ``loss="rl"``: the paper's objective, the exact expected reward over all actions (no sampling);
+    - ``loss="sup"``: cross-entropy towards the earliest timestep at which the SNN is right (one step
+      for inputs it never gets right), i.e. supervised targets instead of the reward.
+    ``pad`` is the random-crop augmentation applied on the fly (0 when ``images`` already holds
+    augmented copies whose logits are in ``z``)."""
     torch.manual_seed(seed)
     norm = Normalizer(dataset)
     correct = torch.as_tensor(seenn.correct_per_t(z, y))
+    target = torch.as_tensor(seenn.earliest_correct_action(correct.numpy()))
     rate = float(correct[:, 0].float().mean()) if rate is None else rate
     weight = seenn.class_balance_weight(correct[:, 0].float(), rate)
     x_all = norm(images)
@@ -202,16 +210,78 @@ def train_policy(policy: nn.Module, images: np.ndarray, z: np.ndarray, y: np.nda
     gen = torch.Generator().manual_seed(seed)
     policy.train()
     for epoch in range(epochs):
-        bar = tqdm(batches(len(y), batch_size, gen), total=steps_per_epoch, desc=f"policy β={beta} {epoch + 1}/{epochs}")
+        bar = tqdm(batches(len(y), batch_size, gen), total=steps_per_epoch, leave=False,
+                   desc=f"policy {desc or loss} β={beta} {epoch + 1}/{epochs}")
         for i, idx in enumerate(bar):
             for g in opt.param_groups:
                 g["lr"] = cosine_lr(epoch * steps_per_epoch + i, total, lr, 0)
-            x = augment(x_all[idx], 1, False, gen)
-            loss = seenn.policy_loss(policy(x), correct[idx], weight[idx], beta)
+            x = augment(x_all[idx], pad, False, gen) if pad else x_all[idx]
+            out = policy(x)
+            if loss == "rl":
+                objective = seenn.policy_loss(out, correct[idx], weight[idx], beta)
+            elif loss == "sup":
+                objective = nn.functional.cross_entropy(out, target[idx])
+            else:
+                raise ValueError(f"unknown policy loss {loss!r}; accepted: rl, sup")
+            opt.zero_grad(set_to_none=True)
+            objective.backward()
+            opt.step()
+    return policy.eval()
+
+
+def pretrain_policy_backbone(policy: nn.Module, train: Split, dataset: str, num_classes: int, *, epochs: int,
+                             batch_size: int = 128, lr: float = 2e-3, seed: int = 0):
+    """Train the policy's convolutional features as an image classifier on the SNN's own training
+    images (labels only, no SNN outputs), so that the action head starts from features that know how
+    ambiguous an input looks; the action head is then trained on held-out SNN outcomes."""
+    torch.manual_seed(seed)
+    norm = Normalizer(dataset)
+    head = nn.Linear(policy.fc.in_features, num_classes)
+    params = list(policy.features.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-4)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    total = epochs * steps_per_epoch
+    gen = torch.Generator().manual_seed(seed)
+    x_all, y_all = norm(train.images), torch.as_tensor(train.labels)
+    policy.train()
+    for epoch in range(epochs):
+        for i, idx in enumerate(tqdm(batches(len(train), batch_size, gen), total=steps_per_epoch, leave=False,
+                                     desc=f"policy backbone {epoch + 1}/{epochs}")):
+            for g in opt.param_groups:
+                g["lr"] = cosine_lr(epoch * steps_per_epoch + i, total, lr, min(100, steps_per_epoch))
+            x = augment(x_all[idx], 2, True, gen)
+            loss = nn.functional.cross_entropy(head(policy.embed(x)), y_all[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
     return policy.eval()
+
+
+@torch.no_grad()
+def policy_logits(policy: nn.Module, images: np.ndarray, dataset: str, batch_size: int = 1000) -> np.ndarray:
+    policy.eval()
+    norm = Normalizer(dataset)
+    return np.concatenate([policy(norm(images[i:i + batch_size])).numpy() for i in range(0, len(images), batch_size)])
+
+
+@torch.no_grad()
+def augmented_copies(split: Split, copies: int, seed: int = 0, pad: int = 2, flip: bool = True) -> Split:
+    """The split itself followed by ``copies`` randomly cropped/flipped versions of it (uint8), the same
+    augmentation the SNN trained with: more (input, SNN outcome) pairs for the exit head and the policy."""
+    if copies <= 0:
+        return split
+    rng = np.random.RandomState(seed)
+    n, c, h, w = split.images.shape
+    out = [split.images]
+    for _ in range(copies):
+        padded = np.pad(split.images, ((0, 0), (0, 0), (pad, pad), (pad, pad)))
+        dx, dy = rng.randint(0, 2 * pad + 1, n), rng.randint(0, 2 * pad + 1, n)
+        imgs = np.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+        if flip:
+            mask = rng.rand(n) < 0.5
+            imgs[mask] = imgs[mask][..., ::-1]
+        out.append(imgs)
+    return Split(np.ascontiguousarray(np.concatenate(out)), np.tile(split.labels, copies + 1))
 
 
 def train_joint(model, policy, train: Split, dataset: str, beta: float, timesteps: int, *, epochs: int,
