@@ -242,7 +242,7 @@ def cmd_policy(args):
     if "rl-train" in wanted:  # the earlier recipe: the SNN's outputs on its own training images
         z_train = cached_logits(args.run, model, train, ds, t_max, "train" + (f"_limit{args.limit}" if args.limit else ""))
         r_train = float(seenn.correct_per_t(z_train, train.labels)[:, 0].mean())
-        for beta in args.betas:
+        for beta in args.train_betas or args.betas:
             p = train_policy(new_policy(), train.images, z_train, train.labels, ds, beta, epochs=args.epochs,
                              seed=args.seed, rate=r_train, pad=1, desc="rl-train")
             keep(_policy_variant("rl-train", p, val, z_val, test, z_test, ds, target_acc, beta=beta,
@@ -265,11 +265,21 @@ def cmd_policy(args):
                          **{**kw, "epochs": max(1, args.epochs // 2)})
             keep(_policy_variant("sup-rl-holdout", p2, val, z_val, test, z_test, ds, target_acc, beta=best_beta,
                                  trained_on="holdout"), p2)
+    if "supmulti-holdout" in wanted:
+        p = train_policy(new_policy(), hold.images, z_hold, hold.labels, ds, 0.0, loss="sup-multi",
+                         desc="supmulti-holdout", **kw)
+        keep(_policy_variant("supmulti-holdout", p, val, z_val, test, z_test, ds, target_acc, trained_on="holdout"), p)
     if "pretrained-sup" in wanted:
         p = new_policy()
         pretrain_policy_backbone(p, train, ds, len(info.labels), epochs=args.backbone_epochs, seed=args.seed)
         train_policy(p, hold.images, z_hold, hold.labels, ds, 0.0, loss="sup", desc="pretrained-sup", **kw)
         keep(_policy_variant("pretrained-sup", p, val, z_val, test, z_test, ds, target_acc,
+                             trained_on="features: train images (labels); head: holdout"), p)
+    if "pretrained-supmulti" in wanted:
+        p = new_policy()
+        pretrain_policy_backbone(p, train, ds, len(info.labels), epochs=args.backbone_epochs, seed=args.seed)
+        train_policy(p, hold.images, z_hold, hold.labels, ds, 0.0, loss="sup-multi", desc="pretrained-supmulti", **kw)
+        keep(_policy_variant("pretrained-supmulti", p, val, z_val, test, z_test, ds, target_acc,
                              trained_on="features: train images (labels); head: holdout"), p)
     if not variants:
         raise SystemExit("no policy variant selected")
@@ -418,9 +428,12 @@ def main(argv=None):
     common(sp)
     sp.add_argument("--run", type=Path, required=True)
     sp.add_argument("--betas", type=lambda s: [float(b) for b in s.split(",")], default=[0.5, 2.0, 10.0])
+    sp.add_argument("--train-betas", type=lambda s: [float(b) for b in s.split(",")], default=None,
+                    help="β values for the rl-train variant (default: --betas)")
     sp.add_argument("--variants", type=lambda s: s.split(","), default=["rl-holdout", "sup-holdout", "sup-rl-holdout",
                                                                        "pretrained-sup"],
-                    help="comma list of rl-train, rl-holdout, sup-holdout, sup-rl-holdout, pretrained-sup")
+                    help="comma list of rl-train, rl-holdout, sup-holdout, sup-rl-holdout, supmulti-holdout, "
+                         "pretrained-sup, pretrained-supmulti")
     sp.add_argument("--epochs", type=int, default=8)
     sp.add_argument("--backbone-epochs", type=int, default=3)
     sp.add_argument("--holdout-copies", type=int, default=4, help="augmented copies of each held-out image")

@@ -194,7 +194,9 @@ def train_policy(policy: nn.Module, images: np.ndarray, z: np.ndarray, y: np.nda
 
     - ``loss="rl"``: the paper's objective, the exact expected reward over all actions (no sampling);
     - ``loss="sup"``: cross-entropy towards the earliest timestep at which the SNN is right (one step
-      for inputs it never gets right), i.e. supervised targets instead of the reward.
+      for inputs it never gets right), i.e. supervised targets instead of the reward;
+    - ``loss="sup-multi"``: one binary cross-entropy per action on "the SNN is right after a steps", so
+      each action logit is the log-odds of being right there (the bias sweep then trades steps for it).
     ``pad`` is the random-crop augmentation applied on the fly (0 when ``images`` already holds
     augmented copies whose logits are in ``z``)."""
     torch.manual_seed(seed)
@@ -221,8 +223,10 @@ def train_policy(policy: nn.Module, images: np.ndarray, z: np.ndarray, y: np.nda
                 objective = seenn.policy_loss(out, correct[idx], weight[idx], beta)
             elif loss == "sup":
                 objective = nn.functional.cross_entropy(out, target[idx])
+            elif loss == "sup-multi":
+                objective = nn.functional.binary_cross_entropy_with_logits(out, correct[idx].float())
             else:
-                raise ValueError(f"unknown policy loss {loss!r}; accepted: rl, sup")
+                raise ValueError(f"unknown policy loss {loss!r}; accepted: rl, sup, sup-multi")
             opt.zero_grad(set_to_none=True)
             objective.backward()
             opt.step()
