@@ -60,6 +60,8 @@ def load_run(run: Path):
     model = build_model(meta)
     ckpt = torch.load(run / "snn.pt", map_location="cpu")
     model.load_state_dict(ckpt["model"])
+    if "train_seconds" not in meta and "elapsed_s" in ckpt:  # a run stopped between epochs (--stop-after)
+        meta.update(train_seconds=ckpt["elapsed_s"], history=ckpt.get("history"), epochs_done=ckpt.get("epoch"))
     return meta, model.eval()
 
 
