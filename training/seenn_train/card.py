@@ -25,9 +25,12 @@ def model_card(manifest: dict, calibration: dict, report: dict) -> str:
     ]
     if meta.get("command"):
         lines.append(f"- Made by: `python -m seenn_train {meta['command']}`")
+    epochs = meta.get("epochs")
+    if meta.get("epochs_done") is not None and meta["epochs_done"] != epochs:
+        epochs = f"{meta['epochs_done']} of the planned {epochs}"
     if train.get("train_seconds"):
         lines.append(f"- Training time on this project's 2-core CPU machine (shared with other work): "
-                     f"{train['train_seconds'] / 60:.1f} min ({meta.get('epochs')} epochs, {meta.get('train_samples')} "
+                     f"{train['train_seconds'] / 60:.1f} min ({epochs} epochs, {meta.get('train_samples')} "
                      "training images)")
     if meta.get("holdout_size"):
         lines.append(f"- Splits of the training file (fixed seed): {meta.get('train_samples')} images train the SNN, "
