@@ -19,8 +19,8 @@ RUNS=${RUNS:-runs}
 $PY -m seenn_train train --out "$RUNS/fashion-mnist" --timesteps 4 --epochs "$EPOCHS" --surrogate triangle --width 32
 $PY -m seenn_train convert --out "$RUNS/fashion-mnist-qcfs" --timesteps 32 --epochs "$QCFS_EPOCHS" --levels 8 --width 32
 $PY -m seenn_train exit-head --run "$RUNS/fashion-mnist" --epochs "$EXIT_EPOCHS"
-$PY -m seenn_train policy --run "$RUNS/fashion-mnist" --epochs "$POLICY_EPOCHS" --betas 2,10,30 \
-  --train-betas 10 --variants rl-train,rl-holdout,sup-holdout,sup-rl-holdout,supmulti-holdout,pretrained-sup
+$PY -m seenn_train policy --run "$RUNS/fashion-mnist" --epochs "$POLICY_EPOCHS" --backbone-epochs 2 --betas 2,10,30 \
+  --variants rl-holdout,sup-holdout,sup-rl-holdout,supmulti-holdout,pretrained-sup
 $PY -m seenn_train export --run "$RUNS/fashion-mnist" --out models/fashion-mnist
 $PY -m seenn_train export --run "$RUNS/fashion-mnist-qcfs" --out models/fashion-mnist-qcfs
 $PY -m seenn_train bench-model --arch resnet19 --width 0.125 --out models-bench/resnet19-bench
