@@ -23,6 +23,15 @@ def model_card(manifest: dict, calibration: dict, report: dict) -> str:
         f"{manifest['exit']['temperature']}; default rule {manifest['exit']['default_rule']}, "
         f"α = {manifest['exit']['default_alpha']} (chosen on validation: {calibration['chosen_by']})",
     ]
+    if "exit" in manifest["graphs"]:
+        lines.append(f"- Learned exit rule (`exit.onnx`, stop probability from the running sum of logits and t): "
+                     f"default threshold {manifest['exit']['default_threshold']} "
+                     f"(chosen on validation: {calibration['learned']['chosen_by']})")
+    if "policy" in manifest["graphs"] and report.get("seenn_ii", {}).get("variant"):
+        s2 = report["seenn_ii"]
+        lines.append(f"- SEENN-II policy (`policy.onnx`): variant {s2['variant']}"
+                     + (f", β = {s2['beta']}" if s2.get("beta") is not None else "")
+                     + f", per-action bias scale {s2.get('bias_scale')} built into the graph (chosen on validation)")
     if meta.get("command"):
         lines.append(f"- Made by: `python -m seenn_train {meta['command']}`")
     epochs = meta.get("epochs")
