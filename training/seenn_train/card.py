@@ -33,7 +33,9 @@ def model_card(manifest: dict, calibration: dict, report: dict) -> str:
                      + (f", β = {s2['beta']}" if s2.get("beta") is not None else "")
                      + f", per-action bias scale {s2.get('bias_scale')} built into the graph (chosen on validation)")
     if meta.get("command"):
-        lines.append(f"- Made by: `python -m seenn_train {meta['command']}`")
+        lines.append(f"- Made by: `python -m seenn_train {meta['command']}`"
+                     + (", then `exit-head`, `policy` and `export` as in `scripts/make_models.sh`"
+                        if "exit" in manifest["graphs"] or "policy" in manifest["graphs"] else ""))
     epochs = meta.get("epochs")
     if meta.get("epochs_done") is not None and meta["epochs_done"] != epochs:
         epochs = f"{meta['epochs_done']} of the planned {epochs}"
