@@ -97,9 +97,13 @@ def cmd_train(args):
     result = fit(model, tet_loss, train, val, args.dataset, args.out, "snn", epochs=args.epochs,
                  batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, seed=args.seed,
                  forward=lambda m, x: m(x, args.timesteps), meta=meta, resume=args.resume is not None,
-                 stop_after=args.stop_after)
+                 stop_after=args.stop_after, anneal_to=args.anneal_to)
     meta["train_seconds"] = result["elapsed_s"]
     meta["history"] = result["history"]
+    meta["epochs_done"] = len(result["history"])
+    anneal = torch.load(args.out / "snn.pt", map_location="cpu").get("anneal")
+    if anneal:
+        meta["anneal"] = anneal
     write_run(args.out, meta)
 
 
@@ -408,6 +412,9 @@ def main(argv=None):
     sp.add_argument("--out", type=Path, required=True)
     sp.add_argument("--resume", nargs="?", const="", default=None, metavar="CHECKPOINT",
                     help="continue the run in --out from its last epoch (or from CHECKPOINT, copied into --out)")
+    sp.add_argument("--anneal-to", type=int, default=None, metavar="EPOCH",
+                    help="with --resume: finish early, the learning rate annealing from its current value to 0 at the "
+                         "end of this epoch (the run's total becomes EPOCH)")
     sp.add_argument("--stop-after", type=int, default=None, metavar="EPOCH",
                     help="stop this call after that many epochs in total; --resume later finishes the run")
     sp.set_defaults(func=cmd_train)

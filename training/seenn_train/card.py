@@ -37,11 +37,17 @@ def model_card(manifest: dict, calibration: dict, report: dict) -> str:
                      + (", then `exit-head`, `policy` and `export` as in `scripts/make_models.sh`"
                         if "exit" in manifest["graphs"] or "policy" in manifest["graphs"] else ""))
     epochs = meta.get("epochs")
-    if meta.get("epochs_done") is not None and meta["epochs_done"] != epochs:
+    if meta.get("anneal"):
+        a = meta["anneal"]
+        epochs = (f"{a['to_epoch']} epochs: the cosine schedule planned for {meta.get('epochs')} epochs was shortened "
+                  f"after epoch {a['from_step'] * a['to_epoch'] // a['to_step']} to anneal to 0 by epoch {a['to_epoch']} "
+                  "(`--resume --anneal-to`)")
+    elif meta.get("epochs_done") is not None and meta["epochs_done"] != epochs:
         epochs = f"{meta['epochs_done']} of the planned {epochs}"
     if train.get("train_seconds"):
         lines.append(f"- Training time on this project's 2-core CPU machine (shared with other work): "
-                     f"{train['train_seconds'] / 60:.1f} min ({epochs} epochs, {meta.get('train_samples')} "
+                     f"{train['train_seconds'] / 60:.1f} min ({epochs}{'' if meta.get('anneal') else ' epochs'}, "
+                     f"{meta.get('train_samples')} "
                      "training images)")
     if meta.get("holdout_size"):
         lines.append(f"- Splits of the training file (fixed seed): {meta.get('train_samples')} images train the SNN, "

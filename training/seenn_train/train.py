@@ -95,7 +95,7 @@ def set_rng_state(gen: torch.Generator, state: dict):
 def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: Path, name: str, *,
         epochs: int, batch_size: int, lr: float, weight_decay: float, seed: int, forward,
         pad: int = 2, flip: bool = True, meta: dict | None = None, resume: bool = False,
-        stop_after: int | None = None) -> dict:
+        stop_after: int | None = None, anneal_to: int | None = None) -> dict:
     """Generic epoch loop: AdamW, cosine LR per iteration after a short linear warm-up (a ``LambdaLR``
     scheduler), random crop + flip. After every epoch ``out/name.pt`` holds everything needed to carry
     on exactly where it stopped: model, optimizer, scheduler, epoch, the RNG states (data order and
@@ -105,6 +105,9 @@ def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: 
     epochs ends with the same weights as one that ran straight through. Without ``resume`` an existing
     checkpoint is an error, so a finished run is never overwritten by accident.
     ``stop_after`` ends this call after that many epochs in total (a run finished in pieces).
+    ``anneal_to`` (with ``resume``) shortens a run: from the checkpoint's epoch on, the learning rate
+    follows a cosine from its current value down to 0 at the end of epoch ``anneal_to``; the
+    shortened schedule is stored in the checkpoint, so later resumes follow it too.
     ``forward(model, x)`` returns what ``loss_fn(output, y)`` takes and ``evaluate`` reads
     (``[T, B, K]`` logits or ``[B, K]``)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -116,7 +119,16 @@ def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: 
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     total, warmup = epochs * steps_per_epoch, min(200, steps_per_epoch)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: cosine_lr(step, total, 1.0, warmup))
+    schedule = {"total_epochs": epochs, "anneal": None}
+
+    def lr_factor(step: int) -> float:
+        a = schedule["anneal"]
+        if a is None or step < a["from_step"]:
+            return cosine_lr(step, total, 1.0, warmup)
+        progress = (step - a["from_step"]) / max(1, a["to_step"] - a["from_step"])
+        return a["from_factor"] * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor)
     gen = torch.Generator().manual_seed(seed)
     start_epoch, elapsed, history = 0, 0.0, []
     if ckpt_path.exists() and not resume:
@@ -131,6 +143,20 @@ def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: 
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        schedule["anneal"] = ckpt.get("anneal")
+        if anneal_to is not None and schedule["anneal"] is None:
+            if not ckpt["epoch"] < anneal_to <= epochs:
+                raise ValueError(f"--anneal-to {anneal_to}: must be after the checkpoint's epoch {ckpt['epoch']} "
+                                 f"and at most --epochs {epochs}")
+            step = ckpt["epoch"] * steps_per_epoch
+            schedule["anneal"] = {"from_step": step, "to_step": anneal_to * steps_per_epoch, "to_epoch": anneal_to,
+                                  "from_factor": cosine_lr(step, total, 1.0, warmup)}
+            print(f"shortening the run: cosine from lr {lr * schedule['anneal']['from_factor']:.2e} to 0 at the end of "
+                  f"epoch {anneal_to}")
+        if schedule["anneal"] is not None:
+            epochs = schedule["anneal"]["to_epoch"]
+            for g in opt.param_groups:  # the scheduler's lr for the next step under the stored schedule
+                g["lr"] = lr * lr_factor(sched.last_epoch)
         set_rng_state(gen, ckpt["rng"])
         start_epoch, elapsed, history = ckpt["epoch"], ckpt["elapsed_s"], ckpt["history"]
         print(f"resuming {ckpt_path} at epoch {start_epoch}/{epochs} ({elapsed / 60:.1f} min trained so far)")
@@ -156,7 +182,8 @@ def fit(model: nn.Module, loss_fn, train: Split, val: Split, dataset: str, out: 
                         "epoch_s": time.time() - t0})
         print(json.dumps(history[-1]), flush=True)
         save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-                        rng=rng_state(gen), epoch=epoch + 1, total_epochs=epochs, elapsed_s=elapsed, history=history,
+                        rng=rng_state(gen), epoch=epoch + 1, total_epochs=schedule["total_epochs"],
+                        anneal=schedule["anneal"], elapsed_s=elapsed, history=history,
                         meta=meta or {})
     return {"elapsed_s": elapsed, "history": history}
 
