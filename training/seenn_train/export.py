@@ -428,6 +428,7 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(tmp), str(out))
+        out.chmod(0o755)  # mkdtemp makes it private; a package is read by the server's user
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
