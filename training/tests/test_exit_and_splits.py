@@ -1,6 +1,8 @@
 """The learned exit rule, SEENN-II bias curves, the held-out split and exact resumption."""
 
 
+import json
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -141,3 +143,19 @@ def test_agreement_with_full_t():
     z[1, 0, 0], z[1, 1, 1] = 1.0, 3.0  # sample 1 flips from class 0 to class 1
     assert seenn.agreement_with_full_t(z, np.array([0, 0])) == 0.5
     assert seenn.alpha_sweep(z, np.array([0, 1]), 1.0, alphas=[0.99])[0]["agreement_with_full_t"] == 1.0
+
+
+def test_anneal_to_shortens_a_resumed_run(tmp_path):
+    out = tmp_path / "run"
+    common = ["--limit", "300", "--val-size", "200", "--holdout-size", "100", "--epochs", "4", "--width", "4",
+              "--threads", "1", "--out", str(out)]
+    main(["train", "--stop-after", "1", *common])
+    main(["train", "--resume", "--anneal-to", "3", "--stop-after", "2", *common])
+    mid = torch.load(out / "snn.pt")
+    assert mid["epoch"] == 2 and mid["anneal"]["to_epoch"] == 3 and mid["total_epochs"] == 4
+    main(["train", "--resume", *common])  # a later resume follows the stored, shortened schedule
+    end = torch.load(out / "snn.pt")
+    assert end["epoch"] == 3 and [h["epoch"] for h in end["history"]] == [1, 2, 3]
+    assert end["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    meta = json.loads((out / "run.json").read_text())
+    assert meta["anneal"]["to_epoch"] == 3 and meta["epochs_done"] == 3
