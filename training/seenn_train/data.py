@@ -117,6 +117,29 @@ def train_val_split(split: Split, val_size: int = 5000, seed: int = 0) -> tuple[
             Split(split.images[val_idx], split.labels[val_idx]))
 
 
+def train_holdout_val_split(split: Split, val_size: int = 5000, holdout_size: int = 5000,
+                            seed: int = 0) -> tuple[Split, Split, Split]:
+    """Three disjoint parts of the training file from one seeded permutation: ``order[:val_size]`` is the
+    validation split (the same images as :func:`train_val_split` with the same seed), the next
+    ``holdout_size`` images are held out of SNN training (the exit head and the SEENN-II policy learn
+    from the SNN's outputs on them), the rest trains the SNN."""
+    rng = np.random.RandomState(seed)
+    order = rng.permutation(len(split))
+    val_idx = np.sort(order[:val_size])
+    hold_idx = np.sort(order[val_size:val_size + holdout_size])
+    train_idx = np.sort(order[val_size + holdout_size:])
+    return (Split(split.images[train_idx], split.labels[train_idx]),
+            Split(split.images[hold_idx], split.labels[hold_idx]),
+            Split(split.images[val_idx], split.labels[val_idx]))
+
+
+def split_indices(n: int, val_size: int = 5000, holdout_size: int = 5000, seed: int = 0) -> dict:
+    """The row indices (into the training file) of each part of :func:`train_holdout_val_split`."""
+    order = np.random.RandomState(seed).permutation(n)
+    return {"val": np.sort(order[:val_size]), "holdout": np.sort(order[val_size:val_size + holdout_size]),
+            "train": np.sort(order[val_size + holdout_size:])}
+
+
 @dataclass
 class DatasetInfo:
     name: str

@@ -24,7 +24,9 @@ from . import data, seenn
 from .models import fold_batchnorm
 from .train import PIXEL_SCALE, Normalizer
 
-FORMAT_VERSION = 1
+# 2: optional `graphs.exit` (the learned exit rule, exit.onnx) and `exit.default_threshold`; packages
+# of format 1 are still valid format-2 packages without those fields.
+FORMAT_VERSION = 2
 OPSET = 17
 PARITY_ATOL = 1e-4
 PARITY_MAX_DIFFERING = 0.005
@@ -53,6 +55,15 @@ class StepGraph(nn.Module):
         return (logits, *new)
 
 
+class ExitGraph(nn.Module):
+    def __init__(self, head):
+        super().__init__()
+        self.head = head
+
+    def forward(self, aggregate, timestep):
+        return self.head(aggregate, timestep)
+
+
 def onnx_export(module: nn.Module, args: tuple, path: Path, inputs: list, outputs: list):
     """The legacy (TorchScript) exporter, which torch 1.13 and 2.x both have; every axis 0 dynamic."""
     kwargs = {}
@@ -78,6 +89,7 @@ class OrtPackage:
         self.encoder = ort_session(folder / g["encoder"]["file"])
         self.step = ort_session(folder / g["step"]["file"])
         self.policy = ort_session(folder / g["policy"]["file"]) if "policy" in g else None
+        self.exit = ort_session(folder / g["exit"]["file"]) if "exit" in g else None
 
     def logits(self, x: np.ndarray, timesteps: int, return_states: bool = False):
         g = self.manifest["graphs"]
@@ -94,9 +106,27 @@ class OrtPackage:
         z = np.stack(out, 1)
         return (z, states) if return_states else z
 
-    def actions(self, x: np.ndarray) -> np.ndarray:
+    def action_logits(self, x: np.ndarray) -> np.ndarray:
         g = self.manifest["graphs"]["policy"]
-        return np.asarray(g["actions"])[self.policy.run([g["output"]], {g["input"]: x})[0].argmax(1)]
+        return self.policy.run([g["output"]], {g["input"]: x})[0]
+
+    def actions(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.manifest["graphs"]["policy"]["actions"])[self.action_logits(x).argmax(1)]
+
+    def exit_scores(self, z: np.ndarray, batch: int | None = None) -> np.ndarray:
+        """The learned rule's stop probability after every step, ``[N, T]``: exit.onnx fed the running
+        sum Z_t (accumulated in float64, passed as float32) and t, as the server does."""
+        g = self.manifest["graphs"]["exit"]
+        agg = seenn.cumulative(z).astype(np.float32)
+        n, t_max, _ = agg.shape
+        batch = batch or n
+        out = np.zeros((n, t_max), np.float32)
+        for t in range(t_max):
+            for i in range(0, n, batch):
+                feed = {g["aggregate_input"]: np.ascontiguousarray(agg[i:i + batch, t]),
+                        g["timestep_input"]: np.full((len(agg[i:i + batch]), 1), t + 1, np.float32)}
+                out[i:i + batch, t] = self.exit.run([g["output"]], feed)[0][:, 0]
+        return out
 
 
 def ort_logits(pkg: OrtPackage, split: data.Split, dataset: str, timesteps: int, batch: int = 500, desc=""):
@@ -110,6 +140,12 @@ def ort_logits(pkg: OrtPackage, split: data.Split, dataset: str, timesteps: int,
 def ort_actions(pkg: OrtPackage, split: data.Split, dataset: str, batch: int = 1000) -> np.ndarray:
     norm = Normalizer(dataset)
     return np.concatenate([pkg.actions(norm(split.images[i:i + batch]).numpy()) for i in range(0, len(split), batch)])
+
+
+def ort_action_logits(pkg: OrtPackage, split: data.Split, dataset: str, batch: int = 1000) -> np.ndarray:
+    norm = Normalizer(dataset)
+    return np.concatenate([pkg.action_logits(norm(split.images[i:i + batch]).numpy())
+                           for i in range(0, len(split), batch)])
 
 
 def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: str, timesteps: int,
@@ -135,7 +171,8 @@ def parity_check(net: nn.Module, pkg: OrtPackage, split: data.Split, dataset: st
     return result
 
 
-def make_golden(pkg: OrtPackage, x: np.ndarray, labels: np.ndarray, files: list, alpha: float, temp: float) -> dict:
+def make_golden(pkg: OrtPackage, x: np.ndarray, labels: np.ndarray, files: list, alpha: float, temp: float,
+                threshold: float | None = None) -> dict:
     """golden.json: each sample run alone (batch 1), as a single request is served. A converted IF
     network over 32 steps can flip a spike between batch sizes (ONNX Runtime's kernels round
     differently), so the reference uses the batch size the server's tests use."""
@@ -143,19 +180,35 @@ def make_golden(pkg: OrtPackage, x: np.ndarray, labels: np.ndarray, files: list,
     z = np.concatenate([pkg.logits(x[i:i + 1], t_max) for i in range(len(x))])
     exit_t, pred = seenn.confidence_exit(z, alpha, temp)
     actions = np.concatenate([pkg.actions(x[i:i + 1]) for i in range(len(x))]) if pkg.policy is not None else None
+    learned = None
+    if pkg.exit is not None and threshold is not None:
+        from .exit_head import score_exit
+
+        scores = pkg.exit_scores(z, batch=1)
+        learned = (scores, *score_exit(z, scores, threshold))
     samples = []
     for i, f in enumerate(files):
         entry = {"file": f, "label": int(labels[i]), "logits": z[i].tolist(), "exit_timestep": int(exit_t[i]),
                  "class_id": int(pred[i])}
         if actions is not None:
             entry["policy_timesteps"] = int(actions[i])
+        if learned is not None:
+            entry["learned_scores"] = [float(v) for v in learned[0][i]]
+            entry["learned_exit_timestep"] = int(learned[1][i])
+            entry["learned_class_id"] = int(learned[2][i])
         samples.append(entry)
-    return {"rule": "confidence", "alpha": alpha, "temperature": temp, "atol": PARITY_ATOL, "batch_size": 1,
-            "samples": samples}
+    golden = {"rule": "confidence", "alpha": alpha, "temperature": temp, "atol": PARITY_ATOL, "batch_size": 1,
+              "samples": samples}
+    if learned is not None:
+        golden["learned_threshold"] = threshold
+        # How close any golden score comes to the threshold (a rounding difference larger than this
+        # could flip an exit step).
+        golden["learned_min_margin"] = float(np.abs(learned[0][:, :-1] - threshold).min())
+    return golden
 
 
 def _manifest(meta: dict, net, info: data.DatasetInfo, state_shapes: list, feat_shape: list, has_policy: bool,
-              name: str, version: str, default_alpha: float) -> dict:
+              name: str, version: str, default_alpha: float, has_exit: bool = False) -> dict:
     t_max = meta["timesteps"]
     neuron = ({"kind": "lif", "leak": 0.5, "threshold": 1.0, "reset": "hard"} if meta["neuron"] == "lif" else
               {"kind": "if", "thresholds": meta.get("thresholds"), "initial_membrane": 0.5, "reset": "soft",
@@ -170,6 +223,11 @@ def _manifest(meta: dict, net, info: data.DatasetInfo, state_shapes: list, feat_
     if has_policy:
         graphs["policy"] = {"file": "policy.onnx", "input": "image", "output": "action_logits",
                             "actions": list(range(1, t_max + 1))}
+    if has_exit:
+        from .exit_head import EXIT_INPUTS, EXIT_OUTPUT
+
+        graphs["exit"] = {"file": "exit.onnx", "aggregate_input": EXIT_INPUTS[0], "timestep_input": EXIT_INPUTS[1],
+                          "output": EXIT_OUTPUT}
     return {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -189,28 +247,54 @@ def _manifest(meta: dict, net, info: data.DatasetInfo, state_shapes: list, feat_
     }
 
 
+def _pareto(rows: list) -> list:
+    """The rows no other row beats on both accuracy and average timesteps, by average timesteps."""
+    rows = sorted(rows, key=lambda r: (r["avg_timesteps"], -r["accuracy"]))
+    out, best = [], -1.0
+    for r in rows:
+        if r["accuracy"] > best:
+            out.append(r)
+            best = r["accuracy"]
+    return out
+
+
 def _plot(path: Path, report: dict, title: str):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    fig, ax = plt.subplots(figsize=(7.6, 5.2))
     sweep = report["seenn_i_sweep"]
-    ax.plot([r["avg_timesteps"] for r in sweep], [100 * r["accuracy"] for r in sweep], "-o", ms=3, label="SEENN-I (α sweep)")
+    ax.plot([r["avg_timesteps"] for r in sweep], [100 * r["accuracy"] for r in sweep], "-o", ms=3, color="tab:blue",
+            label="SEENN-I (α sweep)")
     acc = report["accuracy_per_t"]
-    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], "s--", color="gray", label="fixed T")
-    if report.get("seenn_ii_sweep"):
-        pts = report["seenn_ii_sweep"]
-        ax.plot([p["test"]["avg_timesteps"] for p in pts], [100 * p["test"]["accuracy"] for p in pts], "^",
-                color="tab:red", ms=8, label="SEENN-II (β sweep)")
-    ax.axvline(report["aet"], color="tab:green", ls=":", label=f"AET = {report['aet']:.3f}")
+    ax.plot(range(1, len(acc) + 1), [100 * a for a in acc], "s--", color="gray", label="fixed t")
+    colors = ["tab:red", "tab:orange", "tab:brown", "tab:pink", "tab:olive", "tab:cyan", "gold", "tab:gray"]
+    variants = report.get("seenn_ii_variants") or []
+    for i, v in enumerate(variants):
+        pts = _pareto(v["test_curve"])
+        label = f"SEENN-II {v['variant']}" + (f" β={v['beta']}" if v.get("beta") is not None else "") + " (bias sweep)"
+        ax.plot([r["avg_timesteps"] for r in pts], [100 * r["accuracy"] for r in pts], "-", lw=1,
+                color=colors[i % len(colors)], alpha=0.8, label=label)
+    if report.get("seenn_ii"):
+        s2 = report["seenn_ii"]
+        ax.plot([s2["avg_timesteps"]], [100 * s2["accuracy"]], "^", color="tab:red", ms=9, label="SEENN-II default")
+    if report.get("learned_sweep"):
+        pts = _pareto(report["learned_sweep"])
+        ax.plot([r["avg_timesteps"] for r in pts], [100 * r["accuracy"] for r in pts], "-", lw=2, color="tab:purple",
+                label="learned exit (threshold sweep)")
+        lr = report["learned"]
+        ax.plot([lr["avg_timesteps"]], [100 * lr["accuracy"]], "*", color="tab:purple", ms=13, label="learned default")
+    si = report["seenn_i"]
+    ax.plot([si["avg_timesteps"]], [100 * si["accuracy"]], "D", color="tab:blue", ms=7, label="SEENN-I default")
+    ax.plot([report["aet"]], [100 * acc[-1]], "P", color="tab:green", ms=10, label=f"AET = {report['aet']:.3f}")
     ax.set_xlabel("average timesteps")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(title)
-    lo = min(100 * min(acc), min(100 * r["accuracy"] for r in sweep))
-    ax.set_ylim(max(lo - 1, 0), 100 * max(acc) + 0.6)
+    ax.set_ylim(100 * acc[-1] - 3.0, 100 * max(acc) + 0.6)
+    ax.set_xlim(0.95, len(acc) + 0.05)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="lower right", fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -222,7 +306,8 @@ def _save_png(img_u8: np.ndarray, path: Path):
 
 
 def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split, out: Path, *, name: str,
-                   policy: nn.Module | None, run_dir: Path | None, golden_count: int, version: str) -> dict:
+                   policy: nn.Module | None, run_dir: Path | None, golden_count: int, version: str,
+                   exit_head: nn.Module | None = None) -> dict:
     t0 = time.time()
     info = data.DATASETS[meta["dataset"]]
     t_max, temp = meta["timesteps"], meta["temperature"]
@@ -241,8 +326,14 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
                     ["logits"] + [f"membrane_out_{i}" for i in range(len(states))])
         if policy is not None:
             onnx_export(fold_batchnorm(policy), (example,), tmp / "policy.onnx", ["image"], ["action_logits"])
+        if exit_head is not None:
+            from .exit_head import EXIT_INPUTS, EXIT_OUTPUT
+
+            k = len(info.labels)
+            onnx_export(ExitGraph(exit_head.eval()), (torch.randn(2, k), torch.ones(2, 1)), tmp / "exit.onnx",
+                        list(EXIT_INPUTS), [EXIT_OUTPUT])
         manifest = _manifest(meta, net, info, state_shapes, list(feats.shape[1:]), policy is not None, name,
-                             version, default_alpha=0.9)
+                             version, default_alpha=0.9, has_exit=exit_head is not None)
         pkg = OrtPackage(tmp, manifest)
 
         allowed = PARITY_MAX_DIFFERING_CONVERTED if meta["neuron"] == "if" else PARITY_MAX_DIFFERING
@@ -261,7 +352,9 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             "chosen_by": "smallest alpha whose validation accuracy is within 0.1 pp of full T",
             "alpha_sweep": val_sweep,
         }
-        test_exit = seenn.summarize(*seenn.confidence_exit(z_test, chosen["alpha"], temp), test.labels, t_max)
+        t_exit, t_pred = seenn.confidence_exit(z_test, chosen["alpha"], temp)
+        test_exit = {**seenn.summarize(t_exit, t_pred, test.labels, t_max),
+                     "agreement_with_full_t": seenn.agreement_with_full_t(z_test, t_pred)}
         report = {
             "split": "test", "samples": int(len(test)), "accuracy_per_t": seenn.accuracy_per_t(z_test, test.labels),
             "aet": seenn.aet(z_test, test.labels), "empirical_earliest": seenn.empirical_earliest(z_test, test.labels),
@@ -269,13 +362,46 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             "parity": parity,
         }
         if policy is not None:
-            a_val, a_test = ort_actions(pkg, val, meta["dataset"]), ort_actions(pkg, test, meta["dataset"])
+            l_val, l_test = ort_action_logits(pkg, val, meta["dataset"]), ort_action_logits(pkg, test, meta["dataset"])
+            a_val, a_test = l_val.argmax(1) + 1, l_test.argmax(1) + 1
             calibration["policy"] = seenn.summarize(*seenn.fixed_exit(z_val, a_val), val.labels, t_max)
+            calibration["policy"]["agreement_with_full_t"] = seenn.agreement_with_full_t(
+                z_val, seenn.fixed_exit(z_val, a_val)[1])
             report["seenn_ii"] = seenn.summarize(*seenn.fixed_exit(z_test, a_test), test.labels, t_max)
+            # The exported graph already adds the default bias: the sweep's biases are relative to it.
+            base = float(getattr(policy, "bias_scale", 0.0))
+            rel = [round(sc - base, 6) for sc in seenn.BIAS_SCALES]
+            calibration["policy"]["bias_sweep"] = seenn.bias_sweep(z_val, val.labels, l_val, rel)
+            report["seenn_ii_bias_sweep"] = seenn.bias_sweep(z_test, test.labels, l_test, rel)
             if run_dir is not None and (run_dir / "policy_sweep.json").exists():
                 ps = json.loads((run_dir / "policy_sweep.json").read_text())
-                report["seenn_ii"]["beta"] = ps["chosen_beta"]
-                report["seenn_ii_sweep"] = ps["sweep"]
+                report["seenn_ii"]["variant"] = ps.get("chosen_variant")
+                report["seenn_ii"]["beta"] = ps.get("chosen_beta")
+                report["seenn_ii"]["bias_scale"] = base
+                report["seenn_ii_variants"] = ps.get("variants")
+        if exit_head is not None:
+            from .exit_head import fine_thresholds, score_exit, threshold_sweep
+
+            s_val, s_test = pkg.exit_scores(z_val), pkg.exit_scores(z_test)
+            l_sweep = threshold_sweep(z_val, val.labels, s_val, fine_thresholds(s_val))
+            l_best = seenn.fewest_steps_at(l_sweep, chosen["accuracy"])
+            l_by = "fewest validation timesteps with validation accuracy at least SEENN-I's at the default alpha"
+            if l_best is None:
+                l_best = max(l_sweep, key=lambda r: (r["accuracy"], -r["avg_timesteps"]))
+                l_by = "no threshold reaches SEENN-I's validation accuracy: the most accurate"
+            threshold = l_best["threshold"]
+            manifest["exit"]["default_threshold"] = threshold
+            calibration["learned"] = {"chosen_threshold": threshold, "chosen_by": l_by, "threshold_sweep": l_sweep}
+            t_exit, t_pred = score_exit(z_test, s_test, threshold)
+            report["learned"] = {"threshold": threshold, **seenn.summarize(t_exit, t_pred, test.labels, t_max),
+                                 "agreement_with_full_t": seenn.agreement_with_full_t(z_test, t_pred)}
+            report["learned_sweep"] = threshold_sweep(z_test, test.labels, s_test, fine_thresholds(s_test))
+            if run_dir is not None and (run_dir / "exit_sweep.json").exists():
+                es = json.loads((run_dir / "exit_sweep.json").read_text())
+                report["learned"]["target"] = es["variants"][es["chosen"]]["target"]
+                report["learned_variants"] = es["variants"]
+                calibration["learned"]["trained_on"] = (f"held-out split of the training file, {es['holdout_rows']} "
+                                                        "rows with augmented copies")
 
         # Golden samples: PNGs and their ONNX Runtime logits at every t.
         (tmp / "samples").mkdir()
@@ -285,7 +411,8 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             label = info.labels[gold_split.labels[i]].replace("/", "-").replace(" ", "-").lower()
             files.append(f"samples/{i:03d}_{label}.png")
             _save_png(gold_split.images[i], tmp / files[-1])
-        golden = make_golden(pkg, norm(gold_split.images).numpy(), gold_split.labels, files, chosen["alpha"], temp)
+        golden = make_golden(pkg, norm(gold_split.images).numpy(), gold_split.labels, files, chosen["alpha"], temp,
+                             threshold=manifest["exit"].get("default_threshold"))
 
         meta_out = {k: v for k, v in meta.items() if k != "history"}
         report["training"] = {"train_seconds": meta.get("train_seconds"), "history": meta.get("history"),
@@ -301,6 +428,7 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             shutil.rmtree(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(tmp), str(out))
+        out.chmod(0o755)  # mkdtemp makes it private; a package is read by the server's user
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)

@@ -231,8 +231,24 @@ class PolicyNet(nn.Module):
         )
         self.fc = nn.Linear(4 * width, actions)
 
+    def embed(self, x):
+        return torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+
     def forward(self, x):
-        return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.fc(self.embed(x))
+
+
+class BiasedPolicy(nn.Module):
+    """The exported policy graph: the policy's action logits plus a fixed per-action bias (chosen on
+    validation), so the server's argmax gives the default operating point."""
+
+    def __init__(self, policy: nn.Module, bias):
+        super().__init__()
+        self.policy = policy
+        self.register_buffer("bias", torch.as_tensor(bias, dtype=torch.float32).view(1, -1))
+
+    def forward(self, x):
+        return self.policy(x) + self.bias
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:

@@ -62,6 +62,12 @@ def summarize(exit_t: np.ndarray, pred: np.ndarray, y: np.ndarray, t_max: int) -
     }
 
 
+def agreement_with_full_t(z: np.ndarray, pred: np.ndarray) -> float:
+    """Fraction of samples whose exit-time class equals the class after all T steps (argmax Z_T),
+    whatever the label: how often an early exit changes the answer."""
+    return float((np.asarray(pred) == cumulative(z)[:, -1].argmax(-1)).mean())
+
+
 def aet(z: np.ndarray, y: np.ndarray) -> float:
     """The paper's AET (eq. 4 as coded): assumes C_1 ⊆ … ⊆ C_T,
     AET = (|C_1| + Σ_{t≥2} t·(|C_t| − |C_{t−1}|) + T·|W|) / N, with W the samples wrong at T."""
@@ -88,7 +94,8 @@ def alpha_sweep(z: np.ndarray, y: np.ndarray, temperature: float = 1.0, alphas=A
     rows = []
     for a in alphas:
         exit_t, pred = confidence_exit(z, a, temperature)
-        rows.append({"alpha": float(a), **summarize(exit_t, pred, y, z.shape[1])})
+        rows.append({"alpha": float(a), **summarize(exit_t, pred, y, z.shape[1]),
+                     "agreement_with_full_t": agreement_with_full_t(z, pred)})
     return rows
 
 
@@ -118,3 +125,44 @@ def policy_loss(policy_logits: torch.Tensor, correct: torch.Tensor, weight: torc
     reward_if_right = torch.pow(2.0, -torch.arange(t_max, dtype=pi.dtype, device=pi.device))
     cost = beta * (1.0 - c) - reward_if_right * c
     return (weight * (pi * cost).sum(1)).mean()
+
+
+def earliest_correct_action(correct: np.ndarray) -> np.ndarray:
+    """Supervised SEENN-II target (0-based action index): the first t at which the running sum is
+    right; a sample never right anywhere gets action 0 (one step: more steps would not help)."""
+    c = np.asarray(correct, bool)
+    return np.where(c.any(1), c.argmax(1), 0)
+
+
+def bias_vector(scale: float, t_max: int) -> np.ndarray:
+    """Per-action logit bias ``scale·(a − 1)/(T − 1)`` for a = 1..T: one number moves a policy along its
+    accuracy/steps curve (positive: later actions, more steps)."""
+    return scale * np.arange(t_max, dtype=np.float64) / max(1, t_max - 1)
+
+
+BIAS_SCALES = [round(float(x), 3) for x in np.concatenate([np.arange(-8.0, -2.0, 1.0), np.arange(-2.0, 2.0, 0.1),
+                                                           np.arange(2.0, 8.01, 0.5)])]
+
+
+def bias_sweep(z: np.ndarray, y: np.ndarray, action_logits: np.ndarray, scales=BIAS_SCALES) -> list:
+    """SEENN-II with per-action biases: action = argmax(action_logits + bias), one row per scale."""
+    t_max = z.shape[1]
+    rows = []
+    for sc in scales:
+        b = bias_vector(sc, t_max)
+        a = (action_logits + b).argmax(1) + 1
+        exit_t, pred = fixed_exit(z, a)
+        rows.append({"bias_scale": float(sc), "action_bias": [round(float(v), 6) + 0.0 for v in b],
+                     **summarize(exit_t, pred, y, t_max), "agreement_with_full_t": agreement_with_full_t(z, pred)})
+    return rows
+
+
+def fewest_steps_at(rows: list, accuracy: float) -> dict | None:
+    """The row with the fewest average timesteps whose accuracy is at least ``accuracy``."""
+    ok = [r for r in rows if r["accuracy"] >= accuracy - 1e-12]
+    return min(ok, key=lambda r: (r["avg_timesteps"], -r["accuracy"])) if ok else None
+
+
+def steps_at_accuracy(rows: list, accuracy: float) -> float | None:
+    r = fewest_steps_at(rows, accuracy)
+    return None if r is None else r["avg_timesteps"]
