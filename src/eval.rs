@@ -289,6 +289,7 @@ async fn run_rule(
                         enqueued: t0,
                         reply: tx,
                         progress: None,
+                        default_policy: false,
                     })
                     .map_err(|e| e.to_string())?;
                 let outcome = rx

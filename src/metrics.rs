@@ -92,8 +92,8 @@ impl Metrics {
             )?,
             timesteps_used: h(
                 "seenn_timesteps_used",
-                "Timesteps each answered request ran (average = sum / count)",
-                &["model", "rule"],
+                "Timesteps each answered request ran (average = sum / count); policy=default: the request set no rule, alpha or max_timesteps",
+                &["model", "rule", "policy"],
                 ts_buckets,
             )?,
             exits_total: IntCounterVec::new(
@@ -101,7 +101,7 @@ impl Metrics {
                     "seenn_exits_total",
                     "Answered requests by the timestep they exited at",
                 ),
-                &["model", "rule", "timestep"],
+                &["model", "rule", "policy", "timestep"],
             )?,
             cancelled_total: IntCounterVec::new(
                 Opts::new(
@@ -188,17 +188,19 @@ impl Metrics {
     pub fn for_model(&self, model: &str, timesteps: usize) -> ModelMetrics {
         let rules = RuleKind::ALL
             .iter()
-            .map(|k| {
+            .flat_map(|k| [(*k, true), (*k, false)])
+            .map(|(k, default_policy)| {
                 let r = k.as_str();
+                let p = if default_policy { "default" } else { "custom" };
                 (
-                    *k,
+                    (k, default_policy),
                     RuleMetrics {
-                        timesteps_used: self.timesteps_used.with_label_values(&[model, r]),
+                        timesteps_used: self.timesteps_used.with_label_values(&[model, r, p]),
                         inference_duration: self.inference_duration.with_label_values(&[model, r]),
                         exits: (1..=timesteps.max(1))
                             .map(|t| {
                                 self.exits_total
-                                    .with_label_values(&[model, r, &t.to_string()])
+                                    .with_label_values(&[model, r, p, &t.to_string()])
                             })
                             .collect(),
                     },
@@ -277,7 +279,7 @@ pub struct ModelMetrics {
     pub engine_failures: IntCounter,
     pub model_ready: IntGauge,
     cancelled: [IntCounter; 2],
-    rules: Vec<(RuleKind, RuleMetrics)>,
+    rules: Vec<((RuleKind, bool), RuleMetrics)>,
 }
 
 impl ModelMetrics {
@@ -285,11 +287,12 @@ impl ModelMetrics {
         &self.cancelled[reason as usize]
     }
 
-    pub fn rule(&self, kind: RuleKind) -> &RuleMetrics {
-        // Every kind is bound in `Metrics::for_model`; the first entry is only a fallback.
+    /// The series of `kind`, for requests on the default policy or their own.
+    pub fn rule(&self, kind: RuleKind, default_policy: bool) -> &RuleMetrics {
+        // Every pair is bound in `Metrics::for_model`; the first entry is only a fallback.
         self.rules
             .iter()
-            .find(|(k, _)| *k == kind)
+            .find(|(k, _)| *k == (kind, default_policy))
             .map(|(_, r)| r)
             .unwrap_or(&self.rules[0].1)
     }

@@ -71,6 +71,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
         enqueued: Instant::now(),
         reply,
         progress: None,
+        default_policy: false,
     };
 
     // A normal request runs its 4 steps.
@@ -114,6 +115,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
             enqueued: Instant::now(),
             reply: tx,
             progress: Some(ptx),
+            default_policy: false,
         })
         .expect("submit");
     assert_eq!(prx.recv().await.expect("first step").t, 1);
@@ -182,6 +184,7 @@ async fn ablations_compute_the_same_answers() {
                     enqueued: Instant::now(),
                     reply: tx,
                     progress: None,
+                    default_policy: false,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -318,6 +321,7 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
                     enqueued: Instant::now(),
                     reply: tx,
                     progress: None,
+                    default_policy: false,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -371,6 +375,7 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
         enqueued: Instant::now(),
         reply,
         progress: None,
+        default_policy: false,
     };
     let later = || Instant::now() + Duration::from_secs(60);
 

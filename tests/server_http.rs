@@ -524,6 +524,25 @@ async fn metrics_count_known_requests_and_pass_promtool() {
         metric_value(&text, "seenn_timesteps_used_sum", &conf),
         total_t as f64
     );
+    // The drift alert's series: requests on the default policy apart from those with their own.
+    let default_conf = [
+        ("model", "fashion-mnist"),
+        ("rule", "confidence"),
+        ("policy", "default"),
+    ];
+    assert_eq!(
+        metric_value(&text, "seenn_timesteps_used_count", &default_conf),
+        20.0
+    );
+    let custom_fixed = [
+        ("model", "fashion-mnist"),
+        ("rule", "fixed"),
+        ("policy", "custom"),
+    ];
+    assert_eq!(
+        metric_value(&text, "seenn_timesteps_used_count", &custom_fixed),
+        3.0
+    );
     assert_eq!(
         metric_value(
             &text,

@@ -63,6 +63,9 @@ pub struct Job {
     pub reply: oneshot::Sender<Result<Outcome, Error>>,
     /// Receives every step's trace as it is computed (gRPC ClassifyStream).
     pub progress: Option<tmpsc::UnboundedSender<StepTrace>>,
+    /// The request runs under the model's default policy (the `policy="default"` series, which
+    /// the drift alert compares with calibration).
+    pub default_policy: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -674,7 +677,7 @@ impl Worker {
         // The gauge is right before anyone gets an answer.
         self.publish_active();
         for (a, score, class_id, probs) in self.leaving.drain(..) {
-            let rm = self.metrics.rule(a.rule.kind());
+            let rm = self.metrics.rule(a.rule.kind(), a.job.default_policy);
             rm.timesteps_used.observe(a.t as f64);
             if let Some(c) = rm.exits.get(a.t - 1) {
                 c.inc();

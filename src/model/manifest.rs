@@ -4,7 +4,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::exit::RuleKind;
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The newest package format this server reads. Format 2 adds the optional learned exit rule
+/// (`graphs.exit`, `exit.default_threshold`); the server does not serve `rule=learned` yet and
+/// ignores those fields, so format 1 and 2 packages load alike.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest package format this server reads.
+pub const MIN_FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
@@ -187,9 +192,9 @@ pub struct Summary {
 impl Manifest {
     /// Checks that do not need the graphs; graph I/O is checked against the sessions at load.
     pub fn validate(&self) -> Result<(), String> {
-        if self.format_version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
             return Err(format!(
-                "format_version {} is not supported (this server reads {FORMAT_VERSION})",
+                "format_version {} is not supported (this server reads {MIN_FORMAT_VERSION}..={FORMAT_VERSION})",
                 self.format_version
             ));
         }

@@ -75,6 +75,13 @@ pub struct ClassifyOptions {
 pub const OPTION_NAMES: &str = "model, rule, alpha, max_timesteps, top_k, explain, timeout_ms";
 
 impl ClassifyOptions {
+    /// Whether the request runs under the model's default policy: no rule, α or cap of its own.
+    pub fn uses_default_policy(&self) -> bool {
+        self.alpha.is_none()
+            && self.rule.as_deref().is_none_or(str::is_empty)
+            && self.max_timesteps.is_none()
+    }
+
     /// Sets one option from its text form (query string or multipart field).
     pub fn set(&mut self, key: &str, value: &str) -> Result<()> {
         fn num<T: std::str::FromStr>(key: &str, v: &str, what: &str) -> Result<T> {
@@ -255,11 +262,7 @@ impl Service {
             .map(|m| m.manifest.name.as_str())
             .unwrap_or(crate::metrics::UNKNOWN_MODEL);
         // Adaptive α is about the requests it can change: those on the default policy.
-        if result.is_ok()
-            && opts.alpha.is_none()
-            && opts.rule.as_deref().is_none_or(str::is_empty)
-            && opts.max_timesteps.is_none()
-        {
+        if result.is_ok() && opts.uses_default_policy() {
             self.latency.record(model_label, started.elapsed());
         }
         let rule_label = match &result {
@@ -336,6 +339,7 @@ impl Service {
         };
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
+        let default_policy = opts.uses_default_policy();
         m.engine.submit(Job {
             input: tensor,
             rule,
@@ -344,6 +348,7 @@ impl Service {
             enqueued: now,
             reply: tx,
             progress,
+            default_policy,
         })?;
         let outcome = rx
             .await
