@@ -35,20 +35,20 @@ if [ "$rebuild" = --rebuild ] || ! have "$BASE"; then
   trap 'rm -rf "$work"' EXIT
   m=$(mirror)
   echo "base: debootstrap --variant=minbase $SUITE from $m"
-  debootstrap --variant=minbase "$SUITE" "$work/root" "$m" >"$work/debootstrap.log" 2>&1 \
+  debootstrap --variant=minbase "$SUITE" "$work/tree" "$m" >"$work/debootstrap.log" 2>&1 \
     || { tail -n 30 "$work/debootstrap.log"; exit 1; }
   # Keep the image small and its apt pointed at the same mirror (+ security updates).
-  rm -rf "$work"/root/var/cache/apt/archives/*.deb "$work"/root/var/lib/apt/lists/*
-  cat >"$work/root/etc/apt/sources.list" <<EOF
+  rm -rf "$work"/tree/var/cache/apt/archives/*.deb "$work"/tree/var/lib/apt/lists/*
+  cat >"$work/tree/etc/apt/sources.list" <<EOF
 deb $m $SUITE main
 deb $m $SUITE-updates main
 deb ${m%/debian*}/debian-security $SUITE-security main
 EOF
   if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
-    mkdir -p "$work/root/usr/local/share/ca-certificates"
-    cp /usr/local/share/ca-certificates/*.crt "$work/root/usr/local/share/ca-certificates/"
+    mkdir -p "$work/tree/usr/local/share/ca-certificates"
+    cp /usr/local/share/ca-certificates/*.crt "$work/tree/usr/local/share/ca-certificates/"
   fi
-  tar -C "$work/root" --numeric-owner -cf "$work/rootfs.tar" .
+  tar -C "$work/tree" --numeric-owner -cf "$work/rootfs.tar" .
   printf 'FROM scratch\nADD rootfs.tar /\nCMD ["bash"]\n' >"$work/Containerfile"
   buildah bud --quiet --isolation chroot -t "$BASE" -f "$work/Containerfile" "$work" >/dev/null
   rm -rf "$work"

@@ -79,6 +79,30 @@ mod reqwest {
     }
 }
 
+type Status = Result<u16, ::reqwest::Error>;
+
+/// Sends `n` PNG posts at once, each on its own task; the handles give each one's status.
+fn post_many(
+    c: &::reqwest::Client,
+    url: &str,
+    png: &[u8],
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Status>> {
+    (0..n)
+        .map(|_| {
+            let (c, url, png) = (c.clone(), url.to_string(), png.to_vec());
+            tokio::spawn(async move {
+                c.post(url)
+                    .header("content-type", "image/png")
+                    .body(png)
+                    .send()
+                    .await
+                    .map(|r| r.status().as_u16())
+            })
+        })
+        .collect()
+}
+
 fn stderr_of(child: Child) -> (i32, String) {
     let out = child.wait_with_output().expect("wait");
     (
@@ -233,18 +257,7 @@ async fn sigterm_drains_requests_in_flight_and_rejects_new_ones() {
     let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
     let c = client();
     let url = format!("http://127.0.0.1:{port}/classify?rule=fixed&max_timesteps=4");
-    let mut handles = Vec::new();
-    for _ in 0..100 {
-        let (c, url, png) = (c.clone(), url.clone(), png.clone());
-        handles.push(tokio::spawn(async move {
-            c.post(url)
-                .header("content-type", "image/png")
-                .body(png)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
+    let handles = post_many(&c, &url, &png, 100);
     // Let the requests reach the server, then SIGTERM while most are queued.
     tokio::time::sleep(Duration::from_millis(30)).await;
     let pid = child.id().to_string();
@@ -417,18 +430,7 @@ async fn abandoned_requests_neither_hold_up_drain_nor_stay_in_the_active_gauge()
         .build()
         .expect("client");
     let url = format!("http://127.0.0.1:{port}/v1/models/fashion-mnist-qcfs/classify?rule=fixed");
-    let mut handles = Vec::new();
-    for _ in 0..200 {
-        let (c, url, png) = (c.clone(), url.clone(), png.clone());
-        handles.push(tokio::spawn(async move {
-            c.post(url)
-                .header("content-type", "image/png")
-                .body(png)
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        }));
-    }
+    let handles = post_many(&c, &url, &png, 200);
     let mut gone = 0;
     for h in handles {
         if h.await.expect("task").is_err() {
