@@ -73,6 +73,7 @@ pub enum Rule {
     Fixed,
     Confidence,
     Policy,
+    Learned,
 }
 
 impl std::fmt::Display for Rule {
@@ -81,6 +82,7 @@ impl std::fmt::Display for Rule {
             Rule::Fixed => "fixed",
             Rule::Confidence => "confidence",
             Rule::Policy => "policy",
+            Rule::Learned => "learned",
         })
     }
 }
@@ -215,6 +217,9 @@ pub struct TrainerReport {
     pub seenn_i: TrainerRule,
     #[serde(default)]
     pub seenn_ii: TrainerRule,
+    /// The learned exit rule at its chosen threshold.
+    #[serde(default)]
+    pub learned: TrainerRule,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -503,6 +508,30 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             t_max,
         ));
     }
+    if let (true, Some(threshold)) = (m.has_learned(), m.manifest.exit.default_threshold) {
+        let (learned, lat, el) = run_rule(
+            &m,
+            &inputs,
+            RequestRule::Learned {
+                threshold,
+                max_timesteps: t_max,
+            },
+            false,
+            c,
+            "learned exit rule",
+            args.quiet,
+        )
+        .await?;
+        results.push(summarize(
+            Rule::Learned,
+            format!("threshold={threshold}"),
+            &learned,
+            &labels,
+            &lat,
+            el,
+            t_max,
+        ));
+    }
     let n = labels.len() as f64;
     let accuracy_per_t: Vec<f64> = (0..t_max)
         .map(|t| {
@@ -574,6 +603,14 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
                 "SEENN-II avg timesteps",
                 p.avg_timesteps,
                 report.seenn_ii.avg_timesteps,
+            );
+        }
+        if let Some(p) = results.iter().find(|r| r.rule == Rule::Learned) {
+            cmp("learned accuracy", p.accuracy, report.learned.accuracy);
+            cmp(
+                "learned avg timesteps",
+                p.avg_timesteps,
+                report.learned.avg_timesteps,
             );
         }
         cmp(

@@ -3,6 +3,10 @@
 //! Score (SEENN-I, as the official code): `max_k softmax(Z_t / temperature)_k` where `Z_t` is the
 //! cumulative sum of the logits of steps 1..t, accumulated in f64 like the trainer. A request exits
 //! when `score > alpha` (strict) and always at its last allowed timestep.
+//!
+//! The learned rule (`exit.onnx`, package format 2) scores the same running sum with a small
+//! network; the request exits when that stop probability is above its threshold (strict), and
+//! likewise always at its last allowed timestep.
 
 use serde::{Deserialize, Serialize};
 
@@ -12,16 +16,23 @@ pub enum RuleKind {
     Confidence,
     Policy,
     Fixed,
+    Learned,
 }
 
 impl RuleKind {
-    pub const ALL: [RuleKind; 3] = [RuleKind::Confidence, RuleKind::Policy, RuleKind::Fixed];
+    pub const ALL: [RuleKind; 4] = [
+        RuleKind::Confidence,
+        RuleKind::Policy,
+        RuleKind::Fixed,
+        RuleKind::Learned,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
             RuleKind::Confidence => "confidence",
             RuleKind::Policy => "policy",
             RuleKind::Fixed => "fixed",
+            RuleKind::Learned => "learned",
         }
     }
 
@@ -30,8 +41,9 @@ impl RuleKind {
             "confidence" => Ok(RuleKind::Confidence),
             "policy" => Ok(RuleKind::Policy),
             "fixed" => Ok(RuleKind::Fixed),
+            "learned" => Ok(RuleKind::Learned),
             other => Err(format!(
-                "unknown exit rule {other:?}; accepted: confidence, policy, fixed"
+                "unknown exit rule {other:?}; accepted: confidence, policy, fixed, learned"
             )),
         }
     }
@@ -48,6 +60,10 @@ pub struct ExitPolicy {
     /// (see `service::adaptive`); `alpha` is then the α in force now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveAlpha>,
+    /// The learned rule's stop-probability threshold (packages with `exit.onnx`; absent: the
+    /// manifest's `exit.default_threshold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
 }
 
 /// The adaptive part of a model's exit policy, as configured and persisted.
@@ -72,6 +88,12 @@ pub enum ExitRule {
     Policy { timesteps: usize },
     /// Exactly `timesteps` steps.
     Fixed { timesteps: usize },
+    /// The learned exit rule: exit when `exit.onnx`'s stop probability exceeds `threshold`, at
+    /// the latest after `max_timesteps`.
+    Learned {
+        threshold: f64,
+        max_timesteps: usize,
+    },
 }
 
 impl ExitRule {
@@ -80,16 +102,31 @@ impl ExitRule {
             ExitRule::Confidence { .. } => RuleKind::Confidence,
             ExitRule::Policy { .. } => RuleKind::Policy,
             ExitRule::Fixed { .. } => RuleKind::Fixed,
+            ExitRule::Learned { .. } => RuleKind::Learned,
         }
     }
 
-    /// Whether a request that has now run `t` steps (1-based) with this `score` stops here.
+    /// The most timesteps this rule may run.
+    pub fn max_timesteps(&self) -> usize {
+        match *self {
+            ExitRule::Confidence { max_timesteps, .. }
+            | ExitRule::Learned { max_timesteps, .. } => max_timesteps,
+            ExitRule::Policy { timesteps } | ExitRule::Fixed { timesteps } => timesteps,
+        }
+    }
+
+    /// Whether a request that has now run `t` steps (1-based) with this `score` stops here; the
+    /// score is the max softmax for `Confidence` and the stop probability for `Learned`.
     pub fn should_exit(&self, t: usize, score: f64) -> bool {
         match *self {
             ExitRule::Confidence {
-                alpha,
+                alpha: limit,
                 max_timesteps,
-            } => score > alpha || t >= max_timesteps,
+            }
+            | ExitRule::Learned {
+                threshold: limit,
+                max_timesteps,
+            } => score > limit || t >= max_timesteps,
             ExitRule::Policy { timesteps } | ExitRule::Fixed { timesteps } => t >= timesteps,
         }
     }
@@ -171,7 +208,21 @@ mod tests {
     }
 
     #[test]
+    fn learned_exits_strictly_above_its_threshold() {
+        let rule = ExitRule::Learned {
+            threshold: 0.7,
+            max_timesteps: 4,
+        };
+        assert_eq!(rule.kind(), RuleKind::Learned);
+        assert_eq!(rule.max_timesteps(), 4);
+        assert!(!rule.should_exit(1, 0.7));
+        assert!(rule.should_exit(2, 0.71));
+        assert!(rule.should_exit(4, 0.0), "always exits at max_timesteps");
+    }
+
+    #[test]
     fn parse_rules() {
+        assert_eq!(RuleKind::parse("learned"), Ok(RuleKind::Learned));
         assert_eq!(RuleKind::parse("policy"), Ok(RuleKind::Policy));
         assert!(RuleKind::parse("greedy").unwrap_err().contains("accepted"));
     }

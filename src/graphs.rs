@@ -7,7 +7,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use crate::error::Error;
-use crate::model::manifest::Manifest;
+use crate::model::manifest::{ExitGraph, Manifest};
 use crate::model::{err, LoadError};
 use crate::runtime::{self, Expect, SessionOptions};
 
@@ -16,6 +16,8 @@ pub struct Sessions {
     pub encoder: Option<Session>,
     pub step: Session,
     pub policy: Option<Session>,
+    /// The learned exit rule (`exit.onnx`), when the package has one.
+    pub exit: Option<Session>,
 }
 
 fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
@@ -40,6 +42,40 @@ pub fn run_single_input(
     let (_, data) = value
         .try_extract_tensor::<f32>()
         .map_err(|e| ort_err("output tensor", e))?;
+    Ok(data.to_vec())
+}
+
+/// Runs `exit.onnx` on `rows` requests: `aggregate` holds their running sums `[rows, K]` (float32),
+/// `timesteps` their t; returns one stop probability per row.
+pub fn run_exit(
+    session: &mut Session,
+    g: &ExitGraph,
+    aggregate: Vec<f32>,
+    timesteps: Vec<f32>,
+) -> Result<Vec<f32>, Error> {
+    let rows = timesteps.len();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let k = aggregate.len() / rows;
+    let agg =
+        Tensor::from_array((vec![rows, k], aggregate)).map_err(|e| ort_err("aggregate", e))?;
+    let ts = Tensor::from_array((vec![rows, 1], timesteps)).map_err(|e| ort_err("timestep", e))?;
+    let outputs = session
+        .run(ort::inputs![g.aggregate_input.as_str() => agg, g.timestep_input.as_str() => ts])
+        .map_err(|e| ort_err("exit.onnx run", e))?;
+    let value = outputs
+        .get(&g.output)
+        .ok_or_else(|| Error::internal(format!("exit.onnx output {:?} missing", g.output)))?;
+    let (_, data) = value
+        .try_extract_tensor::<f32>()
+        .map_err(|e| ort_err("exit.onnx output", e))?;
+    if data.len() != rows {
+        return Err(Error::internal(format!(
+            "exit.onnx returned {} values for {rows} rows",
+            data.len()
+        )));
+    }
     Ok(data.to_vec())
 }
 
@@ -123,10 +159,36 @@ pub fn load_sessions(
         }
         None => None,
     };
+    let exit = match &m.graphs.exit {
+        Some(x) => {
+            let s = open(&x.file)?;
+            runtime::check_graph(
+                &s,
+                &[
+                    Expect {
+                        name: &x.aggregate_input,
+                        dims: &classes,
+                    },
+                    Expect {
+                        name: &x.timestep_input,
+                        dims: &[1],
+                    },
+                ],
+                &[Expect {
+                    name: &x.output,
+                    dims: &[1],
+                }],
+            )
+            .map_err(|e| err(&dir.join(&x.file), e))?;
+            Some(s)
+        }
+        None => None,
+    };
     let mut sessions = Sessions {
         encoder,
         step,
         policy,
+        exit,
     };
     warm_up(&mut sessions, m).map_err(|e| {
         err(
@@ -199,9 +261,33 @@ pub fn run_single(
     Ok(logits)
 }
 
-/// Start-up warm-up and the engine's self-test: the policy once and a few steps on a zero input.
+/// The learned rule's stop probability after every step of `logits` (one request, batch 1), fed
+/// the running sum accumulated in float64 and cast to float32, as the engine does.
+pub fn learned_scores(
+    session: &mut Session,
+    g: &ExitGraph,
+    logits: &[Vec<f32>],
+) -> Result<Vec<f32>, Error> {
+    let mut sum: Vec<f64> = Vec::new();
+    let mut scores = Vec::with_capacity(logits.len());
+    for (t, step) in logits.iter().enumerate() {
+        sum.resize(step.len(), 0.0);
+        for (s, z) in sum.iter_mut().zip(step) {
+            *s += f64::from(*z);
+        }
+        let agg = sum.iter().map(|s| *s as f32).collect();
+        scores.extend(run_exit(session, g, agg, vec![(t + 1) as f32])?);
+    }
+    Ok(scores)
+}
+
+/// Start-up warm-up and the engine's self-test: the policy and the exit head once and a few
+/// steps on a zero input.
 pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
     let zeros = vec![0f32; m.input.len()];
+    if let (Some(sess), Some(g)) = (&mut s.exit, &m.graphs.exit) {
+        run_exit(sess, g, vec![0.0; m.num_classes()], vec![1.0]).map_err(|e| e.to_string())?;
+    }
     if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
         let shape = vec![1, m.input.channels, m.input.height, m.input.width];
         run_single_input(sess, &g.input, &g.output, shape, zeros.clone())

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub queue_depth: IntGaugeVec,
     pub active_requests: IntGaugeVec,
     pub exit_alpha: GaugeVec,
+    pub exit_threshold: GaugeVec,
     pub expected_avg_timesteps: GaugeVec,
     pub queue_capacity: IntGaugeVec,
     pub model_info: IntGaugeVec,
@@ -136,6 +137,13 @@ impl Metrics {
                 Opts::new("seenn_exit_alpha", "Current default confidence threshold α"),
                 &["model"],
             )?,
+            exit_threshold: GaugeVec::new(
+                Opts::new(
+                    "seenn_exit_threshold",
+                    "Current default threshold of the learned exit rule (models with exit.onnx)",
+                ),
+                &["model"],
+            )?,
             expected_avg_timesteps: GaugeVec::new(
                 Opts::new(
                     "seenn_expected_avg_timesteps",
@@ -172,6 +180,7 @@ impl Metrics {
             queue_depth,
             active_requests,
             exit_alpha,
+            exit_threshold,
             expected_avg_timesteps,
             queue_capacity,
             model_info,

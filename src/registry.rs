@@ -43,6 +43,38 @@ impl LoadedModel {
     pub fn has_policy(&self) -> bool {
         self.manifest.graphs.policy.is_some()
     }
+
+    /// Whether the package has a learned exit rule (`exit.onnx`).
+    pub fn has_learned(&self) -> bool {
+        self.manifest.graphs.exit.is_some()
+    }
+
+    /// The rules this model serves, for error messages.
+    pub fn accepted_rules(&self) -> String {
+        crate::exit::RuleKind::ALL
+            .iter()
+            .filter(|k| self.serves(**k))
+            .map(|k| k.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Whether this model can run rule `k` (policy and learned need their graphs).
+    pub fn serves(&self, k: crate::exit::RuleKind) -> bool {
+        use crate::exit::RuleKind;
+        match k {
+            RuleKind::Policy => self.has_policy(),
+            RuleKind::Learned => self.has_learned(),
+            RuleKind::Confidence | RuleKind::Fixed => true,
+        }
+    }
+
+    /// The learned rule's threshold in force (the policy's, else the manifest's default).
+    pub fn learned_threshold(&self) -> Option<f64> {
+        self.exit_policy()
+            .threshold
+            .or(self.manifest.exit.default_threshold)
+    }
 }
 
 pub struct LoadOptions<'a> {
@@ -80,6 +112,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         alpha: manifest.exit.default_alpha,
         timesteps: manifest.timesteps,
         adaptive: None,
+        threshold: manifest.exit.default_threshold,
     };
     let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);

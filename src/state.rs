@@ -128,6 +128,7 @@ mod tests {
             alpha: 0.75,
             timesteps: 4,
             adaptive: None,
+            threshold: Some(0.5),
         };
         store.set("m", p).expect("set");
         let again = StateStore::open(dir.path()).expect("reopen");

@@ -66,6 +66,7 @@ fn to_input_and_options(
         model: Some(r.model).filter(|m| !m.is_empty()),
         rule: Some(r.rule).filter(|m| !m.is_empty()),
         alpha: r.alpha.map(f64::from),
+        threshold: r.threshold,
         max_timesteps: r.max_timesteps.map(u64::from),
         top_k: r.top_k.map(u64::from),
         explain: Some(r.explain),
@@ -103,6 +104,7 @@ fn result_pb(r: ClassifyResult) -> pb::ClassifyResponse {
         max_timesteps: r.max_timesteps as u32,
         exit_rule: r.exit_rule.as_str().into(),
         alpha: r.alpha.map(|a| a as f32),
+        threshold: r.threshold,
         timings: Some(pb::Timings {
             queue_seconds: r.timings.queue_ms / 1e3,
             inference_seconds: r.timings.inference_ms / 1e3,
@@ -132,6 +134,7 @@ fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
         }),
         configured_alpha: v.adaptive.map(|a| a.configured_alpha as f32),
         floor_alpha: v.adaptive.map(|a| a.floor_alpha as f32),
+        threshold: v.threshold,
     }
 }
 
@@ -206,6 +209,8 @@ impl Classifier for GrpcService {
                     default_rule: p.rule.as_str().into(),
                     alpha: p.alpha as f32,
                     has_policy: m.has_policy(),
+                    has_learned: m.has_learned(),
+                    threshold: m.learned_threshold(),
                     execution_provider: m.provider.clone(),
                     ready: m.engine.is_ready(),
                 }
@@ -243,6 +248,7 @@ impl Admin for GrpcService {
         let update = ExitPolicyUpdate {
             rule: Some(r.rule).filter(|s| !s.is_empty()),
             alpha: r.alpha.map(f64::from),
+            threshold: r.threshold,
             target_avg_timesteps: r.target_avg_timesteps.map(f64::from),
             max_accuracy_drop: r.max_accuracy_drop.map(f64::from),
             timesteps: r.timesteps.map(u64::from),

@@ -179,6 +179,7 @@ pub struct JsonBody {
     model: Option<String>,
     rule: Option<String>,
     alpha: Option<f64>,
+    threshold: Option<f64>,
     max_timesteps: Option<u64>,
     top_k: Option<u64>,
     explain: Option<bool>,
@@ -193,6 +194,7 @@ fn merge(opts: &mut ClassifyOptions, b: &JsonBody) {
         model,
         rule,
         alpha,
+        threshold,
         max_timesteps,
         top_k,
         explain,
@@ -609,8 +611,9 @@ pub async fn get_exit_policy(
     Ok(Json(state.policy_view(&m)).into_response())
 }
 
-/// Changes a model's default exit policy: a rule, and at most one of `alpha`,
-/// `target_avg_timesteps`, `max_accuracy_drop` (the last two resolved through calibration.json).
+/// Changes a model's default exit policy: a rule, and at most one of `alpha` (or, for the learned
+/// rule, `threshold`), `target_avg_timesteps`, `max_accuracy_drop` (the last two resolved through
+/// calibration.json, for the learned rule when the policy's rule is `learned`).
 /// Persisted atomically before the answer.
 #[utoipa::path(put, path = "/admin/models/{name}/exit-policy", tag = "admin",
     params(("name" = String, Path, description = "Model name")),
@@ -631,7 +634,7 @@ pub async fn put_exit_policy(
     auth(&state, &headers)?;
     let update: ExitPolicyUpdate = serde_json::from_slice(&body).map_err(|e| {
         Error::invalid(format!(
-            "malformed exit-policy body: {e}; accepted fields: rule, alpha, target_avg_timesteps, max_accuracy_drop, timesteps, adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
+            "malformed exit-policy body: {e}; accepted fields: rule, alpha, threshold, target_avg_timesteps, max_accuracy_drop, timesteps, adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
         ))
     })?;
     Ok(Json(state.set_exit_policy(&name, update)?).into_response())

@@ -28,15 +28,29 @@ use slots::{SlotSpec, Slots};
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RequestRule {
-    Confidence { alpha: f64, max_timesteps: usize },
-    Policy { max_timesteps: usize },
-    Fixed { timesteps: usize },
+    Confidence {
+        alpha: f64,
+        max_timesteps: usize,
+    },
+    Policy {
+        max_timesteps: usize,
+    },
+    Fixed {
+        timesteps: usize,
+    },
+    Learned {
+        threshold: f64,
+        max_timesteps: usize,
+    },
 }
 
-/// One timestep of a request's run: the exit score and prediction after aggregating steps 1..=t.
+/// One timestep of a request's run: the exit score (the max softmax, or under the learned rule the
+/// stop probability) and the prediction after aggregating steps 1..=t.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
 pub struct StepTrace {
     pub t: usize,
+    /// The exit rule's score at t: the max softmax (confidence, policy, fixed) or the learned
+    /// rule's stop probability.
     pub score: f64,
     pub class_id: usize,
     pub probabilities: Vec<f32>,
@@ -45,6 +59,7 @@ pub struct StepTrace {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub class_id: usize,
+    /// The max softmax at the exit (whatever the rule).
     pub confidence: f64,
     pub probabilities: Vec<f64>,
     pub timesteps_used: usize,
@@ -230,8 +245,11 @@ struct Worker {
     /// This worker's share of `seenn_active_requests` last published.
     published: i64,
     spin: Duration,
-    /// Reused per step: the aggregated logits of one request, and the rows that exit.
+    /// Reused per step: the aggregated logits of one request, and the rows that exit with their
+    /// (max softmax, class, probabilities).
     agg: Vec<f64>,
+    /// Reused per step: each row's (max softmax, class, probabilities).
+    scored: Vec<(f64, usize, Vec<f64>)>,
     finished: Vec<(usize, f64, usize, Vec<f64>)>,
     leaving: Vec<(Active, f64, usize, Vec<f64>)>,
     dropped: Vec<(Active, CancelReason)>,
@@ -299,6 +317,7 @@ pub fn spawn(
                     published: 0,
                     spin,
                     agg: Vec::with_capacity(k),
+                    scored: Vec::new(),
                     finished: Vec::new(),
                     leaving: Vec::new(),
                     dropped: Vec::new(),
@@ -546,6 +565,13 @@ impl Worker {
                     max_timesteps,
                 },
                 RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
+                RequestRule::Learned {
+                    threshold,
+                    max_timesteps,
+                } => ExitRule::Learned {
+                    threshold,
+                    max_timesteps,
+                },
                 RequestRule::Policy { max_timesteps } => ExitRule::Policy {
                     timesteps: actions
                         .get(i)
@@ -606,6 +632,32 @@ impl Worker {
             .collect())
     }
 
+    /// `exit.onnx` once over the rows on the learned rule (in row order), fed each row's running
+    /// sum cast to float32 and its t: one stop probability per such row.
+    fn learned_scores(&mut self) -> Result<Vec<f32>, Error> {
+        let k = self.manifest.num_classes();
+        let mut agg = Vec::new();
+        let mut ts = Vec::new();
+        for a in &self.active {
+            if matches!(a.rule, ExitRule::Learned { .. }) {
+                agg.extend(a.sum.iter().map(|s| *s as f32));
+                ts.push(a.t as f32);
+            }
+        }
+        if ts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (Some(session), Some(g)) = (self.sessions.exit.as_mut(), &self.manifest.graphs.exit)
+        else {
+            return Err(Error::internal(format!(
+                "model {} has no exit.onnx for the learned rule",
+                self.manifest.name
+            )));
+        };
+        debug_assert_eq!(agg.len(), ts.len() * k);
+        graphs::run_exit(session, g, agg, ts)
+    }
+
     fn step(&mut self) -> Result<(), Error> {
         if self.inject_fault.swap(false, Ordering::SeqCst) {
             return Err(Error::internal("injected engine fault (test switch)"));
@@ -636,7 +688,9 @@ impl Worker {
         let temperature = self.manifest.exit.temperature;
         let mean = self.manifest.exit.aggregation == Aggregation::Mean;
         self.finished.clear();
-        for (i, a) in self.active.iter_mut().enumerate() {
+        self.scored.clear();
+        for a in self.active.iter_mut() {
+            let i = self.scored.len();
             for (s, z) in a.sum.iter_mut().zip(self.slots.logits(i)) {
                 *s += f64::from(*z);
             }
@@ -648,7 +702,27 @@ impl Worker {
             } else {
                 self.agg.extend_from_slice(&a.sum);
             }
-            let (score, class_id, probs) = exit::score(&self.agg, temperature);
+            self.scored.push(exit::score(&self.agg, temperature));
+        }
+        let stops = self.learned_scores()?;
+        let mut learned_row = 0;
+        for (i, (a, (confidence, class_id, probs))) in self
+            .active
+            .iter_mut()
+            .zip(self.scored.drain(..))
+            .enumerate()
+        {
+            // The exit score: the max softmax, or the learned rule's stop probability.
+            let score = match a.rule {
+                ExitRule::Learned { .. } => {
+                    let s = stops.get(learned_row).copied().ok_or_else(|| {
+                        Error::internal("exit.onnx gave fewer scores than learned rows")
+                    })?;
+                    learned_row += 1;
+                    f64::from(s)
+                }
+                _ => confidence,
+            };
             let traced = a.job.explain || a.job.progress.is_some();
             if traced {
                 let trace = StepTrace {
@@ -665,18 +739,18 @@ impl Worker {
                 }
             }
             if a.rule.should_exit(a.t, score) {
-                self.finished.push((i, score, class_id, probs));
+                self.finished.push((i, confidence, class_id, probs));
             }
         }
         // Highest row first: the row that `swap_remove` moves down never exits in this step.
-        while let Some((i, score, class_id, probs)) = self.finished.pop() {
+        while let Some((i, confidence, class_id, probs)) = self.finished.pop() {
             let a = self.active.swap_remove(i);
             self.slots.swap_remove(i);
-            self.leaving.push((a, score, class_id, probs));
+            self.leaving.push((a, confidence, class_id, probs));
         }
         // The gauge is right before anyone gets an answer.
         self.publish_active();
-        for (a, score, class_id, probs) in self.leaving.drain(..) {
+        for (a, confidence, class_id, probs) in self.leaving.drain(..) {
             let rm = self.metrics.rule(a.rule.kind(), a.job.default_policy);
             rm.timesteps_used.observe(a.t as f64);
             if let Some(c) = rm.exits.get(a.t - 1) {
@@ -686,7 +760,7 @@ impl Worker {
             rm.inference_duration.observe(inference.as_secs_f64());
             let outcome = Outcome {
                 class_id,
-                confidence: score,
+                confidence,
                 probabilities: probs,
                 timesteps_used: a.t,
                 rule: a.rule,

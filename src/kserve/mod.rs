@@ -30,7 +30,7 @@ pub const OUTPUTS: [&str; 4] = [
 pub const PLATFORM: &str = "seenn_onnxruntime";
 pub const SERVER_NAME: &str = "seenn-serve";
 /// Request parameters that set exit options.
-pub const PARAMETER_NAMES: &str = "alpha, rule, max_timesteps, timeout_ms";
+pub const PARAMETER_NAMES: &str = "alpha, threshold, rule, max_timesteps, timeout_ms";
 /// Parameters that clients send for the transport itself; accepted and not used as options.
 const TRANSPORT_PARAMETERS: [&str; 3] = ["binary_data_output", "binary_data_size", "binary_data"];
 
@@ -245,7 +245,9 @@ pub fn options(model: &str, parameters: &[(String, Param)]) -> Result<ClassifyOp
     };
     for (k, v) in parameters {
         match k.as_str() {
-            "alpha" | "rule" | "max_timesteps" | "timeout_ms" => opts.set(k, &v.text())?,
+            "alpha" | "threshold" | "rule" | "max_timesteps" | "timeout_ms" => {
+                opts.set(k, &v.text())?
+            }
             k if TRANSPORT_PARAMETERS.contains(&k) => {}
             other => {
                 return Err(Error::invalid(format!(
@@ -476,6 +478,16 @@ mod tests {
         assert_eq!(o.alpha, Some(0.5));
         assert_eq!(o.rule.as_deref(), Some("fixed"));
         assert_eq!(o.max_timesteps, Some(2));
+        let o = options(
+            "m",
+            &[
+                ("rule".into(), Param::Str("learned".into())),
+                ("threshold".into(), Param::Float(0.75)),
+            ],
+        )
+        .unwrap();
+        assert_eq!(o.threshold, Some(0.75));
+        assert!(!o.uses_default_policy());
         let e = options("m", &[("apha".into(), Param::Float(0.5))]).unwrap_err();
         assert!(e.to_string().contains("accepted: alpha"), "{e}");
     }

@@ -726,7 +726,7 @@ async fn run_infer(
     Ok((StatusCode::OK, headers, Body::from(bytes)).into_response())
 }
 
-/// Inference. Body: `{"id"?, "parameters"? {alpha, rule, max_timesteps, timeout_ms},
+/// Inference. Body: `{"id"?, "parameters"? {alpha, threshold, rule, max_timesteps, timeout_ms},
 /// "inputs": [{"name": "input", "datatype": "FP32", "shape": [N, C, H, W], "data": [...]}
 /// | {"name": "image", "datatype": "BYTES", "shape": [N], "data": ["<base64>", ...]}],
 /// "outputs"? [{"name": "class_ids" | "probabilities" | "timesteps" | "labels"}]}`.

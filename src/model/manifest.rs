@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 use crate::exit::RuleKind;
 
 /// The newest package format this server reads. Format 2 adds the optional learned exit rule
-/// (`graphs.exit`, `exit.default_threshold`); the server does not serve `rule=learned` yet and
-/// ignores those fields, so format 1 and 2 packages load alike.
+/// (`graphs.exit`, `exit.default_threshold`), served as `rule=learned`; a format 1 package is a
+/// format 2 package without it.
 pub const FORMAT_VERSION: u32 = 2;
 /// The oldest package format this server reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
@@ -103,6 +103,9 @@ pub struct ExitSpec {
     pub temperature: f64,
     pub default_rule: RuleKind,
     pub default_alpha: f64,
+    /// The learned rule's threshold (format 2; present exactly when `graphs.exit` is).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -112,6 +115,18 @@ pub struct Graphs {
     pub step: StepGraph,
     #[serde(default)]
     pub policy: Option<PolicyGraph>,
+    /// The learned exit rule (format 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<ExitGraph>,
+}
+
+/// `exit.onnx`: the running sum of logits `[N, K]` and t `[N, 1]` in, a stop probability `[N, 1]` out.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExitGraph {
+    pub file: String,
+    pub aggregate_input: String,
+    pub timestep_input: String,
+    pub output: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -170,6 +185,87 @@ pub struct Calibration {
     pub alpha_sweep: Vec<SweepRow>,
     #[serde(default)]
     pub policy: Option<Summary>,
+    /// The learned exit rule's threshold sweep (packages with `exit.onnx`).
+    #[serde(default)]
+    pub learned: Option<LearnedCalibration>,
+}
+
+/// `calibration.json`'s `learned`: the learned rule on the validation split.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LearnedCalibration {
+    pub chosen_threshold: f64,
+    #[serde(default)]
+    pub chosen_by: String,
+    #[serde(default)]
+    pub trained_on: String,
+    pub threshold_sweep: Vec<ThresholdRow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThresholdRow {
+    pub threshold: f64,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+    #[serde(default)]
+    pub exits_per_t: Vec<u64>,
+    #[serde(default)]
+    pub agreement_with_full_t: Option<f64>,
+}
+
+/// A calibrated setting of a rule's dial (α or a learned threshold): a higher setting exits later.
+pub trait Setting {
+    fn setting(&self) -> f64;
+    fn accuracy(&self) -> f64;
+    fn avg_timesteps(&self) -> f64;
+}
+
+impl Setting for SweepRow {
+    fn setting(&self) -> f64 {
+        self.alpha
+    }
+    fn accuracy(&self) -> f64 {
+        self.accuracy
+    }
+    fn avg_timesteps(&self) -> f64 {
+        self.avg_timesteps
+    }
+}
+
+impl Setting for ThresholdRow {
+    fn setting(&self) -> f64 {
+        self.threshold
+    }
+    fn accuracy(&self) -> f64 {
+        self.accuracy
+    }
+    fn avg_timesteps(&self) -> f64 {
+        self.avg_timesteps
+    }
+}
+
+/// The row whose setting is nearest `x`.
+pub fn nearest<R: Setting>(rows: &[R], x: f64) -> Option<&R> {
+    rows.iter()
+        .min_by(|a, b| (a.setting() - x).abs().total_cmp(&(b.setting() - x).abs()))
+}
+
+/// The most accurate row whose expected average timesteps stay within `target` (ties: the
+/// higher setting).
+pub fn for_avg_timesteps<R: Setting>(rows: &[R], target: f64) -> Option<&R> {
+    rows.iter()
+        .filter(|r| r.avg_timesteps() <= target + 1e-12)
+        .max_by(|a, b| {
+            a.accuracy()
+                .total_cmp(&b.accuracy())
+                .then(a.setting().total_cmp(&b.setting()))
+        })
+}
+
+/// The lowest setting (fewest timesteps) whose accuracy is within `drop` of `full`.
+pub fn for_accuracy_drop<R: Setting>(rows: &[R], full: f64, drop: f64) -> Option<&R> {
+    rows.iter()
+        .filter(|r| r.accuracy() >= full - drop - 1e-12)
+        .min_by(|a, b| a.setting().total_cmp(&b.setting()))
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -275,6 +371,27 @@ impl Manifest {
         if e.default_rule == RuleKind::Policy && self.graphs.policy.is_none() {
             return Err("exit.default_rule is policy but graphs.policy is missing".into());
         }
+        match (&self.graphs.exit, e.default_threshold) {
+            (Some(_), Some(t)) if !(0.0..=1.0).contains(&t) => {
+                return Err(format!("exit.default_threshold {t} must be in [0, 1]"));
+            }
+            (Some(_), None) => {
+                return Err(
+                    "graphs.exit needs exit.default_threshold (the learned rule's threshold)"
+                        .into(),
+                );
+            }
+            (None, Some(_)) => {
+                return Err("exit.default_threshold is set but graphs.exit is missing".into());
+            }
+            _ => {}
+        }
+        if self.graphs.exit.is_some() && self.format_version < 2 {
+            return Err("graphs.exit needs format_version 2".into());
+        }
+        if e.default_rule == RuleKind::Learned && self.graphs.exit.is_none() {
+            return Err("exit.default_rule is learned but graphs.exit is missing".into());
+        }
         if let Some(p) = &self.graphs.policy {
             if p.actions.is_empty() || p.actions.iter().any(|a| *a == 0 || *a > self.timesteps) {
                 return Err(format!(
@@ -341,41 +458,51 @@ impl Calibration {
                 return Err(format!("alpha_sweep row {r:?} is out of range"));
             }
         }
+        for r in self.threshold_sweep() {
+            if !((0.0..=1.0).contains(&r.threshold)
+                && r.accuracy.is_finite()
+                && r.avg_timesteps.is_finite())
+            {
+                return Err(format!("learned.threshold_sweep row {r:?} is out of range"));
+            }
+        }
         Ok(())
     }
 
     /// The row for α (the nearest α in the table).
     pub fn expected_at(&self, alpha: f64) -> Option<&SweepRow> {
-        self.alpha_sweep.iter().min_by(|a, b| {
-            (a.alpha - alpha)
-                .abs()
-                .partial_cmp(&(b.alpha - alpha).abs())
-                .unwrap_or(std::cmp::Ordering::Equal)
-        })
+        nearest(&self.alpha_sweep, alpha)
     }
 
     /// The most accurate α whose expected average timesteps stay within `target`.
     pub fn alpha_for_avg_timesteps(&self, target: f64) -> Option<&SweepRow> {
-        self.alpha_sweep
-            .iter()
-            .filter(|r| r.avg_timesteps <= target + 1e-12)
-            .max_by(|a, b| {
-                (a.accuracy, a.alpha)
-                    .partial_cmp(&(b.accuracy, b.alpha))
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
+        for_avg_timesteps(&self.alpha_sweep, target)
     }
 
     /// The smallest α (fewest timesteps) whose accuracy is within `drop` of full T.
     pub fn alpha_for_accuracy_drop(&self, drop: f64) -> Option<&SweepRow> {
-        let full = *self.accuracy_per_t.last()?;
-        self.alpha_sweep
-            .iter()
-            .filter(|r| r.accuracy >= full - drop - 1e-12)
-            .min_by(|a, b| {
-                a.alpha
-                    .partial_cmp(&b.alpha)
-                    .unwrap_or(std::cmp::Ordering::Equal)
-            })
+        for_accuracy_drop(&self.alpha_sweep, *self.accuracy_per_t.last()?, drop)
+    }
+
+    /// The learned rule's threshold sweep (empty without one).
+    pub fn threshold_sweep(&self) -> &[ThresholdRow] {
+        self.learned
+            .as_ref()
+            .map_or(&[][..], |l| l.threshold_sweep.as_slice())
+    }
+
+    /// The row for a learned threshold (the nearest threshold in the sweep).
+    pub fn expected_at_threshold(&self, threshold: f64) -> Option<&ThresholdRow> {
+        nearest(self.threshold_sweep(), threshold)
+    }
+
+    /// The most accurate learned threshold whose expected average timesteps stay within `target`.
+    pub fn threshold_for_avg_timesteps(&self, target: f64) -> Option<&ThresholdRow> {
+        for_avg_timesteps(self.threshold_sweep(), target)
+    }
+
+    /// The lowest learned threshold whose accuracy is within `drop` of full T.
+    pub fn threshold_for_accuracy_drop(&self, drop: f64) -> Option<&ThresholdRow> {
+        for_accuracy_drop(self.threshold_sweep(), *self.accuracy_per_t.last()?, drop)
     }
 }

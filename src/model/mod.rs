@@ -71,6 +71,13 @@ pub struct Golden {
     /// The confidence threshold the reference exits were computed with.
     pub alpha: f64,
     pub samples: Vec<GoldenSample>,
+    /// The learned rule's threshold the learned exits were computed with (format 2 packages).
+    #[serde(default)]
+    pub learned_threshold: Option<f64>,
+    /// The smallest |stop probability − threshold| over the samples before T: how much rounding
+    /// the learned exit steps tolerate.
+    #[serde(default)]
+    pub learned_min_margin: Option<f64>,
 }
 
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -88,6 +95,15 @@ pub struct GoldenSample {
     /// The timestep the SEENN-II policy exits at, for packages with a policy.
     #[serde(default)]
     pub policy_timesteps: Option<usize>,
+    /// `exit.onnx`'s stop probability after every timestep (format 2 packages).
+    #[serde(default)]
+    pub learned_scores: Option<Vec<f64>>,
+    /// The timestep the learned rule exits at, with `learned_threshold`.
+    #[serde(default)]
+    pub learned_exit_timestep: Option<usize>,
+    /// The class answered at that exit.
+    #[serde(default)]
+    pub learned_class_id: Option<usize>,
 }
 
 impl GoldenSample {
@@ -133,6 +149,8 @@ mod tests {
         assert_eq!(g.alpha, 0.9);
         assert_eq!(g.samples.len(), 2);
         assert_eq!(g.samples[0].policy_timesteps, None);
+        assert_eq!(g.samples[0].learned_exit_timestep, Some(2));
+        assert_eq!(g.samples[1].learned_exit_timestep, None);
         assert_eq!(g.samples[1].policy_timesteps, Some(2));
         assert_eq!(g.samples[1].logits, vec![vec![2.0, 1.0], vec![3.0, 1.0]]);
         let e = parse_golden(br#"{"alpha": 0.9, "samples": [{"file": "a.png"}]}"#).unwrap_err();

@@ -58,10 +58,12 @@ pub struct Service {
 pub struct ClassifyOptions {
     /// Model name (default: the server's default model; on a named route, the same name).
     pub model: Option<String>,
-    /// confidence | policy | fixed (default: the model's exit policy).
+    /// confidence | policy | fixed | learned (default: the model's exit policy).
     pub rule: Option<String>,
-    /// Confidence threshold in (0, 1].
+    /// Confidence threshold in (0, 1] (rule `confidence`).
     pub alpha: Option<f64>,
+    /// Stop-probability threshold in [0, 1] (rule `learned`).
+    pub threshold: Option<f64>,
     /// Cap on timesteps (the count for `fixed`).
     pub max_timesteps: Option<u64>,
     /// Number of classes to return (default 5).
@@ -72,12 +74,15 @@ pub struct ClassifyOptions {
     pub timeout_ms: Option<u64>,
 }
 
-pub const OPTION_NAMES: &str = "model, rule, alpha, max_timesteps, top_k, explain, timeout_ms";
+pub const OPTION_NAMES: &str =
+    "model, rule, alpha, threshold, max_timesteps, top_k, explain, timeout_ms";
 
 impl ClassifyOptions {
-    /// Whether the request runs under the model's default policy: no rule, α or cap of its own.
+    /// Whether the request runs under the model's default policy: no rule, α, threshold or cap of
+    /// its own.
     pub fn uses_default_policy(&self) -> bool {
         self.alpha.is_none()
+            && self.threshold.is_none()
             && self.rule.as_deref().is_none_or(str::is_empty)
             && self.max_timesteps.is_none()
     }
@@ -93,6 +98,7 @@ impl ClassifyOptions {
             "model" => self.model = Some(value.to_string()),
             "rule" => self.rule = Some(value.to_string()),
             "alpha" => self.alpha = Some(num(key, value, "a number in (0, 1]")?),
+            "threshold" => self.threshold = Some(num(key, value, "a number in [0, 1]")?),
             "max_timesteps" => self.max_timesteps = Some(num(key, value, "a positive integer")?),
             "top_k" => self.top_k = Some(num(key, value, "a positive integer")?),
             "timeout_ms" => {
@@ -154,6 +160,9 @@ pub struct ClassifyResult {
     pub exit_rule: RuleKind,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub alpha: Option<f64>,
+    /// The learned rule's threshold (rule `learned` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     pub timings: Timings,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trajectory: Option<Vec<StepTrace>>,
@@ -207,24 +216,50 @@ impl Service {
         if let Some(a) = o.alpha {
             policy::check_alpha(a)?;
         }
+        if let Some(t) = o.threshold {
+            policy::check_threshold(t)?;
+        }
+        if !m.serves(kind) {
+            return Err(Error::invalid(format!(
+                "model {} has no {} (rule {}); accepted rules: {}",
+                m.manifest.name,
+                if kind == RuleKind::Policy {
+                    "policy network (policy.onnx)"
+                } else {
+                    "learned exit rule (exit.onnx)"
+                },
+                kind.as_str(),
+                m.accepted_rules()
+            )));
+        }
+        if o.threshold.is_some() && kind != RuleKind::Learned {
+            return Err(Error::invalid(format!(
+                "threshold applies to rule learned, this request runs rule {}; give alpha for rule confidence",
+                kind.as_str()
+            )));
+        }
+        if o.alpha.is_some() && kind == RuleKind::Learned {
+            return Err(Error::invalid(
+                "alpha applies to rule confidence; rule learned takes threshold",
+            ));
+        }
         Ok(match kind {
             RuleKind::Confidence => RequestRule::Confidence {
                 alpha: o.alpha.unwrap_or(policy.alpha),
                 max_timesteps: max_t.unwrap_or(t_max),
             },
-            RuleKind::Policy => {
-                if !m.has_policy() {
-                    return Err(Error::invalid(format!(
-                        "model {} has no policy network (policy.onnx); accepted rules: confidence, fixed",
-                        m.manifest.name
-                    )));
-                }
-                RequestRule::Policy {
-                    max_timesteps: max_t.unwrap_or(t_max),
-                }
-            }
+            RuleKind::Policy => RequestRule::Policy {
+                max_timesteps: max_t.unwrap_or(t_max),
+            },
             RuleKind::Fixed => RequestRule::Fixed {
                 timesteps: max_t.unwrap_or(policy.timesteps.min(t_max)),
+            },
+            RuleKind::Learned => RequestRule::Learned {
+                threshold: o
+                    .threshold
+                    .or(m.learned_threshold())
+                    .ok_or_else(|| Error::internal("the learned rule has no threshold"))?,
+                max_timesteps: max_t.unwrap_or(t_max),
             },
         })
     }
@@ -362,13 +397,11 @@ impl Service {
         });
         let labels = &m.manifest.labels;
         let label = |i: usize| labels.get(i).cloned().unwrap_or_default();
-        let max_timesteps = match outcome.rule {
-            ExitRule::Confidence { max_timesteps, .. } => max_timesteps,
-            ExitRule::Policy { timesteps } | ExitRule::Fixed { timesteps } => timesteps,
-        };
-        let alpha = match outcome.rule {
-            ExitRule::Confidence { alpha, .. } => Some(alpha),
-            _ => None,
+        let max_timesteps = outcome.rule.max_timesteps();
+        let (alpha, threshold) = match outcome.rule {
+            ExitRule::Confidence { alpha, .. } => (Some(alpha), None),
+            ExitRule::Learned { threshold, .. } => (None, Some(threshold)),
+            _ => (None, None),
         };
         Ok(ClassifyResult {
             model: m.manifest.name.clone(),
@@ -389,6 +422,7 @@ impl Service {
             max_timesteps,
             exit_rule: outcome.rule.kind(),
             alpha,
+            threshold,
             timings: Timings {
                 queue_ms: outcome.queue.as_secs_f64() * 1e3,
                 inference_ms: outcome.inference.as_secs_f64() * 1e3,

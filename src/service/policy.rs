@@ -17,6 +17,10 @@ use crate::state::StateStore;
 pub struct ExitPolicyUpdate {
     pub rule: Option<String>,
     pub alpha: Option<f64>,
+    /// The learned rule's threshold in [0, 1] (models with exit.onnx).
+    pub threshold: Option<f64>,
+    /// Resolved through calibration for the learned rule when the policy's rule is `learned`,
+    /// else for the confidence rule (which it then selects).
     pub target_avg_timesteps: Option<f64>,
     pub max_accuracy_drop: Option<f64>,
     pub timesteps: Option<u64>,
@@ -51,8 +55,11 @@ pub struct ExitPolicyView {
     pub model: String,
     pub rule: RuleKind,
     pub alpha: f64,
+    /// The learned rule's threshold (models with exit.onnx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f64>,
     pub timesteps: usize,
-    /// What calibration.json (validation split) expects at this α.
+    /// What calibration.json (validation split) expects of the rule in force at its setting.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub expected_accuracy: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +79,15 @@ pub(crate) fn check_alpha(alpha: f64) -> Result<f64> {
         )));
     }
     Ok(alpha)
+}
+
+pub(crate) fn check_threshold(threshold: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&threshold) {
+        return Err(Error::invalid(format!(
+            "threshold {threshold} is out of range; accepted: 0 <= threshold <= 1"
+        )));
+    }
+    Ok(threshold)
 }
 
 pub struct PolicyAdmin {
@@ -137,6 +153,16 @@ impl PolicyAdmin {
             .exit_alpha
             .with_label_values(&[&v.model])
             .set(v.alpha);
+        match v.threshold {
+            Some(t) => self
+                .metrics
+                .exit_threshold
+                .with_label_values(&[&v.model])
+                .set(t),
+            None => {
+                let _ = self.metrics.exit_threshold.remove_label_values(&[&v.model]);
+            }
+        }
         match v.expected_avg_timesteps {
             Some(avg) => self
                 .metrics
@@ -157,8 +183,7 @@ impl PolicyAdmin {
     pub fn restore(&self, m: &LoadedModel) -> std::result::Result<(), String> {
         let name = &m.manifest.name;
         if let Some(p) = self.store.get(name) {
-            if p.timesteps > m.manifest.timesteps || (p.rule == RuleKind::Policy && !m.has_policy())
-            {
+            if p.timesteps > m.manifest.timesteps || !m.serves(p.rule) {
                 return Err(format!(
                     "{}: the saved policy for {name} does not fit the model",
                     self.store.path().display()
@@ -187,12 +212,20 @@ impl PolicyAdmin {
                     .and_then(|c| c.accuracy_per_t.get(p.timesteps.saturating_sub(1)).copied()),
                 Some(p.timesteps as f64),
             ),
+            (RuleKind::Learned, _) => match (m.calibration.as_ref(), m.learned_threshold()) {
+                (Some(c), Some(t)) => match c.expected_at_threshold(t) {
+                    Some(r) => (Some(r.accuracy), Some(r.avg_timesteps)),
+                    None => (None, None),
+                },
+                _ => (None, None),
+            },
             _ => (None, None),
         };
         ExitPolicyView {
             model: m.manifest.name.clone(),
             rule: p.rule,
             alpha: p.alpha,
+            threshold: m.learned_threshold(),
             timesteps: p.timesteps,
             expected_accuracy: acc,
             expected_avg_timesteps: avg,
@@ -224,19 +257,30 @@ impl PolicyAdmin {
         if let Some(r) = &u.rule {
             new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
         }
-        if new.rule == RuleKind::Policy && !m.has_policy() {
+        if !m.serves(new.rule) {
             return Err(Error::invalid(format!(
-                "model {name} has no policy network; accepted rules: confidence, fixed"
+                "model {name} cannot run rule {}; accepted rules: {}",
+                new.rule.as_str(),
+                m.accepted_rules()
             )));
         }
+        if let Some(t) = u.threshold {
+            if !m.has_learned() {
+                return Err(Error::invalid(format!(
+                    "model {name} has no learned exit rule (exit.onnx); threshold does not apply"
+                )));
+            }
+            new.threshold = Some(check_threshold(t)?);
+        }
+        let learned = new.rule == RuleKind::Learned;
         let targets = [
-            u.alpha.is_some(),
+            u.alpha.is_some() || u.threshold.is_some(),
             u.target_avg_timesteps.is_some(),
             u.max_accuracy_drop.is_some(),
         ];
         if targets.iter().filter(|x| **x).count() > 1 {
             return Err(Error::invalid(
-                "give at most one of alpha, target_avg_timesteps, max_accuracy_drop",
+                "give at most one of alpha (or threshold), target_avg_timesteps, max_accuracy_drop",
             ));
         }
         if let Some(a) = u.alpha {
@@ -253,15 +297,26 @@ impl PolicyAdmin {
             if !(target.is_finite() && target >= 1.0) {
                 return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
             }
-            let row = calibration()?
-                .alpha_for_avg_timesteps(target)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "no calibrated alpha reaches an average of {target} timesteps or fewer"
-                    ))
-                })?;
-            new.alpha = row.alpha;
-            new.rule = RuleKind::Confidence;
+            if learned {
+                let row = calibration()?
+                    .threshold_for_avg_timesteps(target)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "no calibrated learned threshold reaches an average of {target} timesteps or fewer"
+                        ))
+                    })?;
+                new.threshold = Some(row.threshold);
+            } else {
+                let row = calibration()?
+                    .alpha_for_avg_timesteps(target)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "no calibrated alpha reaches an average of {target} timesteps or fewer"
+                        ))
+                    })?;
+                new.alpha = row.alpha;
+                new.rule = RuleKind::Confidence;
+            }
         }
         if let Some(drop) = u.max_accuracy_drop {
             if !(drop.is_finite() && (0.0..=1.0).contains(&drop)) {
@@ -269,15 +324,26 @@ impl PolicyAdmin {
                     "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
                 ));
             }
-            let row = calibration()?
-                .alpha_for_accuracy_drop(drop)
-                .ok_or_else(|| {
-                    Error::invalid(format!(
-                        "no calibrated alpha stays within {drop} of full-T accuracy"
-                    ))
-                })?;
-            new.alpha = row.alpha;
-            new.rule = RuleKind::Confidence;
+            if learned {
+                let row = calibration()?
+                    .threshold_for_accuracy_drop(drop)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "no calibrated learned threshold stays within {drop} of full-T accuracy"
+                        ))
+                    })?;
+                new.threshold = Some(row.threshold);
+            } else {
+                let row = calibration()?
+                    .alpha_for_accuracy_drop(drop)
+                    .ok_or_else(|| {
+                        Error::invalid(format!(
+                            "no calibrated alpha stays within {drop} of full-T accuracy"
+                        ))
+                    })?;
+                new.alpha = row.alpha;
+                new.rule = RuleKind::Confidence;
+            }
         }
         if let Some(t) = u.timesteps {
             if t == 0 || t as usize > m.manifest.timesteps {

@@ -25,6 +25,9 @@ pub struct CalibrationSummary {
     pub chosen_alpha: f64,
     #[schema(value_type = Option<Object>)]
     pub policy: Option<Summary>,
+    /// The learned rule's threshold chosen on validation (packages with exit.onnx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chosen_threshold: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -39,6 +42,8 @@ pub struct ModelView {
     pub exit_score: ExitScoreView,
     pub exit_policy: ExitPolicyView,
     pub has_policy: bool,
+    /// The package has a learned exit rule (exit.onnx): `rule=learned` is served.
+    pub has_learned: bool,
     pub calibration: Option<CalibrationSummary>,
     pub execution_provider: String,
     pub ready: bool,
@@ -64,6 +69,7 @@ impl Service {
             },
             exit_policy: PolicyAdmin::view(m, None),
             has_policy: m.has_policy(),
+            has_learned: m.has_learned(),
             calibration: m.calibration.as_ref().map(|c| CalibrationSummary {
                 split: c.split.clone(),
                 samples: c.samples,
@@ -71,6 +77,7 @@ impl Service {
                 aet: c.aet,
                 chosen_alpha: c.chosen_alpha,
                 policy: c.policy.clone(),
+                chosen_threshold: c.learned.as_ref().map(|l| l.chosen_threshold),
             }),
             execution_provider: m.provider.clone(),
             ready: m.engine.is_ready(),
