@@ -233,6 +233,13 @@ fn reference(
     rule: seenn_serve::exit::ExitRule,
 ) -> Vec<(f64, usize, Vec<f64>)> {
     let logits = seenn_serve::graphs::run_single(s, m, x, m.timesteps).expect("reference run");
+    // The learned rule's stop probabilities, batch 1.
+    let stops = match (&rule, s.exit.as_mut(), &m.graphs.exit) {
+        (seenn_serve::exit::ExitRule::Learned { .. }, Some(session), Some(g)) => {
+            seenn_serve::graphs::learned_scores(session, g, &logits).expect("exit.onnx")
+        }
+        _ => Vec::new(),
+    };
     let mean = m.exit.aggregation == seenn_serve::model::manifest::Aggregation::Mean;
     let mut sum = vec![0f64; m.num_classes()];
     let mut out = Vec::new();
@@ -245,7 +252,8 @@ fn reference(
         } else {
             sum.clone()
         };
-        let (score, class_id, probs) = seenn_serve::exit::score(&agg, m.exit.temperature);
+        let (confidence, class_id, probs) = seenn_serve::exit::score(&agg, m.exit.temperature);
+        let score = stops.get(t).map_or(confidence, |s| f64::from(*s));
         out.push((score, class_id, probs));
         if rule.should_exit(t + 1, score) {
             break;
@@ -265,12 +273,20 @@ fn rule_of(r: RequestRule) -> seenn_serve::exit::ExitRule {
             max_timesteps,
         },
         RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
+        RequestRule::Learned {
+            threshold,
+            max_timesteps,
+        } => ExitRule::Learned {
+            threshold,
+            max_timesteps,
+        },
         RequestRule::Policy { .. } => unreachable!("not used here"),
     }
 }
 
 /// Requests with different exit points share batches of 3 rows on 2 workers, so rows leave from
-/// the middle of the batch at almost every step and the last row moves into their place. Every
+/// the middle of the batch at almost every step and the last row moves into their place (the
+/// confidence, learned and fixed rules side by side). Every
 /// answer, and every step of its trajectory, is bit-identical to the batch-1 reference run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
@@ -307,6 +323,15 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
                     max_timesteps: t_max,
                 },
             ));
+            if let Some(threshold) = man.exit.default_threshold {
+                cases.push((
+                    x.clone(),
+                    RequestRule::Learned {
+                        threshold,
+                        max_timesteps: t_max,
+                    },
+                ));
+            }
             cases.push((x, RequestRule::Fixed { timesteps: fixed }));
         }
         let mut replies = Vec::new();
@@ -332,7 +357,8 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
             assert_eq!(o.timesteps_used, want.len(), "{name} case {k}");
             let last = &want[want.len() - 1];
             assert_eq!(o.class_id, last.1, "{name} case {k}");
-            assert_eq!(o.confidence.to_bits(), last.0.to_bits(), "{name} case {k}");
+            let top = last.2.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            assert_eq!(o.confidence.to_bits(), top.to_bits(), "{name} case {k}");
             assert_eq!(o.probabilities, last.2, "{name} case {k}");
             assert_eq!(o.trajectory.len(), want.len());
             for (got, w) in o.trajectory.iter().zip(&want) {
