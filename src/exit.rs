@@ -66,16 +66,19 @@ pub struct ExitPolicy {
     pub threshold: Option<f64>,
 }
 
-/// The adaptive part of a model's exit policy, as configured and persisted.
+/// The adaptive part of a model's exit policy, as configured and persisted. It moves the dial of
+/// the policy's rule: α under `confidence`, the threshold under `learned` (then `configured_alpha`
+/// and `floor_alpha` are thresholds).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdaptiveAlpha {
     /// The latency objective: p99 of default-policy requests, in milliseconds.
     pub p99_ms: f64,
     /// The most accuracy (fraction, validation split) the controller may give up.
     pub max_accuracy_drop: f64,
-    /// The α the operator configured: where α stays while the objective is met.
+    /// The α (threshold) the operator configured: where it stays while the objective is met.
     pub configured_alpha: f64,
-    /// The lowest α the controller may set (calibration's α for `max_accuracy_drop`).
+    /// The lowest α (threshold) the controller may set (calibration's setting for
+    /// `max_accuracy_drop`).
     pub floor_alpha: f64,
 }
 

@@ -301,16 +301,24 @@ async fn control_adaptive_alpha(
                 controllers.remove(name);
                 continue;
             };
-            let sweep: Vec<f64> = m
-                .calibration
-                .as_ref()
-                .map(|c| c.alpha_sweep.iter().map(|r| r.alpha).collect())
-                .unwrap_or_default();
+            // The dial: α, or the threshold when the learned rule is the default.
+            let learned = policy.rule == crate::exit::RuleKind::Learned;
+            let (sweep, current): (Vec<f64>, f64) = match (&m.calibration, learned) {
+                (Some(c), true) => (
+                    c.threshold_sweep().iter().map(|r| r.threshold).collect(),
+                    m.learned_threshold().unwrap_or(cfg.configured_alpha),
+                ),
+                (Some(c), false) => (
+                    c.alpha_sweep.iter().map(|r| r.alpha).collect(),
+                    policy.alpha,
+                ),
+                (None, _) => (Vec::new(), cfg.configured_alpha),
+            };
             let entry = controllers
                 .entry(name.clone())
-                .or_insert_with(|| (cfg, Controller::new(&cfg, &sweep, policy.alpha)));
+                .or_insert_with(|| (cfg, Controller::new(&cfg, &sweep, current)));
             if entry.0 != cfg {
-                *entry = (cfg, Controller::new(&cfg, &sweep, policy.alpha));
+                *entry = (cfg, Controller::new(&cfg, &sweep, current));
             }
             if let Some(alpha) = entry.1.tick(p99) {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {

@@ -426,3 +426,90 @@ async fn grpc_serves_the_learned_rule() {
     assert_eq!(fm.threshold, Some(threshold));
     s.shutdown().await;
 }
+
+/// Adaptive α under the learned rule moves the threshold: down to the floor calibration allows
+/// for `max_accuracy_drop` (the learned sweep) under an objective no server meets, back to the
+/// configured threshold when calm; α itself is left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
+    let (pkg, g, _) = learned_golden();
+    let cal = seenn_serve::model::read_calibration(&pkg, 4)
+        .expect("calibration")
+        .expect("present");
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    cfg.adaptive_interval_ms = 100;
+    let s = start(cfg).await;
+    let current = || async {
+        client()
+            .get(url(&s, "/admin/models/fashion-mnist/exit-policy"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("get")
+            .json::<Value>()
+            .await
+            .expect("json")
+    };
+    let (status, v) = put_policy(
+        &s,
+        "fashion-mnist",
+        json!({"rule": "learned", "threshold": 0.999,
+               "adaptive": {"p99_ms": 0.001, "max_accuracy_drop": 0.01}}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let alpha = v["alpha"].as_f64().expect("alpha");
+    let floor = v["adaptive"]["floor_alpha"].as_f64().expect("floor");
+    assert_eq!(v["adaptive"]["configured_alpha"].as_f64(), Some(0.999));
+    let want_floor = cal
+        .threshold_for_accuracy_drop(0.01)
+        .expect("row")
+        .threshold;
+    assert_eq!(floor, want_floor.min(0.999));
+    assert!(floor < 0.999, "{v}");
+    let png = sample_bytes(&pkg, &g.samples[0]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (status, r) = classify(&s, "", png.clone()).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["exit_rule"], "learned");
+        assert!(r["threshold"].as_f64().expect("threshold") >= floor, "{r}");
+        if current().await["threshold"].as_f64() == Some(floor)
+            || std::time::Instant::now() > deadline
+        {
+            break;
+        }
+    }
+    let v = current().await;
+    assert_eq!(v["threshold"].as_f64(), Some(floor), "{v}");
+    assert_eq!(
+        v["alpha"].as_f64(),
+        Some(alpha),
+        "α is not the learned rule's dial"
+    );
+    assert_eq!(
+        metric_value(
+            &metrics_text(&s).await,
+            "seenn_exit_threshold",
+            &[("model", "fashion-mnist")]
+        ),
+        floor
+    );
+    // No traffic is calm: the threshold climbs back to the configured one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while current().await["threshold"].as_f64() != Some(0.999)
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(current().await["threshold"].as_f64(), Some(0.999));
+    // Adaptive α refuses rules without a dial.
+    let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "fixed"})).await;
+    assert_eq!(status, 400, "{v}");
+    assert!(v.to_string().contains("learned rule"), "{v}");
+    s.shutdown().await;
+}

@@ -250,9 +250,12 @@ impl PolicyAdmin {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let old = m.exit_policy();
         let mut new = old;
-        // Under adaptive α the α in force moves; an update starts from the configured one.
+        // Under adaptive α the dial in force moves; an update starts from the configured value.
         if let Some(a) = old.adaptive {
-            new.alpha = a.configured_alpha;
+            match old.rule {
+                RuleKind::Learned => new.threshold = Some(a.configured_alpha),
+                _ => new.alpha = a.configured_alpha,
+            }
         }
         if let Some(r) = &u.rule {
             new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
@@ -364,9 +367,9 @@ impl PolicyAdmin {
         new.adaptive = match objective {
             None => None,
             Some(o) => {
-                if new.rule != RuleKind::Confidence {
+                if !matches!(new.rule, RuleKind::Confidence | RuleKind::Learned) {
                     return Err(Error::invalid(
-                        "adaptive alpha needs the confidence rule (it moves alpha)",
+                        "adaptive alpha needs the confidence rule (it moves alpha) or the learned rule (it moves the threshold)",
                     ));
                 }
                 if !(o.p99_ms.is_finite() && o.p99_ms > 0.0) {
@@ -378,13 +381,26 @@ impl PolicyAdmin {
                         "adaptive.max_accuracy_drop must be a fraction in [0, 1] (0.005 = 0.5 pp)",
                     ));
                 }
-                let floor = calibration()?
-                    .alpha_for_accuracy_drop(o.max_accuracy_drop)
-                    .map_or(new.alpha, |r| r.alpha.min(new.alpha));
+                let c = calibration()?;
+                let (configured, floor) = if learned {
+                    let configured = new
+                        .threshold
+                        .or(m.manifest.exit.default_threshold)
+                        .ok_or_else(|| Error::internal("the learned rule has no threshold"))?;
+                    let floor = c
+                        .threshold_for_accuracy_drop(o.max_accuracy_drop)
+                        .map_or(configured, |r| r.threshold.min(configured));
+                    (configured, floor)
+                } else {
+                    let floor = c
+                        .alpha_for_accuracy_drop(o.max_accuracy_drop)
+                        .map_or(new.alpha, |r| r.alpha.min(new.alpha));
+                    (new.alpha, floor)
+                };
                 Some(AdaptiveAlpha {
                     p99_ms: o.p99_ms,
                     max_accuracy_drop: o.max_accuracy_drop,
-                    configured_alpha: new.alpha,
+                    configured_alpha: configured,
                     floor_alpha: floor,
                 })
             }
@@ -399,7 +415,8 @@ impl PolicyAdmin {
         Ok(view)
     }
 
-    /// The adaptive controller's move: α in force becomes `alpha`, as long as the adaptive
+    /// The adaptive controller's move: the dial in force (α, or the threshold under the learned
+    /// rule) becomes `alpha`, as long as the adaptive
     /// configuration is still `expected` (an admin change in between wins). Persisted, published
     /// and logged like every policy change.
     pub fn apply_adaptive(
@@ -411,16 +428,30 @@ impl PolicyAdmin {
     ) -> std::result::Result<(), String> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let old = m.exit_policy();
-        if old.adaptive.as_ref() != Some(expected) || old.alpha == alpha {
+        let learned = old.rule == RuleKind::Learned;
+        let in_force = if learned {
+            m.learned_threshold().unwrap_or(alpha)
+        } else {
+            old.alpha
+        };
+        if old.adaptive.as_ref() != Some(expected) || in_force == alpha {
             return Ok(());
         }
-        let new = ExitPolicy { alpha, ..old };
+        let new = if learned {
+            ExitPolicy {
+                threshold: Some(alpha),
+                ..old
+            }
+        } else {
+            ExitPolicy { alpha, ..old }
+        };
         self.store.set(&m.manifest.name, new)?;
         m.set_exit_policy(new);
         self.publish(&Self::view(m, None));
         tracing::info!(
             model = %m.manifest.name,
-            from = old.alpha,
+            rule = old.rule.as_str(),
+            from = in_force,
             to = alpha,
             p99_ms = p99_ms.unwrap_or(0.0),
             objective_ms = expected.p99_ms,
