@@ -64,6 +64,10 @@ pub struct EvalArgs {
     /// Hide the progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Run the SEENN-II policy with this per-action bias scale (calibration.json's
+    /// `policy.bias_sweep`) and compare it with the trainer's test row at the same scale.
+    #[arg(long, default_value_t = 0.0, allow_hyphen_values = true)]
+    pub bias_scale: f64,
 }
 
 /// The exit rules `seenn eval` runs.
@@ -217,9 +221,19 @@ pub struct TrainerReport {
     pub seenn_i: TrainerRule,
     #[serde(default)]
     pub seenn_ii: TrainerRule,
+    /// SEENN-II along its bias curve on the test set.
+    #[serde(default)]
+    pub seenn_ii_bias_sweep: Vec<TrainerBiasRow>,
     /// The learned exit rule at its chosen threshold.
     #[serde(default)]
     pub learned: TrainerRule,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TrainerBiasRow {
+    pub bias_scale: f64,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -491,6 +505,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             &inputs,
             RequestRule::Policy {
                 max_timesteps: t_max,
+                bias_scale: args.bias_scale,
             },
             false,
             c,
@@ -500,7 +515,11 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         .await?;
         results.push(summarize(
             Rule::Policy,
-            "argmax".into(),
+            if args.bias_scale == 0.0 {
+                "argmax".into()
+            } else {
+                format!("bias_scale={}", args.bias_scale)
+            },
             &pol,
             &labels,
             &lat,
@@ -598,12 +617,24 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             report.seenn_i.avg_timesteps,
         );
         if let Some(p) = results.iter().find(|r| r.rule == Rule::Policy) {
-            cmp("SEENN-II accuracy", p.accuracy, report.seenn_ii.accuracy);
-            cmp(
-                "SEENN-II avg timesteps",
-                p.avg_timesteps,
-                report.seenn_ii.avg_timesteps,
-            );
+            // At scale 0 the exported policy; elsewhere the trainer's bias-sweep row.
+            let (acc, avg) = if args.bias_scale == 0.0 {
+                (report.seenn_ii.accuracy, report.seenn_ii.avg_timesteps)
+            } else {
+                let row = report
+                    .seenn_ii_bias_sweep
+                    .iter()
+                    .find(|r| (r.bias_scale - args.bias_scale).abs() < 1e-9)
+                    .ok_or_else(|| {
+                        format!(
+                            "report.json has no seenn_ii_bias_sweep row at bias_scale {}",
+                            args.bias_scale
+                        )
+                    })?;
+                (Some(row.accuracy), Some(row.avg_timesteps))
+            };
+            cmp("SEENN-II accuracy", p.accuracy, acc);
+            cmp("SEENN-II avg timesteps", p.avg_timesteps, avg);
         }
         if let Some(p) = results.iter().find(|r| r.rule == Rule::Learned) {
             cmp("learned accuracy", p.accuracy, report.learned.accuracy);

@@ -64,6 +64,10 @@ pub struct ExitPolicy {
     /// manifest's `exit.default_threshold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// The SEENN-II policy's per-action bias scale (calibration.json `policy.bias_sweep`; absent:
+    /// 0, the exported policy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bias_scale: Option<f64>,
 }
 
 /// The adaptive part of a model's exit policy, as configured and persisted. It moves the dial of
@@ -133,6 +137,26 @@ impl ExitRule {
             ExitRule::Policy { timesteps } | ExitRule::Fixed { timesteps } => t >= timesteps,
         }
     }
+}
+
+/// The per-action logit bias `scale·(a − 1)/(T − 1)` that moves a SEENN-II policy along its
+/// accuracy/steps curve (positive: later actions, more steps), in f64 as the trainer computes it.
+pub fn action_bias(scale: f64, action: usize, t_max: usize) -> f64 {
+    scale * action.saturating_sub(1) as f64 / t_max.saturating_sub(1).max(1) as f64
+}
+
+/// The action the policy picks: argmax over `logits + action_bias` (f64; first on ties, as numpy).
+pub fn biased_action(logits: &[f32], actions: &[usize], scale: f64, t_max: usize) -> usize {
+    let mut best = 0;
+    let mut best_v = f64::NEG_INFINITY;
+    for (i, (l, a)) in logits.iter().zip(actions).enumerate() {
+        let v = f64::from(*l) + action_bias(scale, *a, t_max);
+        if i == 0 || v > best_v {
+            best = i;
+            best_v = v;
+        }
+    }
+    actions.get(best).copied().unwrap_or(t_max)
 }
 
 /// Softmax of `sum / temperature` in f64 (max-subtracted, as numpy).
@@ -208,6 +232,20 @@ mod tests {
     fn ties_pick_the_first_class() {
         let (_, class, _) = score(&[2.0, 2.0, 1.0], 1.0);
         assert_eq!(class, 0);
+    }
+
+    #[test]
+    fn action_bias_moves_the_policy_along_its_curve() {
+        // The trainer's bias_vector(-14, 4): [0, -4.666667, -9.333333, -14].
+        let b: Vec<f64> = (1..=4).map(|a| action_bias(-14.0, a, 4)).collect();
+        assert_eq!(b[0], 0.0);
+        assert!((b[1] + 14.0 / 3.0).abs() < 1e-12 && b[3] == -14.0);
+        let logits = [1.0f32, 1.5, 0.2, 1.4];
+        assert_eq!(biased_action(&logits, &[1, 2, 3, 4], 0.0, 4), 2);
+        assert_eq!(biased_action(&logits, &[1, 2, 3, 4], -3.0, 4), 1);
+        assert_eq!(biased_action(&logits, &[1, 2, 3, 4], 3.0, 4), 4);
+        // Ties pick the first action, as numpy's argmax.
+        assert_eq!(biased_action(&[0.5, 0.5], &[1, 2], 0.0, 2), 1);
     }
 
     #[test]

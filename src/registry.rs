@@ -113,6 +113,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         timesteps: manifest.timesteps,
         adaptive: None,
         threshold: manifest.exit.default_threshold,
+        bias_scale: None,
     };
     let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);

@@ -129,6 +129,7 @@ mod tests {
             timesteps: 4,
             adaptive: None,
             threshold: Some(0.5),
+            bias_scale: Some(-2.0),
         };
         store.set("m", p).expect("set");
         let again = StateStore::open(dir.path()).expect("reopen");

@@ -5,34 +5,42 @@ mod common;
 
 use std::process::Command;
 
+/// `seenn eval --json --check` on `pkg` with `extra` arguments; asserts it ran and agreed.
+fn eval_checked(pkg: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_seenn"))
+        .current_dir(common::repo())
+        .args([
+            "eval",
+            "--json",
+            "--check",
+            "--quiet",
+            "--concurrency",
+            "8",
+            "--model",
+        ])
+        .arg(pkg)
+        .args(extra)
+        .env("SEENN_LOG", "warn")
+        .output()
+        .expect("seenn eval runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{} {extra:?}: {}\n{}",
+        pkg.display(),
+        stdout,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
+    assert_eq!(v["matches_trainer"], true, "{} {extra:?}", pkg.display());
+    assert_eq!(v["samples"], 10000, "the whole test set");
+    v
+}
+
 #[test]
 fn eval_matches_the_trainer_on_every_committed_package() {
     for pkg in common::packages() {
-        let out = Command::new(env!("CARGO_BIN_EXE_seenn"))
-            .current_dir(common::repo())
-            .args([
-                "eval",
-                "--json",
-                "--check",
-                "--quiet",
-                "--concurrency",
-                "8",
-                "--model",
-            ])
-            .arg(&pkg)
-            .env("SEENN_LOG", "warn")
-            .output()
-            .expect("seenn eval runs");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{}: {}\n{}",
-            pkg.display(),
-            stdout,
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_str(&stdout).expect("JSON report");
-        assert_eq!(v["matches_trainer"], true, "{}", pkg.display());
+        let v = eval_checked(&pkg, &[]);
         let checks = v["trainer_comparison"].as_array().expect("checks");
         assert!(
             checks.len() >= 3,
@@ -40,6 +48,37 @@ fn eval_matches_the_trainer_on_every_committed_package() {
             pkg.display(),
             checks.len()
         );
-        assert_eq!(v["samples"], 10000, "the whole test set");
+        // A package with exit.onnx has its learned rule compared too.
+        let m = seenn_serve::model::read_manifest(&pkg).expect("manifest");
+        if m.graphs.exit.is_some() {
+            let learned = checks
+                .iter()
+                .filter(|c| c["what"].as_str().is_some_and(|w| w.starts_with("learned")))
+                .count();
+            assert_eq!(
+                learned,
+                2,
+                "{}: learned accuracy and avg timesteps",
+                pkg.display()
+            );
+        }
     }
+}
+
+/// SEENN-II with a per-action bias (the admin's dial for `rule=policy`) through the engine equals
+/// the trainer's bias-sweep row on the test set.
+#[test]
+fn eval_reproduces_the_policy_bias_sweep() {
+    let pkg = common::policy_package();
+    let v = eval_checked(&pkg, &["--bias-scale", "-7"]);
+    let policy = v["rules"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["rule"] == "policy"))
+        .expect("policy rule");
+    assert_eq!(policy["setting"], "bias_scale=-7");
+    let checks = v["trainer_comparison"].as_array().expect("checks");
+    assert!(
+        checks.iter().any(|c| c["what"] == "SEENN-II avg timesteps"),
+        "{checks:?}"
+    );
 }

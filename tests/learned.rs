@@ -1,7 +1,7 @@
 //! The learned exit rule (`exit.onnx`, package format 2) served as `rule=learned`: the golden
 //! stop probabilities and exits through ONNX Runtime and through the real server over HTTP and
 //! gRPC, batched like serial, the admin's threshold targets, gauges, metrics, persistence and the
-//! errors of models without one.
+//! errors of models without one. Also the SEENN-II policy's dial (the per-action bias scale).
 
 mod common;
 
@@ -511,5 +511,75 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
     let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "fixed"})).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("learned rule"), "{v}");
+    s.shutdown().await;
+}
+
+/// `rule=policy` gets a dial too: the admin resolves a target through the policy's bias sweep,
+/// and a negative bias scale sends the golden samples to fewer timesteps than the exported policy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn admin_moves_the_policy_along_its_bias_sweep() {
+    let (pkg, g, _) = learned_golden();
+    let cal = seenn_serve::model::read_calibration(&pkg, 4)
+        .expect("calibration")
+        .expect("present");
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    let s = start(cfg).await;
+    let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "policy"})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["bias_scale"].as_f64(), Some(0.0));
+    let target = 2.6;
+    let rows = &cal.policy.as_ref().expect("policy calibration").bias_sweep;
+    let want = seenn_serve::model::manifest::for_avg_timesteps(rows, target).expect("row");
+    let (status, v) =
+        put_policy(&s, "fashion-mnist", json!({"target_avg_timesteps": target})).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["rule"], "policy", "{v}");
+    assert_eq!(v["bias_scale"].as_f64(), Some(want.bias_scale));
+    assert_eq!(
+        v["expected_avg_timesteps"].as_f64(),
+        Some(want.avg_timesteps)
+    );
+    assert!(want.avg_timesteps <= target && want.bias_scale < 0.0, "{v}");
+    // The most negative bias: every golden sample runs at most as long as the exported policy
+    // says, and together fewer timesteps.
+    let (status, v) = put_policy(&s, "fashion-mnist", json!({"bias_scale": -14.0})).await;
+    assert_eq!(status, 200, "{v}");
+    let (mut biased, mut exported) = (0, 0);
+    for sample in &g.samples {
+        let (status, r) = classify(&s, "", sample_bytes(&pkg, sample)).await;
+        assert_eq!(status, 200, "{r}");
+        assert_eq!(r["exit_rule"], "policy");
+        let t = r["timesteps_used"].as_u64().expect("t") as usize;
+        let t0 = sample.policy_timesteps.expect("golden policy_timesteps");
+        assert!(t <= t0, "{}: {t} > {t0}", sample.file);
+        biased += t;
+        exported += t0;
+    }
+    assert!(biased < exported, "{biased} vs {exported}");
+    for (model, body, needle) in [
+        (
+            "fashion-mnist",
+            json!({"bias_scale": "x"}),
+            "malformed exit-policy body",
+        ),
+        (
+            "fashion-mnist",
+            json!({"bias_scale": 1.0, "max_accuracy_drop": 0.01}),
+            "at most one of",
+        ),
+        (
+            "fashion-mnist-qcfs",
+            json!({"bias_scale": 1.0}),
+            "no policy network",
+        ),
+    ] {
+        let (status, v) = put_policy(&s, model, body.clone()).await;
+        assert_eq!(status, 400, "{model} {body}: {v}");
+        assert!(v.to_string().contains(needle), "{model} {body}: {v}");
+    }
     s.shutdown().await;
 }

@@ -135,6 +135,7 @@ fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
         configured_alpha: v.adaptive.map(|a| a.configured_alpha as f32),
         floor_alpha: v.adaptive.map(|a| a.floor_alpha as f32),
         threshold: v.threshold,
+        bias_scale: v.bias_scale,
     }
 }
 
@@ -249,6 +250,7 @@ impl Admin for GrpcService {
             rule: Some(r.rule).filter(|s| !s.is_empty()),
             alpha: r.alpha.map(f64::from),
             threshold: r.threshold,
+            bias_scale: r.bias_scale,
             target_avg_timesteps: r.target_avg_timesteps.map(f64::from),
             max_accuracy_drop: r.max_accuracy_drop.map(f64::from),
             timesteps: r.timesteps.map(u64::from),

@@ -634,7 +634,7 @@ pub async fn put_exit_policy(
     auth(&state, &headers)?;
     let update: ExitPolicyUpdate = serde_json::from_slice(&body).map_err(|e| {
         Error::invalid(format!(
-            "malformed exit-policy body: {e}; accepted fields: rule, alpha, threshold, target_avg_timesteps, max_accuracy_drop, timesteps, adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
+            "malformed exit-policy body: {e}; accepted fields: rule, alpha, threshold, bias_scale, target_avg_timesteps, max_accuracy_drop, timesteps, adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
         ))
     })?;
     Ok(Json(state.set_exit_policy(&name, update)?).into_response())

@@ -34,6 +34,8 @@ pub enum RequestRule {
     },
     Policy {
         max_timesteps: usize,
+        /// The per-action bias scale along the policy's calibrated curve (0: the exported policy).
+        bias_scale: f64,
     },
     Fixed {
         timesteps: usize,
@@ -572,7 +574,7 @@ impl Worker {
                     threshold,
                     max_timesteps,
                 },
-                RequestRule::Policy { max_timesteps } => ExitRule::Policy {
+                RequestRule::Policy { max_timesteps, .. } => ExitRule::Policy {
                     timesteps: actions
                         .get(i)
                         .copied()
@@ -618,16 +620,16 @@ impl Worker {
         let shape = vec![jobs.len(), spec.channels, spec.height, spec.width];
         let logits = graphs::run_single_input(session, &g.input, &g.output, shape, batch)?;
         let a = g.actions.len();
+        let t_max = self.manifest.timesteps;
         Ok(logits
             .chunks(a)
-            .map(|row| {
-                let mut best = 0;
-                for (i, v) in row.iter().enumerate() {
-                    if *v > row[best] {
-                        best = i;
-                    }
-                }
-                g.actions[best]
+            .zip(jobs)
+            .map(|(row, job)| {
+                let scale = match job.rule {
+                    RequestRule::Policy { bias_scale, .. } => bias_scale,
+                    _ => 0.0,
+                };
+                exit::biased_action(row, &g.actions, scale, t_max)
             })
             .collect())
     }

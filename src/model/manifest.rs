@@ -283,6 +283,33 @@ pub struct Summary {
     pub avg_timesteps: f64,
     #[serde(default)]
     pub exits_per_t: Vec<u64>,
+    /// SEENN-II along its curve: one row per per-action bias scale (not shown in model views).
+    #[serde(default, skip_serializing)]
+    pub bias_sweep: Vec<BiasRow>,
+}
+
+/// `calibration.json` `policy.bias_sweep` row: the policy with a per-action bias.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BiasRow {
+    pub bias_scale: f64,
+    #[serde(default)]
+    pub action_bias: Vec<f64>,
+    pub accuracy: f64,
+    pub avg_timesteps: f64,
+    #[serde(default)]
+    pub exits_per_t: Vec<u64>,
+}
+
+impl Setting for BiasRow {
+    fn setting(&self) -> f64 {
+        self.bias_scale
+    }
+    fn accuracy(&self) -> f64 {
+        self.accuracy
+    }
+    fn avg_timesteps(&self) -> f64 {
+        self.avg_timesteps
+    }
 }
 
 impl Manifest {
@@ -458,6 +485,12 @@ impl Calibration {
                 return Err(format!("alpha_sweep row {r:?} is out of range"));
             }
         }
+        for r in self.bias_sweep() {
+            if !(r.bias_scale.is_finite() && r.accuracy.is_finite() && r.avg_timesteps.is_finite())
+            {
+                return Err(format!("policy.bias_sweep row {r:?} is out of range"));
+            }
+        }
         for r in self.threshold_sweep() {
             if !((0.0..=1.0).contains(&r.threshold)
                 && r.accuracy.is_finite()
@@ -482,6 +515,13 @@ impl Calibration {
     /// The smallest α (fewest timesteps) whose accuracy is within `drop` of full T.
     pub fn alpha_for_accuracy_drop(&self, drop: f64) -> Option<&SweepRow> {
         for_accuracy_drop(&self.alpha_sweep, *self.accuracy_per_t.last()?, drop)
+    }
+
+    /// The SEENN-II policy's bias sweep (empty without one).
+    pub fn bias_sweep(&self) -> &[BiasRow] {
+        self.policy
+            .as_ref()
+            .map_or(&[][..], |p| p.bias_sweep.as_slice())
     }
 
     /// The learned rule's threshold sweep (empty without one).

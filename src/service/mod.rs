@@ -250,6 +250,7 @@ impl Service {
             },
             RuleKind::Policy => RequestRule::Policy {
                 max_timesteps: max_t.unwrap_or(t_max),
+                bias_scale: policy.bias_scale.unwrap_or(0.0),
             },
             RuleKind::Fixed => RequestRule::Fixed {
                 timesteps: max_t.unwrap_or(policy.timesteps.min(t_max)),

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::exit::{AdaptiveAlpha, ExitPolicy, RuleKind};
 use crate::metrics::Metrics;
+use crate::model::manifest::{self, Setting};
 use crate::registry::LoadedModel;
 use crate::state::StateStore;
 
@@ -19,8 +20,12 @@ pub struct ExitPolicyUpdate {
     pub alpha: Option<f64>,
     /// The learned rule's threshold in [0, 1] (models with exit.onnx).
     pub threshold: Option<f64>,
-    /// Resolved through calibration for the learned rule when the policy's rule is `learned`,
-    /// else for the confidence rule (which it then selects).
+    /// The SEENN-II policy's per-action bias scale (calibration.json `policy.bias_sweep`; 0 is
+    /// the exported policy, positive runs more timesteps).
+    pub bias_scale: Option<f64>,
+    /// Resolved through calibration for the policy's rule: the learned threshold sweep under
+    /// `learned`, the policy's bias sweep under `policy`, else the α sweep (which then selects
+    /// `confidence`).
     pub target_avg_timesteps: Option<f64>,
     pub max_accuracy_drop: Option<f64>,
     pub timesteps: Option<u64>,
@@ -58,6 +63,9 @@ pub struct ExitPolicyView {
     /// The learned rule's threshold (models with exit.onnx).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub threshold: Option<f64>,
+    /// The SEENN-II policy's per-action bias scale (models with policy.onnx).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias_scale: Option<f64>,
     pub timesteps: usize,
     /// What calibration.json (validation split) expects of the rule in force at its setting.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -79,6 +87,30 @@ pub(crate) fn check_alpha(alpha: f64) -> Result<f64> {
         )));
     }
     Ok(alpha)
+}
+
+/// An admin target that calibration.json resolves to a setting of the policy's rule.
+#[derive(Debug, Clone, Copy)]
+enum Target {
+    AvgTimesteps(f64),
+    AccuracyDrop(f64),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::AvgTimesteps(t) => write!(f, "reaches an average of {t} timesteps or fewer"),
+            Target::AccuracyDrop(d) => write!(f, "stays within {d} of full-T accuracy"),
+        }
+    }
+}
+
+/// The row of a calibrated sweep that meets `target` (`full`: accuracy at T).
+fn pick<R: Setting>(rows: &[R], full: f64, target: Target) -> Option<&R> {
+    match target {
+        Target::AvgTimesteps(t) => manifest::for_avg_timesteps(rows, t),
+        Target::AccuracyDrop(d) => manifest::for_accuracy_drop(rows, full, d),
+    }
 }
 
 pub(crate) fn check_threshold(threshold: f64) -> Result<f64> {
@@ -203,7 +235,10 @@ impl PolicyAdmin {
         let (acc, avg) = match (p.rule, expected) {
             (RuleKind::Confidence, Some(r)) => (Some(r.accuracy), Some(r.avg_timesteps)),
             (RuleKind::Policy, _) => match m.calibration.as_ref().and_then(|c| c.policy.as_ref()) {
-                Some(s) => (Some(s.accuracy), Some(s.avg_timesteps)),
+                Some(s) => match manifest::nearest(&s.bias_sweep, p.bias_scale.unwrap_or(0.0)) {
+                    Some(r) => (Some(r.accuracy), Some(r.avg_timesteps)),
+                    None => (Some(s.accuracy), Some(s.avg_timesteps)),
+                },
                 None => (None, None),
             },
             (RuleKind::Fixed, _) => (
@@ -226,6 +261,7 @@ impl PolicyAdmin {
             rule: p.rule,
             alpha: p.alpha,
             threshold: m.learned_threshold(),
+            bias_scale: m.has_policy().then(|| p.bias_scale.unwrap_or(0.0)),
             timesteps: p.timesteps,
             expected_accuracy: acc,
             expected_avg_timesteps: avg,
@@ -275,15 +311,26 @@ impl PolicyAdmin {
             }
             new.threshold = Some(check_threshold(t)?);
         }
+        if let Some(b) = u.bias_scale {
+            if !m.has_policy() {
+                return Err(Error::invalid(format!(
+                    "model {name} has no policy network; bias_scale does not apply"
+                )));
+            }
+            if !b.is_finite() {
+                return Err(Error::invalid("bias_scale must be a finite number"));
+            }
+            new.bias_scale = Some(b);
+        }
         let learned = new.rule == RuleKind::Learned;
         let targets = [
-            u.alpha.is_some() || u.threshold.is_some(),
+            u.alpha.is_some() || u.threshold.is_some() || u.bias_scale.is_some(),
             u.target_avg_timesteps.is_some(),
             u.max_accuracy_drop.is_some(),
         ];
         if targets.iter().filter(|x| **x).count() > 1 {
             return Err(Error::invalid(
-                "give at most one of alpha (or threshold), target_avg_timesteps, max_accuracy_drop",
+                "give at most one of alpha (or threshold, bias_scale), target_avg_timesteps, max_accuracy_drop",
             ));
         }
         if let Some(a) = u.alpha {
@@ -296,56 +343,39 @@ impl PolicyAdmin {
                 ))
             })
         };
-        if let Some(target) = u.target_avg_timesteps {
-            if !(target.is_finite() && target >= 1.0) {
+        let target = match (u.target_avg_timesteps, u.max_accuracy_drop) {
+            (Some(t), _) if !(t.is_finite() && t >= 1.0) => {
                 return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
             }
-            if learned {
-                let row = calibration()?
-                    .threshold_for_avg_timesteps(target)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "no calibrated learned threshold reaches an average of {target} timesteps or fewer"
-                        ))
-                    })?;
-                new.threshold = Some(row.threshold);
-            } else {
-                let row = calibration()?
-                    .alpha_for_avg_timesteps(target)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "no calibrated alpha reaches an average of {target} timesteps or fewer"
-                        ))
-                    })?;
-                new.alpha = row.alpha;
-                new.rule = RuleKind::Confidence;
-            }
-        }
-        if let Some(drop) = u.max_accuracy_drop {
-            if !(drop.is_finite() && (0.0..=1.0).contains(&drop)) {
+            (Some(t), _) => Some(Target::AvgTimesteps(t)),
+            (None, Some(d)) if !(d.is_finite() && (0.0..=1.0).contains(&d)) => {
                 return Err(Error::invalid(
                     "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
                 ));
             }
-            if learned {
-                let row = calibration()?
-                    .threshold_for_accuracy_drop(drop)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "no calibrated learned threshold stays within {drop} of full-T accuracy"
-                        ))
-                    })?;
-                new.threshold = Some(row.threshold);
-            } else {
-                let row = calibration()?
-                    .alpha_for_accuracy_drop(drop)
-                    .ok_or_else(|| {
-                        Error::invalid(format!(
-                            "no calibrated alpha stays within {drop} of full-T accuracy"
-                        ))
-                    })?;
-                new.alpha = row.alpha;
-                new.rule = RuleKind::Confidence;
+            (None, Some(d)) => Some(Target::AccuracyDrop(d)),
+            (None, None) => None,
+        };
+        if let Some(target) = target {
+            let c = calibration()?;
+            let full = c.accuracy_per_t.last().copied().unwrap_or(1.0);
+            let missing = |what: &str| Error::invalid(format!("no calibrated {what} {target}"));
+            match new.rule {
+                RuleKind::Learned => {
+                    let row = pick(c.threshold_sweep(), full, target)
+                        .ok_or_else(|| missing("learned threshold"))?;
+                    new.threshold = Some(row.threshold);
+                }
+                RuleKind::Policy if !c.bias_sweep().is_empty() => {
+                    let row =
+                        pick(c.bias_sweep(), full, target).ok_or_else(|| missing("policy bias"))?;
+                    new.bias_scale = Some(row.bias_scale);
+                }
+                _ => {
+                    let row = pick(&c.alpha_sweep, full, target).ok_or_else(|| missing("alpha"))?;
+                    new.alpha = row.alpha;
+                    new.rule = RuleKind::Confidence;
+                }
             }
         }
         if let Some(t) = u.timesteps {
