@@ -105,6 +105,38 @@ impl std::fmt::Display for Target {
     }
 }
 
+/// The setting an admin target resolves to under a rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dial {
+    Alpha,
+    Threshold,
+    BiasScale,
+}
+
+impl Dial {
+    pub(crate) fn field(&self) -> &'static str {
+        match self {
+            Dial::Alpha => "alpha",
+            Dial::Threshold => "threshold",
+            Dial::BiasScale => "bias_scale",
+        }
+    }
+}
+
+/// Which dial a target moves under `rule`: the learned threshold, the policy's bias (when
+/// calibration has its sweep), else α (the target then selects the confidence rule).
+pub(crate) fn target_dial(m: &LoadedModel, rule: RuleKind) -> Dial {
+    let has_bias_sweep = m
+        .calibration
+        .as_ref()
+        .is_some_and(|c| !c.bias_sweep().is_empty());
+    match rule {
+        RuleKind::Learned => Dial::Threshold,
+        RuleKind::Policy if has_bias_sweep => Dial::BiasScale,
+        _ => Dial::Alpha,
+    }
+}
+
 /// The row of a calibrated sweep that meets `target` (`full`: accuracy at T).
 fn pick<R: Setting>(rows: &[R], full: f64, target: Target) -> Option<&R> {
     match target {
@@ -323,15 +355,24 @@ impl PolicyAdmin {
             new.bias_scale = Some(b);
         }
         let learned = new.rule == RuleKind::Learned;
+        let dial = target_dial(m, new.rule);
+        let dial_given = match dial {
+            Dial::Alpha => u.alpha.is_some(),
+            Dial::Threshold => u.threshold.is_some(),
+            Dial::BiasScale => u.bias_scale.is_some(),
+        };
         let targets = [
-            u.alpha.is_some() || u.threshold.is_some() || u.bias_scale.is_some(),
+            dial_given,
             u.target_avg_timesteps.is_some(),
             u.max_accuracy_drop.is_some(),
         ];
         if targets.iter().filter(|x| **x).count() > 1 {
-            return Err(Error::invalid(
-                "give at most one of alpha (or threshold, bias_scale), target_avg_timesteps, max_accuracy_drop",
-            ));
+            return Err(Error::invalid(format!(
+                "give at most one of {}, target_avg_timesteps, max_accuracy_drop (rule {} resolves targets to its {})",
+                dial.field(),
+                new.rule.as_str(),
+                dial.field()
+            )));
         }
         if let Some(a) = u.alpha {
             new.alpha = check_alpha(a)?;
@@ -360,18 +401,18 @@ impl PolicyAdmin {
             let c = calibration()?;
             let full = c.accuracy_per_t.last().copied().unwrap_or(1.0);
             let missing = |what: &str| Error::invalid(format!("no calibrated {what} {target}"));
-            match new.rule {
-                RuleKind::Learned => {
+            match dial {
+                Dial::Threshold => {
                     let row = pick(c.threshold_sweep(), full, target)
                         .ok_or_else(|| missing("learned threshold"))?;
                     new.threshold = Some(row.threshold);
                 }
-                RuleKind::Policy if !c.bias_sweep().is_empty() => {
+                Dial::BiasScale => {
                     let row =
                         pick(c.bias_sweep(), full, target).ok_or_else(|| missing("policy bias"))?;
                     new.bias_scale = Some(row.bias_scale);
                 }
-                _ => {
+                Dial::Alpha => {
                     let row = pick(&c.alpha_sweep, full, target).ok_or_else(|| missing("alpha"))?;
                     new.alpha = row.alpha;
                     new.rule = RuleKind::Confidence;

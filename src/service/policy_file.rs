@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use super::policy::ExitPolicyUpdate;
+use super::policy::{target_dial, Dial, ExitPolicyUpdate};
 use super::Service;
+use crate::exit::RuleKind;
 use crate::registry::LoadedModel;
 
 /// How often the file is re-read (a ConfigMap volume changes within about a minute of an edit).
@@ -42,8 +43,8 @@ pub fn managed_message(file: &Path) -> String {
 pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
     serde_json::from_slice(bytes).map_err(|e| {
         format!(
-            "expected a JSON object of model name -> {{rule, alpha, target_avg_timesteps, \
-             max_accuracy_drop, timesteps, adaptive}}: {e}"
+            "expected a JSON object of model name -> {{rule, alpha, threshold, bias_scale, \
+             target_avg_timesteps, max_accuracy_drop, timesteps, adaptive}}: {e}"
         )
     })
 }
@@ -52,18 +53,32 @@ pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
 /// manifest, not from the policy the model has now.
 fn from_manifest(m: &LoadedModel, entry: Option<&ExitPolicyUpdate>) -> ExitPolicyUpdate {
     let e = entry.cloned().unwrap_or_default();
-    let alpha_given =
-        e.alpha.is_some() || e.target_avg_timesteps.is_some() || e.max_accuracy_drop.is_some();
+    let rule = e
+        .rule
+        .clone()
+        .unwrap_or_else(|| m.manifest.exit.default_rule.as_str().to_string());
+    // A target moves one dial (which one depends on the rule); every other dial the entry leaves
+    // out is the manifest's.
+    let has_target = e.target_avg_timesteps.is_some() || e.max_accuracy_drop.is_some();
+    let moved = RuleKind::parse(&rule)
+        .ok()
+        .filter(|_| has_target)
+        .map(|r| target_dial(m, r));
+    let reset = |d: Dial| moved != Some(d);
     ExitPolicyUpdate {
-        rule: e
-            .rule
-            .clone()
-            .or_else(|| Some(m.manifest.exit.default_rule.as_str().to_string())),
-        alpha: if alpha_given {
-            e.alpha
-        } else {
-            Some(m.manifest.exit.default_alpha)
-        },
+        alpha: e
+            .alpha
+            .or_else(|| reset(Dial::Alpha).then_some(m.manifest.exit.default_alpha)),
+        threshold: e.threshold.or_else(|| {
+            m.manifest
+                .exit
+                .default_threshold
+                .filter(|_| reset(Dial::Threshold))
+        }),
+        bias_scale: e
+            .bias_scale
+            .or_else(|| (m.has_policy() && reset(Dial::BiasScale)).then_some(0.0)),
+        rule: Some(rule),
         timesteps: e.timesteps.or(Some(m.manifest.timesteps as u64)),
         // Left out means off: the file is the whole policy.
         adaptive: Some(e.adaptive.flatten()),

@@ -91,8 +91,16 @@ def admin(server: Server, token: str, model: str = MODEL, body: dict | None = No
     return status, json.loads(raw)
 
 
+def manifest_exit(model: str) -> dict:
+    return json.loads((REPO / "models" / model / "manifest.json").read_text())["exit"]
+
+
 def manifest_alpha(model: str) -> float:
-    return json.loads((REPO / "models" / model / "manifest.json").read_text())["exit"]["default_alpha"]
+    return manifest_exit(model)["default_alpha"]
+
+
+def manifest_threshold(model: str) -> float:
+    return manifest_exit(model)["default_threshold"]
 
 
 def wait_until(fn, what: str, timeout: float = 15.0):
@@ -147,9 +155,19 @@ def test_exit_policy_file_is_loaded_watched_and_owns_the_policy(tmp_path, server
         assert admin(s, token, "fashion-mnist-qcfs")[1]["rule"] == "fixed", bad
     assert "exit policy file rejected" in s.log.read_text()
 
+    # The learned rule with a target: the target moves its threshold, the α the entry leaves out is
+    # the manifest's (not the 0.7 of the previous file).
+    replace(json.dumps({MODEL: {"rule": "learned", "target_avg_timesteps": 1.3}}))
+    wait_until(lambda: admin(s, token)[1]["rule"] == "learned", "the learned rule applied")
+    view = admin(s, token)[1]
+    assert view["alpha"] == manifest_alpha(MODEL), view
+    assert view["threshold"] != manifest_threshold(MODEL) and view["expected_avg_timesteps"] <= 1.3, view
+
     # The file is the whole policy: an entry removed goes back to the manifest's default.
     replace("{}")
     wait_until(lambda: admin(s, token)[1]["alpha"] == manifest_alpha(MODEL), "back to the manifest")
+    wait_until(lambda: admin(s, token)[1]["rule"] == "confidence", "back to the manifest's rule")
+    assert admin(s, token)[1]["threshold"] == manifest_threshold(MODEL)
     assert admin(s, token, "fashion-mnist-qcfs")[1]["rule"] == "confidence"
 
 
