@@ -3,7 +3,8 @@
 #   seenn eval --concurrency 64 --engine-workers 1, the same with 2 workers,
 #   scripts/ort_only.py --procs 1 and --procs 2 (ONNX Runtime alone, the same images and α),
 # over the first LIMIT Fashion-MNIST test images; SEENN-I images/s per run (JSON under $OUT, default
-# bench-results/cores/), then a table of medians and of the per-round ratios 2w/1w and 2w/ORT-only.
+# bench-results/cores/), then a table of medians (images/s, process CPU ms per image) and of the
+# per-round ratios 2w/1w and 2w/ORT-only.
 #   scripts/bench_cores.sh                 LIMIT=3000 ROUNDS=3
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,18 +34,22 @@ $PY - "$OUT" "$ROUNDS" <<'EOF'
 import json, pathlib, statistics, sys
 out, rounds = pathlib.Path(sys.argv[1]), int(sys.argv[2])
 def rate(name, r):
+    """(images/s, avg timesteps, CPU ms per image) of one run."""
     d = json.loads((out / f"{name}-r{r}.json").read_text())
     if "rules" in d:  # seenn eval: the SEENN-I (confidence) rule
         rule = next(x for x in d["rules"] if x["rule"] == "confidence")
-        return rule["throughput_rps"], rule["avg_timesteps"]
-    return d["images_per_s"], d["avg_timesteps"]
+        n = d["samples"]
+        cpu = rule.get("cpu_seconds")
+        return rule["throughput_rps"], rule["avg_timesteps"], 1e3 * cpu / n if cpu is not None else float("nan")
+    return d["images_per_s"], d["avg_timesteps"], 1e3 * sum(d["cpu_seconds"]) / d["images"]
 names = ["eval-w1", "eval-w2", "ort-p1", "ort-p2"]
 runs = {n: [rate(n, r) for r in range(1, rounds + 1)] for n in names}
-print(f"{'configuration':<10} {'median img/s':>12} {'avg t':>6}  per round")
+print(f"{'configuration':<13} {'median img/s':>12} {'CPU ms/img':>10} {'avg t':>6}  img/s per round")
 for n in names:
     v = [x[0] for x in runs[n]]
     ts = sorted({round(x[1], 4) for x in runs[n]})
-    print(f"{n:<10} {statistics.median(v):>12.0f} {'/'.join(map(str, ts)):>6}  " + " ".join(f"{x:.0f}" for x in v))
+    cpu = statistics.median(x[2] for x in runs[n])
+    print(f"{n:<13} {statistics.median(v):>12.0f} {cpu:>10.3f} {'/'.join(map(str, ts)):>6}  " + " ".join(f"{x:.0f}" for x in v))
 def ratio(a, b):
     per = [x[0] / y[0] for x, y in zip(runs[a], runs[b])]
     return statistics.median(per), per

@@ -137,7 +137,7 @@ def worker(rank: int, model: str, images: np.ndarray, alpha: float, max_batch: i
     used = np.zeros(len(images), np.int64)
     classes_out = np.zeros(len(images), np.int64)
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), time.process_time()
     nxt, n, finished, cur = 0, 0, 0, 0
     while finished < len(images):
         m = min(max_batch - n, len(images) - nxt)
@@ -175,8 +175,8 @@ def worker(rank: int, model: str, images: np.ndarray, alpha: float, max_batch: i
             finished += 1
             with done.get_lock():
                 done.value += 1
-    end = time.perf_counter()
-    results.put((rank, start, end, used, classes_out))
+    end, cpu = time.perf_counter(), time.process_time() - cpu0
+    results.put((rank, start, end, used, classes_out, cpu))
 
 
 def main() -> int:
@@ -233,7 +233,7 @@ def main() -> int:
 
     used = np.zeros(len(images), np.int64)
     pred = np.zeros(len(images), np.int64)
-    for rank, _, _, u, c in got:
+    for rank, _, _, u, c, _ in got:
         used[shares[rank]], pred[shares[rank]] = u, c
     starts = [r[1] for r in got]
     ends = [r[2] for r in got]
@@ -248,6 +248,8 @@ def main() -> int:
         "accuracy": float((pred == labels).mean()),
         "exits_per_t": [int((used == t).sum()) for t in range(1, t_max + 1)],
         "seconds": wall,
+        "process_seconds": [r[2] - r[1] for r in sorted(got)],
+        "cpu_seconds": [r[5] for r in sorted(got)],
         "images_per_s": len(images) / wall,
     }
     if args.json:
