@@ -77,7 +77,8 @@ def session(path: Path):
 
 
 def worker(rank: int, model: str, images: np.ndarray, alpha: float, max_batch: int, barrier, done, results) -> None:
-    """Runs the continuous batch over ``images``; puts (rank, start, end, timesteps used, classes)."""
+    """Runs the continuous batch over ``images``; puts (rank, start, end, timesteps used, classes, CPU
+    seconds). ``done`` counts finished images for the progress bar (``None``: no bar, no shared counter)."""
     pkg = Path(model)
     manifest = json.loads((pkg / "manifest.json").read_text())
     g = manifest["graphs"]
@@ -173,8 +174,9 @@ def worker(rank: int, model: str, images: np.ndarray, alpha: float, max_batch: i
                 ids[i] = ids[last]
             n -= 1
             finished += 1
+        if done is not None and leave.any():
             with done.get_lock():
-                done.value += 1
+                done.value += int(leave.sum())
     end, cpu = time.perf_counter(), time.process_time() - cpu0
     results.put((rank, start, end, used, classes_out, cpu))
 
@@ -198,7 +200,8 @@ def main() -> int:
 
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(procs)
-    done = ctx.Value("q", 0)
+    show = sys.stderr.isatty()
+    done = ctx.Value("q", 0) if show else None
     results = ctx.Queue()
     shares = [np.arange(len(images))[p::procs] for p in range(procs)]
     workers = [
@@ -209,7 +212,7 @@ def main() -> int:
         w.start()
 
     bar = None
-    if sys.stderr.isatty():
+    if show:
         try:
             from tqdm import tqdm
 
