@@ -20,6 +20,7 @@ import gzip
 import json
 import multiprocessing as mp
 import os
+import queue
 import sys
 import time
 from pathlib import Path
@@ -223,9 +224,12 @@ def main() -> int:
     while len(got) < procs:
         try:
             got.append(results.get(timeout=0.2))
-        except Exception:  # queue.Empty: nothing finished yet
-            if not any(w.is_alive() for w in workers) and results.empty():
-                raise SystemExit("a worker process died") from None
+        except queue.Empty:
+            # A process that failed leaves the others waiting at the barrier: stop them all.
+            if any(w.exitcode not in (None, 0) for w in workers):
+                for w in workers:
+                    w.terminate()
+                raise SystemExit("a worker process failed (see its traceback above)") from None
         if bar is not None:
             bar.n = done.value
             bar.refresh()
