@@ -63,6 +63,10 @@ pub struct BenchArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// GET this path (e.g. /healthz) instead of classifying: the floor of the client, HTTP and
+    /// the server's router. Answers count as successes with 0 timesteps and no accuracy.
+    #[arg(long)]
+    pub get: Option<String>,
     #[arg(long)]
     pub json: bool,
     #[arg(long)]
@@ -121,6 +125,25 @@ pub struct BenchReport {
     pub offered_rps: f64,
     pub error_latency_ms: ErrorLatency,
     pub rejections_with_retry_after: u64,
+    /// Medians of the server's own timings of each answer (HTTP `x-*-time-ms` headers, gRPC
+    /// `timings`); `None` when the answers carried none.
+    pub server_timings_ms: Option<ServerTimings>,
+}
+
+/// Where the time of a successful answer went, as the server reports it (medians, milliseconds).
+#[derive(Debug, Clone, Serialize)]
+pub struct ServerTimings {
+    /// Waiting in the model's queue until a worker admitted the request.
+    pub queue_p50: f64,
+    /// From admission to the answer (encoder and every step the request ran).
+    pub inference_p50: f64,
+    /// The classify call in the server: preprocessing, queue, inference and the way back.
+    pub total_p50: f64,
+    /// Per answer, total minus queue and inference (decoding, submitting, the reply's wake-up).
+    pub other_p50: f64,
+    /// Per answer, the client's latency minus the server's total: the client, the connection and
+    /// HTTP/2 or HTTP/1.1 framing, routing, reading the body and writing the response.
+    pub outside_p50: f64,
 }
 
 impl BenchReport {
@@ -151,7 +174,15 @@ impl std::fmt::Display for BenchReport {
             self.server_rss_mb
                 .map(|m| format!(", server RSS {m:.0} MB"))
                 .unwrap_or_default()
-        )
+        )?;
+        if let Some(st) = &self.server_timings_ms {
+            writeln!(
+                f,
+                "server ms p50: queue {:.3}, inference {:.3}, other {:.3}, total {:.3}; outside the server {:.3}",
+                st.queue_p50, st.inference_p50, st.other_p50, st.total_p50, st.outside_p50
+            )?;
+        }
+        Ok(())
     }
 }
 
@@ -178,6 +209,8 @@ struct Tally {
     timesteps: u64,
     correct: u64,
     ok: u64,
+    /// Per successful answer that carried them: the client's latency and the server's timings.
+    timed: Vec<(f64, [f64; 3])>,
 }
 
 fn parse_replay(s: &str) -> Result<Vec<(usize, f64)>, String> {
@@ -242,14 +275,17 @@ enum Client {
     Grpc(pb::classifier_client::ClassifierClient<tonic::transport::Channel>),
 }
 
-/// One request; returns the status, (timesteps_used, class_id) on success, and whether the
-/// answer carried Retry-After.
+/// The server's timings of one answer: queue, inference and total, in milliseconds.
+type Timed = Option<[f64; 3]>;
+
+/// One request; returns the status, (timesteps_used, class_id) on success, whether the answer
+/// carried Retry-After, and the server's timings when it sent them.
 async fn send(
     client: &Client,
     args: &BenchArgs,
     sample: &Sample,
     fixed_t: Option<usize>,
-) -> (String, Option<(u64, u64)>, bool) {
+) -> (String, Option<(u64, u64)>, bool, Timed) {
     let rule = if fixed_t.is_some() {
         Some("fixed".to_string())
     } else {
@@ -257,6 +293,22 @@ async fn send(
     };
     let max_t = fixed_t.or(args.max_timesteps);
     match client {
+        Client::Http(c) if args.get.is_some() => {
+            let path = args.get.as_deref().unwrap_or("/");
+            let url = format!("{}{path}", args.url.trim_end_matches('/'));
+            match c.get(url).send().await {
+                Ok(r) => {
+                    let status = r.status().as_u16().to_string();
+                    let ok = r.status().is_success();
+                    // Read the body, as a classify answer is read.
+                    let read = r.bytes().await.is_ok();
+                    let res = (ok && read).then_some((0, u64::MAX));
+                    (status, res, false, None)
+                }
+                Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
+                Err(_) => ("connection_error".into(), None, false, None),
+            }
+        }
         Client::Http(c) => {
             let path = match &args.model {
                 Some(m) => format!("{}/v1/models/{m}/classify", args.url.trim_end_matches('/')),
@@ -281,17 +333,28 @@ async fn send(
                 Ok(r) => {
                     let status = r.status().as_u16().to_string();
                     let retry_after = r.headers().contains_key("retry-after");
+                    let header = |name: &str| -> Option<f64> {
+                        r.headers().get(name)?.to_str().ok()?.parse().ok()
+                    };
+                    let timed = match (
+                        header("x-queue-time-ms"),
+                        header("x-inference-time-ms"),
+                        header("x-total-time-ms"),
+                    ) {
+                        (Some(q), Some(i), Some(t)) => Some([q, i, t]),
+                        _ => None,
+                    };
                     if r.status().is_success() {
                         match r.json::<ClassifyAnswer>().await {
-                            Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false),
-                            Err(_) => ("bad_body".into(), None, false),
+                            Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false, timed),
+                            Err(_) => ("bad_body".into(), None, false, None),
                         }
                     } else {
-                        (status, None, retry_after)
+                        (status, None, retry_after, None)
                     }
                 }
-                Err(e) if e.is_timeout() => ("timeout".into(), None, false),
-                Err(_) => ("connection_error".into(), None, false),
+                Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
+                Err(_) => ("connection_error".into(), None, false, None),
             }
         }
         Client::Grpc(c) => {
@@ -309,16 +372,21 @@ async fn send(
             match c.classify(req).await {
                 Ok(r) => {
                     let r = r.into_inner();
+                    let timed = r.timings.map(|t| {
+                        [t.queue_seconds, t.inference_seconds, t.total_seconds].map(|x| x * 1e3)
+                    });
                     (
                         "OK".into(),
                         Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
                         false,
+                        timed,
                     )
                 }
                 Err(s) => (
                     format!("{:?}", s.code()),
                     None,
                     s.metadata().contains_key("retry-after"),
+                    None,
                 ),
             }
         }
@@ -426,7 +494,7 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
     let record = {
         let tally = tally.clone();
         move |sample: &Sample,
-              (status, res, retry_after): (String, Option<(u64, u64)>, bool),
+              (status, res, retry_after, timed): (String, Option<(u64, u64)>, bool, Timed),
               ms: f64| {
             if let Ok(mut t) = tally.lock() {
                 *t.by_status.entry(status).or_default() += 1;
@@ -436,6 +504,9 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
                     t.timesteps += steps;
                     t.correct += u64::from(class == sample.label as u64);
                     t.latencies_ms.push(ms);
+                    if let Some(st) = timed {
+                        t.timed.push((ms, st));
+                    }
                 } else {
                     t.error_latencies_ms.push(ms);
                 }
@@ -480,7 +551,7 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
             let fixed = pick_t(i);
             if outstanding.load(Ordering::SeqCst) >= args.max_outstanding {
                 let s = &samples[i % samples.len()];
-                record(s, ("client_overrun".into(), None, false), 0.0);
+                record(s, ("client_overrun".into(), None, false, None), 0.0);
                 i += 1;
                 continue;
             }
@@ -565,6 +636,20 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
         Some(r) => Mode::OpenLoopRate(r),
         None => Mode::ClosedLoopConcurrency(args.concurrency),
     };
+    let server_timings_ms = (!t.timed.is_empty()).then(|| {
+        let median = |f: fn(&(f64, [f64; 3])) -> f64| {
+            let mut v: Vec<f64> = t.timed.iter().map(f).collect();
+            v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+            crate::eval::percentile(&v, 0.5)
+        };
+        ServerTimings {
+            queue_p50: median(|(_, s)| s[0]),
+            inference_p50: median(|(_, s)| s[1]),
+            total_p50: median(|(_, s)| s[2]),
+            other_p50: median(|(_, s)| s[2] - s[0] - s[1]),
+            outside_p50: median(|(ms, s)| ms - s[2]),
+        }
+    });
     let per_ok = |x: u64| {
         if t.ok > 0 {
             x as f64 / t.ok as f64
@@ -602,6 +687,7 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
             max: t.error_latencies_ms.last().copied().unwrap_or(f64::NAN),
         },
         rejections_with_retry_after: t.with_retry_after,
+        server_timings_ms,
     })
 }
 
@@ -641,6 +727,7 @@ mod tests {
                 max: 3.0,
             },
             rejections_with_retry_after: 3,
+            server_timings_ms: None,
         };
         let v = serde_json::to_value(&report).unwrap();
         assert_eq!(v["protocol"], "grpc");

@@ -102,6 +102,15 @@ pub struct RuleResult {
     pub latency_p50_ms: f64,
     pub latency_p99_ms: f64,
     pub throughput_rps: f64,
+    /// CPU time of the whole process (engine workers, async runtime) over this rule's run, in
+    /// seconds; `None` where the OS does not report it. On a shared machine, throughput falls with
+    /// what other work takes while CPU time per request does not.
+    pub cpu_seconds: Option<f64>,
+    /// Medians per request: waiting in the queue until a worker admitted it, from admission to the
+    /// answer, and the rest of the latency (submitting, the reply's way back to the caller).
+    pub queue_p50_ms: f64,
+    pub inference_p50_ms: f64,
+    pub other_p50_ms: f64,
 }
 
 /// The confidence rule at one α, computed from the full-T trajectories.
@@ -255,12 +264,52 @@ pub fn read_trainer_report(dir: &std::path::Path) -> Result<Option<TrainerReport
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
+/// CPU time this process has used (user + system, all threads), from `/proc/self/stat`.
+pub fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command (which may hold spaces) start after the last ')'; utime and stime
+    // are fields 14 and 15, in clock ticks (USER_HZ, 100 on Linux).
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn sort(v: &mut [f64]) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+}
+
+/// The median of `f` over the requests (each with its latency in milliseconds).
+fn median_of(outcomes: &[Outcome], by_request: &[f64], f: impl Fn(&Outcome, f64) -> f64) -> f64 {
+    let mut v: Vec<f64> = outcomes
+        .iter()
+        .zip(by_request)
+        .map(|(o, l)| f(o, *l))
+        .collect();
+    sort(&mut v);
+    percentile(&v, 0.5)
+}
+
 pub fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let idx = ((sorted.len() as f64 - 1.0) * q).round() as usize;
     sorted[idx.min(sorted.len() - 1)]
+}
+
+/// One rule's run over the dataset.
+struct RuleRun {
+    /// In dataset order.
+    outcomes: Vec<Outcome>,
+    /// Latencies in milliseconds, sorted.
+    lat: Vec<f64>,
+    /// Latencies in milliseconds, in dataset order.
+    by_request: Vec<f64>,
+    elapsed: Duration,
+    /// Process CPU seconds over the run.
+    cpu: Option<f64>,
 }
 
 async fn run_rule(
@@ -271,7 +320,7 @@ async fn run_rule(
     concurrency: usize,
     label: &str,
     quiet: bool,
-) -> Result<(Vec<Outcome>, Vec<f64>, Duration), String> {
+) -> Result<RuleRun, String> {
     let n = inputs.len();
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -286,6 +335,7 @@ async fn run_rule(
     );
     bar.set_message(label.to_string());
     let next = Arc::new(AtomicUsize::new(0));
+    let cpu0 = process_cpu_seconds();
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
@@ -326,22 +376,36 @@ async fn run_rule(
         all.extend(w.await.map_err(|e| e.to_string())??);
     }
     let elapsed = started.elapsed();
+    let cpu = process_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
     bar.finish_and_clear();
     all.sort_by_key(|(i, _, _)| *i);
-    let mut lat: Vec<f64> = all.iter().map(|(_, _, l)| *l).collect();
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    Ok((all.into_iter().map(|(_, o, _)| o).collect(), lat, elapsed))
+    let by_request: Vec<f64> = all.iter().map(|(_, _, l)| *l).collect();
+    let mut lat = by_request.clone();
+    sort(&mut lat);
+    Ok(RuleRun {
+        outcomes: all.into_iter().map(|(_, o, _)| o).collect(),
+        lat,
+        by_request,
+        elapsed,
+        cpu,
+    })
 }
 
 fn summarize(
     rule: Rule,
     setting: String,
-    outcomes: &[Outcome],
+    run: &RuleRun,
     labels: &[usize],
-    lat: &[f64],
-    elapsed: Duration,
     t_max: usize,
 ) -> RuleResult {
+    let RuleRun {
+        outcomes,
+        lat,
+        by_request,
+        elapsed,
+        cpu,
+    } = run;
+    let elapsed = *elapsed;
     let n = outcomes.len().max(1) as f64;
     let correct = outcomes
         .iter()
@@ -365,6 +429,12 @@ fn summarize(
         latency_p50_ms: percentile(lat, 0.5),
         latency_p99_ms: percentile(lat, 0.99),
         throughput_rps: outcomes.len() as f64 / elapsed.as_secs_f64(),
+        cpu_seconds: *cpu,
+        queue_p50_ms: median_of(outcomes, by_request, |o, _| o.queue.as_secs_f64() * 1e3),
+        inference_p50_ms: median_of(outcomes, by_request, |o, _| o.inference.as_secs_f64() * 1e3),
+        other_p50_ms: median_of(outcomes, by_request, |o, l| {
+            l - (o.queue + o.inference).as_secs_f64() * 1e3
+        }),
     }
 }
 
@@ -458,7 +528,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let c = args.concurrency;
     // Full T with the trajectory: accuracy at every t and the exact α sweep (the score at each t
     // does not depend on α).
-    let (full, lat, el) = run_rule(
+    let full = run_rule(
         &m,
         &inputs,
         RequestRule::Fixed { timesteps: t_max },
@@ -473,11 +543,9 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         format!("t={t_max}"),
         &full,
         &labels,
-        &lat,
-        el,
         t_max,
     ));
-    let (conf, lat, el) = run_rule(
+    let conf = run_rule(
         &m,
         &inputs,
         RequestRule::Confidence {
@@ -495,12 +563,10 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         format!("alpha={alpha}"),
         &conf,
         &labels,
-        &lat,
-        el,
         t_max,
     ));
     if m.has_policy() {
-        let (pol, lat, el) = run_rule(
+        let pol = run_rule(
             &m,
             &inputs,
             RequestRule::Policy {
@@ -522,8 +588,6 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             },
             &pol,
             &labels,
-            &lat,
-            el,
             t_max,
         ));
     }
@@ -554,7 +618,8 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let n = labels.len() as f64;
     let accuracy_per_t: Vec<f64> = (0..t_max)
         .map(|t| {
-            full.iter()
+            full.outcomes
+                .iter()
                 .zip(&labels)
                 .filter(|(o, l)| o.trajectory[t].class_id == **l)
                 .count() as f64
@@ -571,7 +636,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         .map(|&a| {
             let mut correct = 0usize;
             let mut steps = 0usize;
-            for (o, l) in full.iter().zip(&labels) {
+            for (o, l) in full.outcomes.iter().zip(&labels) {
                 let t = o
                     .trajectory
                     .iter()
@@ -687,6 +752,10 @@ mod tests {
                 latency_p50_ms: 1.0,
                 latency_p99_ms: 2.0,
                 throughput_rps: 10.0,
+                cpu_seconds: Some(1.0),
+                queue_p50_ms: 0.1,
+                inference_p50_ms: 0.5,
+                other_p50_ms: 0.05,
             }],
             accuracy_per_t: vec![0.5, 0.5],
             alpha_sweep: vec![SweepPoint {
@@ -717,6 +786,18 @@ mod tests {
         assert!(text.contains("confidence  alpha=0.9"), "{text}");
         assert!(text.contains("check SEENN-I accuracy"), "{text}");
         assert!(report().passes_check());
+    }
+
+    #[test]
+    fn process_cpu_time_grows() {
+        let a = process_cpu_seconds().expect("/proc/self/stat");
+        let t0 = Instant::now();
+        let mut x = 0u64;
+        while t0.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let b = process_cpu_seconds().expect("/proc/self/stat");
+        assert!(b >= a && b - a < 5.0, "{a} -> {b}");
     }
 
     #[test]

@@ -92,13 +92,28 @@ async fn closed_and_open_loop_reports_are_consistent() {
                 ]),
                 Some(200),
             ),
+            (
+                bench(&["--url", &h, "--get", "/healthz", "--requests", "50"]),
+                Some(50),
+            ),
         ]
     })
     .await
     .expect("bench runs");
-    for (r, n) in &reports {
+    for (r, n) in &reports[..4] {
         check(r, *n);
+        // Every classify answer carries the server's own timings (HTTP headers, gRPC `timings`).
+        let st = &r["server_timings_ms"];
+        let total = st["total_p50"].as_f64().expect("server total");
+        let inference = st["inference_p50"].as_f64().expect("server inference");
+        assert!(inference > 0.0 && total >= inference, "{st}");
+        assert!(st["outside_p50"].as_f64().expect("outside") >= 0.0, "{st}");
     }
+    // --get: the floor of client and HTTP, no model involved.
+    let probe = &reports[4].0;
+    assert_eq!(probe["successes"], 50, "{probe}");
+    assert!(probe["server_timings_ms"].is_null(), "{probe}");
+    assert!(probe["latency_ms"]["p50"].as_f64().expect("p50") > 0.0);
     let open = &reports[1].0;
     let sent = open["requests"].as_u64().expect("n");
     assert!(
