@@ -592,7 +592,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         ));
     }
     if let (true, Some(threshold)) = (m.has_learned(), m.manifest.exit.default_threshold) {
-        let (learned, lat, el) = run_rule(
+        let learned = run_rule(
             &m,
             &inputs,
             RequestRule::Learned {
@@ -610,8 +610,6 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             format!("threshold={threshold}"),
             &learned,
             &labels,
-            &lat,
-            el,
             t_max,
         ));
     }
