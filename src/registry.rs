@@ -80,6 +80,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         alpha: manifest.exit.default_alpha,
         timesteps: manifest.timesteps,
         adaptive: None,
+        shadow_fraction: 0.0,
     };
     let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);

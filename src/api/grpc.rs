@@ -132,6 +132,8 @@ fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
         }),
         configured_alpha: v.adaptive.map(|a| a.configured_alpha as f32),
         floor_alpha: v.adaptive.map(|a| a.floor_alpha as f32),
+        shadow_fraction: v.shadow_fraction,
+        expected_shadow_agreement: v.expected_shadow_agreement,
     }
 }
 
@@ -259,6 +261,7 @@ impl Admin for GrpcService {
                 })),
                 (false, None) => None,
             },
+            shadow_fraction: r.shadow_fraction,
         };
         let name = if r.model.is_empty() {
             self.state.registry.default_model().to_string()
