@@ -36,7 +36,11 @@ fn expected_exit(s: &GoldenSample, alpha: f64) -> (usize, usize, usize) {
     (t, class, full)
 }
 
-async fn admin_put(s: &seenn_serve::server::RunningServer, model: &str, body: Value) -> (u16, Value) {
+async fn admin_put(
+    s: &seenn_serve::server::RunningServer,
+    model: &str,
+    body: Value,
+) -> (u16, Value) {
     let r = client()
         .put(url(s, &format!("/admin/models/{model}/exit-policy")))
         .bearer_auth(TOKEN)
@@ -110,7 +114,8 @@ async fn shadow_counts_equal_what_the_golden_logits_predict() {
         (gauge - expected_agreement).abs() < 1e-12,
         "the gauge the alert compares with is the view's: {gauge} vs {expected_agreement}"
     );
-    let saved = std::fs::read_to_string(dir.path().join("state/exit-policies.json")).expect("state");
+    let saved =
+        std::fs::read_to_string(dir.path().join("state/exit-policies.json")).expect("state");
     assert!(saved.contains("\"shadow_fraction\": 1.0"), "{saved}");
 
     let (mut early, mut agree, mut steps, mut shadow_steps) = (0.0, 0.0, 0.0, 0.0);
@@ -131,7 +136,11 @@ async fn shadow_counts_equal_what_the_golden_logits_predict() {
                 if a + d + dropped >= early {
                     break;
                 }
-                assert!(Instant::now() < until, "shadow of {} never finished", sample.file);
+                assert!(
+                    Instant::now() < until,
+                    "shadow of {} never finished",
+                    sample.file
+                );
                 tokio::time::sleep(Duration::from_millis(2)).await;
             }
         }
@@ -145,8 +154,14 @@ async fn shadow_counts_equal_what_the_golden_logits_predict() {
     let n = g.samples.len() as f64;
     let model = [("model", m)];
     assert_eq!(metric_value(&text, "seenn_timesteps_used_count", &model), n);
-    assert_eq!(metric_value(&text, "seenn_timesteps_used_sum", &model), steps);
-    assert_eq!(metric_value(&text, "seenn_request_steps_total", &model), steps);
+    assert_eq!(
+        metric_value(&text, "seenn_timesteps_used_sum", &model),
+        steps
+    );
+    assert_eq!(
+        metric_value(&text, "seenn_request_steps_total", &model),
+        steps
+    );
     assert_eq!(
         metric_value(&text, "seenn_shadow_steps_total", &model),
         shadow_steps
@@ -165,7 +180,11 @@ async fn shadow_counts_equal_what_the_golden_logits_predict() {
     assert_eq!(r.status(), 200);
     tokio::time::sleep(Duration::from_millis(100)).await;
     let (a, d, dropped) = shadow_counts(&metrics_text(&s).await, m);
-    assert_eq!(a + d + dropped, early, "a custom-policy request was sampled");
+    assert_eq!(
+        a + d + dropped,
+        early,
+        "a custom-policy request was sampled"
+    );
     s.shutdown().await;
 }
 
@@ -194,7 +213,10 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
     let (status, body) = admin_put(&s, m, json!({"shadow_fraction": "all"})).await;
     assert_eq!(status, 400, "{body}");
     assert!(
-        body["error"].as_str().expect("error").contains("shadow_fraction"),
+        body["error"]
+            .as_str()
+            .expect("error")
+            .contains("shadow_fraction"),
         "{body}"
     );
     let view: Value = client()
@@ -237,7 +259,10 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
     for round in 0..rounds {
         for (i, b) in burst(s.clone(), round).await {
             assert_eq!(b["class_id"], reference[i]["class_id"], "sample {i}");
-            assert_eq!(b["timesteps_used"], reference[i]["timesteps_used"], "sample {i}");
+            assert_eq!(
+                b["timesteps_used"], reference[i]["timesteps_used"],
+                "sample {i}"
+            );
             let (a, c) = (
                 b["confidence"].as_f64().expect("c"),
                 reference[i]["confidence"].as_f64().expect("c"),
@@ -275,10 +300,7 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
     }
 }
 
-fn engine_options(
-    env: &ort::environment::Environment,
-    metrics: Arc<Metrics>,
-) -> LoadOptions<'_> {
+fn engine_options(env: &ort::environment::Environment, metrics: Arc<Metrics>) -> LoadOptions<'_> {
     LoadOptions {
         env,
         session: SessionOptions {
@@ -362,7 +384,11 @@ async fn live_requests_take_shadow_rows_and_waiting_requests_stop_shadows() {
     let wait_accounted = |n: u64| async move {
         let until = Instant::now() + Duration::from_secs(10);
         while counts().0 + counts().1 < n {
-            assert!(Instant::now() < until, "shadows unaccounted: {:?} of {n}", counts());
+            assert!(
+                Instant::now() < until,
+                "shadows unaccounted: {:?} of {n}",
+                counts()
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
     };

@@ -24,10 +24,10 @@ use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
 use crate::error::Error;
 use crate::exit::{self, ExitRule};
-use shadow::{Sampler, Shadow};
 use crate::graphs::{self, Sessions};
 use crate::metrics::{CancelReason, ModelMetrics};
 use crate::model::manifest::{Aggregation, Manifest};
+use shadow::{Sampler, Shadow};
 use slots::{SlotSpec, Slots};
 
 /// How a request asked to exit; resolved against the model when it is admitted.

@@ -476,8 +476,14 @@ mod tests {
         let at = |a: f64| c.expected_shadow_agreement(a).expect("some");
         assert!((at(0.7) - 0.97).abs() < 1e-12, "{}", at(0.7));
         assert!((at(0.5) - 0.95).abs() < 1e-12);
-        assert!((at(0.3) - 0.95).abs() < 1e-12, "below the sweep: nearest row");
-        assert!((at(0.99) - 0.99).abs() < 1e-12, "above the sweep: nearest row");
+        assert!(
+            (at(0.3) - 0.95).abs() < 1e-12,
+            "below the sweep: nearest row"
+        );
+        assert!(
+            (at(0.99) - 0.99).abs() < 1e-12,
+            "above the sweep: nearest row"
+        );
         let mut none = calibration(vec![row(0.9, 0.99, vec![100, 0])]);
         none.alpha_sweep[0].agreement_with_full_t = None;
         assert_eq!(none.expected_shadow_agreement(0.9), None);
@@ -489,7 +495,9 @@ mod tests {
         let c = crate::model::read_calibration(&dir, 4)
             .expect("reads")
             .expect("present");
-        let e = c.expected_shadow_agreement(0.9).expect("agreement in the sweep");
+        let e = c
+            .expected_shadow_agreement(0.9)
+            .expect("agreement in the sweep");
         let all = c
             .expected_at(0.9)
             .and_then(|r| r.agreement_with_full_t)
