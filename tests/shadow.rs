@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
+use seenn_serve::api::grpc::pb;
+use seenn_serve::api::grpc::pb::admin_client::AdminClient;
 use seenn_serve::engine::{EngineConfig, Job, Outcome, RequestRule};
 use seenn_serve::metrics::Metrics;
 use seenn_serve::registry::{self as model, LoadOptions, LoadedModel};
@@ -228,6 +230,33 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
         .await
         .expect("json");
     assert_eq!(view["exit_policy"]["shadow_fraction"], 0.0, "{view}");
+    // The same over gRPC Admin: INVALID_ARGUMENT out of range, the view shows what was set.
+    let mut admin = AdminClient::connect(format!("http://{}", s.grpc_addr))
+        .await
+        .expect("connect");
+    let authed = |fraction: f64| {
+        let mut req = tonic::Request::new(pb::SetExitPolicyRequest {
+            model: m.into(),
+            shadow_fraction: Some(fraction),
+            ..Default::default()
+        });
+        req.metadata_mut().insert(
+            "authorization",
+            format!("Bearer {TOKEN}").parse().expect("meta"),
+        );
+        req
+    };
+    let e = admin.set_exit_policy(authed(2.0)).await.expect_err("2.0");
+    assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e:?}");
+    assert!(e.message().contains("0 <= shadow_fraction <= 1"), "{e:?}");
+    let r = admin
+        .set_exit_policy(authed(0.25))
+        .await
+        .expect("set")
+        .into_inner();
+    assert_eq!(r.shadow_fraction, 0.25);
+    let (status, _) = admin_put(&s, m, json!({"shadow_fraction": 0})).await;
+    assert_eq!(status, 200);
 
     // Without shadows: the reference answers, 8 at a time.
     let burst = |s: Arc<seenn_serve::server::RunningServer>, round: usize| {

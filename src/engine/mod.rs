@@ -462,11 +462,6 @@ impl Worker {
                 self.drop_shadows((self.active.len() + newcomers.len()).saturating_sub(cap));
                 self.admit(&mut newcomers);
             }
-            // Requests still wait (every row here is live, and so are the other workers'): the
-            // shadow runs give their share of the next steps back too.
-            if self.shadows > 0 && self.depth.load(Ordering::SeqCst) > 0 {
-                self.drop_shadows(self.shadows);
-            }
             self.drop_abandoned();
             if self.active.is_empty() {
                 continue;

@@ -6,9 +6,12 @@
 //! `seenn_shadow_total{agree}` counts the result. A shadow is the lowest-priority work there is:
 //!
 //! - it only starts in a spare row: at most [`default_rows`] shadow rows per worker (each one costs
-//!   a row's share of every step it is in), and never while requests wait in the queue;
+//!   a row's share of every step it is in), and never while requests wait in the queue (the server
+//!   is saturated then);
 //! - newcomers take rows from shadows first (the fewest timesteps run go first, as they have the
-//!   most left), and while requests wait in the queue every shadow row is given back;
+//!   most left): a worker admits waiting requests up to `--max-batch` live rows whatever its
+//!   shadows, so requests that still wait after an admission mean a batch full of live rows and no
+//!   shadow left in it;
 //! - it is not a request: no client, deadline, answer or request metric (`seenn_active_requests`,
 //!   timesteps, exits, batch size) sees it; `seenn_shadow_rows` and `seenn_shadow_steps_total` do.
 //!
