@@ -263,8 +263,8 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
         let pngs = pngs.clone();
         async move {
             let mut handles = Vec::new();
-            for i in (round * 8)..(round * 8 + 8).min(pngs.len()) {
-                let (s, png) = (s.clone(), pngs[i].clone());
+            for (i, png) in pngs.iter().enumerate().skip(round * 8).take(8) {
+                let (s, png) = (s.clone(), png.clone());
                 handles.push(tokio::spawn(async move { (i, classify(&s, m, png).await) }));
             }
             let mut out = Vec::new();
