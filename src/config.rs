@@ -44,6 +44,11 @@ pub struct ServeConfig {
     /// models, at least 1.
     #[arg(long, env = "SEENN_ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
+    /// Most shadow runs (the exit policy's `shadow_fraction`) per engine worker at once. Default:
+    /// one per eight rows of --max-batch, at least one. Each shadow row costs its share of every
+    /// step it is in; newcomers always take rows from shadow runs first.
+    #[arg(long, env = "SEENN_MAX_SHADOW_ROWS")]
+    pub max_shadow_rows: Option<usize>,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
     /// before their body is read, so memory stays bounded under overload. Health, readiness and
     /// metrics are not counted.
@@ -120,6 +125,7 @@ impl ServeConfig {
             intra_threads: 1,
             max_batch: 8,
             engine_workers: None,
+            max_shadow_rows: None,
             max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,

@@ -359,6 +359,7 @@ async fn run_rule(
                         reply: tx,
                         progress: None,
                         default_policy: false,
+                        shadow_fraction: 0.0,
                     })
                     .map_err(|e| e.to_string())?;
                 let outcome = rx
@@ -471,6 +472,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             batching: args.batching,
             ablations: args.ablate.clone(),
             workers: args.engine_workers.map_or(0, |n| n.max(1)),
+            shadow_rows: 0,
         },
         metrics,
     };

@@ -68,6 +68,15 @@ pub struct ExitPolicy {
     /// 0, the exported policy).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bias_scale: Option<f64>,
+    /// Shadow runs: the fraction (0..=1) of default-policy requests that exit before the model's T
+    /// and keep running to T after their answer was sent, to count whether the early class equals
+    /// the full-T class (`seenn_shadow_total`). 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub shadow_fraction: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 /// The adaptive part of a model's exit policy, as configured and persisted. It moves the dial of

@@ -28,6 +28,11 @@ pub struct Metrics {
     pub queue_capacity: IntGaugeVec,
     pub model_info: IntGaugeVec,
     pub model_ready: IntGaugeVec,
+    pub shadow_total: IntCounterVec,
+    pub shadow_dropped: IntCounterVec,
+    pub shadow_steps: IntCounterVec,
+    pub shadow_rows: IntGaugeVec,
+    pub shadow_expected_agreement: GaugeVec,
 }
 
 /// The `model` label of a request rejected before its body named a model.
@@ -160,6 +165,41 @@ impl Metrics {
                 Opts::new("seenn_model_ready", "1 when the model serves"),
                 &["model"],
             )?,
+            shadow_total: IntCounterVec::new(
+                Opts::new(
+                    "seenn_shadow_total",
+                    "Shadow runs finished: early exits that kept running to T after their answer; agree: whether the answered class equals the full-T class",
+                ),
+                &["model", "rule", "agree"],
+            )?,
+            shadow_dropped: IntCounterVec::new(
+                Opts::new(
+                    "seenn_shadow_dropped_total",
+                    "Sampled shadow runs not run to T: not started (shadow rows full, requests waiting) or evicted for live requests",
+                ),
+                &["model"],
+            )?,
+            shadow_steps: IntCounterVec::new(
+                Opts::new(
+                    "seenn_shadow_steps_total",
+                    "Per-row timesteps computed for shadow runs (not in seenn_request_steps_total)",
+                ),
+                &["model"],
+            )?,
+            shadow_rows: IntGaugeVec::new(
+                Opts::new(
+                    "seenn_shadow_rows",
+                    "Shadow runs in the running batches (not in seenn_active_requests)",
+                ),
+                &["model"],
+            )?,
+            shadow_expected_agreement: GaugeVec::new(
+                Opts::new(
+                    "seenn_shadow_expected_agreement",
+                    "Agreement of early exits with the full-T class that calibration.json (validation split) expects at the default policy's alpha",
+                ),
+                &["model", "rule"],
+            )?,
             registry,
         };
         macro_rules! reg {
@@ -184,7 +224,12 @@ impl Metrics {
             expected_avg_timesteps,
             queue_capacity,
             model_info,
-            model_ready
+            model_ready,
+            shadow_total,
+            shadow_dropped,
+            shadow_steps,
+            shadow_rows,
+            shadow_expected_agreement
         );
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
@@ -228,6 +273,20 @@ impl Metrics {
             cancelled: CancelReason::ALL
                 .map(|r| self.cancelled_total.with_label_values(&[model, r.as_str()])),
             rules,
+            shadow: RuleKind::ALL
+                .map(|k| {
+                    (
+                        k,
+                        ["true", "false"].map(|agree| {
+                            self.shadow_total
+                                .with_label_values(&[model, k.as_str(), agree])
+                        }),
+                    )
+                })
+                .to_vec(),
+            shadow_dropped: self.shadow_dropped.with_label_values(&[model]),
+            shadow_steps: self.shadow_steps.with_label_values(&[model]),
+            shadow_rows: self.shadow_rows.with_label_values(&[model]),
         }
     }
 
@@ -289,6 +348,11 @@ pub struct ModelMetrics {
     pub model_ready: IntGauge,
     cancelled: [IntCounter; 2],
     rules: Vec<((RuleKind, bool), RuleMetrics)>,
+    /// `seenn_shadow_total` per rule: `[agree="true", agree="false"]`.
+    shadow: Vec<(RuleKind, [IntCounter; 2])>,
+    pub shadow_dropped: IntCounter,
+    pub shadow_steps: IntCounter,
+    pub shadow_rows: IntGauge,
 }
 
 impl ModelMetrics {
@@ -304,5 +368,17 @@ impl ModelMetrics {
             .find(|(k, _)| *k == (kind, default_policy))
             .map(|(_, r)| r)
             .unwrap_or(&self.rules[0].1)
+    }
+
+    /// `seenn_shadow_total` of a shadow run of an answer under `kind` that did (or did not) agree
+    /// with the full-T class.
+    pub fn shadow(&self, kind: RuleKind, agree: bool) -> &IntCounter {
+        let pair = self
+            .shadow
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map(|(_, p)| p)
+            .unwrap_or(&self.shadow[0].1);
+        &pair[usize::from(!agree)]
     }
 }

@@ -114,6 +114,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         adaptive: None,
         threshold: manifest.exit.default_threshold,
         bias_scale: None,
+        shadow_fraction: 0.0,
     };
     let samples = read_samples(dir, &manifest.labels);
     let manifest = Arc::new(manifest);

@@ -75,6 +75,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             batching: cfg.batching,
             ablations: cfg.ablate.clone(),
             workers: cfg.engine_workers.unwrap_or(0),
+            shadow_rows: cfg.max_shadow_rows.unwrap_or(0),
         },
         metrics: metrics.clone(),
     };

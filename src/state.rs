@@ -47,6 +47,12 @@ pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
                 return Err(format!("model {name}: adaptive {a:?} is out of range"));
             }
         }
+        if !(0.0..=1.0).contains(&p.shadow_fraction) {
+            return Err(format!(
+                "model {name}: shadow_fraction {} is out of range; accepted: 0 <= shadow_fraction <= 1",
+                p.shadow_fraction
+            ));
+        }
     }
     Ok(s)
 }
@@ -130,6 +136,7 @@ mod tests {
             adaptive: None,
             threshold: Some(0.5),
             bias_scale: Some(-2.0),
+            shadow_fraction: 0.01,
         };
         store.set("m", p).expect("set");
         let again = StateStore::open(dir.path()).expect("reopen");
@@ -139,5 +146,17 @@ mod tests {
             .err()
             .expect("corrupt file must fail");
         assert!(e.contains(STATE_FILE) && e.contains("corrupt"), "{e}");
+        // A file without shadow_fraction (written before it existed) reads as off; one out of
+        // range is refused.
+        let old = parse_state(
+            br#"{"version": 1, "models": {"m": {"rule": "confidence", "alpha": 0.9, "timesteps": 4}}}"#,
+        )
+        .expect("parses");
+        assert_eq!(old.models["m"].shadow_fraction, 0.0);
+        let e = parse_state(
+            br#"{"version": 1, "models": {"m": {"rule": "confidence", "alpha": 0.9, "timesteps": 4, "shadow_fraction": 1.5}}}"#,
+        )
+        .expect_err("out of range");
+        assert!(e.contains("shadow_fraction"), "{e}");
     }
 }

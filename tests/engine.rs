@@ -38,6 +38,7 @@ fn cpu_options(
             batching: Batching::Continuous,
             ablations,
             workers: 1,
+            shadow_rows: 0,
         },
         metrics,
     }
@@ -72,6 +73,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
         reply,
         progress: None,
         default_policy: false,
+        shadow_fraction: 0.0,
     };
 
     // A normal request runs its 4 steps.
@@ -116,6 +118,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
             reply: tx,
             progress: Some(ptx),
             default_policy: false,
+            shadow_fraction: 0.0,
         })
         .expect("submit");
     assert_eq!(prx.recv().await.expect("first step").t, 1);
@@ -185,6 +188,7 @@ async fn ablations_compute_the_same_answers() {
                     reply: tx,
                     progress: None,
                     default_policy: false,
+                    shadow_fraction: 0.0,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -347,6 +351,7 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
                     reply: tx,
                     progress: None,
                     default_policy: false,
+                    shadow_fraction: 0.0,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -402,6 +407,7 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
         reply,
         progress: None,
         default_policy: false,
+        shadow_fraction: 0.0,
     };
     let later = || Instant::now() + Duration::from_secs(60);
 

@@ -583,3 +583,75 @@ async fn admin_moves_the_policy_along_its_bias_sweep() {
     }
     s.shutdown().await;
 }
+
+/// Shadow runs under the learned rule: with `shadow_fraction` 1.0 every golden sample the learned
+/// rule answers before T is followed to T, and `seenn_shadow_total{rule="learned"}` counts exactly
+/// the agreements golden.json predicts (learned class against argmax of the full-T sum); the
+/// expectation comes from the learned threshold sweep.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shadow_runs_follow_the_learned_rule() {
+    let (pkg, g, threshold) = learned_golden();
+    let cal = seenn_serve::model::read_calibration(&pkg, 4)
+        .expect("calibration")
+        .expect("present");
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    let s = start(cfg).await;
+    let (status, v) = put_policy(
+        &s,
+        "fashion-mnist",
+        json!({"rule": "learned", "shadow_fraction": 1.0}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let want = cal
+        .expected_shadow_agreement_learned(threshold)
+        .expect("the learned sweep has agreement figures");
+    let got = v["expected_shadow_agreement"]
+        .as_f64()
+        .expect("expectation");
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    let (mut early, mut agree) = (0.0, 0.0);
+    let learned = [("model", "fashion-mnist"), ("rule", "learned")];
+    for sample in &g.samples {
+        let (status, r) = classify(&s, "", sample_bytes(&pkg, sample)).await;
+        assert_eq!(status, 200, "{r}");
+        let t = sample.learned_exit_timestep.expect("golden");
+        if t < sample.logits.len() {
+            let k = sample.logits[0].len();
+            let sum: Vec<f64> = (0..k)
+                .map(|c| sample.logits.iter().map(|l| f64::from(l[c])).sum())
+                .collect();
+            let (_, full, _) = seenn_serve::exit::score(&sum, 1.0);
+            early += 1.0;
+            agree += f64::from(u8::from(sample.learned_class_id == Some(full)));
+            // One at a time, so no shadow is evicted by the next request.
+            let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while metric_value(&metrics_text(&s).await, "seenn_shadow_total", &learned) < early {
+                assert!(std::time::Instant::now() < until, "{}", sample.file);
+                tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+            }
+        }
+    }
+    assert!(
+        early > 0.0,
+        "some golden samples exit early under the learned rule"
+    );
+    let text = metrics_text(&s).await;
+    let mut agreed = learned.to_vec();
+    agreed.push(("agree", "true"));
+    assert_eq!(metric_value(&text, "seenn_shadow_total", &learned), early);
+    assert_eq!(metric_value(&text, "seenn_shadow_total", &agreed), agree);
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_shadow_dropped_total",
+            &[("model", "fashion-mnist")]
+        ),
+        0.0
+    );
+    s.shutdown().await;
+}

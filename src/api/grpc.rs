@@ -136,6 +136,8 @@ fn policy_pb(v: ExitPolicyView) -> pb::ExitPolicyResponse {
         floor_alpha: v.adaptive.map(|a| a.floor_alpha as f32),
         threshold: v.threshold,
         bias_scale: v.bias_scale,
+        shadow_fraction: v.shadow_fraction,
+        expected_shadow_agreement: v.expected_shadow_agreement,
     }
 }
 
@@ -267,6 +269,7 @@ impl Admin for GrpcService {
                 })),
                 (false, None) => None,
             },
+            shadow_fraction: r.shadow_fraction,
         };
         let name = if r.model.is_empty() {
             self.state.registry.default_model().to_string()

@@ -611,9 +611,10 @@ pub async fn get_exit_policy(
     Ok(Json(state.policy_view(&m)).into_response())
 }
 
-/// Changes a model's default exit policy: a rule, and at most one of `alpha` (or, for the learned
-/// rule, `threshold`), `target_avg_timesteps`, `max_accuracy_drop` (the last two resolved through
-/// calibration.json, for the learned rule when the policy's rule is `learned`).
+/// Changes a model's default exit policy: a rule, and at most one of its dial (`alpha`; for the
+/// learned rule `threshold`; for the policy `bias_scale`), `target_avg_timesteps`,
+/// `max_accuracy_drop` (the last two resolved through calibration.json for the policy's rule),
+/// `adaptive` and `shadow_fraction` (shadow runs, 0..=1).
 /// Persisted atomically before the answer.
 #[utoipa::path(put, path = "/admin/models/{name}/exit-policy", tag = "admin",
     params(("name" = String, Path, description = "Model name")),
@@ -634,7 +635,7 @@ pub async fn put_exit_policy(
     auth(&state, &headers)?;
     let update: ExitPolicyUpdate = serde_json::from_slice(&body).map_err(|e| {
         Error::invalid(format!(
-            "malformed exit-policy body: {e}; accepted fields: rule, alpha, threshold, bias_scale, target_avg_timesteps, max_accuracy_drop, timesteps, adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
+            "malformed exit-policy body: {e}; accepted fields: rule, alpha, threshold, bias_scale, target_avg_timesteps, max_accuracy_drop, timesteps, shadow_fraction (0 to 1), adaptive ({{\"p99_ms\", \"max_accuracy_drop\"}} or null)"
         ))
     })?;
     Ok(Json(state.set_exit_policy(&name, update)?).into_response())

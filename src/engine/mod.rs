@@ -8,7 +8,11 @@
 //! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
 //! the last row. An idle worker blocks on the queue (no timed polling), after an optional short
 //! spin (`SEENN_ENGINE_SPIN_US`, off by default).
+//!
+//! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
+//! lowest priority (a shadow run, [`shadow`]): it compares the answered class with the full-T one.
 
+pub mod shadow;
 pub mod slots;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -23,6 +27,7 @@ use crate::exit::{self, ExitRule};
 use crate::graphs::{self, Sessions};
 use crate::metrics::{CancelReason, ModelMetrics};
 use crate::model::manifest::{Aggregation, Manifest};
+use shadow::{Sampler, Shadow};
 use slots::{SlotSpec, Slots};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
@@ -83,6 +88,10 @@ pub struct Job {
     /// The request runs under the model's default policy (the `policy="default"` series, which
     /// the drift alert compares with calibration).
     pub default_policy: bool,
+    /// The fraction of this request's early exits (before the model's T) to keep running to T
+    /// after the answer, as a shadow run: the default policy's `shadow_fraction` for a request
+    /// on the default policy, 0 for the others.
+    pub shadow_fraction: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -115,6 +124,8 @@ pub struct EngineConfig {
     pub ablations: Vec<Ablation>,
     /// Worker threads per model, each with its own sessions and batch; 0 = [`default_workers`].
     pub workers: usize,
+    /// Most shadow rows per worker; 0 = [`shadow::default_rows`].
+    pub shadow_rows: usize,
 }
 
 impl EngineConfig {
@@ -231,6 +242,39 @@ struct Active {
     t: usize,
     trajectory: Vec<StepTrace>,
     admitted: Instant,
+    /// Set on a shadow run: the answer was sent, the row runs on to T.
+    shadow: Option<Shadow>,
+}
+
+impl Active {
+    /// The shadow row that takes over `a`'s batch row once `a` has answered `class_id`: the same
+    /// running sum and timestep, no client (its sender goes nowhere; `a` keeps the real one and
+    /// answers through it), no trace, no deadline of its own.
+    fn shadow_of(a: &mut Active, class_id: usize) -> Active {
+        let (reply, _) = oneshot::channel();
+        Active {
+            job: Job {
+                input: std::mem::take(&mut a.job.input),
+                rule: a.job.rule,
+                explain: false,
+                deadline: a.job.deadline,
+                enqueued: a.job.enqueued,
+                reply,
+                progress: None,
+                default_policy: a.job.default_policy,
+                shadow_fraction: 0.0,
+            },
+            rule: a.rule,
+            sum: a.sum.clone(),
+            t: a.t,
+            trajectory: Vec::new(),
+            admitted: a.admitted,
+            shadow: Some(Shadow {
+                rule: a.rule.kind(),
+                class_id,
+            }),
+        }
+    }
 }
 
 struct Worker {
@@ -246,6 +290,11 @@ struct Worker {
     slots: Slots,
     /// This worker's share of `seenn_active_requests` last published.
     published: i64,
+    /// Shadow rows in `active`, their most, and this worker's share of `seenn_shadow_rows`.
+    shadows: usize,
+    shadow_cap: usize,
+    published_shadows: i64,
+    sampler: Sampler,
     spin: Duration,
     /// Reused per step: the aggregated logits of one request, and the rows that exit with their
     /// (max softmax, class, probabilities).
@@ -306,6 +355,10 @@ pub fn spawn(
                     }
                 };
                 let k = manifest.num_classes();
+                let shadow_cap = match cfg.shadow_rows {
+                    0 => shadow::default_rows(cfg.max_batch),
+                    n => n,
+                };
                 let mut w = Worker {
                     manifest,
                     sessions,
@@ -317,6 +370,10 @@ pub fn spawn(
                     active: Vec::new(),
                     slots,
                     published: 0,
+                    shadows: 0,
+                    shadow_cap,
+                    published_shadows: 0,
+                    sampler: Sampler::seeded(),
                     spin,
                     agg: Vec::with_capacity(k),
                     scored: Vec::new(),
@@ -410,8 +467,10 @@ impl Worker {
                     None => break,
                 }
             }
-            let may_admit = self.cfg.batching == Batching::Continuous || self.active.is_empty();
-            while may_admit && self.active.len() + newcomers.len() < cap {
+            // Shadow rows do not count: a live request may always have them.
+            let live = self.live();
+            let may_admit = self.cfg.batching == Batching::Continuous || live == 0;
+            while may_admit && live + newcomers.len() < cap {
                 match rx.try_recv() {
                     Ok(job) => newcomers.push(job),
                     Err(_) => break,
@@ -420,6 +479,8 @@ impl Worker {
             if !newcomers.is_empty() {
                 let d = self.depth.fetch_sub(newcomers.len(), Ordering::SeqCst) - newcomers.len();
                 self.metrics.queue_depth.set(d as i64);
+                // Newcomers take their rows from shadow runs first.
+                self.drop_shadows((self.active.len() + newcomers.len()).saturating_sub(cap));
                 self.admit(&mut newcomers);
             }
             self.drop_abandoned();
@@ -434,25 +495,78 @@ impl Worker {
         tracing::info!(model = %self.model(), "engine worker stopped");
     }
 
-    /// Adds this worker's change of batch size to `seenn_active_requests` (the sum over workers).
+    /// Rows of live requests (the batch less its shadow runs).
+    fn live(&self) -> usize {
+        self.active.len() - self.shadows
+    }
+
+    /// Adds this worker's change of live requests to `seenn_active_requests` (the sum over
+    /// workers), and of shadow rows to `seenn_shadow_rows`.
     fn publish_active(&mut self) {
-        let n = self.active.len() as i64;
+        let n = self.live() as i64;
         if n != self.published {
             self.metrics.active_requests.add(n - self.published);
             self.published = n;
         }
+        let s = self.shadows as i64;
+        if s != self.published_shadows {
+            self.metrics.shadow_rows.add(s - self.published_shadows);
+            self.published_shadows = s;
+        }
+    }
+
+    /// Ends `n` shadow runs (the ones with the most steps left), counted as dropped.
+    fn drop_shadows(&mut self, n: usize) {
+        if n == 0 || self.shadows == 0 {
+            return;
+        }
+        let mut rows: Vec<(usize, usize)> = self
+            .active
+            .iter()
+            .enumerate()
+            .filter(|(_, a)| a.shadow.is_some())
+            .map(|(i, a)| (i, a.t))
+            .collect();
+        for i in shadow::eviction(&mut rows, n) {
+            self.active.swap_remove(i);
+            self.slots.swap_remove(i);
+            self.shadows -= 1;
+            self.metrics.shadow_dropped.inc();
+        }
+        self.publish_active();
+    }
+
+    /// Whether the live row `i`, which exits now, keeps running as a shadow: it exits before the
+    /// model's T, the sampler picks it, a shadow row is free and nobody waits in the queue. A
+    /// picked exit that cannot run is counted as dropped.
+    fn takes_shadow(&mut self, i: usize) -> bool {
+        let a = &self.active[i];
+        let fraction = a.job.shadow_fraction;
+        if a.t >= self.manifest.timesteps || !self.sampler.sample(fraction) {
+            return false;
+        }
+        if self.shadows >= self.shadow_cap || self.depth.load(Ordering::SeqCst) > 0 {
+            self.metrics.shadow_dropped.inc();
+            return false;
+        }
+        true
     }
 
     /// Answers every active request with `e`, forgets the batch, reports unready, and re-checks
     /// the sessions with a self-test run until they work again.
     fn fail_all(&mut self, e: Error) {
         let model = self.manifest.name.clone();
-        tracing::error!(model = %model, error = %e, requests = self.active.len(), "engine step failed");
+        tracing::error!(model = %model, error = %e, requests = self.live(), "engine step failed");
         self.ready.worker_down(&self.metrics);
         self.metrics.engine_failures.inc();
         for a in self.active.drain(..) {
-            let _ = a.job.reply.send(Err(e.clone()));
+            if a.shadow.is_some() {
+                self.metrics.shadow_dropped.inc();
+            } else {
+                let _ = a.job.reply.send(Err(e.clone()));
+            }
         }
+        self.shadows = 0;
         self.slots.clear();
         self.publish_active();
         let mut backoff = Duration::from_millis(100);
@@ -491,6 +605,10 @@ impl Worker {
         let mut i = self.active.len();
         while i > 0 {
             i -= 1;
+            // A shadow has no client and no deadline of its own.
+            if self.active[i].shadow.is_some() {
+                continue;
+            }
             let reason = if Self::is_abandoned(&self.active[i].job) {
                 Some(CancelReason::ClientGone)
             } else if now >= self.active[i].job.deadline {
@@ -589,6 +707,7 @@ impl Worker {
                 trajectory: Vec::new(),
                 admitted: now,
                 job,
+                shadow: None,
             });
         }
     }
@@ -685,8 +804,13 @@ impl Worker {
         }
         let elapsed = started.elapsed();
         self.metrics.step_duration.observe(elapsed.as_secs_f64());
-        self.metrics.batch_size.observe(n as f64);
-        self.metrics.steps_total.inc_by(n as f64);
+        let live = self.live();
+        if live > 0 {
+            self.metrics.batch_size.observe(live as f64);
+        }
+        self.metrics.steps_total.inc_by(live as f64);
+        self.metrics.shadow_steps.inc_by(self.shadows as u64);
+        let full_t = self.manifest.timesteps;
         let temperature = self.manifest.exit.temperature;
         let mean = self.manifest.exit.aggregation == Aggregation::Mean;
         self.finished.clear();
@@ -740,14 +864,33 @@ impl Worker {
                     a.trajectory.push(trace);
                 }
             }
-            if a.rule.should_exit(a.t, score) {
+            let done = match a.shadow {
+                Some(_) => a.t >= full_t,
+                None => a.rule.should_exit(a.t, score),
+            };
+            if done {
                 self.finished.push((i, confidence, class_id, probs));
             }
         }
         // Highest row first: the row that `swap_remove` moves down never exits in this step.
         while let Some((i, confidence, class_id, probs)) = self.finished.pop() {
-            let a = self.active.swap_remove(i);
-            self.slots.swap_remove(i);
+            if let Some(sh) = self.active[i].shadow {
+                // A shadow run reached T: the class it answered against the full-T class.
+                self.active.swap_remove(i);
+                self.slots.swap_remove(i);
+                self.shadows -= 1;
+                self.metrics.shadow(sh.rule, class_id == sh.class_id).inc();
+                continue;
+            }
+            let a = if self.takes_shadow(i) {
+                // The answer leaves with the request; its row stays, as a shadow run.
+                let shadow = Active::shadow_of(&mut self.active[i], class_id);
+                self.shadows += 1;
+                std::mem::replace(&mut self.active[i], shadow)
+            } else {
+                self.slots.swap_remove(i);
+                self.active.swap_remove(i)
+            };
             self.leaving.push((a, confidence, class_id, probs));
         }
         // The gauge is right before anyone gets an answer.

@@ -217,11 +217,40 @@ pub trait Setting {
     fn setting(&self) -> f64;
     fn accuracy(&self) -> f64;
     fn avg_timesteps(&self) -> f64;
+    /// Fraction of all samples whose exit-time class equals the full-T class.
+    fn agreement_with_full_t(&self) -> Option<f64> {
+        None
+    }
+    /// Samples exiting at each timestep.
+    fn exits_per_t(&self) -> &[u64] {
+        &[]
+    }
+
+    /// Agreement with the full-T class among the samples that exited *before* the last timestep
+    /// (what shadow runs measure): a sample that exits at T agrees with itself, so
+    /// `1 - (1 - agreement) * N / early`. `None` without the agreement, the exit counts, or any
+    /// early exit.
+    fn early_exit_agreement(&self) -> Option<f64> {
+        let agreement = self.agreement_with_full_t()?;
+        let exits = self.exits_per_t();
+        let n: u64 = exits.iter().sum();
+        let early = n.checked_sub(*exits.last()?)?;
+        if early == 0 || !(0.0..=1.0).contains(&agreement) {
+            return None;
+        }
+        Some((1.0 - (1.0 - agreement) * n as f64 / early as f64).clamp(0.0, 1.0))
+    }
 }
 
 impl Setting for SweepRow {
     fn setting(&self) -> f64 {
         self.alpha
+    }
+    fn agreement_with_full_t(&self) -> Option<f64> {
+        self.agreement_with_full_t
+    }
+    fn exits_per_t(&self) -> &[u64] {
+        &self.exits_per_t
     }
     fn accuracy(&self) -> f64 {
         self.accuracy
@@ -235,12 +264,46 @@ impl Setting for ThresholdRow {
     fn setting(&self) -> f64 {
         self.threshold
     }
+    fn agreement_with_full_t(&self) -> Option<f64> {
+        self.agreement_with_full_t
+    }
+    fn exits_per_t(&self) -> &[u64] {
+        &self.exits_per_t
+    }
     fn accuracy(&self) -> f64 {
         self.accuracy
     }
     fn avg_timesteps(&self) -> f64 {
         self.avg_timesteps
     }
+}
+
+/// What shadow runs should measure at setting `x`: the agreement of early exits with the full-T
+/// class on the validation split, linearly interpolated between the two sweep rows around `x`
+/// (the nearest row outside the sweep's range). `None` when the sweep has no agreement figures.
+pub fn expected_shadow_agreement<R: Setting>(rows: &[R], x: f64) -> Option<f64> {
+    let mut pts: Vec<(f64, f64)> = rows
+        .iter()
+        .filter_map(|r| Some((r.setting(), r.early_exit_agreement()?)))
+        .collect();
+    pts.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (first, last) = (pts.first()?, pts.last()?);
+    if x <= first.0 {
+        return Some(first.1);
+    }
+    if x >= last.0 {
+        return Some(last.1);
+    }
+    pts.windows(2).find_map(|w| {
+        let ((a0, y0), (a1, y1)) = (w[0], w[1]);
+        (x >= a0 && x <= a1).then(|| {
+            if a1 > a0 {
+                y0 + (y1 - y0) * (x - a0) / (a1 - a0)
+            } else {
+                y0
+            }
+        })
+    })
 }
 
 /// The row whose setting is nearest `x`.
@@ -275,6 +338,9 @@ pub struct SweepRow {
     pub avg_timesteps: f64,
     #[serde(default)]
     pub exits_per_t: Vec<u64>,
+    /// Fraction of all samples whose exit-time class equals the full-T class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement_with_full_t: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -507,6 +573,16 @@ impl Calibration {
         nearest(&self.alpha_sweep, alpha)
     }
 
+    /// What shadow runs should measure at α (see [`expected_shadow_agreement`]).
+    pub fn expected_shadow_agreement(&self, alpha: f64) -> Option<f64> {
+        expected_shadow_agreement(&self.alpha_sweep, alpha)
+    }
+
+    /// What shadow runs should measure under the learned rule at `threshold`.
+    pub fn expected_shadow_agreement_learned(&self, threshold: f64) -> Option<f64> {
+        expected_shadow_agreement(self.threshold_sweep(), threshold)
+    }
+
     /// The most accurate α whose expected average timesteps stay within `target`.
     pub fn alpha_for_avg_timesteps(&self, target: f64) -> Option<&SweepRow> {
         for_avg_timesteps(&self.alpha_sweep, target)
@@ -544,5 +620,84 @@ impl Calibration {
     /// The lowest learned threshold whose accuracy is within `drop` of full T.
     pub fn threshold_for_accuracy_drop(&self, drop: f64) -> Option<&ThresholdRow> {
         for_accuracy_drop(self.threshold_sweep(), *self.accuracy_per_t.last()?, drop)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(alpha: f64, agreement: f64, exits: Vec<u64>) -> SweepRow {
+        SweepRow {
+            alpha,
+            accuracy: 0.9,
+            avg_timesteps: 1.5,
+            exits_per_t: exits,
+            agreement_with_full_t: Some(agreement),
+        }
+    }
+
+    fn calibration(rows: Vec<SweepRow>) -> Calibration {
+        Calibration {
+            split: "validation".into(),
+            samples: 100,
+            accuracy_per_t: vec![0.9, 0.92],
+            aet: 1.2,
+            empirical_earliest: None,
+            chosen_alpha: 0.9,
+            alpha_sweep: rows,
+            policy: None,
+            learned: None,
+        }
+    }
+
+    #[test]
+    fn early_exit_agreement_leaves_out_the_samples_that_ran_to_t() {
+        // 100 samples, 20 ran to T (they agree with themselves), 2 of the 80 early ones disagree.
+        let r = row(0.9, 0.98, vec![80, 20]);
+        assert!((r.early_exit_agreement().expect("some") - 78.0 / 80.0).abs() < 1e-12);
+        // Nobody exits early: nothing to expect; no agreement figure: nothing either.
+        assert_eq!(row(0.9, 1.0, vec![0, 100]).early_exit_agreement(), None);
+        let mut bare = row(0.9, 0.98, vec![80, 20]);
+        bare.agreement_with_full_t = None;
+        assert_eq!(bare.early_exit_agreement(), None);
+    }
+
+    #[test]
+    fn expected_shadow_agreement_interpolates_between_sweep_rows() {
+        let c = calibration(vec![
+            row(0.9, 0.99, vec![100, 0]),
+            row(0.5, 0.95, vec![100, 0]),
+        ]);
+        let at = |a: f64| c.expected_shadow_agreement(a).expect("some");
+        assert!((at(0.7) - 0.97).abs() < 1e-12, "{}", at(0.7));
+        assert!((at(0.5) - 0.95).abs() < 1e-12);
+        assert!(
+            (at(0.3) - 0.95).abs() < 1e-12,
+            "below the sweep: nearest row"
+        );
+        assert!(
+            (at(0.99) - 0.99).abs() < 1e-12,
+            "above the sweep: nearest row"
+        );
+        let mut none = calibration(vec![row(0.9, 0.99, vec![100, 0])]);
+        none.alpha_sweep[0].agreement_with_full_t = None;
+        assert_eq!(none.expected_shadow_agreement(0.9), None);
+    }
+
+    #[test]
+    fn the_committed_calibration_has_an_expectation_at_its_default_alpha() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fashion-mnist");
+        let c = crate::model::read_calibration(&dir, 4)
+            .expect("reads")
+            .expect("present");
+        let e = c
+            .expected_shadow_agreement(0.9)
+            .expect("agreement in the sweep");
+        let all = c
+            .expected_at(0.9)
+            .and_then(|r| r.agreement_with_full_t)
+            .expect("row");
+        assert!(e < all && e > 0.9, "{e} vs {all}");
     }
 }

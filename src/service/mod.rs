@@ -376,6 +376,13 @@ impl Service {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         let default_policy = opts.uses_default_policy();
+        // Shadow runs sample the default policy's early exits only: they estimate what that
+        // policy (the α the calibration gauge describes) costs, not what clients chose themselves.
+        let shadow_fraction = if default_policy {
+            m.exit_policy().shadow_fraction
+        } else {
+            0.0
+        };
         m.engine.submit(Job {
             input: tensor,
             rule,
@@ -385,6 +392,7 @@ impl Service {
             reply: tx,
             progress,
             default_policy,
+            shadow_fraction,
         })?;
         let outcome = rx
             .await

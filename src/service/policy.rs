@@ -34,6 +34,10 @@ pub struct ExitPolicyUpdate {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<AdaptiveObjective>)]
     pub adaptive: Option<Option<AdaptiveObjective>>,
+    /// Shadow runs: the fraction in [0, 1] of default-policy requests that exit before the
+    /// model's T and keep running to T after their answer, to count whether the early class equals
+    /// the full-T class (`seenn_shadow_total`); 0 switches them off; absent keeps what is set.
+    pub shadow_fraction: Option<f64>,
 }
 
 /// What an operator asks of adaptive α.
@@ -76,8 +80,25 @@ pub struct ExitPolicyView {
     /// α in force now.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub adaptive: Option<AdaptiveAlpha>,
+    /// Shadow runs: the fraction of early exits on the default policy that run on to T (0: off).
+    pub shadow_fraction: f64,
+    /// The fraction of shadow runs whose early class should equal the full-T class, from
+    /// calibration.json's α sweep (validation split) at `alpha`: what `seenn_shadow_total`'s
+    /// agree="true" share is compared with (SEENN-I only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected_shadow_agreement: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous: Option<ExitPolicy>,
+}
+
+pub(crate) fn check_shadow_fraction(f: f64) -> Result<f64> {
+    if !(0.0..=1.0).contains(&f) {
+        return Err(Error::invalid(format!(
+            "shadow_fraction {f} is out of range; accepted: 0 <= shadow_fraction <= 1 \
+             (the fraction of early exits that run on to T; 0 = off, 0.01 = 1%)"
+        )));
+    }
+    Ok(f)
 }
 
 pub(crate) fn check_alpha(alpha: f64) -> Result<f64> {
@@ -240,6 +261,21 @@ impl PolicyAdmin {
                     .remove_label_values(&[&v.model]);
             }
         }
+        // One series per model, labelled with the rule in force: the old rule's goes first.
+        for k in RuleKind::ALL {
+            if Some(k) != v.expected_shadow_agreement.map(|_| v.rule) {
+                let _ = self
+                    .metrics
+                    .shadow_expected_agreement
+                    .remove_label_values(&[&v.model, k.as_str()]);
+            }
+        }
+        if let Some(a) = v.expected_shadow_agreement {
+            self.metrics
+                .shadow_expected_agreement
+                .with_label_values(&[&v.model, v.rule.as_str()])
+                .set(a);
+        }
     }
 
     /// At start-up: the policy saved for `m`, when there is one and it fits the model, then the
@@ -288,6 +324,13 @@ impl PolicyAdmin {
             },
             _ => (None, None),
         };
+        let expected_shadow_agreement = match (p.rule, m.calibration.as_ref()) {
+            (RuleKind::Confidence, Some(c)) => c.expected_shadow_agreement(p.alpha),
+            (RuleKind::Learned, Some(c)) => m
+                .learned_threshold()
+                .and_then(|t| c.expected_shadow_agreement_learned(t)),
+            _ => None,
+        };
         ExitPolicyView {
             model: m.manifest.name.clone(),
             rule: p.rule,
@@ -298,6 +341,8 @@ impl PolicyAdmin {
             expected_accuracy: acc,
             expected_avg_timesteps: avg,
             adaptive: p.adaptive,
+            shadow_fraction: p.shadow_fraction,
+            expected_shadow_agreement,
             previous,
         }
     }
@@ -427,6 +472,9 @@ impl PolicyAdmin {
                 )));
             }
             new.timesteps = t as usize;
+        }
+        if let Some(f) = u.shadow_fraction {
+            new.shadow_fraction = check_shadow_fraction(f)?;
         }
         let objective = match u.adaptive {
             Some(o) => o,

@@ -44,7 +44,7 @@ pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
     serde_json::from_slice(bytes).map_err(|e| {
         format!(
             "expected a JSON object of model name -> {{rule, alpha, threshold, bias_scale, \
-             target_avg_timesteps, max_accuracy_drop, timesteps, adaptive}}: {e}"
+             target_avg_timesteps, max_accuracy_drop, timesteps, adaptive, shadow_fraction}}: {e}"
         )
     })
 }
@@ -82,6 +82,7 @@ fn from_manifest(m: &LoadedModel, entry: Option<&ExitPolicyUpdate>) -> ExitPolic
         timesteps: e.timesteps.or(Some(m.manifest.timesteps as u64)),
         // Left out means off: the file is the whole policy.
         adaptive: Some(e.adaptive.flatten()),
+        shadow_fraction: Some(e.shadow_fraction.unwrap_or(0.0)),
         ..e
     }
 }
@@ -178,10 +179,12 @@ mod tests {
     #[test]
     fn parses_the_admin_body_per_model() {
         let f = parse(
-            br#"{"a": {"alpha": 0.9}, "b": {"target_avg_timesteps": 2.0, "rule": "confidence"}, "c": {}}"#,
+            br#"{"a": {"alpha": 0.9, "shadow_fraction": 0.01}, "b": {"target_avg_timesteps": 2.0, "rule": "confidence"}, "c": {}}"#,
         )
         .expect("parse");
         assert_eq!(f.len(), 3);
+        assert_eq!(f["a"].shadow_fraction, Some(0.01));
+        assert_eq!(f["b"].shadow_fraction, None);
         assert_eq!(f["a"].alpha, Some(0.9));
         assert_eq!(f["b"].target_avg_timesteps, Some(2.0));
         assert!(f["c"].rule.is_none());
