@@ -36,6 +36,9 @@ pub enum Error {
         depth: usize,
         retry_after_s: u64,
     },
+    /// Shed under adaptive α: the request waited in the queue past the objective's budget.
+    #[error("{0}")]
+    Shed(String),
     /// The request's deadline passed before it finished.
     #[error("{0}")]
     DeadlineExceeded(String),
@@ -73,7 +76,7 @@ impl Error {
             Error::NotFound(_) => "not_found",
             Error::MethodNotAllowed(_) => "method_not_allowed",
             Error::UriTooLong(_) => "uri_too_long",
-            Error::Overloaded { .. } => "overloaded",
+            Error::Overloaded { .. } | Error::Shed(_) => "overloaded",
             Error::DeadlineExceeded(_) => "deadline_exceeded",
             Error::Unavailable(_) => "unavailable",
             Error::Unauthenticated(_) => "unauthenticated",
@@ -91,7 +94,7 @@ impl Error {
             Error::ModelNotFound(_) | Error::NotFound(_) => StatusCode::NOT_FOUND,
             Error::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             Error::UriTooLong(_) => StatusCode::URI_TOO_LONG,
-            Error::Overloaded { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Error::Overloaded { .. } | Error::Shed(_) => StatusCode::TOO_MANY_REQUESTS,
             Error::DeadlineExceeded(_) => StatusCode::GATEWAY_TIMEOUT,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -109,7 +112,7 @@ impl Error {
             Error::ModelNotFound(_) | Error::NotFound(_) => tonic::Code::NotFound,
             Error::MethodNotAllowed(_) => tonic::Code::Unimplemented,
             Error::UriTooLong(_) => tonic::Code::InvalidArgument,
-            Error::Overloaded { .. } => tonic::Code::ResourceExhausted,
+            Error::Overloaded { .. } | Error::Shed(_) => tonic::Code::ResourceExhausted,
             Error::DeadlineExceeded(_) => tonic::Code::DeadlineExceeded,
             Error::Unavailable(_) => tonic::Code::Unavailable,
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
@@ -122,6 +125,7 @@ impl Error {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Error::Overloaded { retry_after_s, .. } => Some(*retry_after_s),
+            Error::Shed(_) => Some(1),
             _ => None,
         }
     }

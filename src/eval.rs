@@ -360,6 +360,7 @@ async fn run_rule(
                         progress: None,
                         default_policy: false,
                         shadow_fraction: 0.0,
+                        max_queue_wait: None,
                     })
                     .map_err(|e| e.to_string())?;
                 let outcome = rx

@@ -313,15 +313,22 @@ pub enum CancelReason {
     ClientGone,
     /// The request's deadline passed.
     Deadline,
+    /// Shed under adaptive α: it waited in the queue longer than the objective's budget.
+    QueueBudget,
 }
 
 impl CancelReason {
-    pub const ALL: [CancelReason; 2] = [CancelReason::ClientGone, CancelReason::Deadline];
+    pub const ALL: [CancelReason; 3] = [
+        CancelReason::ClientGone,
+        CancelReason::Deadline,
+        CancelReason::QueueBudget,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
             CancelReason::ClientGone => "client_gone",
             CancelReason::Deadline => "deadline",
+            CancelReason::QueueBudget => "queue_budget",
         }
     }
 }
@@ -346,7 +353,7 @@ pub struct ModelMetrics {
     pub steps_total: Counter,
     pub engine_failures: IntCounter,
     pub model_ready: IntGauge,
-    cancelled: [IntCounter; 2],
+    cancelled: [IntCounter; CancelReason::ALL.len()],
     rules: Vec<((RuleKind, bool), RuleMetrics)>,
     /// `seenn_shadow_total` per rule: `[agree="true", agree="false"]`.
     shadow: Vec<(RuleKind, [IntCounter; 2])>,

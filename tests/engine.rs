@@ -74,6 +74,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
         progress: None,
         default_policy: false,
         shadow_fraction: 0.0,
+        max_queue_wait: None,
     };
 
     // A normal request runs its 4 steps.
@@ -119,6 +120,7 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
             progress: Some(ptx),
             default_policy: false,
             shadow_fraction: 0.0,
+            max_queue_wait: None,
         })
         .expect("submit");
     assert_eq!(prx.recv().await.expect("first step").t, 1);
@@ -189,6 +191,7 @@ async fn ablations_compute_the_same_answers() {
                     progress: None,
                     default_policy: false,
                     shadow_fraction: 0.0,
+                    max_queue_wait: None,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -352,6 +355,7 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
                     progress: None,
                     default_policy: false,
                     shadow_fraction: 0.0,
+                    max_queue_wait: None,
                 })
                 .expect("submit");
             replies.push(rx);
@@ -408,6 +412,7 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
         progress: None,
         default_policy: false,
         shadow_fraction: 0.0,
+        max_queue_wait: None,
     };
     let later = || Instant::now() + Duration::from_secs(60);
 

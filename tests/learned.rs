@@ -475,9 +475,13 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let (status, r) = classify(&s, "", png.clone()).await;
-        assert_eq!(status, 200, "{r}");
-        assert_eq!(r["exit_rule"], "learned");
-        assert!(r["threshold"].as_f64().expect("threshold") >= floor, "{r}");
+        if status == 429 {
+            // At the floor a request that waited past the queue budget (here: any) is shed.
+            assert_eq!(r["code"], "overloaded", "{r}");
+        } else {
+            assert_eq!(r["exit_rule"], "learned");
+            assert!(r["threshold"].as_f64().expect("threshold") >= floor, "{r}");
+        }
         if current().await["threshold"].as_f64() == Some(floor)
             || std::time::Instant::now() > deadline
         {

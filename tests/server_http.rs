@@ -1175,8 +1175,13 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
-        let (_, r) = post_png(&s, "/classify", png.clone()).await;
-        assert!(r["alpha"].as_f64().expect("alpha") >= floor, "{r}");
+        let (status, r) = post_png(&s, "/classify", png.clone()).await;
+        if status == 429 {
+            // At the floor a request that waited past the queue budget (here: any) is shed.
+            assert_eq!(r["code"], "overloaded", "{r}");
+        } else {
+            assert!(r["alpha"].as_f64().expect("alpha") >= floor, "{r}");
+        }
         if current().await["alpha"].as_f64() == Some(floor) || std::time::Instant::now() > deadline
         {
             break;
@@ -1214,5 +1219,103 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     let v = put(json!({"adaptive": null})).await;
     assert!(v.get("adaptive").is_none(), "{v}");
     assert_eq!(v["alpha"].as_f64(), Some(configured));
+    s.shutdown().await;
+}
+
+/// Under adaptive α with α at its floor the queue is bounded in time: a burst far over what the
+/// engine does within the objective's queue budget gets some answers and some 429 `overloaded`
+/// (shed) answers, and every answered request waited at most the budget. Without adaptive α the
+/// same burst is queued and answered in full, and requests with their own α are never shed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adaptive_alpha_sheds_requests_that_waited_past_the_queue_budget() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token-for-the-http-test\n").expect("write");
+    let mut cfg = config(&dir.path().join("state"));
+    cfg.admin_token_file = Some(token_file);
+    let s = start(cfg).await;
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let burst = |n: usize| {
+        let futures = (0..n).map(|_| post_png(&s, "/classify", png.clone()));
+        futures::future::join_all(futures)
+    };
+    let answers = burst(200).await;
+    assert!(
+        answers.iter().all(|(st, _)| *st == 200),
+        "no shedding without adaptive α"
+    );
+
+    let objective_ms = 2.0;
+    let budget_ms = objective_ms * seenn_serve::service::adaptive::QUEUE_BUDGET;
+    let r = client()
+        .put(url(&s, "/admin/models/fashion-mnist/exit-policy"))
+        .bearer_auth("s3cret-token-for-the-http-test")
+        .json(
+            &json!({"alpha": 0.5, "adaptive": {"p99_ms": objective_ms, "max_accuracy_drop": 0.0}}),
+        )
+        .send()
+        .await
+        .expect("req");
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.expect("json");
+    assert_eq!(
+        v["adaptive"]["floor_alpha"].as_f64(),
+        Some(0.5),
+        "α starts at its floor: {v}"
+    );
+    // One at a time, nothing waits: answered.
+    let (st, body) = post_png(&s, "/classify", png.clone()).await;
+    assert_eq!(st, 200, "{body}");
+    let answers = burst(200).await;
+    let shed: Vec<&Value> = answers
+        .iter()
+        .filter(|(st, _)| *st == 429)
+        .map(|(_, b)| b)
+        .collect();
+    let answered: Vec<&Value> = answers
+        .iter()
+        .filter(|(st, _)| *st == 200)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(shed.len() + answered.len(), 200, "only answers and sheds");
+    assert!(
+        !shed.is_empty() && !answered.is_empty(),
+        "{} shed",
+        shed.len()
+    );
+    for b in &shed {
+        assert_eq!(b["code"], "overloaded", "{b}");
+        assert!(
+            b["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("adaptive p99 objective"),
+            "{b}"
+        );
+    }
+    for b in &answered {
+        let q = b["timings"]["queue_ms"].as_f64().expect("queue_ms");
+        assert!(
+            q <= budget_ms + 1e-6,
+            "answered after waiting {q} ms > {budget_ms} ms"
+        );
+    }
+    let text = metrics_text(&s).await;
+    assert_eq!(
+        metric_value(
+            &text,
+            "seenn_cancelled_total",
+            &[("model", "fashion-mnist"), ("reason", "queue_budget")]
+        ),
+        shed.len() as f64
+    );
+    // Requests with their own α are neither changed nor shed.
+    let futures = (0..200).map(|_| post_png(&s, "/classify?alpha=0.5", png.clone()));
+    let own = futures::future::join_all(futures).await;
+    assert!(
+        own.iter().all(|(st, _)| *st == 200),
+        "custom requests are not shed"
+    );
     s.shutdown().await;
 }

@@ -92,6 +92,9 @@ pub struct Job {
     /// after the answer, as a shadow run: the default policy's `shadow_fraction` for a request
     /// on the default policy, 0 for the others.
     pub shadow_fraction: f64,
+    /// Under adaptive α: the longest the request may wait in the queue; a worker that finds it
+    /// waited longer answers 429 (shed) instead of running it late.
+    pub max_queue_wait: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -263,6 +266,7 @@ impl Active {
                 progress: None,
                 default_policy: a.job.default_policy,
                 shadow_fraction: 0.0,
+                max_queue_wait: None,
             },
             rule: a.rule,
             sum: a.sum.clone(),
@@ -642,15 +646,27 @@ impl Worker {
             }
             !gone
         });
-        // Deadlines passed in the queue are answered here (`retain` cannot move the job out).
+        // Deadlines passed in the queue, and waits over the adaptive objective's queue budget,
+        // are answered here (`retain` cannot move the job out).
         let mut i = 0;
         while i < jobs.len() {
+            let waited = now.saturating_duration_since(jobs[i].enqueued);
             if now >= jobs[i].deadline {
                 let job = jobs.swap_remove(i);
                 self.metrics.cancelled(CancelReason::Deadline).inc();
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
                     "deadline passed while the request waited in the queue".into(),
                 )));
+            } else if let Some(budget) = jobs[i].max_queue_wait.filter(|b| waited > *b) {
+                let job = jobs.swap_remove(i);
+                self.metrics.cancelled(CancelReason::QueueBudget).inc();
+                let _ = job.reply.send(Err(Error::Shed(format!(
+                    "model {} is overloaded: the request waited {:.1} ms in the queue, over the \
+                     {:.1} ms the adaptive p99 objective leaves for queueing; retry after 1 s",
+                    self.manifest.name,
+                    waited.as_secs_f64() * 1e3,
+                    budget.as_secs_f64() * 1e3
+                ))));
             } else {
                 i += 1;
             }

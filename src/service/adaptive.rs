@@ -24,6 +24,28 @@ pub use crate::exit::AdaptiveAlpha;
 pub const RECOVER_BELOW: f64 = 0.6;
 /// Calm ticks in a row before α moves one level back up.
 pub const RECOVER_TICKS: u32 = 3;
+/// Once the controller has lowered the dial to its accuracy floor, a default-policy request may
+/// wait in the queue at most this share of the p99 objective (the rest is for its timesteps and
+/// the transport); one that waited longer is shed with 429 when a worker reaches it. α buys
+/// capacity within the accuracy bound; beyond that, the bounded wait keeps the answered requests
+/// within the objective instead of answering everyone late.
+pub const QUEUE_BUDGET: f64 = 0.5;
+/// The latency a shed request counts as in the controller's window: a miss of any objective.
+pub const SHED_LATENCY: Duration = Duration::from_secs(3600);
+
+/// The queue budget of a default-policy request under `policy`: set while adaptive α is on and
+/// its dial (α, or `learned_threshold` under the learned rule) sits at the floor.
+pub fn queue_budget(
+    policy: &crate::exit::ExitPolicy,
+    learned_threshold: Option<f64>,
+) -> Option<Duration> {
+    let a = policy.adaptive?;
+    let dial = match policy.rule {
+        crate::exit::RuleKind::Learned => learned_threshold?,
+        _ => policy.alpha,
+    };
+    (dial <= a.floor_alpha + 1e-12).then(|| Duration::from_secs_f64(a.p99_ms * QUEUE_BUDGET / 1e3))
+}
 
 /// The controller's rule, free of clocks and I/O so it can be tested on synthetic series.
 #[derive(Debug, Clone)]
@@ -145,6 +167,39 @@ mod tests {
             floor_alpha: 0.8,
         };
         Controller::new(&cfg, &SWEEP, 0.94)
+    }
+
+    #[test]
+    fn the_queue_budget_applies_only_at_the_floor() {
+        use crate::exit::{ExitPolicy, RuleKind};
+        let a = AdaptiveAlpha {
+            p99_ms: 40.0,
+            max_accuracy_drop: 0.005,
+            configured_alpha: 0.94,
+            floor_alpha: 0.8,
+        };
+        let mut p = ExitPolicy {
+            rule: RuleKind::Confidence,
+            alpha: 0.94,
+            timesteps: 4,
+            adaptive: None,
+            threshold: None,
+            bias_scale: None,
+            shadow_fraction: 0.0,
+        };
+        assert_eq!(queue_budget(&p, None), None, "adaptive off");
+        p.adaptive = Some(a);
+        assert_eq!(
+            queue_budget(&p, None),
+            None,
+            "above the floor: α still buys capacity"
+        );
+        p.alpha = 0.8;
+        assert_eq!(queue_budget(&p, None), Some(Duration::from_millis(20)));
+        // Under the learned rule the dial is the threshold.
+        p.rule = RuleKind::Learned;
+        assert_eq!(queue_budget(&p, Some(0.9)), None);
+        assert_eq!(queue_budget(&p, Some(0.8)), Some(Duration::from_millis(20)));
     }
 
     #[test]

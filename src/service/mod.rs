@@ -297,9 +297,15 @@ impl Service {
             .as_ref()
             .map(|m| m.manifest.name.as_str())
             .unwrap_or(crate::metrics::UNKNOWN_MODEL);
-        // Adaptive α is about the requests it can change: those on the default policy.
-        if result.is_ok() && opts.uses_default_policy() {
-            self.latency.record(model_label, started.elapsed());
+        // Adaptive α is about the requests it can change: those on the default policy. A shed
+        // request missed the objective: it counts as a miss, so α stays at its floor while the
+        // server sheds.
+        if opts.uses_default_policy() {
+            match &result {
+                Ok(_) => self.latency.record(model_label, started.elapsed()),
+                Err(Error::Shed(_)) => self.latency.record(model_label, adaptive::SHED_LATENCY),
+                Err(_) => {}
+            }
         }
         let rule_label = match &result {
             Ok(r) => r.exit_rule.as_str(),
@@ -383,6 +389,13 @@ impl Service {
         } else {
             0.0
         };
+        // Under adaptive α with the dial at its accuracy floor, the queue is bounded in time by
+        // the objective: a default-policy request that could only be answered late is shed (429).
+        let max_queue_wait = if default_policy {
+            adaptive::queue_budget(&m.exit_policy(), m.learned_threshold())
+        } else {
+            None
+        };
         m.engine.submit(Job {
             input: tensor,
             rule,
@@ -393,6 +406,7 @@ impl Service {
             progress,
             default_policy,
             shadow_fraction,
+            max_queue_wait,
         })?;
         let outcome = rx
             .await
