@@ -368,6 +368,7 @@ fn submit(
             progress: None,
             default_policy: true,
             shadow_fraction,
+            max_queue_wait: None,
         })
         .expect("submit");
     rx
