@@ -289,6 +289,9 @@ async fn control_adaptive_alpha(
     > = Default::default();
     let mut ticks = tokio::time::interval(interval);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per model: the engine's busy seconds at the last tick, and when that was.
+    let mut busy: std::collections::BTreeMap<String, (f64, std::time::Instant)> =
+        Default::default();
     loop {
         tokio::select! {
             _ = ticks.tick() => {}
@@ -297,6 +300,15 @@ async fn control_adaptive_alpha(
         for m in service.registry.models() {
             let name = &m.manifest.name;
             let p99 = service.latency.take_p99(name);
+            let now = (m.engine.busy_seconds(), std::time::Instant::now());
+            let utilization = busy.insert(name.clone(), now).map(|(b0, t0)| {
+                let wall = now.1.duration_since(t0).as_secs_f64() * m.engine.workers() as f64;
+                if wall > 0.0 {
+                    (now.0 - b0) / wall
+                } else {
+                    0.0
+                }
+            });
             let policy = m.exit_policy();
             let Some(cfg) = policy.adaptive else {
                 controllers.remove(name);
@@ -321,7 +333,7 @@ async fn control_adaptive_alpha(
             if entry.0 != cfg {
                 *entry = (cfg, Controller::new(&cfg, &sweep, current));
             }
-            if let Some(alpha) = entry.1.tick(p99) {
+            if let Some(alpha) = entry.1.tick(p99, utilization) {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
                     tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");
                 }

@@ -236,6 +236,12 @@ impl EngineHandle {
     pub fn workers(&self) -> usize {
         self.workers
     }
+
+    /// Seconds the workers have spent running `step.onnx` since start, summed over workers (the
+    /// adaptive-α controller's measure of how busy the engine is).
+    pub fn busy_seconds(&self) -> f64 {
+        self.metrics.step_duration.get_sample_sum()
+    }
 }
 
 struct Active {

@@ -24,6 +24,12 @@ pub use crate::exit::AdaptiveAlpha;
 pub const RECOVER_BELOW: f64 = 0.6;
 /// Calm ticks in a row before α moves one level back up.
 pub const RECOVER_TICKS: u32 = 3;
+/// A tick also counts as calm, while the objective is met, when the engine was busy less than this
+/// share of its workers' time: with the objective set to what the server meets at normal load,
+/// the p99 there sits near the objective and the p99 band alone would keep α low after the peak.
+/// Raising α one level costs far less than the headroom this leaves (one level is at most the
+/// sweep's step in average timesteps), so recovery does not push the engine back into overload.
+pub const RECOVER_UTILIZATION: f64 = 0.6;
 /// Once the controller has lowered the dial to its accuracy floor, a default-policy request may
 /// wait in the queue at most this share of the p99 objective (the rest is for its timesteps and
 /// the transport); one that waited longer is shed with 429 when a worker reaches it. α buys
@@ -86,16 +92,18 @@ impl Controller {
         self.levels[self.level]
     }
 
-    /// One control period: `p99_ms` of the requests answered in it (`None`: there were none).
-    /// Returns the new α when it changes.
-    pub fn tick(&mut self, p99_ms: Option<f64>) -> Option<f64> {
+    /// One control period: `p99_ms` of the requests answered in it (`None`: there were none) and
+    /// the engine's `utilization` in it (busy share of its workers, when known). Returns the new
+    /// α when it changes.
+    pub fn tick(&mut self, p99_ms: Option<f64>, utilization: Option<f64>) -> Option<f64> {
         let before = self.level;
+        let idle = utilization.is_some_and(|u| u < RECOVER_UTILIZATION);
         match p99_ms {
             Some(p) if p > self.p99_ms => {
                 self.calm = 0;
                 self.level = (self.level + 1).min(self.levels.len() - 1);
             }
-            Some(p) if p > self.p99_ms * RECOVER_BELOW => self.calm = 0,
+            Some(p) if p > self.p99_ms * RECOVER_BELOW && !idle => self.calm = 0,
             _ => {
                 self.calm += 1;
                 if self.calm >= RECOVER_TICKS && self.level > 0 {
@@ -170,6 +178,28 @@ mod tests {
     }
 
     #[test]
+    fn an_idle_engine_recovers_while_the_p99_sits_near_the_objective() {
+        let mut c = controller();
+        c.tick(Some(80.0), None);
+        c.tick(Some(80.0), None);
+        assert_eq!(c.alpha(), 0.8);
+        // p99 40 ms: under the 50 ms objective but over 0.6 × it. A busy engine holds...
+        for _ in 0..10 {
+            assert_eq!(c.tick(Some(40.0), Some(0.95)), None);
+        }
+        // ...an engine busy 40% of the time recovers, one level per calm run, to the configured α.
+        let mut changes = Vec::new();
+        for _ in 0..10 {
+            if let Some(a) = c.tick(Some(40.0), Some(0.4)) {
+                changes.push(a);
+            }
+        }
+        assert_eq!(changes, vec![0.9, 0.94]);
+        // A missed objective still lowers α, however idle the engine looks.
+        assert_eq!(c.tick(Some(60.0), Some(0.1)), Some(0.9));
+    }
+
+    #[test]
     fn the_queue_budget_applies_only_at_the_floor() {
         use crate::exit::{ExitPolicy, RuleKind};
         let a = AdaptiveAlpha {
@@ -206,10 +236,14 @@ mod tests {
     fn lowers_one_level_per_slow_tick_and_stops_at_the_floor() {
         let mut c = controller();
         assert_eq!(c.alpha(), 0.94);
-        assert_eq!(c.tick(Some(80.0)), Some(0.9));
-        assert_eq!(c.tick(Some(80.0)), Some(0.8));
+        assert_eq!(c.tick(Some(80.0), None), Some(0.9));
+        assert_eq!(c.tick(Some(80.0), None), Some(0.8));
         for _ in 0..10 {
-            assert_eq!(c.tick(Some(500.0)), None, "never below the accuracy floor");
+            assert_eq!(
+                c.tick(Some(500.0), None),
+                None,
+                "never below the accuracy floor"
+            );
         }
         assert_eq!(c.alpha(), 0.8);
     }
@@ -217,12 +251,12 @@ mod tests {
     #[test]
     fn recovers_after_calm_ticks_and_never_above_the_configured_alpha() {
         let mut c = controller();
-        c.tick(Some(80.0));
-        c.tick(Some(80.0));
+        c.tick(Some(80.0), None);
+        c.tick(Some(80.0), None);
         assert_eq!(c.alpha(), 0.8);
         let mut changes = Vec::new();
         for _ in 0..20 {
-            if let Some(a) = c.tick(Some(10.0)) {
+            if let Some(a) = c.tick(Some(10.0), None) {
                 changes.push(a);
             }
         }
@@ -234,9 +268,9 @@ mod tests {
         assert_eq!(c.alpha(), 0.94);
         // No traffic counts as calm: a model that went idle returns to its configured α.
         let mut c = controller();
-        c.tick(Some(80.0));
+        c.tick(Some(80.0), None);
         for _ in 0..RECOVER_TICKS {
-            c.tick(None);
+            c.tick(None, None);
         }
         assert_eq!(c.alpha(), 0.94);
     }
@@ -244,18 +278,18 @@ mod tests {
     #[test]
     fn holds_in_the_band_and_does_not_oscillate_near_capacity() {
         let mut c = controller();
-        c.tick(Some(60.0));
+        c.tick(Some(60.0), None);
         assert_eq!(c.alpha(), 0.9);
         // Latency that settles inside the band (between 0.6× and 1× the objective): no move.
         for p in [45.0, 31.0, 49.9, 35.0, 40.0, 30.5, 48.0, 33.0, 41.0, 44.0] {
-            assert_eq!(c.tick(Some(p)), None, "{p} ms is inside the band");
+            assert_eq!(c.tick(Some(p), None), None, "{p} ms is inside the band");
         }
         // Load flapping around the objective: α only steps down, and a calm tick between two
         // slow ones does not send it back up.
         let mut ups = 0;
         for i in 0..30 {
             let p = if i % 2 == 0 { 55.0 } else { 20.0 };
-            if let Some(a) = c.tick(Some(p)) {
+            if let Some(a) = c.tick(Some(p), None) {
                 if a > 0.85 && p < 50.0 {
                     ups += 1;
                 }
