@@ -269,28 +269,6 @@ fn reference(
     out
 }
 
-fn rule_of(r: RequestRule) -> seenn_serve::exit::ExitRule {
-    use seenn_serve::exit::ExitRule;
-    match r {
-        RequestRule::Confidence {
-            alpha,
-            max_timesteps,
-        } => ExitRule::Confidence {
-            alpha,
-            max_timesteps,
-        },
-        RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
-        RequestRule::Learned {
-            threshold,
-            max_timesteps,
-        } => ExitRule::Learned {
-            threshold,
-            max_timesteps,
-        },
-        RequestRule::Policy { .. } => unreachable!("not used here"),
-    }
-}
-
 /// Requests with different exit points share batches of 3 rows on 2 workers, so rows leave from
 /// the middle of the batch at almost every step and the last row moves into their place (the
 /// confidence, learned and fixed rules side by side). Every
@@ -362,7 +340,7 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
         }
         for (k, ((x, rule), rx)) in cases.iter().zip(replies).enumerate() {
             let o: Outcome = rx.await.expect("reply").expect("ok");
-            let want = reference(&mut s, man, x, rule_of(*rule));
+            let want = reference(&mut s, man, x, rule.resolve(None));
             assert_eq!(o.timesteps_used, want.len(), "{name} case {k}");
             let last = &want[want.len() - 1];
             assert_eq!(o.class_id, last.1, "{name} case {k}");

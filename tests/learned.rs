@@ -11,8 +11,6 @@ use seenn_serve::api::grpc::pb::classifier_client::ClassifierClient;
 use seenn_serve::runtime::{self, Device, SessionOptions};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "s3cret-token-for-the-learned-test";
-
 /// The package with a learned exit rule, and its golden threshold, margin and per-sample scores.
 fn learned_golden() -> (std::path::PathBuf, Golden, f64) {
     let pkg = policy_package();
@@ -234,21 +232,6 @@ async fn learned_rule_errors_name_what_is_accepted() {
     s.shutdown().await;
 }
 
-async fn put_policy(
-    s: &seenn_serve::server::RunningServer,
-    model: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = client()
-        .put(url(s, &format!("/admin/models/{model}/exit-policy")))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("put");
-    (r.status().as_u16(), r.json().await.expect("json"))
-}
-
 /// The admin makes `learned` the default rule and resolves targets through the learned threshold
 /// sweep; default requests then run it, the gauges follow, and the policy survives a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -258,13 +241,10 @@ async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
         .expect("calibration")
         .expect("present");
     let dir = tempfile::tempdir().expect("tmp");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
-    let mut cfg = config(&dir.path().join("state"));
-    cfg.admin_token_file = Some(token_file.clone());
+    let cfg = config_with_admin(dir.path());
     let s = start(cfg.clone()).await;
 
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "learned"})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"rule": "learned"})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rule"], "learned");
     assert_eq!(v["threshold"].as_f64(), Some(default_threshold));
@@ -279,8 +259,7 @@ async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
     let want = cal
         .threshold_for_avg_timesteps(target)
         .expect("a threshold reaches 1.3");
-    let (status, v) =
-        put_policy(&s, "fashion-mnist", json!({"target_avg_timesteps": target})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"target_avg_timesteps": target})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rule"], "learned");
     assert_eq!(v["threshold"].as_f64(), Some(want.threshold));
@@ -300,11 +279,11 @@ async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
     );
     // max_accuracy_drop likewise.
     let want_drop = cal.threshold_for_accuracy_drop(0.002).expect("row");
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"max_accuracy_drop": 0.002})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"max_accuracy_drop": 0.002})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["threshold"].as_f64(), Some(want_drop.threshold));
     // An explicit threshold.
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"threshold": 0.9})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"threshold": 0.9})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["threshold"].as_f64(), Some(0.9));
 
@@ -350,7 +329,7 @@ async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
             "no learned exit rule",
         ),
     ] {
-        let (status, v) = put_policy(&s, model, body.clone()).await;
+        let (status, v) = admin_put(&s, model, body.clone()).await;
         assert_eq!(status, 400, "{model} {body}: {v}");
         assert!(v.to_string().contains(needle), "{model} {body}: {v}");
     }
@@ -358,15 +337,7 @@ async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
 
     // The policy survives a restart.
     let s = start(cfg).await;
-    let v: Value = client()
-        .get(url(&s, "/admin/models/fashion-mnist/exit-policy"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .expect("get")
-        .json()
-        .await
-        .expect("json");
+    let v = admin_get(&s, "fashion-mnist").await;
     assert_eq!(v["rule"], "learned");
     assert_eq!(v["threshold"].as_f64(), Some(0.9));
     s.shutdown().await;
@@ -437,24 +408,11 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
         .expect("calibration")
         .expect("present");
     let dir = tempfile::tempdir().expect("tmp");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
-    let mut cfg = config(&dir.path().join("state"));
-    cfg.admin_token_file = Some(token_file);
+    let mut cfg = config_with_admin(dir.path());
     cfg.adaptive_interval_ms = 100;
     let s = start(cfg).await;
-    let current = || async {
-        client()
-            .get(url(&s, "/admin/models/fashion-mnist/exit-policy"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("get")
-            .json::<Value>()
-            .await
-            .expect("json")
-    };
-    let (status, v) = put_policy(
+    let current = || admin_get(&s, "fashion-mnist");
+    let (status, v) = admin_put(
         &s,
         "fashion-mnist",
         json!({"rule": "learned", "threshold": 0.999,
@@ -512,7 +470,7 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
     }
     assert_eq!(current().await["threshold"].as_f64(), Some(0.999));
     // Adaptive α refuses rules without a dial.
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "fixed"})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"rule": "fixed"})).await;
     assert_eq!(status, 400, "{v}");
     assert!(v.to_string().contains("learned rule"), "{v}");
     s.shutdown().await;
@@ -527,19 +485,15 @@ async fn admin_moves_the_policy_along_its_bias_sweep() {
         .expect("calibration")
         .expect("present");
     let dir = tempfile::tempdir().expect("tmp");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
-    let mut cfg = config(&dir.path().join("state"));
-    cfg.admin_token_file = Some(token_file);
+    let cfg = config_with_admin(dir.path());
     let s = start(cfg).await;
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"rule": "policy"})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"rule": "policy"})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["bias_scale"].as_f64(), Some(0.0));
     let target = 2.6;
     let rows = &cal.policy.as_ref().expect("policy calibration").bias_sweep;
     let want = seenn_serve::model::manifest::for_avg_timesteps(rows, target).expect("row");
-    let (status, v) =
-        put_policy(&s, "fashion-mnist", json!({"target_avg_timesteps": target})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"target_avg_timesteps": target})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["rule"], "policy", "{v}");
     assert_eq!(v["bias_scale"].as_f64(), Some(want.bias_scale));
@@ -550,7 +504,7 @@ async fn admin_moves_the_policy_along_its_bias_sweep() {
     assert!(want.avg_timesteps <= target && want.bias_scale < 0.0, "{v}");
     // The most negative bias: every golden sample runs at most as long as the exported policy
     // says, and together fewer timesteps.
-    let (status, v) = put_policy(&s, "fashion-mnist", json!({"bias_scale": -14.0})).await;
+    let (status, v) = admin_put(&s, "fashion-mnist", json!({"bias_scale": -14.0})).await;
     assert_eq!(status, 200, "{v}");
     let (mut biased, mut exported) = (0, 0);
     for sample in &g.samples {
@@ -581,7 +535,7 @@ async fn admin_moves_the_policy_along_its_bias_sweep() {
             "no policy network",
         ),
     ] {
-        let (status, v) = put_policy(&s, model, body.clone()).await;
+        let (status, v) = admin_put(&s, model, body.clone()).await;
         assert_eq!(status, 400, "{model} {body}: {v}");
         assert!(v.to_string().contains(needle), "{model} {body}: {v}");
     }
@@ -599,12 +553,9 @@ async fn shadow_runs_follow_the_learned_rule() {
         .expect("calibration")
         .expect("present");
     let dir = tempfile::tempdir().expect("tmp");
-    let token_file = dir.path().join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
-    let mut cfg = config(&dir.path().join("state"));
-    cfg.admin_token_file = Some(token_file);
+    let cfg = config_with_admin(dir.path());
     let s = start(cfg).await;
-    let (status, v) = put_policy(
+    let (status, v) = admin_put(
         &s,
         "fashion-mnist",
         json!({"rule": "learned", "shadow_fraction": 1.0}),

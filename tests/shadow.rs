@@ -16,8 +16,6 @@ use seenn_serve::registry::{self as model, LoadOptions, LoadedModel};
 use seenn_serve::runtime::{self, Device, SessionOptions};
 use serde_json::{json, Value};
 
-const TOKEN: &str = "s3cret-token-for-the-shadow-test";
-
 /// Where the confidence rule at `alpha` exits on a golden sample's logits (the trainer's numbers),
 /// the class it answers there, and the class after all T steps.
 fn expected_exit(s: &GoldenSample, alpha: f64) -> (usize, usize, usize) {
@@ -36,22 +34,6 @@ fn expected_exit(s: &GoldenSample, alpha: f64) -> (usize, usize, usize) {
     let (_, full, _) = seenn_serve::exit::score(&sum, 1.0);
     let (t, class) = exit.unwrap_or((t_max, full));
     (t, class, full)
-}
-
-async fn admin_put(
-    s: &seenn_serve::server::RunningServer,
-    model: &str,
-    body: Value,
-) -> (u16, Value) {
-    let r = client()
-        .put(url(s, &format!("/admin/models/{model}/exit-policy")))
-        .bearer_auth(TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("json"))
 }
 
 async fn classify(s: &seenn_serve::server::RunningServer, model: &str, png: Vec<u8>) -> Value {
@@ -78,14 +60,6 @@ fn shadow_counts(text: &str, model: &str) -> (f64, f64, f64) {
     (agree("true"), agree("false"), dropped)
 }
 
-fn server_with_token(dir: &std::path::Path) -> seenn_serve::config::ServeConfig {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, format!("{TOKEN}\n")).expect("write");
-    let mut cfg = config(&dir.join("state"));
-    cfg.admin_token_file = Some(token_file);
-    cfg
-}
-
 /// With `shadow_fraction` 1.0 every golden sample that exits before T is followed to T, and the
 /// counters equal what golden.json's per-step logits predict, agreements and disagreements alike
 /// (α = 0.5 makes a few early answers differ from the full-T class). Shadows add nothing to the
@@ -93,7 +67,7 @@ fn server_with_token(dir: &std::path::Path) -> seenn_serve::config::ServeConfig 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadow_counts_equal_what_the_golden_logits_predict() {
     let dir = tempfile::tempdir().expect("tmp");
-    let s = start(server_with_token(dir.path())).await;
+    let s = start(config_with_admin(dir.path())).await;
     let pkg = policy_package();
     let g = golden(&pkg);
     let m = "fashion-mnist";
@@ -197,7 +171,7 @@ async fn shadow_counts_equal_what_the_golden_logits_predict() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
     let dir = tempfile::tempdir().expect("tmp");
-    let mut cfg = server_with_token(dir.path());
+    let mut cfg = config_with_admin(dir.path());
     cfg.max_batch = 16;
     cfg.max_shadow_rows = Some(8);
     let s = start(cfg).await;
@@ -242,7 +216,7 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
         });
         req.metadata_mut().insert(
             "authorization",
-            format!("Bearer {TOKEN}").parse().expect("meta"),
+            format!("Bearer {ADMIN_TOKEN}").parse().expect("meta"),
         );
         req
     };

@@ -51,6 +51,35 @@ pub enum RequestRule {
     },
 }
 
+impl RequestRule {
+    /// The rule the request runs under once admitted; `policy_action` is the SEENN-II policy's
+    /// choice for it (capped at the request's `max_timesteps`; none: run them all).
+    pub fn resolve(self, policy_action: Option<usize>) -> ExitRule {
+        match self {
+            RequestRule::Confidence {
+                alpha,
+                max_timesteps,
+            } => ExitRule::Confidence {
+                alpha,
+                max_timesteps,
+            },
+            RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
+            RequestRule::Learned {
+                threshold,
+                max_timesteps,
+            } => ExitRule::Learned {
+                threshold,
+                max_timesteps,
+            },
+            RequestRule::Policy { max_timesteps, .. } => ExitRule::Policy {
+                timesteps: policy_action
+                    .unwrap_or(max_timesteps)
+                    .clamp(1, max_timesteps),
+            },
+        }
+    }
+}
+
 /// One timestep of a request's run: the exit score (the max softmax, or under the learned rule the
 /// stop probability) and the prediction after aggregating steps 1..=t.
 #[derive(Debug, Clone, serde::Serialize, utoipa::ToSchema)]
@@ -698,30 +727,7 @@ impl Worker {
         }
         let k = self.manifest.num_classes();
         for (i, job) in jobs.drain(..).enumerate() {
-            let rule = match job.rule {
-                RequestRule::Confidence {
-                    alpha,
-                    max_timesteps,
-                } => ExitRule::Confidence {
-                    alpha,
-                    max_timesteps,
-                },
-                RequestRule::Fixed { timesteps } => ExitRule::Fixed { timesteps },
-                RequestRule::Learned {
-                    threshold,
-                    max_timesteps,
-                } => ExitRule::Learned {
-                    threshold,
-                    max_timesteps,
-                },
-                RequestRule::Policy { max_timesteps, .. } => ExitRule::Policy {
-                    timesteps: actions
-                        .get(i)
-                        .copied()
-                        .unwrap_or(max_timesteps)
-                        .clamp(1, max_timesteps),
-                },
-            };
+            let rule = job.rule.resolve(actions.get(i).copied());
             self.active.push(Active {
                 rule,
                 sum: vec![0.0; k],

@@ -242,41 +242,31 @@ pub trait Setting {
     }
 }
 
-impl Setting for SweepRow {
-    fn setting(&self) -> f64 {
-        self.alpha
-    }
-    fn agreement_with_full_t(&self) -> Option<f64> {
-        self.agreement_with_full_t
-    }
-    fn exits_per_t(&self) -> &[u64] {
-        &self.exits_per_t
-    }
-    fn accuracy(&self) -> f64 {
-        self.accuracy
-    }
-    fn avg_timesteps(&self) -> f64 {
-        self.avg_timesteps
-    }
+/// `Setting` for a sweep row whose dial is `$dial`, with agreement figures.
+macro_rules! setting_with_agreement {
+    ($row:ty, $dial:ident) => {
+        impl Setting for $row {
+            fn setting(&self) -> f64 {
+                self.$dial
+            }
+            fn accuracy(&self) -> f64 {
+                self.accuracy
+            }
+            fn avg_timesteps(&self) -> f64 {
+                self.avg_timesteps
+            }
+            fn agreement_with_full_t(&self) -> Option<f64> {
+                self.agreement_with_full_t
+            }
+            fn exits_per_t(&self) -> &[u64] {
+                &self.exits_per_t
+            }
+        }
+    };
 }
 
-impl Setting for ThresholdRow {
-    fn setting(&self) -> f64 {
-        self.threshold
-    }
-    fn agreement_with_full_t(&self) -> Option<f64> {
-        self.agreement_with_full_t
-    }
-    fn exits_per_t(&self) -> &[u64] {
-        &self.exits_per_t
-    }
-    fn accuracy(&self) -> f64 {
-        self.accuracy
-    }
-    fn avg_timesteps(&self) -> f64 {
-        self.avg_timesteps
-    }
-}
+setting_with_agreement!(SweepRow, alpha);
+setting_with_agreement!(ThresholdRow, threshold);
 
 /// What shadow runs should measure at setting `x`: the agreement of early exits with the full-T
 /// class on the validation split, linearly interpolated between the two sweep rows around `x`

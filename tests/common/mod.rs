@@ -89,3 +89,46 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// The admin token the tests configure with [`config_with_admin`].
+pub const ADMIN_TOKEN: &str = "s3cret-token-for-the-integration-tests";
+
+/// [`config`] with the admin enabled (token [`ADMIN_TOKEN`] in a file under `dir`) and the state
+/// under `dir/state`.
+pub fn config_with_admin(dir: &Path) -> ServeConfig {
+    let token_file = dir.join("token");
+    std::fs::write(&token_file, format!("{ADMIN_TOKEN}\n")).expect("write the token file");
+    let mut cfg = config(&dir.join("state"));
+    cfg.admin_token_file = Some(token_file);
+    cfg
+}
+
+/// `PUT /admin/models/{model}/exit-policy` with [`ADMIN_TOKEN`]: the status and the JSON body.
+pub async fn admin_put(
+    s: &RunningServer,
+    model: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = client()
+        .put(url(s, &format!("/admin/models/{model}/exit-policy")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .expect("admin request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json body"))
+}
+
+/// `GET /admin/models/{model}/exit-policy` with [`ADMIN_TOKEN`].
+pub async fn admin_get(s: &RunningServer, model: &str) -> serde_json::Value {
+    client()
+        .get(url(s, &format!("/admin/models/{model}/exit-policy")))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin request")
+        .json()
+        .await
+        .expect("json body")
+}
