@@ -23,6 +23,12 @@ fn learned_golden() -> (std::path::PathBuf, Golden, f64) {
     (pkg, g, threshold)
 }
 
+fn calibration(pkg: &std::path::Path) -> seenn_serve::model::manifest::Calibration {
+    seenn_serve::model::read_calibration(pkg, 4)
+        .expect("calibration.json parses")
+        .expect("calibration.json")
+}
+
 /// exit.onnx fed the running sums of the golden logits (batch 1) gives the golden scores, and
 /// the rule applied to them gives the golden exits: the package is self-consistent.
 #[test]
@@ -237,9 +243,7 @@ async fn learned_rule_errors_name_what_is_accepted() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_sets_the_learned_rule_its_threshold_and_targets() {
     let (pkg, g, default_threshold) = learned_golden();
-    let cal = seenn_serve::model::read_calibration(&pkg, 4)
-        .expect("calibration")
-        .expect("present");
+    let cal = calibration(&pkg);
     let dir = tempfile::tempdir().expect("tmp");
     let cfg = config_with_admin(dir.path());
     let s = start(cfg.clone()).await;
@@ -404,9 +408,7 @@ async fn grpc_serves_the_learned_rule() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
     let (pkg, g, _) = learned_golden();
-    let cal = seenn_serve::model::read_calibration(&pkg, 4)
-        .expect("calibration")
-        .expect("present");
+    let cal = calibration(&pkg);
     let dir = tempfile::tempdir().expect("tmp");
     let mut cfg = config_with_admin(dir.path());
     cfg.adaptive_interval_ms = 100;
@@ -481,12 +483,8 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn admin_moves_the_policy_along_its_bias_sweep() {
     let (pkg, g, _) = learned_golden();
-    let cal = seenn_serve::model::read_calibration(&pkg, 4)
-        .expect("calibration")
-        .expect("present");
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = config_with_admin(dir.path());
-    let s = start(cfg).await;
+    let cal = calibration(&pkg);
+    let (_dir, s) = start_with_admin().await;
     let (status, v) = admin_put(&s, "fashion-mnist", json!({"rule": "policy"})).await;
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["bias_scale"].as_f64(), Some(0.0));
@@ -549,12 +547,8 @@ async fn admin_moves_the_policy_along_its_bias_sweep() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shadow_runs_follow_the_learned_rule() {
     let (pkg, g, threshold) = learned_golden();
-    let cal = seenn_serve::model::read_calibration(&pkg, 4)
-        .expect("calibration")
-        .expect("present");
-    let dir = tempfile::tempdir().expect("tmp");
-    let cfg = config_with_admin(dir.path());
-    let s = start(cfg).await;
+    let cal = calibration(&pkg);
+    let (_dir, s) = start_with_admin().await;
     let (status, v) = admin_put(
         &s,
         "fashion-mnist",

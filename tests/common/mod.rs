@@ -132,3 +132,10 @@ pub async fn admin_get(s: &RunningServer, model: &str) -> serde_json::Value {
         .await
         .expect("json body")
 }
+
+/// A server on the committed models with the admin enabled; keep the folder while it runs.
+pub async fn start_with_admin() -> (tempfile::TempDir, RunningServer) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let s = start(config_with_admin(dir.path())).await;
+    (dir, s)
+}
