@@ -13,7 +13,7 @@ from selenium import webdriver
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "target" / "release" / "seenn"
@@ -76,6 +76,22 @@ def test_page_classifies_a_sample_like_the_api(tmp_path):
         assert label == api["label"]
         assert shown_t == api["timesteps_used"]
         assert len(points) == api["timesteps_used"], "one chart point per timestep run"
+        assert driver.find_element(By.ID, "error").text == ""
+
+        # The learned exit rule from the page, at the threshold the page shows, like the API.
+        Select(driver.find_element(By.ID, "rule")).select_by_visible_text("learned")
+        threshold = driver.find_element(By.ID, "threshold").get_attribute("value")
+        previous = driver.find_element(By.ID, "result").text
+        driver.find_element(By.ID, "go").click()
+        wait.until(lambda d: "(learned)" in d.find_element(By.ID, "result").text
+                   and d.find_element(By.ID, "result").text != previous)
+        req = urllib.request.Request(f"{base}/v1/models/fashion-mnist/classify?rule=learned&threshold={threshold}",
+                                     data=png, headers={"content-type": "image/png"})
+        api = json.loads(urllib.request.urlopen(req).read())
+        assert float(threshold) == api["threshold"]
+        assert driver.find_element(By.ID, "label").text == api["label"]
+        assert int(driver.find_element(By.ID, "timesteps").text) == api["timesteps_used"]
+        assert "threshold = " in driver.find_element(By.ID, "chart").text
         assert driver.find_element(By.ID, "error").text == ""
     finally:
         if driver is not None:
