@@ -351,16 +351,9 @@ async fn run_rule(
                 let t0 = Instant::now();
                 m.engine
                     .submit(Job {
-                        input: inputs[i].clone(),
-                        rule,
                         explain,
-                        deadline: t0 + Duration::from_secs(3600),
                         enqueued: t0,
-                        reply: tx,
-                        progress: None,
-                        default_policy: false,
-                        shadow_fraction: 0.0,
-                        max_queue_wait: None,
+                        ..Job::new(inputs[i].clone(), rule, t0 + Duration::from_secs(3600), tx)
                     })
                     .map_err(|e| e.to_string())?;
                 let outcome = rx

@@ -69,11 +69,9 @@ impl LoadedModel {
         }
     }
 
-    /// The learned rule's threshold in force (the policy's, else the manifest's default).
-    pub fn learned_threshold(&self) -> Option<f64> {
-        self.exit_policy()
-            .threshold
-            .or(self.manifest.exit.default_threshold)
+    /// The learned rule's threshold under policy `p` (its own, else the manifest's default).
+    pub fn learned_threshold_in(&self, p: &ExitPolicy) -> Option<f64> {
+        p.threshold.or(self.manifest.exit.default_threshold)
     }
 }
 

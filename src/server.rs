@@ -319,7 +319,8 @@ async fn control_adaptive_alpha(
             let (sweep, current): (Vec<f64>, f64) = match (&m.calibration, learned) {
                 (Some(c), true) => (
                     c.threshold_sweep().iter().map(|r| r.threshold).collect(),
-                    m.learned_threshold().unwrap_or(cfg.configured_alpha),
+                    m.learned_threshold_in(&policy)
+                        .unwrap_or(cfg.configured_alpha),
                 ),
                 (Some(c), false) => (
                     c.alpha_sweep.iter().map(|r| r.alpha).collect(),

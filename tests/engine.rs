@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use seenn_serve::engine::{Ablation, Batching, EngineConfig, Job, Outcome, RequestRule};
+use seenn_serve::engine::{Ablation, Job, Outcome, RequestRule};
 use seenn_serve::error::Error;
 use seenn_serve::metrics::Metrics;
 use seenn_serve::registry::{self as model, LoadOptions};
@@ -16,32 +16,6 @@ use seenn_serve::runtime::{self, Device, SessionOptions};
 fn input(pkg: &std::path::Path, m: &seenn_serve::model::manifest::Manifest) -> Vec<f32> {
     let png = sample_bytes(pkg, &golden(pkg).samples[0]);
     seenn_serve::preprocess::image_to_tensor(&png, None, &m.input, 1 << 24).expect("tensor")
-}
-
-/// Load options for one CPU session thread and a continuous-batching engine.
-fn cpu_options(
-    env: &ort::environment::Environment,
-    max_batch: usize,
-    max_queue: usize,
-    ablations: Vec<Ablation>,
-    metrics: Arc<Metrics>,
-) -> LoadOptions<'_> {
-    LoadOptions {
-        env,
-        session: SessionOptions {
-            device: Device::Cpu,
-            intra_threads: 1,
-        },
-        engine: EngineConfig {
-            max_batch,
-            max_queue,
-            batching: Batching::Continuous,
-            ablations,
-            workers: 1,
-            shadow_rows: 0,
-        },
-        metrics,
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -64,17 +38,13 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
             .with_label_values(&["fashion-mnist", r])
             .get()
     };
-    let job = |reply, deadline| Job {
-        input: x.clone(),
-        rule: RequestRule::Fixed { timesteps: 4 },
-        explain: false,
-        deadline,
-        enqueued: Instant::now(),
-        reply,
-        progress: None,
-        default_policy: false,
-        shadow_fraction: 0.0,
-        max_queue_wait: None,
+    let job = |reply, deadline| {
+        Job::new(
+            x.clone(),
+            RequestRule::Fixed { timesteps: 4 },
+            deadline,
+            reply,
+        )
     };
 
     // A normal request runs its 4 steps.
@@ -111,16 +81,13 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
     let (ptx, mut prx) = tokio::sync::mpsc::unbounded_channel();
     long.engine
         .submit(Job {
-            input: x,
-            rule: RequestRule::Fixed { timesteps: t_max },
-            explain: false,
-            deadline: Instant::now() + Duration::from_secs(10),
-            enqueued: Instant::now(),
-            reply: tx,
             progress: Some(ptx),
-            default_policy: false,
-            shadow_fraction: 0.0,
-            max_queue_wait: None,
+            ..Job::new(
+                x,
+                RequestRule::Fixed { timesteps: t_max },
+                Instant::now() + Duration::from_secs(10),
+                tx,
+            )
         })
         .expect("submit");
     assert_eq!(prx.recv().await.expect("first step").t, 1);
@@ -178,21 +145,15 @@ async fn ablations_compute_the_same_answers() {
             .expect("tensor");
             let (tx, rx) = tokio::sync::oneshot::channel();
             m.engine
-                .submit(Job {
-                    input: x,
-                    rule: RequestRule::Confidence {
+                .submit(Job::new(
+                    x,
+                    RequestRule::Confidence {
                         alpha: 0.94,
                         max_timesteps: 4,
                     },
-                    explain: false,
-                    deadline: Instant::now() + Duration::from_secs(30),
-                    enqueued: Instant::now(),
-                    reply: tx,
-                    progress: None,
-                    default_policy: false,
-                    shadow_fraction: 0.0,
-                    max_queue_wait: None,
-                })
+                    Instant::now() + Duration::from_secs(30),
+                    tx,
+                ))
                 .expect("submit");
             replies.push(rx);
         }
@@ -324,16 +285,13 @@ async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
             let (tx, rx) = tokio::sync::oneshot::channel();
             m.engine
                 .submit(Job {
-                    input: x.clone(),
-                    rule: *rule,
                     explain: true,
-                    deadline: Instant::now() + Duration::from_secs(60),
-                    enqueued: Instant::now(),
-                    reply: tx,
-                    progress: None,
-                    default_policy: false,
-                    shadow_fraction: 0.0,
-                    max_queue_wait: None,
+                    ..Job::new(
+                        x.clone(),
+                        *rule,
+                        Instant::now() + Duration::from_secs(60),
+                        tx,
+                    )
                 })
                 .expect("submit");
             replies.push(rx);
@@ -380,17 +338,13 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
     let m = model::load_one(&qcfs, &opts).expect("loads");
     let x = input(&qcfs, &m.manifest);
     let t_max = m.manifest.timesteps;
-    let job = |x: &Vec<f32>, reply, deadline| Job {
-        input: x.clone(),
-        rule: RequestRule::Fixed { timesteps: t_max },
-        explain: false,
-        deadline,
-        enqueued: Instant::now(),
-        reply,
-        progress: None,
-        default_policy: false,
-        shadow_fraction: 0.0,
-        max_queue_wait: None,
+    let job = |x: &Vec<f32>, reply, deadline| {
+        Job::new(
+            x.clone(),
+            RequestRule::Fixed { timesteps: t_max },
+            deadline,
+            reply,
+        )
     };
     let later = || Instant::now() + Duration::from_secs(60);
 

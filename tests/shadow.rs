@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use common::*;
 use seenn_serve::api::grpc::pb;
 use seenn_serve::api::grpc::pb::admin_client::AdminClient;
-use seenn_serve::engine::{EngineConfig, Job, Outcome, RequestRule};
+use seenn_serve::engine::{Job, Outcome, RequestRule};
 use seenn_serve::metrics::Metrics;
-use seenn_serve::registry::{self as model, LoadOptions, LoadedModel};
-use seenn_serve::runtime::{self, Device, SessionOptions};
+use seenn_serve::registry::{self as model, LoadedModel};
+use seenn_serve::runtime;
 use serde_json::{json, Value};
 
 /// Where the confidence rule at `alpha` exits on a golden sample's logits (the trainer's numbers),
@@ -303,25 +303,6 @@ async fn shadows_are_not_live_requests_and_bad_fractions_are_refused() {
     }
 }
 
-fn engine_options(env: &ort::environment::Environment, metrics: Arc<Metrics>) -> LoadOptions<'_> {
-    LoadOptions {
-        env,
-        session: SessionOptions {
-            device: Device::Cpu,
-            intra_threads: 1,
-        },
-        engine: EngineConfig {
-            max_batch: 1,
-            max_queue: 64,
-            batching: seenn_serve::engine::Batching::Continuous,
-            ablations: Vec::new(),
-            workers: 1,
-            shadow_rows: 0,
-        },
-        metrics,
-    }
-}
-
 fn submit(
     m: &LoadedModel,
     x: &[f32],
@@ -330,19 +311,17 @@ fn submit(
     let (tx, rx) = tokio::sync::oneshot::channel();
     m.engine
         .submit(Job {
-            input: x.to_vec(),
-            rule: RequestRule::Confidence {
-                alpha: m.manifest.exit.default_alpha,
-                max_timesteps: m.manifest.timesteps,
-            },
-            explain: false,
-            deadline: Instant::now() + Duration::from_secs(60),
-            enqueued: Instant::now(),
-            reply: tx,
-            progress: None,
             default_policy: true,
             shadow_fraction,
-            max_queue_wait: None,
+            ..Job::new(
+                x.to_vec(),
+                RequestRule::Confidence {
+                    alpha: m.manifest.exit.default_alpha,
+                    max_timesteps: m.manifest.timesteps,
+                },
+                Instant::now() + Duration::from_secs(60),
+                tx,
+            )
         })
         .expect("submit");
     rx
@@ -357,7 +336,8 @@ async fn live_requests_take_shadow_rows_and_waiting_requests_stop_shadows() {
     let (env, _) = runtime::init(None).expect("ORT");
     let pkg = models_dir().join("fashion-mnist-qcfs");
     let metrics = Arc::new(Metrics::new(32, 1).expect("metrics"));
-    let m = model::load_one(&pkg, &engine_options(&env, metrics.clone())).expect("loads");
+    let m = model::load_one(&pkg, &cpu_options(&env, 1, 64, Vec::new(), metrics.clone()))
+        .expect("loads");
     let name = m.manifest.name.clone();
     let t_max = m.manifest.timesteps;
     let g = golden(&pkg);

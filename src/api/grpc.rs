@@ -213,7 +213,7 @@ impl Classifier for GrpcService {
                     alpha: p.alpha as f32,
                     has_policy: m.has_policy(),
                     has_learned: m.has_learned(),
-                    threshold: m.learned_threshold(),
+                    threshold: m.learned_threshold_in(&p),
                     execution_provider: m.provider.clone(),
                     ready: m.engine.is_ready(),
                 }

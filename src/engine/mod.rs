@@ -126,6 +126,30 @@ pub struct Job {
     pub max_queue_wait: Option<Duration>,
 }
 
+impl Job {
+    /// A job enqueued now that sets nothing else: no trace or progress stream, outside the
+    /// default-policy series, no shadow run and no queue budget (set those with `..Job::new(..)`).
+    pub fn new(
+        input: Vec<f32>,
+        rule: RequestRule,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Outcome, Error>>,
+    ) -> Job {
+        Job {
+            input,
+            rule,
+            explain: false,
+            deadline,
+            enqueued: Instant::now(),
+            reply,
+            progress: None,
+            default_policy: false,
+            shadow_fraction: 0.0,
+            max_queue_wait: None,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Batching {

@@ -258,7 +258,7 @@ impl Service {
             RuleKind::Learned => RequestRule::Learned {
                 threshold: o
                     .threshold
-                    .or(m.learned_threshold())
+                    .or(m.learned_threshold_in(&policy))
                     .ok_or_else(|| Error::internal("the learned rule has no threshold"))?,
                 max_timesteps: max_t.unwrap_or(t_max),
             },
@@ -382,19 +382,19 @@ impl Service {
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         let default_policy = opts.uses_default_policy();
-        // Shadow runs sample the default policy's early exits only: they estimate what that
-        // policy (the α the calibration gauge describes) costs, not what clients chose themselves.
-        let shadow_fraction = if default_policy {
-            m.exit_policy().shadow_fraction
-        } else {
-            0.0
-        };
+        // Only default-policy requests are shadowed and shed, from one read of the policy.
+        // Shadow runs sample the default policy's early exits: they estimate what that policy
+        // (the α the calibration gauge describes) costs, not what clients chose themselves.
         // Under adaptive α with the dial at its accuracy floor, the queue is bounded in time by
         // the objective: a default-policy request that could only be answered late is shed (429).
-        let max_queue_wait = if default_policy {
-            adaptive::queue_budget(&m.exit_policy(), m.learned_threshold())
+        let (shadow_fraction, max_queue_wait) = if default_policy {
+            let p = m.exit_policy();
+            (
+                p.shadow_fraction,
+                adaptive::queue_budget(&p, m.learned_threshold_in(&p)),
+            )
         } else {
-            None
+            (0.0, None)
         };
         m.engine.submit(Job {
             input: tensor,

@@ -315,7 +315,7 @@ impl PolicyAdmin {
                     .and_then(|c| c.accuracy_per_t.get(p.timesteps.saturating_sub(1)).copied()),
                 Some(p.timesteps as f64),
             ),
-            (RuleKind::Learned, _) => match (m.calibration.as_ref(), m.learned_threshold()) {
+            (RuleKind::Learned, _) => match (m.calibration.as_ref(), m.learned_threshold_in(&p)) {
                 (Some(c), Some(t)) => match c.expected_at_threshold(t) {
                     Some(r) => (Some(r.accuracy), Some(r.avg_timesteps)),
                     None => (None, None),
@@ -327,7 +327,7 @@ impl PolicyAdmin {
         let expected_shadow_agreement = match (p.rule, m.calibration.as_ref()) {
             (RuleKind::Confidence, Some(c)) => c.expected_shadow_agreement(p.alpha),
             (RuleKind::Learned, Some(c)) => m
-                .learned_threshold()
+                .learned_threshold_in(&p)
                 .and_then(|t| c.expected_shadow_agreement_learned(t)),
             _ => None,
         };
@@ -335,7 +335,7 @@ impl PolicyAdmin {
             model: m.manifest.name.clone(),
             rule: p.rule,
             alpha: p.alpha,
-            threshold: m.learned_threshold(),
+            threshold: m.learned_threshold_in(&p),
             bias_scale: m.has_policy().then(|| p.bias_scale.unwrap_or(0.0)),
             timesteps: p.timesteps,
             expected_accuracy: acc,
@@ -549,7 +549,7 @@ impl PolicyAdmin {
         let old = m.exit_policy();
         let learned = old.rule == RuleKind::Learned;
         let in_force = if learned {
-            m.learned_threshold().unwrap_or(alpha)
+            m.learned_threshold_in(&old).unwrap_or(alpha)
         } else {
             old.alpha
         };

@@ -139,3 +139,29 @@ pub async fn start_with_admin() -> (tempfile::TempDir, RunningServer) {
     let s = start(config_with_admin(dir.path())).await;
     (dir, s)
 }
+
+/// Load options for one CPU session thread and one continuous-batching engine worker.
+pub fn cpu_options(
+    env: &ort::environment::Environment,
+    max_batch: usize,
+    max_queue: usize,
+    ablations: Vec<seenn_serve::engine::Ablation>,
+    metrics: std::sync::Arc<seenn_serve::metrics::Metrics>,
+) -> seenn_serve::registry::LoadOptions<'_> {
+    seenn_serve::registry::LoadOptions {
+        env,
+        session: seenn_serve::runtime::SessionOptions {
+            device: seenn_serve::runtime::Device::Cpu,
+            intra_threads: 1,
+        },
+        engine: seenn_serve::engine::EngineConfig {
+            max_batch,
+            max_queue,
+            batching: seenn_serve::engine::Batching::Continuous,
+            ablations,
+            workers: 1,
+            shadow_rows: 0,
+        },
+        metrics,
+    }
+}
