@@ -7,18 +7,18 @@
 #   scripts/adaptive_overload.sh        FACTOR=2 DROP=0.005 DEADLINE_S=2
 set -euo pipefail
 cd "$(dirname "$0")/.."
-MODEL=fashion-mnist
+MODEL=${MODEL:-fashion-mnist}
 FACTOR=${FACTOR:-2}
 DROP=${DROP:-0.005}
 DEADLINE_S=${DEADLINE_S:-2}
-OUT=${OUT:-bench-results}/adaptive
+OUT=${OUT:-bench-results}/adaptive-$MODEL
 BIN=target/release/seenn
 PORT=${PORT:-18380}
 mkdir -p "$OUT"
 state=$(mktemp -d)
 TOKEN=$(python3 -c "import secrets; print(secrets.token_hex(24))")
 printf '%s\n' "$TOKEN" >"$state/token"
-SEENN_LOG=info $BIN serve --models models --host 127.0.0.1 --http-port "$PORT" --grpc-port $((PORT + 1)) \
+SEENN_LOG=${SEENN_LOG:-info} $BIN serve --models models --host 127.0.0.1 --http-port "$PORT" --grpc-port $((PORT + 1)) \
   --state-dir "$state" --default-model "$MODEL" --request-timeout "$DEADLINE_S" \
   --admin-token-file "$state/token" >"$OUT/server.log" 2>&1 &
 SERVER=$!

@@ -334,7 +334,9 @@ async fn control_adaptive_alpha(
             if entry.0 != cfg {
                 *entry = (cfg, Controller::new(&cfg, &sweep, current));
             }
-            if let Some(alpha) = entry.1.tick(p99, utilization) {
+            let moved = entry.1.tick(p99, utilization);
+            tracing::debug!(model = %name, ?p99, ?utilization, alpha = entry.1.alpha(), "adaptive tick");
+            if let Some(alpha) = moved {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
                     tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");
                 }

@@ -12,6 +12,7 @@
 //! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
 //! lowest priority (a shadow run, [`shadow`]): it compares the answered class with the full-T one.
 
+mod clock;
 pub mod shadow;
 pub mod slots;
 
@@ -242,6 +243,7 @@ pub struct EngineHandle {
     model: String,
     metrics: Arc<ModelMetrics>,
     workers: usize,
+    busy: Arc<clock::BusyClock>,
     /// Test-only fault switch: the next step (of whichever worker runs it first) fails.
     pub inject_fault: Arc<AtomicBool>,
 }
@@ -290,10 +292,10 @@ impl EngineHandle {
         self.workers
     }
 
-    /// Seconds the workers have spent running `step.onnx` since start, summed over workers (the
-    /// adaptive-α controller's measure of how busy the engine is).
+    /// Seconds the workers have spent on work (anything but waiting for a job) since start,
+    /// summed over workers: the adaptive-α controller's measure of how busy the engine is.
     pub fn busy_seconds(&self) -> f64 {
-        self.metrics.step_duration.get_sample_sum()
+        self.busy.busy_seconds()
     }
 }
 
@@ -359,6 +361,9 @@ struct Worker {
     published_shadows: i64,
     sampler: Sampler,
     spin: Duration,
+    /// This worker's index in `busy`.
+    index: usize,
+    busy: Arc<clock::BusyClock>,
     /// Reused per step: the aggregated logits of one request, and the rows that exit with their
     /// (max softmax, class, probabilities).
     agg: Vec<f64>,
@@ -391,9 +396,10 @@ pub fn spawn(
     let inject_fault = Arc::new(AtomicBool::new(false));
     let model = manifest.name.clone();
     let workers = sessions.len();
+    let busy = Arc::new(clock::BusyClock::new(workers));
     let spin = spin_time();
     for (i, sessions) in sessions.into_iter().enumerate() {
-        let (manifest, cfg, metrics, depth, ready, fault, rx) = (
+        let (manifest, cfg, metrics, depth, ready, fault, rx, busy) = (
             manifest.clone(),
             cfg.clone(),
             metrics.clone(),
@@ -401,6 +407,7 @@ pub fn spawn(
             readiness.clone(),
             inject_fault.clone(),
             rx.clone(),
+            busy.clone(),
         );
         let name = if workers == 1 {
             format!("engine-{model}")
@@ -438,6 +445,8 @@ pub fn spawn(
                     published_shadows: 0,
                     sampler: Sampler::seeded(),
                     spin,
+                    index: i,
+                    busy,
                     agg: Vec::with_capacity(k),
                     scored: Vec::new(),
                     finished: Vec::new(),
@@ -456,6 +465,7 @@ pub fn spawn(
         model,
         metrics,
         workers,
+        busy,
         inject_fault,
     })
 }
@@ -501,6 +511,13 @@ impl Worker {
 
     /// Waits for a job while idle: spins on the queue for `spin`, then blocks on it.
     fn wait(&self, rx: &Receiver<Job>) -> Option<Job> {
+        self.busy.wait_begins(self.index);
+        let job = self.wait_for_job(rx);
+        self.busy.wait_ends(self.index);
+        job
+    }
+
+    fn wait_for_job(&self, rx: &Receiver<Job>) -> Option<Job> {
         if !self.spin.is_zero() {
             let until = Instant::now() + self.spin;
             loop {

@@ -8,11 +8,17 @@
 //! (calibration.json's sweep, between the configured α and the floor that costs
 //! `max_accuracy_drop` on the validation split):
 //!
-//! - p99 above the objective: one level down (fewer timesteps), never below the floor;
-//! - p99 below `RECOVER_BELOW` × objective (or no traffic) for `RECOVER_TICKS` ticks in a row:
-//!   one level up, never above the configured α;
+//! - p99 above the objective while the engine is busy (at least `LOWER_UTILIZATION` of its
+//!   workers' time): one level down (fewer timesteps), never below the floor;
+//! - p99 below `RECOVER_BELOW` × objective (or no traffic), or an engine busy less than
+//!   `RECOVER_UTILIZATION` of the time, for `RECOVER_TICKS` ticks in a row: one level up, never
+//!   above the configured α;
 //! - in between: hold. The band and the run of calm ticks are the hysteresis that keeps α from
 //!   oscillating when the load sits near capacity.
+//!
+//! It is an overload controller: α is the engine's dial, so it moves only when the engine is what
+//! is short. A p99 over the objective while the engine has headroom (a noisy one-second window at
+//! normal load, or time spent outside the engine) is not something fewer timesteps would fix.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -24,12 +30,15 @@ pub use crate::exit::AdaptiveAlpha;
 pub const RECOVER_BELOW: f64 = 0.6;
 /// Calm ticks in a row before α moves one level back up.
 pub const RECOVER_TICKS: u32 = 3;
-/// A tick also counts as calm, while the objective is met, when the engine was busy less than this
-/// share of its workers' time: with the objective set to what the server meets at normal load,
-/// the p99 there sits near the objective and the p99 band alone would keep α low after the peak.
-/// Raising α one level costs far less than the headroom this leaves (one level is at most the
-/// sweep's step in average timesteps), so recovery does not push the engine back into overload.
+/// A tick also counts as calm when the engine was busy less than this share of its workers' time,
+/// whatever the p99: with the objective set to what the server meets at normal load, about half
+/// of the one-second windows there are over it, and the p99 alone would keep α low after the
+/// peak. Raising α one level costs far less than the headroom this leaves (one level is at most
+/// the sweep's step in average timesteps), so recovery does not push the engine back into overload.
 pub const RECOVER_UTILIZATION: f64 = 0.6;
+/// A missed objective lowers α only when the engine was busy at least this share of its workers'
+/// time (or its utilization is unknown): below it, the queue is not what makes requests late.
+pub const LOWER_UTILIZATION: f64 = 0.75;
 /// Once the controller has lowered the dial to its accuracy floor, a default-policy request may
 /// wait in the queue at most this share of the p99 objective (the rest is for its timesteps and
 /// the transport); one that waited longer is shed with 429 when a worker reaches it. α buys
@@ -98,8 +107,9 @@ impl Controller {
     pub fn tick(&mut self, p99_ms: Option<f64>, utilization: Option<f64>) -> Option<f64> {
         let before = self.level;
         let idle = utilization.is_some_and(|u| u < RECOVER_UTILIZATION);
+        let busy = utilization.is_none_or(|u| u >= LOWER_UTILIZATION);
         match p99_ms {
-            Some(p) if p > self.p99_ms => {
+            Some(p) if p > self.p99_ms && busy => {
                 self.calm = 0;
                 self.level = (self.level + 1).min(self.levels.len() - 1);
             }
@@ -195,8 +205,35 @@ mod tests {
             }
         }
         assert_eq!(changes, vec![0.9, 0.94]);
-        // A missed objective still lowers α, however idle the engine looks.
-        assert_eq!(c.tick(Some(60.0), Some(0.1)), Some(0.9));
+        // A busy engine that misses the objective lowers α again.
+        assert_eq!(c.tick(Some(60.0), Some(0.9)), Some(0.9));
+    }
+
+    #[test]
+    fn misses_while_the_engine_has_headroom_do_not_lower_alpha() {
+        let mut c = controller();
+        // Normal load with the objective at its own p99: windows alternate over and under it.
+        // An engine busy half the time never lowers α...
+        for i in 0..30 {
+            let p = if i % 2 == 0 { 55.0 } else { 45.0 };
+            assert_eq!(c.tick(Some(p), Some(0.5)), None, "tick {i}");
+        }
+        assert_eq!(c.alpha(), 0.94);
+        // ...one between LOWER_UTILIZATION and RECOVER_UTILIZATION holds where it is...
+        c.tick(Some(80.0), Some(0.95));
+        assert_eq!(c.alpha(), 0.9);
+        for _ in 0..10 {
+            assert_eq!(c.tick(Some(55.0), Some(0.7)), None);
+        }
+        // ...and after the peak, the same noisy windows at half load bring α back.
+        let mut changes = Vec::new();
+        for i in 0..10 {
+            let p = if i % 2 == 0 { 55.0 } else { 45.0 };
+            if let Some(a) = c.tick(Some(p), Some(0.5)) {
+                changes.push(a);
+            }
+        }
+        assert_eq!(changes, vec![0.94]);
     }
 
     #[test]

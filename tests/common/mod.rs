@@ -165,3 +165,57 @@ pub fn cpu_options(
         metrics,
     }
 }
+
+/// Keeps `clients` concurrent clients posting `png` to `path` (each one request after another),
+/// enough to keep the engine busy, until `done` answers true (asked every 50 ms) or `within`
+/// has passed. Returns whether `done` was reached and every (status, JSON body) answered.
+pub async fn post_under_load<F, Fut>(
+    s: &RunningServer,
+    path: &str,
+    png: Vec<u8>,
+    clients: usize,
+    within: std::time::Duration,
+    mut done: F,
+) -> (bool, Vec<(u16, serde_json::Value)>)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..clients)
+        .map(|_| {
+            let (c, u, png, stop) = (client(), url(s, path), png.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let r = c
+                        .post(&u)
+                        .header("content-type", "image/png")
+                        .body(png.clone())
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = r.status().as_u16();
+                    answers.push((status, r.json().await.expect("json body")));
+                }
+                answers
+            })
+        })
+        .collect();
+    let until = std::time::Instant::now() + within;
+    let reached = loop {
+        if done().await {
+            break true;
+        }
+        if std::time::Instant::now() > until {
+            break false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.extend(t.await.expect("load client"));
+    }
+    (reached, answers)
+}
