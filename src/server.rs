@@ -316,14 +316,20 @@ async fn control_adaptive_alpha(
             };
             // The dial: α, or the threshold when the learned rule is the default.
             let learned = policy.rule == crate::exit::RuleKind::Learned;
-            let (sweep, current): (Vec<f64>, f64) = match (&m.calibration, learned) {
+            let (sweep, current): (Vec<(f64, f64)>, f64) = match (&m.calibration, learned) {
                 (Some(c), true) => (
-                    c.threshold_sweep().iter().map(|r| r.threshold).collect(),
+                    c.threshold_sweep()
+                        .iter()
+                        .map(|r| (r.threshold, r.avg_timesteps))
+                        .collect(),
                     m.learned_threshold_in(&policy)
                         .unwrap_or(cfg.configured_alpha),
                 ),
                 (Some(c), false) => (
-                    c.alpha_sweep.iter().map(|r| r.alpha).collect(),
+                    c.alpha_sweep
+                        .iter()
+                        .map(|r| (r.alpha, r.avg_timesteps))
+                        .collect(),
                     policy.alpha,
                 ),
                 (None, _) => (Vec::new(), cfg.configured_alpha),

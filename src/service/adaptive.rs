@@ -10,9 +10,9 @@
 //!
 //! - p99 above the objective while the engine is busy (at least `LOWER_UTILIZATION` of its
 //!   workers' time): one level down (fewer timesteps), never below the floor;
-//! - p99 below `RECOVER_BELOW` × objective (or no traffic), or an engine busy less than
-//!   `RECOVER_UTILIZATION` of the time, for `RECOVER_TICKS` ticks in a row: one level up, never
-//!   above the configured α;
+//! - p99 below `RECOVER_BELOW` × objective (or no traffic), or an engine that would stay under
+//!   `RECOVER_UTILIZATION` busy one level up, for `RECOVER_TICKS` ticks in a row: one level up,
+//!   never above the configured α;
 //! - in between: hold. The band and the run of calm ticks are the hysteresis that keeps α from
 //!   oscillating when the load sits near capacity.
 //!
@@ -30,12 +30,14 @@ pub use crate::exit::AdaptiveAlpha;
 pub const RECOVER_BELOW: f64 = 0.6;
 /// Calm ticks in a row before α moves one level back up.
 pub const RECOVER_TICKS: u32 = 3;
-/// A tick also counts as calm when the engine was busy less than this share of its workers' time,
-/// whatever the p99: with the objective set to what the server meets at normal load, about half
-/// of the one-second windows there are over it, and the p99 alone would keep α low after the
-/// peak. Raising α one level costs far less than the headroom this leaves (one level is at most
-/// the sweep's step in average timesteps), so recovery does not push the engine back into overload.
-pub const RECOVER_UTILIZATION: f64 = 0.6;
+/// A tick also counts as calm, whatever the p99, when the engine would stay busy less than this
+/// share of its workers' time one level up: its busy share now, scaled by the ratio of the two
+/// levels' calibrated average timesteps (an upper bound: per-request work that does not grow with
+/// timesteps is scaled too). With the objective set to what the server meets at normal load,
+/// about half of the one-second windows there are over it, and the p99 alone would keep α low
+/// after the peak; the margin under `LOWER_UTILIZATION` keeps a raised α from being lowered again
+/// at the same load.
+pub const RECOVER_UTILIZATION: f64 = 0.7;
 /// A missed objective lowers α only when the engine was busy at least this share of its workers'
 /// time (or its utilization is unknown): below it, the queue is not what makes requests late.
 pub const LOWER_UTILIZATION: f64 = 0.75;
@@ -65,29 +67,33 @@ pub fn queue_budget(
 /// The controller's rule, free of clocks and I/O so it can be tested on synthetic series.
 #[derive(Debug, Clone)]
 pub struct Controller {
-    /// α levels from the configured α (index 0) down to the floor (last).
-    levels: Vec<f64>,
+    /// (α, calibrated average timesteps) from the configured α (index 0) down to the floor (last).
+    levels: Vec<(f64, f64)>,
     level: usize,
     calm: u32,
     p99_ms: f64,
 }
 
 impl Controller {
-    /// `sweep_alphas`: every α calibration measured; `current`: the α in force now.
-    pub fn new(cfg: &AdaptiveAlpha, sweep_alphas: &[f64], current: f64) -> Self {
-        let mut levels: Vec<f64> = sweep_alphas
+    /// `sweep`: every (α, average timesteps) calibration measured; `current`: the α in force now.
+    pub fn new(cfg: &AdaptiveAlpha, sweep: &[(f64, f64)], current: f64) -> Self {
+        let mut levels: Vec<(f64, f64)> = sweep
             .iter()
             .copied()
-            .filter(|a| *a < cfg.configured_alpha && *a >= cfg.floor_alpha)
+            .filter(|(a, _)| *a < cfg.configured_alpha && *a >= cfg.floor_alpha)
             .collect();
-        levels.push(cfg.configured_alpha);
-        levels.sort_by(|a, b| b.total_cmp(a));
-        levels.dedup();
+        levels.push((cfg.configured_alpha, cost_at(sweep, cfg.configured_alpha)));
+        levels.sort_by(|a, b| b.0.total_cmp(&a.0));
+        levels.dedup_by(|a, b| a.0 == b.0);
         // Start at the level nearest the α in force (after a restart, where the controller was).
         let level = levels
             .iter()
             .enumerate()
-            .min_by(|a, b| (a.1 - current).abs().total_cmp(&(b.1 - current).abs()))
+            .min_by(|a, b| {
+                (a.1 .0 - current)
+                    .abs()
+                    .total_cmp(&(b.1 .0 - current).abs())
+            })
             .map_or(0, |(i, _)| i);
         Controller {
             levels,
@@ -98,7 +104,15 @@ impl Controller {
     }
 
     pub fn alpha(&self) -> f64 {
-        self.levels[self.level]
+        self.levels[self.level].0
+    }
+
+    /// The engine's busy share one level up, from `utilization` now: scaled by the two levels'
+    /// average timesteps (`None` at the configured α, or without a cost).
+    fn utilization_one_level_up(&self, utilization: f64) -> Option<f64> {
+        let up = self.levels.get(self.level.checked_sub(1)?)?.1;
+        let now = self.levels[self.level].1;
+        (now > 0.0 && up.is_finite()).then(|| utilization * up / now)
     }
 
     /// One control period: `p99_ms` of the requests answered in it (`None`: there were none) and
@@ -106,7 +120,9 @@ impl Controller {
     /// α when it changes.
     pub fn tick(&mut self, p99_ms: Option<f64>, utilization: Option<f64>) -> Option<f64> {
         let before = self.level;
-        let idle = utilization.is_some_and(|u| u < RECOVER_UTILIZATION);
+        let idle = utilization
+            .and_then(|u| self.utilization_one_level_up(u))
+            .is_some_and(|u| u < RECOVER_UTILIZATION);
         let busy = utilization.is_none_or(|u| u >= LOWER_UTILIZATION);
         match p99_ms {
             Some(p) if p > self.p99_ms && busy => {
@@ -124,6 +140,32 @@ impl Controller {
         }
         (self.level != before).then(|| self.alpha())
     }
+}
+
+/// Average timesteps at `alpha`, interpolated linearly between the sweep's rows (sorted or not);
+/// clamped to the first or last row outside them; NaN for an empty sweep.
+fn cost_at(sweep: &[(f64, f64)], alpha: f64) -> f64 {
+    let mut rows: Vec<(f64, f64)> = sweep.to_vec();
+    rows.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (Some(first), Some(last)) = (rows.first(), rows.last()) else {
+        return f64::NAN;
+    };
+    if alpha <= first.0 {
+        return first.1;
+    }
+    if alpha >= last.0 {
+        return last.1;
+    }
+    rows.windows(2)
+        .find(|w| alpha <= w[1].0)
+        .map_or(last.1, |w| {
+            let (a0, c0, a1, c1) = (w[0].0, w[0].1, w[1].0, w[1].1);
+            if a1 > a0 {
+                c0 + (c1 - c0) * (alpha - a0) / (a1 - a0)
+            } else {
+                c1
+            }
+        })
 }
 
 /// The p99 of `samples` (nearest rank), `None` when empty.
@@ -175,7 +217,14 @@ impl LatencyWindows {
 mod tests {
     use super::*;
 
-    const SWEEP: [f64; 6] = [0.5, 0.7, 0.8, 0.9, 0.94, 0.99];
+    const SWEEP: [(f64, f64); 6] = [
+        (0.5, 1.04),
+        (0.7, 1.2),
+        (0.8, 1.31),
+        (0.9, 1.49),
+        (0.94, 1.6),
+        (0.99, 1.95),
+    ];
 
     fn controller() -> Controller {
         let cfg = AdaptiveAlpha {
@@ -219,11 +268,13 @@ mod tests {
             assert_eq!(c.tick(Some(p), Some(0.5)), None, "tick {i}");
         }
         assert_eq!(c.alpha(), 0.94);
-        // ...one between LOWER_UTILIZATION and RECOVER_UTILIZATION holds where it is...
+        // ...one under LOWER_UTILIZATION that would be over RECOVER_UTILIZATION one level up
+        // (0.66 × 1.6 / 1.49 = 0.709) holds where it is...
         c.tick(Some(80.0), Some(0.95));
         assert_eq!(c.alpha(), 0.9);
         for _ in 0..10 {
             assert_eq!(c.tick(Some(55.0), Some(0.7)), None);
+            assert_eq!(c.tick(Some(45.0), Some(0.66)), None);
         }
         // ...and after the peak, the same noisy windows at half load bring α back.
         let mut changes = Vec::new();
@@ -345,6 +396,26 @@ mod tests {
             floor_alpha: 0.8,
         };
         assert_eq!(Controller::new(&cfg, &SWEEP, 0.9).alpha(), 0.9);
+    }
+
+    #[test]
+    fn level_costs_interpolate_the_sweep() {
+        assert_eq!(cost_at(&SWEEP, 0.9), 1.49);
+        assert!((cost_at(&SWEEP, 0.85) - 1.40).abs() < 1e-12);
+        assert_eq!(cost_at(&SWEEP, 0.1), 1.04);
+        assert_eq!(cost_at(&SWEEP, 1.0), 1.95);
+        assert!(cost_at(&[], 0.9).is_nan());
+        // A configured α between two rows gets its interpolated cost as level 0.
+        let cfg = AdaptiveAlpha {
+            p99_ms: 50.0,
+            max_accuracy_drop: 0.005,
+            configured_alpha: 0.92,
+            floor_alpha: 0.8,
+        };
+        let c = Controller::new(&cfg, &SWEEP, 0.92);
+        assert_eq!(c.levels[0].0, 0.92);
+        assert!((c.levels[0].1 - 1.545).abs() < 1e-9);
+        assert_eq!(c.levels.len(), 3);
     }
 
     #[test]
