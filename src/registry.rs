@@ -160,7 +160,7 @@ fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
 pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LoadError>);
 
 /// With `workers` 0 in the engine options, each model gets [`engine::default_workers`] for the
-/// number of packages found: the cores divided among the models.
+/// number of packages found.
 pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
     let mut models = BTreeMap::new();
     let mut errors = Vec::new();

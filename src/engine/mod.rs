@@ -191,11 +191,24 @@ impl EngineConfig {
     }
 }
 
-/// The default number of workers per model: the available cores divided among the models, at
-/// least 1 (one ONNX Runtime thread per worker, so the workers of all models fill the machine once).
+/// The default number of workers per model for `models` models on this machine's cores.
 pub fn default_workers(models: usize) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / models.max(1)).max(1)
+    workers_for(
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+        models,
+    )
+}
+
+/// Every core for each model, as long as all models' workers together stay within twice the
+/// cores; otherwise twice the cores divided among the models; at least 1. Idle workers cost
+/// nothing but their sessions' memory, so a model that has the traffic gets the whole machine
+/// (measured with two packages on 2 cores, one model hot: 1.47× and 1.66× the throughput of
+/// cores ÷ models), while with every model hot at once the threads time-slice at most 2× over
+/// the cores (same total throughput as cores ÷ models there, a higher p99; BENCHMARKS.md,
+/// "Default workers").
+pub fn workers_for(cores: usize, models: usize) -> usize {
+    let cores = cores.max(1);
+    cores.min(2 * cores / models.max(1)).max(1)
 }
 
 /// How long an idle worker polls the queue before it blocks on it (`SEENN_ENGINE_SPIN_US`). A
@@ -985,5 +998,20 @@ impl Worker {
             let _ = a.job.reply.send(Ok(outcome));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn default_workers_fill_the_machine_per_model_within_twice_the_cores() {
+        use super::workers_for;
+        assert_eq!(workers_for(2, 1), 2);
+        assert_eq!(workers_for(2, 2), 2);
+        assert_eq!(workers_for(2, 3), 1);
+        assert_eq!(workers_for(16, 2), 16);
+        assert_eq!(workers_for(16, 3), 10);
+        assert_eq!(workers_for(16, 40), 1);
+        assert_eq!(workers_for(0, 0), 1);
     }
 }
