@@ -39,17 +39,4 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round $name ($workers workers per model) done" >&2
   done
 done
-python3 - "$OUT" <<'PY'
-import json, pathlib, statistics, sys, collections
-out = pathlib.Path(sys.argv[1])
-runs = collections.defaultdict(list)
-for f in sorted(out.glob("*-r*.json")):
-    runs[f.name.rsplit("-r", 1)[0]].append(json.loads(f.read_text()))
-med = statistics.median
-print("| configuration / run | rounds | req/s (per round) | p50 ms | p99 ms |")
-print("|---|---|---|---|---|")
-for key, rs in sorted(runs.items()):
-    print(f"| {key} | {len(rs)} | {med([r['throughput_rps'] for r in rs]):.0f} "
-          f"({' '.join('%.0f' % r['throughput_rps'] for r in rs)}) | "
-          f"{med([r['latency_ms']['p50'] for r in rs]):.2f} | {med([r['latency_ms']['p99'] for r in rs]):.2f} |")
-PY
+python3 scripts/bench_summary.py "$OUT"

@@ -51,17 +51,4 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
-python3 - "$OUT" <<'EOF'
-import json, pathlib, statistics, sys, collections
-out = pathlib.Path(sys.argv[1])
-runs = collections.defaultdict(list)
-for f in sorted(out.glob("*-r*.json")):
-    runs[f.name.rsplit("-r", 1)[0]].append(json.loads(f.read_text()))
-med = lambda xs: statistics.median(xs)
-print("| configuration / run | rounds | req/s | p50 ms | p99 ms | avg t | errors |")
-print("|---|---|---|---|---|---|---|")
-for key, rs in sorted(runs.items()):
-    print(f"| {key} | {len(rs)} | {med([r['throughput_rps'] for r in rs]):.0f} | "
-          f"{med([r['latency_ms']['p50'] for r in rs]):.3f} | {med([r['latency_ms']['p99'] for r in rs]):.2f} | "
-          f"{med([r['avg_timesteps'] for r in rs]):.3f} | {sum(r['errors'] for r in rs)} |")
-EOF
+python3 scripts/bench_summary.py "$OUT"

@@ -1188,15 +1188,7 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     .await;
     assert!(reached, "α did not reach its floor: {}", current().await);
     assert!(answers.iter().any(|(st, _)| *st == 200));
-    for (status, r) in &answers {
-        if *status == 429 {
-            // At the floor a request that waited past the queue budget (here: any) is shed.
-            assert_eq!(r["code"], "overloaded", "{r}");
-        } else {
-            assert_eq!(*status, 200, "{r}");
-            assert!(r["alpha"].as_f64().expect("alpha") >= floor, "{r}");
-        }
-    }
+    assert_shed_or_dial_at_least(&answers, "alpha", floor);
     let v = current().await;
     assert_eq!(v["alpha"].as_f64(), Some(floor), "{v}");
     let text = metrics_text(&s).await;
@@ -1226,12 +1218,7 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     )
     .await;
     assert!(reached, "{}", current().await);
-    for (status, r) in &answers {
-        assert!(
-            *status == 429 || r["alpha"].as_f64().expect("alpha") >= floor,
-            "{status} {r}"
-        );
-    }
+    assert_shed_or_dial_at_least(&answers, "alpha", floor);
     // The state is persisted like the rest of the policy.
     let saved =
         std::fs::read_to_string(dir.path().join("state/exit-policies.json")).expect("state");

@@ -219,3 +219,17 @@ where
     }
     (reached, answers)
 }
+
+/// Under adaptive α every answer is either shed (429 `overloaded`: at the floor, a request that
+/// waited past the queue budget) or a 200 whose `dial` (`alpha` or `threshold`) is at least `floor`.
+pub fn assert_shed_or_dial_at_least(answers: &[(u16, serde_json::Value)], dial: &str, floor: f64) {
+    for (status, r) in answers {
+        if *status == 429 {
+            assert_eq!(r["code"], "overloaded", "{r}");
+        } else {
+            assert_eq!(*status, 200, "{r}");
+            let d = r[dial].as_f64().expect("the dial in force");
+            assert!(d >= floor, "{dial} {d} < floor {floor}: {r}");
+        }
+    }
+}
