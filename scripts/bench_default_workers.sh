@@ -19,6 +19,8 @@ bench() {  # bench FILE MODEL CONCURRENCY
   $BIN bench --url "http://127.0.0.1:$PORT" --data fashion-mnist --json --quiet --duration "$DUR" \
     --model "$2" --concurrency "$3" >"$1"
 }
+server=
+trap 'kill "$server" 2>/dev/null || true' EXIT
 for round in $(seq "$ROUNDS"); do
   for c in "${CONFIGS[@]}"; do
     IFS='|' read -r name workers <<<"$c"
@@ -27,6 +29,7 @@ for round in $(seq "$ROUNDS"); do
       --state-dir "$state" --engine-workers "$workers" >"$OUT/server.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null || { echo "server not ready; see $OUT/server.log" >&2; exit 1; }
     bench /dev/null fashion-mnist 16
     bench "$OUT/$name-fm-r$round.json" fashion-mnist 64
     bench "$OUT/$name-qcfs-r$round.json" fashion-mnist-qcfs 64

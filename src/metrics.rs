@@ -32,6 +32,8 @@ pub struct Metrics {
     pub shadow_dropped: IntCounterVec,
     pub shadow_steps: IntCounterVec,
     pub shadow_rows: IntGaugeVec,
+    pub engine_busy: CounterVec,
+    pub engine_workers: IntGaugeVec,
     pub shadow_expected_agreement: GaugeVec,
 }
 
@@ -193,6 +195,17 @@ impl Metrics {
                 ),
                 &["model"],
             )?,
+            engine_busy: CounterVec::new(
+                Opts::new(
+                    "seenn_engine_busy_seconds_total",
+                    "Seconds the model's engine workers spent on work rather than waiting for a job, summed over workers",
+                ),
+                &["model"],
+            )?,
+            engine_workers: IntGaugeVec::new(
+                Opts::new("seenn_engine_workers", "Engine worker threads per model"),
+                &["model"],
+            )?,
             shadow_expected_agreement: GaugeVec::new(
                 Opts::new(
                     "seenn_shadow_expected_agreement",
@@ -229,7 +242,9 @@ impl Metrics {
             shadow_dropped,
             shadow_steps,
             shadow_rows,
-            shadow_expected_agreement
+            shadow_expected_agreement,
+            engine_busy,
+            engine_workers
         );
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
@@ -287,6 +302,8 @@ impl Metrics {
             shadow_dropped: self.shadow_dropped.with_label_values(&[model]),
             shadow_steps: self.shadow_steps.with_label_values(&[model]),
             shadow_rows: self.shadow_rows.with_label_values(&[model]),
+            engine_busy: self.engine_busy.with_label_values(&[model]),
+            engine_workers: self.engine_workers.with_label_values(&[model]),
         }
     }
 
@@ -360,6 +377,9 @@ pub struct ModelMetrics {
     pub shadow_dropped: IntCounter,
     pub shadow_steps: IntCounter,
     pub shadow_rows: IntGauge,
+    /// Busy seconds summed over the model's workers (the adaptive-α controller's utilization).
+    pub engine_busy: Counter,
+    pub engine_workers: IntGauge,
 }
 
 impl ModelMetrics {

@@ -99,7 +99,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
     let calibration = read_calibration(dir, manifest.timesteps)?;
     // One set of sessions per worker: a session's `Run` is not shared between threads.
     let workers = match opts.engine.workers {
-        0 => engine::default_workers(1),
+        0 => engine::default_workers(1, &opts.session.device),
         n => n,
     };
     let sessions = (0..workers)
@@ -167,7 +167,7 @@ pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError
     let dirs = package_dirs(root)?;
     let mut engine = opts.engine.clone();
     if engine.workers == 0 {
-        engine.workers = engine::default_workers(dirs.len());
+        engine.workers = engine::default_workers(dirs.len(), &opts.session.device);
     }
     let opts = &LoadOptions {
         env: opts.env,

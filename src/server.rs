@@ -301,13 +301,9 @@ async fn control_adaptive_alpha(
             let name = &m.manifest.name;
             let p99 = service.latency.take_p99(name);
             let now = (m.engine.busy_seconds(), std::time::Instant::now());
-            let utilization = busy.insert(name.clone(), now).map(|(b0, t0)| {
+            let utilization = busy.insert(name.clone(), now).and_then(|(b0, t0)| {
                 let wall = now.1.duration_since(t0).as_secs_f64() * m.engine.workers() as f64;
-                if wall > 0.0 {
-                    (now.0 - b0) / wall
-                } else {
-                    0.0
-                }
+                (wall > 0.0).then(|| (now.0 - b0) / wall)
             });
             let policy = m.exit_policy();
             let Some(cfg) = policy.adaptive else {

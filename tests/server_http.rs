@@ -58,15 +58,7 @@ async fn post_png(
     path: &str,
     png: Vec<u8>,
 ) -> (u16, Value) {
-    let r = client()
-        .post(url(s, path))
-        .header("content-type", "image/png")
-        .body(png)
-        .send()
-        .await
-        .expect("request");
-    let status = r.status().as_u16();
-    (status, r.json().await.expect("json body"))
+    post_image(&client(), &url(s, path), png).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -1130,6 +1122,8 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     let mut cfg = config(&dir.path().join("state"));
     cfg.admin_token_file = Some(token_file);
     cfg.adaptive_interval_ms = 100;
+    // One worker, so that the test's clients keep the engine busy on any number of cores.
+    cfg.engine_workers = Some(1);
     let s = start(cfg.clone()).await;
     let path = "/admin/models/fashion-mnist/exit-policy";
     let c = client();
@@ -1180,22 +1174,24 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
         png.clone(),
         16,
         std::time::Duration::from_secs(30),
+        // The policy view and the gauge both at the floor, read while the load still runs (once
+        // it stops, an idle engine sends α back up within a few ticks).
         || {
-            let v = current();
-            async move { v.await["alpha"].as_f64() == Some(floor) }
+            let (v, text) = (current(), metrics_text(&s));
+            async move {
+                v.await["alpha"].as_f64() == Some(floor)
+                    && metric_value(
+                        &text.await,
+                        "seenn_exit_alpha",
+                        &[("model", "fashion-mnist")],
+                    ) == floor
+            }
         },
     )
     .await;
     assert!(reached, "α did not reach its floor: {}", current().await);
     assert!(answers.iter().any(|(st, _)| *st == 200));
     assert_shed_or_dial_at_least(&answers, "alpha", floor);
-    let v = current().await;
-    assert_eq!(v["alpha"].as_f64(), Some(floor), "{v}");
-    let text = metrics_text(&s).await;
-    assert_eq!(
-        metric_value(&text, "seenn_exit_alpha", &[("model", "fashion-mnist")]),
-        floor
-    );
     // A request that sets its own α is never changed.
     let (_, own) = post_png(&s, "/classify?alpha=0.99", png.clone()).await;
     assert_eq!(own["alpha"].as_f64(), Some(0.99));
@@ -1245,7 +1241,10 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn adaptive_alpha_sheds_requests_that_waited_past_the_queue_budget() {
     let dir = tempfile::tempdir().expect("tmp");
-    let s = start(config_with_admin(dir.path())).await;
+    let mut cfg = config_with_admin(dir.path());
+    // One worker, so that a burst of 200 outlasts the queue budget on any number of cores.
+    cfg.engine_workers = Some(1);
+    let s = start(cfg).await;
     let pkg = policy_package();
     let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
     let burst = |n: usize| {
@@ -1323,6 +1322,55 @@ async fn adaptive_alpha_sheds_requests_that_waited_past_the_queue_budget() {
     assert!(
         own.iter().all(|(st, _)| *st == 200),
         "custom requests are not shed"
+    );
+    s.shutdown().await;
+}
+
+/// `seenn_engine_busy_seconds_total` counts the workers' time on work, not their time waiting:
+/// it does not grow while the server is idle, grows by at least the `step.onnx` time under
+/// requests, and never by more than the workers' wall time; `seenn_engine_workers` shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn engine_busy_seconds_count_work_not_waiting() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.engine_workers = Some(2);
+    let s = start(cfg).await;
+    let m = [("model", "fashion-mnist")];
+    let read = || async {
+        let text = metrics_text(&s).await;
+        (
+            metric_value(&text, "seenn_engine_busy_seconds_total", &m),
+            metric_value(&text, "seenn_step_duration_seconds_sum", &m),
+            metric_value(&text, "seenn_engine_workers", &m),
+        )
+    };
+    // Whatever start-up cost is counted once the workers first wait.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (busy0, steps0, workers) = read().await;
+    assert_eq!(workers, 2.0);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (idle, _, _) = read().await;
+    assert_eq!(idle, busy0, "idle workers are not busy");
+    let pkg = policy_package();
+    let g = golden(&pkg);
+    let started = std::time::Instant::now();
+    let answers = futures::future::join_all(
+        g.samples
+            .iter()
+            .map(|x| post_png(&s, "/classify", sample_bytes(&pkg, x))),
+    )
+    .await;
+    let wall = started.elapsed().as_secs_f64();
+    assert!(answers.iter().all(|(st, _)| *st == 200));
+    // The last step is counted right after it ran, before or while its answer travels back.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let (busy1, steps1, _) = read().await;
+    let (busy, steps) = (busy1 - busy0, steps1 - steps0);
+    assert!(steps > 0.0);
+    assert!(busy >= steps, "busy {busy} s < step.onnx time {steps} s");
+    assert!(
+        busy <= 2.0 * (wall + 0.05),
+        "busy {busy} s > 2 workers × {wall} s"
     );
     s.shutdown().await;
 }

@@ -12,7 +12,6 @@
 //! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
 //! lowest priority (a shadow run, [`shadow`]): it compares the answered class with the full-T one.
 
-mod clock;
 pub mod shadow;
 pub mod slots;
 
@@ -191,12 +190,17 @@ impl EngineConfig {
     }
 }
 
-/// The default number of workers per model for `models` models on this machine's cores.
-pub fn default_workers(models: usize) -> usize {
-    workers_for(
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
-        models,
-    )
+/// The default number of workers per model for `models` models on `device`: on a GPU one (one
+/// set of CUDA sessions per model; a larger `--max-batch` is what uses the device), on the CPU
+/// [`workers_for`] this machine's cores.
+pub fn default_workers(models: usize, device: &crate::runtime::Device) -> usize {
+    match device {
+        crate::runtime::Device::Cuda(_) => 1,
+        crate::runtime::Device::Cpu => workers_for(
+            std::thread::available_parallelism().map_or(1, |n| n.get()),
+            models,
+        ),
+    }
 }
 
 /// Every core for each model, as long as all models' workers together stay within twice the
@@ -256,7 +260,6 @@ pub struct EngineHandle {
     model: String,
     metrics: Arc<ModelMetrics>,
     workers: usize,
-    busy: Arc<clock::BusyClock>,
     /// Test-only fault switch: the next step (of whichever worker runs it first) fails.
     pub inject_fault: Arc<AtomicBool>,
 }
@@ -306,9 +309,11 @@ impl EngineHandle {
     }
 
     /// Seconds the workers have spent on work (anything but waiting for a job) since start,
-    /// summed over workers: the adaptive-α controller's measure of how busy the engine is.
+    /// summed over workers (`seenn_engine_busy_seconds_total`): the adaptive-α controller's
+    /// measure of how busy the engine is. Counted at every step and when a worker starts waiting,
+    /// so it lags the truth by at most one step.
     pub fn busy_seconds(&self) -> f64 {
-        self.busy.busy_seconds()
+        self.metrics.engine_busy.get()
     }
 }
 
@@ -374,9 +379,8 @@ struct Worker {
     published_shadows: i64,
     sampler: Sampler,
     spin: Duration,
-    /// This worker's index in `busy`.
-    index: usize,
-    busy: Arc<clock::BusyClock>,
+    /// Since when this worker's busy time has not been counted yet.
+    busy_since: Instant,
     /// Reused per step: the aggregated logits of one request, and the rows that exit with their
     /// (max softmax, class, probabilities).
     agg: Vec<f64>,
@@ -409,10 +413,10 @@ pub fn spawn(
     let inject_fault = Arc::new(AtomicBool::new(false));
     let model = manifest.name.clone();
     let workers = sessions.len();
-    let busy = Arc::new(clock::BusyClock::new(workers));
+    metrics.engine_workers.set(workers as i64);
     let spin = spin_time();
     for (i, sessions) in sessions.into_iter().enumerate() {
-        let (manifest, cfg, metrics, depth, ready, fault, rx, busy) = (
+        let (manifest, cfg, metrics, depth, ready, fault, rx) = (
             manifest.clone(),
             cfg.clone(),
             metrics.clone(),
@@ -420,7 +424,6 @@ pub fn spawn(
             readiness.clone(),
             inject_fault.clone(),
             rx.clone(),
-            busy.clone(),
         );
         let name = if workers == 1 {
             format!("engine-{model}")
@@ -458,8 +461,7 @@ pub fn spawn(
                     published_shadows: 0,
                     sampler: Sampler::seeded(),
                     spin,
-                    index: i,
-                    busy,
+                    busy_since: Instant::now(),
                     agg: Vec::with_capacity(k),
                     scored: Vec::new(),
                     finished: Vec::new(),
@@ -478,7 +480,6 @@ pub fn spawn(
         model,
         metrics,
         workers,
-        busy,
         inject_fault,
     })
 }
@@ -522,11 +523,20 @@ impl Worker {
         &self.manifest.name
     }
 
-    /// Waits for a job while idle: spins on the queue for `spin`, then blocks on it.
-    fn wait(&self, rx: &Receiver<Job>) -> Option<Job> {
-        self.busy.wait_begins(self.index);
+    /// Adds the time since the last count to `seenn_engine_busy_seconds_total`.
+    fn count_busy(&mut self) {
+        let now = Instant::now();
+        let busy = now.saturating_duration_since(self.busy_since);
+        self.metrics.engine_busy.inc_by(busy.as_secs_f64());
+        self.busy_since = now;
+    }
+
+    /// Waits for a job while idle: spins on the queue for `spin`, then blocks on it. The time
+    /// waited is not busy time.
+    fn wait(&mut self, rx: &Receiver<Job>) -> Option<Job> {
+        self.count_busy();
         let job = self.wait_for_job(rx);
-        self.busy.wait_ends(self.index);
+        self.busy_since = Instant::now();
         job
     }
 
@@ -580,8 +590,15 @@ impl Worker {
             if self.active.is_empty() {
                 continue;
             }
+            // A step over shadow rows alone is spare capacity (a newcomer evicts them at once).
+            let live = self.live() > 0;
             if let Err(e) = self.step() {
                 self.fail_all(e);
+            }
+            if live {
+                self.count_busy();
+            } else {
+                self.busy_since = Instant::now();
             }
         }
         self.publish_active();

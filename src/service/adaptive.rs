@@ -130,8 +130,10 @@ impl Controller {
                 self.level = (self.level + 1).min(self.levels.len() - 1);
             }
             Some(p) if p > self.p99_ms * RECOVER_BELOW && !idle => self.calm = 0,
+            // No answers while the engine is busy (every request failed or was refused): hold.
+            None if utilization.is_some_and(|u| u >= LOWER_UTILIZATION) => self.calm = 0,
             _ => {
-                self.calm += 1;
+                self.calm = self.calm.saturating_add(1);
                 if self.calm >= RECOVER_TICKS && self.level > 0 {
                     self.level -= 1;
                     self.calm = 0;
@@ -359,6 +361,17 @@ mod tests {
         c.tick(Some(80.0), None);
         for _ in 0..RECOVER_TICKS {
             c.tick(None, None);
+        }
+        assert_eq!(c.alpha(), 0.94);
+        // No answers from a busy engine (every request refused or failed) is not calm.
+        let mut c = controller();
+        c.tick(Some(80.0), None);
+        for _ in 0..10 {
+            assert_eq!(c.tick(None, Some(0.95)), None);
+        }
+        assert_eq!(c.alpha(), 0.9);
+        for _ in 0..RECOVER_TICKS {
+            c.tick(None, Some(0.0));
         }
         assert_eq!(c.alpha(), 0.94);
     }

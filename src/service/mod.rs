@@ -299,7 +299,7 @@ impl Service {
             .unwrap_or(crate::metrics::UNKNOWN_MODEL);
         // Adaptive α is about the requests it can change: those on the default policy. A shed
         // request missed the objective: it counts as a miss, so α stays at its floor while the
-        // server sheds.
+        // server sheds and the engine stays busy.
         if opts.uses_default_policy() {
             match &result {
                 Ok(_) => self.latency.record(model_label, started.elapsed()),

@@ -188,15 +188,7 @@ where
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let r = c
-                        .post(&u)
-                        .header("content-type", "image/png")
-                        .body(png.clone())
-                        .send()
-                        .await
-                        .expect("request");
-                    let status = r.status().as_u16();
-                    answers.push((status, r.json().await.expect("json body")));
+                    answers.push(post_image(&c, &u, png.clone()).await);
                 }
                 answers
             })
@@ -232,4 +224,17 @@ pub fn assert_shed_or_dial_at_least(answers: &[(u16, serde_json::Value)], dial: 
             assert!(d >= floor, "{dial} {d} < floor {floor}: {r}");
         }
     }
+}
+
+/// POSTs an image body to `url`: the status and the JSON answer (or error).
+pub async fn post_image(c: &reqwest::Client, url: &str, png: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = c
+        .post(url)
+        .header("content-type", "image/png")
+        .body(png)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json body"))
 }

@@ -408,6 +408,11 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(stack):
     assert "fashion-mnist" in json.loads(body)["data"]
     for title, expr in exprs:
         assert promql(prom, expr), f"panel {title!r} returned no data: {expr}"
+    # The engine's busy share is a share of its workers' time (rate() extrapolates to the window's
+    # edges, hence the small allowance over 1).
+    busy = next(e for t, e in exprs if t.startswith("Engine busy share"))
+    shares = [float(r["value"][1]) for r in promql(prom, busy)]
+    assert shares and all(0.0 <= s <= 1.05 for s in shares), shares
     # The average-timesteps panel equals the server's own exact figure.
     avg_expr = next(e for t, e in exprs if t.startswith("Average timesteps") and "rate(seenn_timesteps_used_sum" in e)
     panel = {r["metric"]["rule"]: float(r["value"][1]) for r in promql(prom, avg_expr)}
