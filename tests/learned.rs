@@ -425,29 +425,15 @@ async fn adaptive_moves_the_learned_threshold_within_its_calibrated_floor() {
     assert_eq!(floor, want_floor.min(0.999));
     assert!(floor < 0.999, "{v}");
     let png = sample_bytes(&pkg, &g.samples[0]);
-    // The dial moves only while the engine is busy: 16 clients keep its queue from emptying.
-    let (reached, answers) = post_under_load(
+    let answers = load_until_dial_at_floor(
         &s,
         "/v1/models/fashion-mnist/classify",
         png.clone(),
-        16,
-        std::time::Duration::from_secs(30),
-        // The policy view and the gauge both at the floor, read while the load still runs (once
-        // it stops, an idle engine sends the threshold back up within a few ticks).
-        || {
-            let (v, text) = (current(), metrics_text(&s));
-            async move {
-                v.await["threshold"].as_f64() == Some(floor)
-                    && metric_value(
-                        &text.await,
-                        "seenn_exit_threshold",
-                        &[("model", "fashion-mnist")],
-                    ) == floor
-            }
-        },
+        "threshold",
+        floor,
+        current,
     )
     .await;
-    assert!(reached, "the threshold did not reach its floor");
     assert_shed_or_dial_at_least(&answers, "threshold", floor);
     assert!(answers
         .iter()

@@ -1167,29 +1167,8 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     assert!(floor < configured, "{v}");
     let pkg = policy_package();
     let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
-    // α moves only while the engine is busy: 16 clients keep its queue from emptying.
-    let (reached, answers) = post_under_load(
-        &s,
-        "/classify",
-        png.clone(),
-        16,
-        std::time::Duration::from_secs(30),
-        // The policy view and the gauge both at the floor, read while the load still runs (once
-        // it stops, an idle engine sends α back up within a few ticks).
-        || {
-            let (v, text) = (current(), metrics_text(&s));
-            async move {
-                v.await["alpha"].as_f64() == Some(floor)
-                    && metric_value(
-                        &text.await,
-                        "seenn_exit_alpha",
-                        &[("model", "fashion-mnist")],
-                    ) == floor
-            }
-        },
-    )
-    .await;
-    assert!(reached, "α did not reach its floor: {}", current().await);
+    let answers =
+        load_until_dial_at_floor(&s, "/classify", png.clone(), "alpha", floor, current).await;
     assert!(answers.iter().any(|(st, _)| *st == 200));
     assert_shed_or_dial_at_least(&answers, "alpha", floor);
     // A request that sets its own α is never changed.

@@ -238,3 +238,38 @@ pub async fn post_image(c: &reqwest::Client, url: &str, png: Vec<u8>) -> (u16, s
     let status = r.status().as_u16();
     (status, r.json().await.expect("json body"))
 }
+
+/// Adaptive α's dial moves only while the engine is busy: keeps 16 clients posting `png` to
+/// `path` until the policy view's `dial` (`alpha` or `threshold`, read by `current`) and its gauge
+/// `seenn_exit_<dial>` both show `floor`, at most 30 s. Both are read while the load still runs
+/// (once it stops, an idle engine sends the dial back up within a few ticks). Returns every answer.
+pub async fn load_until_dial_at_floor<F, Fut>(
+    s: &RunningServer,
+    path: &str,
+    png: Vec<u8>,
+    dial: &str,
+    floor: f64,
+    current: F,
+) -> Vec<(u16, serde_json::Value)>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = serde_json::Value>,
+{
+    let gauge = format!("seenn_exit_{dial}");
+    let (reached, answers) =
+        post_under_load(s, path, png, 16, std::time::Duration::from_secs(30), || {
+            let (v, text) = (current(), metrics_text(s));
+            let gauge = gauge.clone();
+            async move {
+                v.await[dial].as_f64() == Some(floor)
+                    && metric_value(&text.await, &gauge, &[("model", "fashion-mnist")]) == floor
+            }
+        })
+        .await;
+    assert!(
+        reached,
+        "{dial} did not reach its floor {floor}: {}",
+        current().await
+    );
+    answers
+}
