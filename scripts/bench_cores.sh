@@ -18,15 +18,8 @@ MODEL=${MODEL:-models/fashion-mnist}
 OUT=${OUT:-bench-results}/cores
 BIN=${BIN:-target/release/seenn}
 PY=${PY:-.venv/bin/python}
-RUN=()
-if [ -n "${NICE:-}" ]; then
-  RUN=(nice -n "$NICE")
-  if [ -w /proc/self/autogroup ]; then
-    was=$(sed -n 's/.* nice //p' /proc/self/autogroup)
-    trap 'echo "$was" >/proc/self/autogroup' EXIT
-    echo "$NICE" >/proc/self/autogroup
-  fi
-fi
+# shellcheck source=scripts/nice_autogroup.sh
+. scripts/nice_autogroup.sh
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT/load.txt"
 

@@ -17,11 +17,8 @@ OUT=${OUT:-bench-results}/handoff
 BIN=${BIN:-target/release/seenn}
 PORT=${PORT:-18580}
 PY=${PY:-python3}
-if [ -n "${NICE:-}" ] && [ -w /proc/self/autogroup ]; then
-  was=$(sed -n 's/.* nice //p' /proc/self/autogroup)
-  trap 'echo "$was" >/proc/self/autogroup' EXIT
-  echo "$NICE" >/proc/self/autogroup
-fi
+# shellcheck source=scripts/nice_autogroup.sh
+. scripts/nice_autogroup.sh
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT/load.txt"
 
