@@ -5,6 +5,8 @@
 # $OUT (default bench-results/workers/), one summary table (median over rounds) on stdout.
 #   scripts/bench_workers.sh                   DURATION=10 ROUNDS=2
 #   BASE=path/to/older/seenn scripts/bench_workers.sh    # adds that binary as configuration "base"
+#   MODELS=dir                                           # the packages (default models; a binary that
+#                                                          reads format 1 only needs a copy marked 1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${DURATION:-10}
@@ -12,7 +14,9 @@ ROUNDS=${ROUNDS:-2}
 OUT=${OUT:-bench-results}/workers
 BIN=${BIN:-target/release/seenn}
 PORT=${PORT:-18480}
+MODELS=${MODELS:-models}
 mkdir -p "$OUT"
+rm -f "$OUT"/*-r*.json
 # name|binary|extra environment|server flags
 CONFIGS=()
 [ -n "${BASE:-}" ] && CONFIGS+=("base|$BASE||")
@@ -32,7 +36,7 @@ for round in $(seq "$ROUNDS"); do
     IFS='|' read -r name bin envs args <<<"$c"
     state=$(mktemp -d)
     # shellcheck disable=SC2086
-    env SEENN_LOG=warn $envs "$bin" serve --models models --host 127.0.0.1 --http-port "$PORT" \
+    env SEENN_LOG=warn $envs "$bin" serve --models "$MODELS" --host 127.0.0.1 --http-port "$PORT" \
       --grpc-port $((PORT + 1)) --state-dir "$state" --default-model fashion-mnist $args >"$OUT/server.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
