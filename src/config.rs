@@ -40,8 +40,9 @@ pub struct ServeConfig {
     #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
     /// Engine worker threads per model, each with its own ONNX Runtime sessions and running batch,
-    /// all pulling from the model's one queue. Default: every core for each model while all
-    /// models' workers together stay within twice the cores, else 2 × cores ÷ models, at least 1.
+    /// all pulling from the model's one queue. Default on the CPU: every core for each model while
+    /// all models' workers together stay within twice the cores, else 2 × cores ÷ models, at
+    /// least 1; with `--device cuda`: 1.
     #[arg(long, env = "SEENN_ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
     /// Most shadow runs (the exit policy's `shadow_fraction`) per engine worker at once. Default:

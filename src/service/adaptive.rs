@@ -228,22 +228,32 @@ mod tests {
         (0.99, 1.95),
     ];
 
-    fn controller() -> Controller {
-        let cfg = AdaptiveAlpha {
+    /// Objective 50 ms, configured α 0.94, floor 0.8.
+    fn cfg() -> AdaptiveAlpha {
+        AdaptiveAlpha {
             p99_ms: 50.0,
             max_accuracy_drop: 0.005,
             configured_alpha: 0.94,
             floor_alpha: 0.8,
-        };
-        Controller::new(&cfg, &SWEEP, 0.94)
+        }
     }
 
-    #[test]
-    fn an_idle_engine_recovers_while_the_p99_sits_near_the_objective() {
+    fn controller() -> Controller {
+        Controller::new(&cfg(), &SWEEP, 0.94)
+    }
+
+    /// A controller that two slow ticks took to its floor.
+    fn at_floor() -> Controller {
         let mut c = controller();
         c.tick(Some(80.0), None);
         c.tick(Some(80.0), None);
         assert_eq!(c.alpha(), 0.8);
+        c
+    }
+
+    #[test]
+    fn an_idle_engine_recovers_while_the_p99_sits_near_the_objective() {
+        let mut c = at_floor();
         // p99 40 ms: under the 50 ms objective but over 0.6 × it. A busy engine holds...
         for _ in 0..10 {
             assert_eq!(c.tick(Some(40.0), Some(0.95)), None);
@@ -294,9 +304,7 @@ mod tests {
         use crate::exit::{ExitPolicy, RuleKind};
         let a = AdaptiveAlpha {
             p99_ms: 40.0,
-            max_accuracy_drop: 0.005,
-            configured_alpha: 0.94,
-            floor_alpha: 0.8,
+            ..cfg()
         };
         let mut p = ExitPolicy {
             rule: RuleKind::Confidence,
@@ -340,10 +348,7 @@ mod tests {
 
     #[test]
     fn recovers_after_calm_ticks_and_never_above_the_configured_alpha() {
-        let mut c = controller();
-        c.tick(Some(80.0), None);
-        c.tick(Some(80.0), None);
-        assert_eq!(c.alpha(), 0.8);
+        let mut c = at_floor();
         let mut changes = Vec::new();
         for _ in 0..20 {
             if let Some(a) = c.tick(Some(10.0), None) {
@@ -402,13 +407,7 @@ mod tests {
 
     #[test]
     fn resumes_at_the_level_it_was_saved_at() {
-        let cfg = AdaptiveAlpha {
-            p99_ms: 50.0,
-            max_accuracy_drop: 0.005,
-            configured_alpha: 0.94,
-            floor_alpha: 0.8,
-        };
-        assert_eq!(Controller::new(&cfg, &SWEEP, 0.9).alpha(), 0.9);
+        assert_eq!(Controller::new(&cfg(), &SWEEP, 0.9).alpha(), 0.9);
     }
 
     #[test]
@@ -419,13 +418,11 @@ mod tests {
         assert_eq!(cost_at(&SWEEP, 1.0), 1.95);
         assert!(cost_at(&[], 0.9).is_nan());
         // A configured α between two rows gets its interpolated cost as level 0.
-        let cfg = AdaptiveAlpha {
-            p99_ms: 50.0,
-            max_accuracy_drop: 0.005,
+        let configured = AdaptiveAlpha {
             configured_alpha: 0.92,
-            floor_alpha: 0.8,
+            ..cfg()
         };
-        let c = Controller::new(&cfg, &SWEEP, 0.92);
+        let c = Controller::new(&configured, &SWEEP, 0.92);
         assert_eq!(c.levels[0].0, 0.92);
         assert!((c.levels[0].1 - 1.545).abs() < 1e-9);
         assert_eq!(c.levels.len(), 3);

@@ -241,7 +241,7 @@ pub async fn post_image(c: &reqwest::Client, url: &str, png: Vec<u8>) -> (u16, s
 
 /// Adaptive α's dial moves only while the engine is busy: keeps 16 clients posting `png` to
 /// `path` until the policy view's `dial` (`alpha` or `threshold`, read by `current`) and its gauge
-/// `seenn_exit_<dial>` both show `floor`, at most 30 s. Both are read while the load still runs
+/// `seenn_exit_<dial>{model="fashion-mnist"}` both show `floor`, at most 30 s. Both are read while the load still runs
 /// (once it stops, an idle engine sends the dial back up within a few ticks). Returns every answer.
 pub async fn load_until_dial_at_floor<F, Fut>(
     s: &RunningServer,
