@@ -139,6 +139,9 @@ pub struct ServerTimings {
     pub inference_p50: f64,
     /// The classify call in the server: preprocessing, queue, inference and the way back.
     pub total_p50: f64,
+    /// The 99th percentile of the same: the latency the server itself is accountable for (what
+    /// its adaptive-α controller measures), without the client's and the connection's share.
+    pub total_p99: f64,
     /// Per answer, total minus queue and inference (decoding, submitting, the reply's wake-up).
     pub other_p50: f64,
     /// Per answer, the client's latency minus the server's total: the client, the connection and
@@ -178,8 +181,8 @@ impl std::fmt::Display for BenchReport {
         if let Some(st) = &self.server_timings_ms {
             writeln!(
                 f,
-                "server ms p50: queue {:.3}, inference {:.3}, other {:.3}, total {:.3}; outside the server {:.3}",
-                st.queue_p50, st.inference_p50, st.other_p50, st.total_p50, st.outside_p50
+                "server ms p50: queue {:.3}, inference {:.3}, other {:.3}, total {:.3} (p99 {:.3}); outside the server {:.3}",
+                st.queue_p50, st.inference_p50, st.other_p50, st.total_p50, st.total_p99, st.outside_p50
             )?;
         }
         Ok(())
@@ -637,15 +640,17 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
         None => Mode::ClosedLoopConcurrency(args.concurrency),
     };
     let server_timings_ms = (!t.timed.is_empty()).then(|| {
-        let median = |f: fn(&(f64, [f64; 3])) -> f64| {
+        let quantile = |f: fn(&(f64, [f64; 3])) -> f64, q: f64| {
             let mut v: Vec<f64> = t.timed.iter().map(f).collect();
             v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-            crate::eval::percentile(&v, 0.5)
+            crate::eval::percentile(&v, q)
         };
+        let median = |f: fn(&(f64, [f64; 3])) -> f64| quantile(f, 0.5);
         ServerTimings {
             queue_p50: median(|(_, s)| s[0]),
             inference_p50: median(|(_, s)| s[1]),
             total_p50: median(|(_, s)| s[2]),
+            total_p99: quantile(|(_, s)| s[2], 0.99),
             other_p50: median(|(_, s)| s[2] - s[0] - s[1]),
             outside_p50: median(|(ms, s)| ms - s[2]),
         }

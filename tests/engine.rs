@@ -435,3 +435,96 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
     assert_eq!(rx.await.expect("reply").expect("ok").timesteps_used, t_max);
     assert_eq!(gauge(), 0);
 }
+
+/// Admission at the door (`EngineHandle::check_admission`): a full queue is refused, and under a
+/// queue budget a newcomer is shed before it is queued while requests are queued and the last
+/// ones the worker admitted had waited past the budget; an empty queue admits again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_door_refuses_what_the_queue_would() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, 2).expect("metrics"));
+    // One worker with one row and 6 queue places: each request runs alone for its 32 steps.
+    let opts = worker_options(&env, 1, 6, 1, metrics.clone());
+    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let x = input(&qcfs, &m.manifest);
+    let t_max = m.manifest.timesteps;
+    let submit = || {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let job = Job::new(
+            x.clone(),
+            RequestRule::Fixed { timesteps: t_max },
+            Instant::now() + Duration::from_secs(60),
+            tx,
+        );
+        m.engine.submit(job).map(|()| rx)
+    };
+    let budget = Some(Duration::from_micros(100));
+    let shed = || {
+        metrics
+            .cancelled_total
+            .with_label_values(&["fashion-mnist-qcfs", "queue_budget"])
+            .get()
+    };
+    let wait_for_depth_below = |n: usize| {
+        let engine = &m.engine;
+        async move {
+            let until = Instant::now() + Duration::from_secs(10);
+            while engine.queue_depth() >= n {
+                assert!(Instant::now() < until, "the worker never took a request");
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    assert!(
+        m.engine.check_admission(budget).is_ok(),
+        "an idle engine admits"
+    );
+
+    // One runs its 32 steps; six wait behind it, so the queue is full.
+    let first = submit().expect("runs");
+    wait_for_depth_below(1).await;
+    let queued: Vec<_> = (0..6).map(|_| submit().expect("queued")).collect();
+    let full = m
+        .engine
+        .check_admission(None)
+        .expect_err("a full queue refuses");
+    assert!(matches!(full, Error::Overloaded { .. }), "{full:?}");
+    assert_eq!(shed(), 0, "a full queue is not a shed");
+
+    // The first finishes; the worker admits the next, which waited a whole run (32 steps), and
+    // five are still queued (for five more runs): a newcomer under the budget is shed at the door.
+    assert_eq!(
+        first.await.expect("reply").expect("ok").timesteps_used,
+        t_max
+    );
+    wait_for_depth_below(6).await;
+    let e = m
+        .engine
+        .check_admission(budget)
+        .expect_err("shed at the door");
+    assert!(matches!(e, Error::Shed(_)), "{e:?}");
+    assert!(e.to_string().contains("adaptive p99 objective"), "{e}");
+    assert_eq!(shed(), 1, "counted as a queue-budget shed");
+    assert!(
+        m.engine.check_admission(None).is_ok(),
+        "requests without a budget are still admitted"
+    );
+    assert!(
+        m.engine
+            .check_admission(Some(Duration::from_secs(60)))
+            .is_ok(),
+        "a budget over the wait admits"
+    );
+
+    // Everything queued is answered (none of it had a budget); an empty queue admits again.
+    for rx in queued {
+        assert_eq!(rx.await.expect("reply").expect("ok").timesteps_used, t_max);
+    }
+    assert_eq!(m.engine.queue_depth(), 0);
+    assert!(
+        m.engine.check_admission(budget).is_ok(),
+        "an empty queue admits"
+    );
+    assert_eq!(shed(), 1);
+}

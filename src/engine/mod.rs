@@ -15,7 +15,7 @@
 pub mod shadow;
 pub mod slots;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -255,6 +255,8 @@ impl Readiness {
 pub struct EngineHandle {
     tx: Sender<Job>,
     depth: Arc<AtomicUsize>,
+    /// How long the oldest request of the workers' last admission had waited (µs).
+    last_wait_us: Arc<AtomicU64>,
     ready: watch::Receiver<bool>,
     max_queue: usize,
     model: String,
@@ -277,11 +279,7 @@ impl EngineHandle {
                 self.metrics.queue_depth.set(d as i64);
                 Ok(())
             }
-            Err(TrySendError::Full(_)) => Err(Error::Overloaded {
-                model: self.model.clone(),
-                depth: self.max_queue,
-                retry_after_s: 1,
-            }),
+            Err(TrySendError::Full(_)) => Err(self.overloaded()),
             Err(TrySendError::Disconnected(_)) => Err(Error::Unavailable(format!(
                 "model {} is not running",
                 self.model
@@ -291,6 +289,43 @@ impl EngineHandle {
 
     pub fn queue_depth(&self) -> usize {
         self.depth.load(Ordering::SeqCst)
+    }
+
+    /// Refuses at the door, before the request is decoded or queued, what `submit` or the
+    /// workers would refuse anyway: a full queue (429 `Overloaded`), and under a queue budget
+    /// (adaptive α at its floor) a queue whose requests are waiting past it. The queue is FIFO,
+    /// so while requests are queued and the last ones admitted had waited longer than `budget`,
+    /// a newcomer would wait longer too and be shed after its wait; shedding it now costs no
+    /// decoding, no queue slot and no wait (the queue-sojourn signal of CoDel). Counted as
+    /// `queue_budget` cancellations, like sheds in the queue.
+    pub fn check_admission(&self, budget: Option<Duration>) -> Result<(), Error> {
+        let depth = self.queue_depth();
+        if depth >= self.max_queue {
+            return Err(self.overloaded());
+        }
+        let Some(budget) = budget else {
+            return Ok(());
+        };
+        let waited = Duration::from_micros(self.last_wait_us.load(Ordering::Relaxed));
+        if depth > 0 && waited > budget {
+            self.metrics.cancelled(CancelReason::QueueBudget).inc();
+            return Err(Error::Shed(format!(
+                "model {} is overloaded: queued requests are waiting {:.1} ms, over the {:.1} ms \
+                 the adaptive p99 objective leaves for queueing; retry after 1 s",
+                self.model,
+                waited.as_secs_f64() * 1e3,
+                budget.as_secs_f64() * 1e3
+            )));
+        }
+        Ok(())
+    }
+
+    fn overloaded(&self) -> Error {
+        Error::Overloaded {
+            model: self.model.clone(),
+            depth: self.max_queue,
+            retry_after_s: 1,
+        }
     }
 
     /// Whether the engine serves (false while a worker recovers from a failed step).
@@ -366,6 +401,7 @@ struct Worker {
     cfg: EngineConfig,
     metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
+    last_wait_us: Arc<AtomicU64>,
     ready: Arc<Readiness>,
     inject_fault: Arc<AtomicBool>,
     /// Row `i` of `slots` is `active[i]`.
@@ -405,6 +441,7 @@ pub fn spawn(
     new_slots(&manifest, 1)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
+    let last_wait_us = Arc::new(AtomicU64::new(0));
     let (ready_tx, ready) = watch::channel(true);
     let readiness = Arc::new(Readiness {
         unready: AtomicUsize::new(0),
@@ -416,11 +453,12 @@ pub fn spawn(
     metrics.engine_workers.set(workers as i64);
     let spin = spin_time();
     for (i, sessions) in sessions.into_iter().enumerate() {
-        let (manifest, cfg, metrics, depth, ready, fault, rx) = (
+        let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
             manifest.clone(),
             cfg.clone(),
             metrics.clone(),
             depth.clone(),
+            last_wait_us.clone(),
             readiness.clone(),
             inject_fault.clone(),
             rx.clone(),
@@ -451,6 +489,7 @@ pub fn spawn(
                     cfg,
                     metrics,
                     depth,
+                    last_wait_us,
                     ready,
                     inject_fault: fault,
                     active: Vec::new(),
@@ -475,6 +514,7 @@ pub fn spawn(
     Ok(EngineHandle {
         tx,
         depth,
+        last_wait_us,
         ready,
         max_queue: cfg.max_queue,
         model,
@@ -585,6 +625,10 @@ impl Worker {
                 // Newcomers take their rows from shadow runs first.
                 self.drop_shadows((self.active.len() + newcomers.len()).saturating_sub(cap));
                 self.admit(&mut newcomers);
+                if d == 0 {
+                    // An empty queue makes newcomers wait nothing (see `check_admission`).
+                    self.last_wait_us.store(0, Ordering::Relaxed);
+                }
             }
             self.drop_abandoned();
             if self.active.is_empty() {
@@ -743,6 +787,11 @@ impl Worker {
 
     fn admit(&mut self, jobs: &mut Vec<Job>) {
         let now = Instant::now();
+        if let Some(oldest) = jobs.iter().map(|j| j.enqueued).min() {
+            let waited = now.saturating_duration_since(oldest).as_micros();
+            self.last_wait_us
+                .store(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::Relaxed);
+        }
         jobs.retain(|job| {
             let queued = now.saturating_duration_since(job.enqueued);
             self.metrics.queue_duration.observe(queued.as_secs_f64());

@@ -360,6 +360,23 @@ impl Service {
             Some(ms) => Duration::from_millis(ms),
             None => self.limits.request_timeout,
         };
+        let default_policy = opts.uses_default_policy();
+        // Only default-policy requests are shadowed and shed, from one read of the policy.
+        // Shadow runs sample the default policy's early exits: they estimate what that policy
+        // (the α the calibration gauge describes) costs, not what clients chose themselves.
+        // Under adaptive α with the dial at its accuracy floor, the queue is bounded in time by
+        // the objective: a default-policy request that could only be answered late is shed (429).
+        let (shadow_fraction, max_queue_wait) = if default_policy {
+            let p = m.exit_policy();
+            (
+                p.shadow_fraction,
+                adaptive::queue_budget(&p, m.learned_threshold_in(&p)),
+            )
+        } else {
+            (0.0, None)
+        };
+        // What the queue would refuse anyway is refused before the image is decoded.
+        m.engine.check_admission(max_queue_wait)?;
         let tensor = match input {
             Input::Tensor(t) => {
                 preprocess::check_tensor(&t, &m.manifest.input)?;
@@ -381,21 +398,6 @@ impl Service {
         };
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
-        let default_policy = opts.uses_default_policy();
-        // Only default-policy requests are shadowed and shed, from one read of the policy.
-        // Shadow runs sample the default policy's early exits: they estimate what that policy
-        // (the α the calibration gauge describes) costs, not what clients chose themselves.
-        // Under adaptive α with the dial at its accuracy floor, the queue is bounded in time by
-        // the objective: a default-policy request that could only be answered late is shed (429).
-        let (shadow_fraction, max_queue_wait) = if default_policy {
-            let p = m.exit_policy();
-            (
-                p.shadow_fraction,
-                adaptive::queue_budget(&p, m.learned_threshold_in(&p)),
-            )
-        } else {
-            (0.0, None)
-        };
         m.engine.submit(Job {
             input: tensor,
             rule,
