@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Adaptive α under overload (one model, default fashion-mnist): capacity (closed loop, c=64), the p99 the server meets
-# at half of it (the objective: by default the server's own p99 there, the latency the controller
-# measures; OBJECTIVE=client takes the load generator's p99 instead), then 2x capacity open-loop for 60 s with a fixed α and again with
-# adaptive α (10 s to settle + 50 s measured), then half load again to see α return. The bench
-# replays the labelled test images, so each run reports the accuracy of what was answered.
-# JSON reports and the α trace under $OUT (default bench-results/adaptive-$MODEL/); with
-# SEENN_LOG=info,seenn_serve::server=debug the server log has every control tick.
-#   scripts/adaptive_overload.sh        MODEL=fashion-mnist FACTOR=2 DROP=0.005 DEADLINE_S=2 OBJECTIVE=server
+# Adaptive α under overload (one model, default fashion-mnist): capacity (closed loop, c=64), the
+# p99 the server meets at half of it (the objective: by default the server's own p99 there, the
+# latency the controller measures; OBJECTIVE=client takes the load generator's p99 instead), then
+# 2x capacity open-loop for 60 s with a fixed α and again with adaptive α (10 s to settle + 50 s
+# measured), then half load again to see α return. The bench replays the labelled test images, so
+# each run reports the accuracy of what was answered. JSON reports and the α trace under $OUT
+# (default bench-results/adaptive-$MODEL/); with SEENN_LOG=info,seenn_serve::server=debug the
+# server log has every control tick.
+#   scripts/adaptive_overload.sh    MODEL=fashion-mnist FACTOR=2 DROP=0.005 DEADLINE_S=2 OBJECTIVE=server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODEL=${MODEL:-fashion-mnist}
