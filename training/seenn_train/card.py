@@ -108,6 +108,9 @@ def model_card(manifest: dict, calibration: dict, report: dict) -> str:
     for v in report.get("seenn_ii_variants") or []:
         name = f"SEENN-II {v['variant']}" + (f", β = {v['beta']}" if v.get("beta") is not None else "")
         curves.append((name + " (bias sweep)", v["test_curve"]))
+    if curves and report.get("oracle_curve"):
+        # Not a rule: the bound. Samples never right cost 1 here, not T as in AET.
+        curves.append(("oracle: exits chosen with the labels (the bound for any rule)", report["oracle_curve"]))
     if curves:
         lines += ["", "### Every curve at SEENN-I's accuracy (test, read off the curves)", "",
                   f"Fewest average timesteps at which each curve reaches SEENN-I's default test accuracy minus "

@@ -285,6 +285,10 @@ def _plot(path: Path, report: dict, title: str):
                 label="learned exit (threshold sweep)")
         lr = report["learned"]
         ax.plot([lr["avg_timesteps"]], [100 * lr["accuracy"]], "*", color="tab:purple", ms=13, label="learned default")
+    if report.get("oracle_curve"):
+        pts = report["oracle_curve"]
+        ax.plot([r["avg_timesteps"] for r in pts], [100 * r["accuracy"] for r in pts], ":", lw=2, color="tab:green",
+                label="oracle: exits chosen with the labels")
     si = report["seenn_i"]
     ax.plot([si["avg_timesteps"]], [100 * si["accuracy"]], "D", color="tab:blue", ms=7, label="SEENN-I default")
     ax.plot([report["aet"]], [100 * acc[-1]], "P", color="tab:green", ms=10, label=f"AET = {report['aet']:.3f}")
@@ -359,6 +363,7 @@ def export_package(net: nn.Module, meta: dict, val: data.Split, test: data.Split
             "split": "test", "samples": int(len(test)), "accuracy_per_t": seenn.accuracy_per_t(z_test, test.labels),
             "aet": seenn.aet(z_test, test.labels), "empirical_earliest": seenn.empirical_earliest(z_test, test.labels),
             "seenn_i": {"alpha": chosen["alpha"], **test_exit}, "seenn_i_sweep": seenn.alpha_sweep(z_test, test.labels, temp),
+            "oracle_curve": seenn.oracle_curve(z_test, test.labels),
             "parity": parity,
         }
         if policy is not None:

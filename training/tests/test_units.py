@@ -96,6 +96,11 @@ def test_aet_on_hand_made_example():
     assert seenn.aet(z, y) == pytest.approx(9 / 4)
     assert seenn.empirical_earliest(z, y) == pytest.approx((1 + 2 + 3 + 3) / 4)
     assert seenn.accuracy_per_t(z, y) == pytest.approx([0.25, 0.5, 0.75])
+    # Oracle: all exit at t=1 (1 right), then the one first right at t=2 (+1 step), then at t=3
+    # (+2 steps); the sample never right stays at t=1 instead of costing T as in AET.
+    curve = seenn.oracle_curve(z, y)
+    assert [r["accuracy"] for r in curve] == pytest.approx([0.25, 0.5, 0.75])
+    assert [r["avg_timesteps"] for r in curve] == pytest.approx([1.0, 1.25, 1.75])
 
 
 def test_exit_rule_at_exactly_alpha_and_at_T():
