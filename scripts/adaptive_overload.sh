@@ -15,6 +15,8 @@ FACTOR=${FACTOR:-2}
 DROP=${DROP:-0.005}
 DEADLINE_S=${DEADLINE_S:-2}
 OBJECTIVE=${OBJECTIVE:-server}
+case "$OBJECTIVE" in server | client) ;; *) echo "OBJECTIVE must be server or client, not $OBJECTIVE" >&2; exit 2 ;; esac
+TRACE=
 OUT=${OUT:-bench-results}/adaptive-$MODEL
 BIN=target/release/seenn
 PORT=${PORT:-18380}
@@ -26,7 +28,7 @@ SEENN_LOG=${SEENN_LOG:-info} $BIN serve --models models --host 127.0.0.1 --http-
   --state-dir "$state" --default-model "$MODEL" --request-timeout "$DEADLINE_S" \
   --admin-token-file "$state/token" >"$OUT/server.log" 2>&1 &
 SERVER=$!
-trap 'kill "$SERVER" 2>/dev/null || true; kill "$TRACE" 2>/dev/null || true' EXIT
+trap 'kill "$SERVER" 2>/dev/null || true; kill "${TRACE:-}" 2>/dev/null || true' EXIT
 for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
 URL="http://127.0.0.1:$PORT"
 policy() { curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
@@ -43,7 +45,6 @@ bench --rate "$HALF" --duration 15 >"$OUT/half.json"
 case "$OBJECTIVE" in
   server) OBJ=$(json "$OUT/half.json" "['server_timings_ms']['total_p99']") ;;
   client) OBJ=$(json "$OUT/half.json" "['latency_ms']['p99']") ;;
-  *) echo "OBJECTIVE must be server or client, not $OBJECTIVE" >&2; exit 2 ;;
 esac
 echo "   capacity $CAP req/s, objective p99 $OBJ ms ($OBJECTIVE side); overload at $OVER req/s" >&2
 

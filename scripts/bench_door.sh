@@ -23,6 +23,10 @@ PORT=${PORT:-18480}
 . scripts/nice_autogroup.sh
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json
+server=
+# nice_autogroup.sh's EXIT trap (if any) is kept: this one runs it too.
+prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "${state:-}"; '"$prev" EXIT
 for round in $(seq "$ROUNDS"); do
   for name in base new; do
     bin=$BIN; [ "$name" = base ] && bin=$BASE

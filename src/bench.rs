@@ -125,12 +125,13 @@ pub struct BenchReport {
     pub offered_rps: f64,
     pub error_latency_ms: ErrorLatency,
     pub rejections_with_retry_after: u64,
-    /// Medians of the server's own timings of each answer (HTTP `x-*-time-ms` headers, gRPC
-    /// `timings`); `None` when the answers carried none.
+    /// The server's own timings of each answer (HTTP `x-*-time-ms` headers, gRPC `timings`):
+    /// medians, and the p99 of the total; `None` when the answers carried none.
     pub server_timings_ms: Option<ServerTimings>,
 }
 
-/// Where the time of a successful answer went, as the server reports it (medians, milliseconds).
+/// Where the time of a successful answer went, as the server reports it (milliseconds; medians
+/// but for `total_p99`).
 #[derive(Debug, Clone, Serialize)]
 pub struct ServerTimings {
     /// Waiting in the model's queue until a worker admitted the request.
@@ -139,8 +140,9 @@ pub struct ServerTimings {
     pub inference_p50: f64,
     /// The classify call in the server: preprocessing, queue, inference and the way back.
     pub total_p50: f64,
-    /// The 99th percentile of the same: the latency the server itself is accountable for (what
-    /// its adaptive-α controller measures), without the client's and the connection's share.
+    /// The 99th percentile of the same over the answered requests: the latency the server itself
+    /// is accountable for, without the client's and the connection's share (the adaptive-α
+    /// controller measures the same time, over default-policy requests, counting sheds as misses).
     pub total_p99: f64,
     /// Per answer, total minus queue and inference (decoding, submitting, the reply's wake-up).
     pub other_p50: f64,

@@ -311,7 +311,7 @@ impl EngineHandle {
         let Some(budget) = budget else {
             return Ok(());
         };
-        let waited = Duration::from_micros(self.last_wait_us.load(Ordering::Relaxed));
+        let waited = Duration::from_micros(self.last_wait_us.load(Ordering::SeqCst));
         if depth > self.rows && waited > budget {
             self.metrics.cancelled(CancelReason::QueueBudget).inc();
             return Err(Error::Shed(format!(
@@ -521,7 +521,7 @@ pub fn spawn(
         depth,
         last_wait_us,
         ready,
-        max_queue: cfg.max_queue,
+        max_queue: cfg.max_queue.max(1),
         rows: workers * cfg.max_batch.max(1),
         model,
         metrics,
@@ -626,6 +626,13 @@ impl Worker {
                 }
             }
             if !newcomers.is_empty() {
+                // The wait is published before the depth falls, so a door that sees the new
+                // depth also sees the wait (`check_admission`).
+                if let Some(oldest) = newcomers.iter().map(|j| j.enqueued).min() {
+                    let waited = oldest.elapsed().as_micros();
+                    self.last_wait_us
+                        .store(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::SeqCst);
+                }
                 let d = self.depth.fetch_sub(newcomers.len(), Ordering::SeqCst) - newcomers.len();
                 self.metrics.queue_depth.set(d as i64);
                 // Newcomers take their rows from shadow runs first.
@@ -633,7 +640,7 @@ impl Worker {
                 self.admit(&mut newcomers);
                 if d == 0 {
                     // An empty queue makes newcomers wait nothing (see `check_admission`).
-                    self.last_wait_us.store(0, Ordering::Relaxed);
+                    self.last_wait_us.store(0, Ordering::SeqCst);
                 }
             }
             self.drop_abandoned();
@@ -793,11 +800,6 @@ impl Worker {
 
     fn admit(&mut self, jobs: &mut Vec<Job>) {
         let now = Instant::now();
-        if let Some(oldest) = jobs.iter().map(|j| j.enqueued).min() {
-            let waited = now.saturating_duration_since(oldest).as_micros();
-            self.last_wait_us
-                .store(u64::try_from(waited).unwrap_or(u64::MAX), Ordering::Relaxed);
-        }
         jobs.retain(|job| {
             let queued = now.saturating_duration_since(job.enqueued);
             self.metrics.queue_duration.observe(queued.as_secs_f64());
@@ -907,19 +909,18 @@ impl Worker {
             .collect())
     }
 
-    /// `exit.onnx` once over the rows on the learned rule (in row order), fed each row's running
-    /// sum cast to float32 and its t: one stop probability per such row.
+    /// `exit.onnx` over the rows on the learned rule (in row order), one run per row, fed the
+    /// row's running sum cast to float32 and its t: one stop probability per such row. One row per
+    /// run, because ONNX Runtime's CPU GEMM gives a row slightly different bits depending on how
+    /// many rows share the run (on `exit.onnx`, about 2% of rows differ in the last bits between
+    /// runs of 1, 3 and 5 rows): batched, a request's exit would depend on which requests share
+    /// its batch. The head is a few small layers; a run costs microseconds.
     fn learned_scores(&mut self) -> Result<Vec<f32>, Error> {
-        let k = self.manifest.num_classes();
-        let mut agg = Vec::new();
-        let mut ts = Vec::new();
-        for a in &self.active {
-            if matches!(a.rule, ExitRule::Learned { .. }) {
-                agg.extend(a.sum.iter().map(|s| *s as f32));
-                ts.push(a.t as f32);
-            }
-        }
-        if ts.is_empty() {
+        if !self
+            .active
+            .iter()
+            .any(|a| matches!(a.rule, ExitRule::Learned { .. }))
+        {
             return Ok(Vec::new());
         }
         let (Some(session), Some(g)) = (self.sessions.exit.as_mut(), &self.manifest.graphs.exit)
@@ -929,8 +930,14 @@ impl Worker {
                 self.manifest.name
             )));
         };
-        debug_assert_eq!(agg.len(), ts.len() * k);
-        graphs::run_exit(session, g, agg, ts)
+        let mut scores = Vec::new();
+        for a in &self.active {
+            if matches!(a.rule, ExitRule::Learned { .. }) {
+                let agg = a.sum.iter().map(|s| *s as f32).collect();
+                scores.extend(graphs::run_exit(session, g, agg, vec![a.t as f32])?);
+            }
+        }
+        Ok(scores)
     }
 
     fn step(&mut self) -> Result<(), Error> {
