@@ -28,7 +28,7 @@ use crate::graphs::{self, Sessions};
 use crate::metrics::{CancelReason, ModelMetrics};
 use crate::model::manifest::{Aggregation, Manifest};
 use shadow::{Sampler, Shadow};
-use slots::{SlotSpec, Slots};
+use slots::{ExitRow, SlotSpec, Slots};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -412,6 +412,8 @@ struct Worker {
     /// Row `i` of `slots` is `active[i]`.
     active: Vec<Active>,
     slots: Slots,
+    /// `exit.onnx`'s one-row buffers, when the model has the learned rule.
+    exit_row: Option<ExitRow>,
     /// This worker's share of `seenn_active_requests` last published.
     published: i64,
     /// Shadow rows in `active`, their most, and this worker's share of `seenn_shadow_rows`.
@@ -444,6 +446,7 @@ pub fn spawn(
     }
     // The slots are built on each worker's thread; check here that they can be.
     new_slots(&manifest, 1)?;
+    new_exit_row(&manifest)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
     let last_wait_us = Arc::new(AtomicU64::new(0));
@@ -476,8 +479,10 @@ pub fn spawn(
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let slots = match new_slots(&manifest, cfg.max_batch) {
-                    Ok(s) => s,
+                let (slots, exit_row) = match new_slots(&manifest, cfg.max_batch)
+                    .and_then(|s| Ok((s, new_exit_row(&manifest)?)))
+                {
+                    Ok(x) => x,
                     Err(e) => {
                         tracing::error!(model = %manifest.name, error = %e, "engine worker cannot start");
                         return;
@@ -499,6 +504,7 @@ pub fn spawn(
                     inject_fault: fault,
                     active: Vec::new(),
                     slots,
+                    exit_row,
                     published: 0,
                     shadows: 0,
                     shadow_cap,
@@ -531,6 +537,21 @@ pub fn spawn(
 }
 
 /// The slot buffers for `max_batch` rows of `manifest`'s graphs.
+/// `exit.onnx`'s one-row buffers for a model with the learned rule.
+fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
+    manifest
+        .graphs
+        .exit
+        .as_ref()
+        .map(|g| {
+            ExitRow::new(
+                manifest.num_classes(),
+                [&g.aggregate_input, &g.timestep_input, &g.output],
+            )
+        })
+        .transpose()
+}
+
 pub fn new_slots(manifest: &Manifest, max_batch: usize) -> Result<Slots, Error> {
     let input_dims = manifest.input.shape();
     let g = &manifest.graphs.step;
@@ -914,7 +935,7 @@ impl Worker {
     /// run, because ONNX Runtime's CPU GEMM gives a row slightly different bits depending on how
     /// many rows share the run (on `exit.onnx`, about 2% of rows differ in the last bits between
     /// runs of 1, 3 and 5 rows): batched, a request's exit would depend on which requests share
-    /// its batch. The head is a few small layers; a run costs microseconds.
+    /// its batch. The runs go through preallocated one-row buffers (`ExitRow`).
     fn learned_scores(&mut self) -> Result<Vec<f32>, Error> {
         if !self
             .active
@@ -923,7 +944,7 @@ impl Worker {
         {
             return Ok(Vec::new());
         }
-        let (Some(session), Some(g)) = (self.sessions.exit.as_mut(), &self.manifest.graphs.exit)
+        let (Some(session), Some(row)) = (self.sessions.exit.as_mut(), self.exit_row.as_mut())
         else {
             return Err(Error::internal(format!(
                 "model {} has no exit.onnx for the learned rule",
@@ -933,8 +954,7 @@ impl Worker {
         let mut scores = Vec::new();
         for a in &self.active {
             if matches!(a.rule, ExitRule::Learned { .. }) {
-                let agg = a.sum.iter().map(|s| *s as f32).collect();
-                scores.extend(graphs::run_exit(session, g, agg, vec![a.t as f32])?);
+                scores.push(row.score(session, &a.sum, a.t)?);
             }
         }
         Ok(scores)

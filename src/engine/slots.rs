@@ -144,6 +144,75 @@ fn run_views(
     Ok(())
 }
 
+/// One row's input and output of `exit.onnx` in buffers allocated once, with their views: the
+/// learned rule scores each row in a run of its own (see the engine's `learned_scores`), and those
+/// runs allocate nothing.
+pub struct ExitRow {
+    aggregate: Buf,
+    timestep: Buf,
+    output: Buf,
+    in_names: Names,
+    out_names: Names,
+    views: Option<Views>,
+}
+
+impl ExitRow {
+    /// `classes` values of the running sum in; `names` are the aggregate and timestep inputs and the
+    /// output, as the manifest names them.
+    pub fn new(classes: usize, names: [&str; 3]) -> Result<ExitRow, Error> {
+        let [aggregate, timestep, output] = names;
+        let mut row = ExitRow {
+            aggregate: Buf::new(classes),
+            timestep: Buf::new(1),
+            output: Buf::new(1),
+            in_names: Names::new(&[aggregate, timestep])?,
+            out_names: Names::new(&[output])?,
+            views: None,
+        };
+        // SAFETY: the views live in `views`, which `Drop for ExitRow` clears before the buffers go;
+        // ONNX Runtime touches the buffers only inside `run_views`.
+        let (ins, outs) = unsafe {
+            (
+                vec![
+                    row.aggregate.view(0, 1, classes, &[classes])?,
+                    row.timestep.view(0, 1, 1, &[1])?,
+                ],
+                vec![row.output.view(0, 1, 1, &[1])?],
+            )
+        };
+        row.views = Some(Views::new(ins, outs));
+        Ok(row)
+    }
+
+    /// The stop probability of one row: its running sum cast to float32, and its t.
+    pub fn score(&mut self, session: &mut Session, sum: &[f64], t: usize) -> Result<f32, Error> {
+        let agg = self.aggregate.as_mut_slice();
+        if sum.len() != agg.len() {
+            return Err(Error::internal(format!(
+                "exit.onnx: {} classes for an aggregate of {}",
+                sum.len(),
+                agg.len()
+            )));
+        }
+        for (d, s) in agg.iter_mut().zip(sum) {
+            *d = *s as f32;
+        }
+        self.timestep.as_mut_slice()[0] = t as f32;
+        let Some(views) = self.views.as_mut() else {
+            return Err(Error::internal("exit.onnx views missing"));
+        };
+        run_views(session, &self.in_names, &self.out_names, views, "exit.onnx")?;
+        Ok(self.output.as_slice()[0])
+    }
+}
+
+impl Drop for ExitRow {
+    fn drop(&mut self) {
+        // The views borrow the buffers: release them first.
+        self.views = None;
+    }
+}
+
 /// What `Slots` needs to know about the graphs.
 pub struct SlotSpec<'a> {
     pub max_batch: usize,
