@@ -536,7 +536,6 @@ pub fn spawn(
     })
 }
 
-/// The slot buffers for `max_batch` rows of `manifest`'s graphs.
 /// `exit.onnx`'s one-row buffers for a model with the learned rule.
 fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
     manifest
@@ -552,6 +551,7 @@ fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
         .transpose()
 }
 
+/// The slot buffers for `max_batch` rows of `manifest`'s graphs.
 pub fn new_slots(manifest: &Manifest, max_batch: usize) -> Result<Slots, Error> {
     let input_dims = manifest.input.shape();
     let g = &manifest.graphs.step;
@@ -937,25 +937,19 @@ impl Worker {
     /// runs of 1, 3 and 5 rows): batched, a request's exit would depend on which requests share
     /// its batch. The runs go through preallocated one-row buffers (`ExitRow`).
     fn learned_scores(&mut self) -> Result<Vec<f32>, Error> {
-        if !self
-            .active
-            .iter()
-            .any(|a| matches!(a.rule, ExitRule::Learned { .. }))
-        {
-            return Ok(Vec::new());
-        }
-        let (Some(session), Some(row)) = (self.sessions.exit.as_mut(), self.exit_row.as_mut())
-        else {
-            return Err(Error::internal(format!(
-                "model {} has no exit.onnx for the learned rule",
-                self.manifest.name
-            )));
-        };
         let mut scores = Vec::new();
         for a in &self.active {
-            if matches!(a.rule, ExitRule::Learned { .. }) {
-                scores.push(row.score(session, &a.sum, a.t)?);
+            if !matches!(a.rule, ExitRule::Learned { .. }) {
+                continue;
             }
+            let (Some(session), Some(row)) = (self.sessions.exit.as_mut(), self.exit_row.as_mut())
+            else {
+                return Err(Error::internal(format!(
+                    "model {} has no exit.onnx for the learned rule",
+                    self.manifest.name
+                )));
+            };
+            scores.push(row.score(session, &a.sum, a.t)?);
         }
         Ok(scores)
     }
