@@ -50,6 +50,10 @@ pub struct ServeConfig {
     /// step it is in; newcomers always take rows from shadow runs first.
     #[arg(long, env = "SEENN_MAX_SHADOW_ROWS")]
     pub max_shadow_rows: Option<usize>,
+    /// Microseconds an idle engine worker keeps polling its queue (yielding the core between
+    /// polls) before it blocks; a job that arrives meanwhile needs no wake-up. 0 blocks at once.
+    #[arg(long, env = "SEENN_ENGINE_SPIN_US", default_value_t = 500)]
+    pub engine_spin_us: u64,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
     /// before their body is read, so memory stays bounded under overload. Health, readiness and
     /// metrics are not counted.
@@ -127,6 +131,7 @@ impl ServeConfig {
             max_batch: 8,
             engine_workers: None,
             max_shadow_rows: None,
+            engine_spin_us: 500,
             max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,

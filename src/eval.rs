@@ -53,6 +53,9 @@ pub struct EvalArgs {
     /// Engine worker threads (default: one per available core).
     #[arg(long, env = "SEENN_ENGINE_WORKERS")]
     pub engine_workers: Option<usize>,
+    /// Microseconds an idle engine worker polls its queue before it blocks (as `serve`).
+    #[arg(long, env = "SEENN_ENGINE_SPIN_US", default_value_t = 500)]
+    pub engine_spin_us: u64,
     #[arg(long, env = "SEENN_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
     /// Print JSON instead of the table.
@@ -467,6 +470,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             ablations: args.ablate.clone(),
             workers: args.engine_workers.map_or(0, |n| n.max(1)),
             shadow_rows: 0,
+            spin: std::time::Duration::from_micros(args.engine_spin_us),
         },
         metrics,
     };

@@ -76,6 +76,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             ablations: cfg.ablate.clone(),
             workers: cfg.engine_workers.unwrap_or(0),
             shadow_rows: cfg.max_shadow_rows.unwrap_or(0),
+            spin: std::time::Duration::from_micros(cfg.engine_spin_us),
         },
         metrics: metrics.clone(),
     };

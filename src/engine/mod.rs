@@ -6,8 +6,8 @@
 //! every active request, whatever its timestep → add each request's logits to its running sum and
 //! apply its exit rule → answer finished requests at once → repeat. The batch lives in
 //! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
-//! the last row. An idle worker blocks on the queue (no timed polling), after an optional short
-//! spin (`SEENN_ENGINE_SPIN_US`, off by default).
+//! the last row. An idle worker polls the queue for a short while (yielding its core,
+//! `--engine-spin-us`, default 500 µs), then blocks on it.
 //!
 //! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
 //! lowest priority (a shadow run, [`shadow`]): it compares the answered class with the full-T one.
@@ -182,6 +182,8 @@ pub struct EngineConfig {
     pub workers: usize,
     /// Most shadow rows per worker; 0 = [`shadow::default_rows`].
     pub shadow_rows: usize,
+    /// How long an idle worker polls the queue before it blocks ([`DEFAULT_SPIN`]).
+    pub spin: Duration,
 }
 
 impl EngineConfig {
@@ -215,19 +217,17 @@ pub fn workers_for(cores: usize, models: usize) -> usize {
     cores.min(2 * cores / models.max(1)).max(1)
 }
 
-/// How long an idle worker polls the queue before it blocks on it (`SEENN_ENGINE_SPIN_US`). A
-/// short spin is what ONNX Runtime and tokio do to skip a futex wake-up; measured on the 2-core
-/// development machine (BENCHMARKS.md, "Hand-off at c=1") a 50 µs spin gave no gain at c=1
-/// (HTTP p50 0.815 ms with it, 0.739 ms without) while it burns a core the server shares, so the
-/// default is not to spin. Worth re-measuring on a machine with idle cores.
-pub const DEFAULT_SPIN: Duration = Duration::ZERO;
-
-fn spin_time() -> Duration {
-    std::env::var("SEENN_ENGINE_SPIN_US")
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map_or(DEFAULT_SPIN, Duration::from_micros)
-}
+/// How long an idle worker keeps polling the queue (yielding its core between polls) before it
+/// blocks on it (`--engine-spin-us`, `SEENN_ENGINE_SPIN_US`; 0 blocks at once). A worker that is still awake when a
+/// job arrives costs the sender no futex wake-up and the worker no cross-core wake (an
+/// inter-processor interrupt, expensive on a virtual machine), and it starts on a warm cache.
+/// The time to cover is the gap between a worker's answer and the next request at low
+/// concurrency: at c=1 over HTTP that is the reply's way out, the client and the next request's
+/// way in, ≈ 0.2–0.4 ms on the 2-core reference machine. Measured there (BENCHMARKS.md, "Engine
+/// spin"): 500 µs cut the c=1 HTTP p50 by about a quarter with no loss of throughput at c=4..64;
+/// the 50 µs spin measured earlier was shorter than that gap and gained nothing. The cost is
+/// at most 500 µs of polling per idle period (≈ 5% of a core at 100 sparse requests/s).
+pub const DEFAULT_SPIN: Duration = Duration::from_micros(500);
 
 /// Readiness shared by a model's workers: the model serves while every worker does.
 struct Readiness {
@@ -459,7 +459,7 @@ pub fn spawn(
     let model = manifest.name.clone();
     let workers = sessions.len();
     metrics.engine_workers.set(workers as i64);
-    let spin = spin_time();
+    let spin = cfg.spin;
     for (i, sessions) in sessions.into_iter().enumerate() {
         let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
             manifest.clone(),
@@ -619,7 +619,9 @@ impl Worker {
                 if Instant::now() >= until {
                     break;
                 }
-                std::hint::spin_loop();
+                // Yield rather than pause: a thread that shares this core (an HTTP task, the
+                // client at c=1) runs first, and the worker is still awake when the job lands.
+                std::thread::yield_now();
             }
         }
         rx.recv().ok()

@@ -161,6 +161,7 @@ pub fn cpu_options(
             ablations,
             workers: 1,
             shadow_rows: 0,
+            spin: seenn_serve::engine::DEFAULT_SPIN,
         },
         metrics,
     }

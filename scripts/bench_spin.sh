@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# The idle engine worker's spin (BENCHMARKS.md, "Engine spin"): SPINS (values of
+# SEENN_ENGINE_SPIN_US, 0 = block at once) compared on one binary, ROUNDS interleaved rounds. Per
+# round and spin: `seenn eval --concurrency 1` in-process, then a fresh server (both packages,
+# default workers) with `seenn bench` over the Fashion-MNIST test PNGs at each of CONCS, then an
+# open-loop run at IDLE_RATE req/s during which the server's CPU time is read from /proc (the
+# spin's cost at sparse traffic). Prints one line per run and a table of medians; JSON under $OUT
+# (default bench-results/spin/).
+#   NICE=-10 scripts/bench_spin.sh          SPINS="0 500" CONCS="1 4 16 64" DURATION=5 ROUNDS=3
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SPINS=${SPINS:-0 500}
+CONCS=${CONCS:-1 4 16 64}
+DUR=${DURATION:-5}
+ROUNDS=${ROUNDS:-3}
+IDLE_RATE=${IDLE_RATE:-100}
+OUT=${OUT:-bench-results}/spin
+BIN=${BIN:-target/release/seenn}
+PORT=${PORT:-18680}
+PY=${PY:-python3}
+# shellcheck source=scripts/nice_autogroup.sh
+. scripts/nice_autogroup.sh
+mkdir -p "$OUT"
+rm -f "$OUT"/*.json "$OUT"/*.txt
+server=
+prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
+trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "${state:-}"; '"$prev" EXIT
+cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
+
+for round in $(seq "$ROUNDS"); do
+  for spin in $SPINS; do
+    export SEENN_ENGINE_SPIN_US=$spin
+    SEENN_LOG=warn $BIN eval --model models/fashion-mnist --limit 2000 --concurrency 1 --quiet --json \
+      >"$OUT/eval-s$spin-r$round.json"
+    state=$(mktemp -d)
+    SEENN_LOG=warn $BIN serve --models models --host 127.0.0.1 --http-port "$PORT" \
+      --grpc-port $((PORT + 1)) --state-dir "$state" --default-model fashion-mnist >"$OUT/server.log" 2>&1 &
+    server=$!
+    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+    $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --concurrency 1 --duration 1 --quiet >/dev/null
+    for c in $CONCS; do
+      $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --concurrency "$c" --duration "$DUR" \
+        --quiet --json >"$OUT/http-s$spin-c$c-r$round.json"
+    done
+    before=$(cpu_s "$server")
+    $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --rate "$IDLE_RATE" --duration "$DUR" \
+      --quiet --json >"$OUT/idle-s$spin-r$round.json"
+    echo "$spin $round $before $(cpu_s "$server")" >>"$OUT/cpu.txt"
+    kill -TERM "$server"; wait "$server" || true
+    server=
+    rm -rf "$state"
+    echo "round $round spin $spin done" >&2
+  done
+done
+unset SEENN_ENGINE_SPIN_US
+
+$PY - "$OUT" "$ROUNDS" "$SPINS" "$CONCS" "$DUR" <<'EOF'
+import json, pathlib, statistics, sys
+out, rounds, spins, concs, dur = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), float(sys.argv[5])
+load = lambda name: json.loads((out / name).read_text())
+cpu = {}
+for line in (out / "cpu.txt").read_text().splitlines():
+    s, r, a, b = line.split()
+    cpu.setdefault(s, []).append(100 * (float(b) - float(a)) / dur)
+med = lambda xs: statistics.median(xs)
+print(f"{'spin µs':>8} {'run':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   per round (req/s | p50)")
+summary = {}
+for s in spins:
+    rows = []
+    ev = [next(x for x in load(f"eval-s{s}-r{r}.json")["rules"] if x["rule"] == "confidence") for r in range(1, rounds + 1)]
+    p50 = [e["latency_p50_ms"] for e in ev]
+    print(f"{s:>8} {'in-process c1':<24} {'':>8} {med(p50):8.3f} {'':>8}   {' '.join(f'{x:.3f}' for x in p50)}")
+    summary[s] = {"in_process_c1_p50": med(p50), "server_cpu_pct_at_idle_rate": med(cpu[s])}
+    for c in concs:
+        hs = [load(f"http-s{s}-c{c}-r{r}.json") for r in range(1, rounds + 1)]
+        rps = [h["throughput_rps"] for h in hs]
+        p50 = [h["latency_ms"]["p50"] for h in hs]
+        p99 = [h["latency_ms"]["p99"] for h in hs]
+        print(f"{s:>8} {'HTTP c' + c:<24} {med(rps):8.0f} {med(p50):8.3f} {med(p99):8.3f}   "
+              f"{' '.join(f'{x:.0f}' for x in rps)} | {' '.join(f'{x:.3f}' for x in p50)}")
+        summary[s][f"c{c}"] = {"rps": med(rps), "p50": med(p50), "p99": med(p99)}
+    print(f"{s:>8} {'server CPU % at idle rate':<24} {med(cpu[s]):8.1f}   {' '.join(f'{x:.1f}' for x in cpu[s])}")
+(out / "summary.json").write_text(json.dumps(summary, indent=1))
+EOF

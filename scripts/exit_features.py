@@ -1,0 +1,155 @@
+"""Does the learned exit head lack information, or capacity? Trains exit heads with three feature
+sets on the committed direct SNN's outputs and compares them at SEENN-I's default accuracy:
+
+- ``logits``: the shipped head's features of the running sum of logits and t (exit_head.exit_features);
+- ``+step``: those plus the current step's own softmax and whether its class, and the previous running
+  class, agree with the running class (the running sum alone hides how the prediction moved);
+- ``+spikes``: those plus the running mean of the last spiking layer's spike rates (4c channels,
+  spatially averaged), i.e. what the SNN computed before its final linear layer;
+- ``+step+spikes``: both.
+
+Same data as ``seenn_train exit-head``: trained on the held-out images (×5 with augmented copies),
+threshold chosen on validation at SEENN-I's validation accuracy, reported on the test set. Every head
+is the same MLP (two hidden layers of HIDDEN, standardised inputs, target "stopping now loses nothing
+against any later step"); its score is ranked, not calibrated.
+
+    PYTHONPATH=training .venv/bin/python scripts/exit_features.py [--run training/checkpoints/fashion-mnist]
+
+Prints one line per feature set: validation and test (accuracy, average timesteps), the test average
+timesteps ÷ SEENN-I's, and the same ratio read off the test curve at SEENN-I's test accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm import tqdm
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "training"))
+from seenn_train import seenn  # noqa: E402
+from seenn_train.__main__ import build_model, load_splits  # noqa: E402
+from seenn_train.exit_head import exit_features, fine_thresholds, score_exit, stop_targets, threshold_sweep  # noqa: E402
+from seenn_train.train import Normalizer, augmented_copies, batches  # noqa: E402
+
+KINDS = ("logits", "+step", "+spikes", "+step+spikes")
+
+
+@torch.no_grad()
+def outputs(model, split, dataset: str, t_max: int, desc: str):
+    """Per-step logits ``[N, T, K]`` and the last spiking layer's spatially averaged spikes ``[N, T, C]``."""
+    seen = []
+    hook = model.act3.register_forward_hook(lambda _m, _i, out: seen.append(out[0].mean((2, 3))))
+    norm = Normalizer(dataset)
+    zs, fs = [], []
+    for idx in tqdm(list(batches(len(split), 500)), desc=desc):
+        seen.clear()
+        zs.append(model(norm(split.images[idx.numpy()]), t_max).permute(1, 0, 2).numpy())
+        fs.append(torch.stack(seen, 1).numpy())
+    hook.remove()
+    return np.concatenate(zs), np.concatenate(fs)
+
+
+def features(z: np.ndarray, f: np.ndarray, kind: str, temperature: float) -> torch.Tensor:
+    n, t_max, k = z.shape
+    agg = seenn.cumulative(z).astype(np.float32)
+    flat = torch.from_numpy(agg.reshape(-1, k))
+    ts = torch.from_numpy(np.tile(np.arange(1, t_max + 1, dtype=np.float32), n).reshape(-1, 1))
+    parts = [exit_features(flat, ts, temperature, t_max)]
+    if "step" in kind:
+        step = torch.softmax(torch.from_numpy(z.reshape(-1, k).astype(np.float32)), 1)
+        running = flat.argmax(1, keepdim=True)
+        prev = np.concatenate([np.zeros((n, 1, k), np.float32), agg[:, :-1]], 1).reshape(-1, k)
+        parts += [step, (step.argmax(1, keepdim=True) == running).float(),
+                  (torch.from_numpy(prev).argmax(1, keepdim=True) == running).float(), step.gather(1, running)]
+    if "spikes" in kind:
+        mean = np.cumsum(f, 1) / np.arange(1, t_max + 1)[None, :, None]
+        parts.append(torch.from_numpy(mean.reshape(n * t_max, -1).astype(np.float32)))
+    return torch.cat(parts, 1)
+
+
+def train_head(x: torch.Tensor, target: torch.Tensor, hidden: int, epochs: int, seed: int = 0, lr: float = 3e-3):
+    torch.manual_seed(seed)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    mlp = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    opt = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=1e-4)
+    bs = 512
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(len(x) / bs))
+    gen = torch.Generator().manual_seed(seed)
+    xn = (x - mu) / sd
+    for _ in tqdm(range(epochs), desc="head", leave=False):
+        order = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), bs):
+            idx = order[i:i + bs]
+            loss = nn.functional.binary_cross_entropy_with_logits(mlp(xn[idx]), target[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+    @torch.no_grad()
+    def score(xx):
+        # Scaled so that float32 keeps the ranking near 1 (a sigmoid of the raw logit saturates).
+        return torch.sigmoid(mlp((xx - mu) / sd) / 10).numpy()
+
+    return score
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", type=Path, default=REPO / "training/checkpoints/fashion-mnist",
+                    help="a run folder with run.json and snn.pt (default: the committed checkpoint)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--kinds", type=lambda s: s.split(","), default=list(KINDS))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import json
+    meta = json.loads((args.run / "run.json").read_text())
+    model = build_model(meta)
+    model.load_state_dict(torch.load(args.run / "snn.pt", map_location="cpu")["model"])
+    model.eval()
+    ns = types.SimpleNamespace(dataset=meta["dataset"], data_dir=args.data_dir, val_size=meta["val_size"],
+                               holdout_size=None, limit=None)
+    _, holdout, val, test = load_splits(ns, meta["holdout_size"])
+    hold = augmented_copies(holdout, 4, seed=0)
+    t_max, temp, ds = meta["timesteps"], meta["temperature"], meta["dataset"]
+    data = {name: (*outputs(model, split, ds, t_max, name), split.labels)
+            for name, split in (("held-out", hold), ("val", val), ("test", test))}
+    zv, _, yv = data["val"]
+    zt, _, yt = data["test"]
+    ref = seenn.choose_alpha(seenn.alpha_sweep(zv, yv, temp), seenn.accuracy_per_t(zv, yv)[-1], 0.001)
+    s1 = seenn.summarize(*seenn.confidence_exit(zt, ref["alpha"], temp), yt, t_max)
+    print(f"SEENN-I α={ref['alpha']}: val {ref['accuracy']:.4f} at {ref['avg_timesteps']:.4f}; "
+          f"test {s1['accuracy']:.4f} at {s1['avg_timesteps']:.4f}")
+    zh, fh, yh = data["held-out"]
+    target = torch.from_numpy(stop_targets(seenn.correct_per_t(zh, yh), "no_regret").reshape(-1, 1))
+    keep = torch.from_numpy(np.tile(np.arange(1, t_max + 1), len(yh)) < t_max)  # t = T teaches nothing
+    for kind in args.kinds:
+        x = features(zh, fh, kind, temp)
+        score = train_head(x[keep], target[keep], args.hidden, args.epochs)
+        sv = score(features(*data["val"][:2], kind, temp)).reshape(-1, t_max)
+        st = score(features(*data["test"][:2], kind, temp)).reshape(-1, t_max)
+        best = seenn.fewest_steps_at(threshold_sweep(zv, yv, sv, fine_thresholds(sv)), ref["accuracy"])
+        if best is None:
+            print(f"{kind:<14} features {x.shape[1]:>4}: never reaches SEENN-I's validation accuracy")
+            continue
+        r = seenn.summarize(*score_exit(zt, st, best["threshold"]), yt, t_max)
+        curve = seenn.fewest_steps_at(threshold_sweep(zt, yt, st, fine_thresholds(st)), s1["accuracy"])
+        on_curve = f"{curve['avg_timesteps'] / s1['avg_timesteps']:.3f}" if curve else "never"
+        print(f"{kind:<14} features {x.shape[1]:>4}: val {best['accuracy']:.4f} at {best['avg_timesteps']:.4f}; "
+              f"test {r['accuracy']:.4f} at {r['avg_timesteps']:.4f} = {r['avg_timesteps'] / s1['avg_timesteps']:.3f}× "
+              f"SEENN-I; test curve at SEENN-I's accuracy {on_curve}×", flush=True)
+
+
+if __name__ == "__main__":
+    main()
