@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The idle engine worker's spin (BENCHMARKS.md, "Engine spin"): SPINS (values of
-# SEENN_ENGINE_SPIN_US, 0 = block at once) compared on one binary, ROUNDS interleaved rounds. Per
-# round and spin: `seenn eval --concurrency 1` in-process, then a fresh server (both packages,
-# default workers) with `seenn bench` over the Fashion-MNIST test PNGs at each of CONCS, then an
-# open-loop run at IDLE_RATE req/s during which the server's CPU time is read from /proc (the
-# spin's cost at sparse traffic). Prints one line per run and a table of medians; JSON under $OUT
-# (default bench-results/spin/).
-#   NICE=-10 scripts/bench_spin.sh          SPINS="0 500" CONCS="1 4 16 64" DURATION=5 ROUNDS=3
+# The engine's and the reply's spins (BENCHMARKS.md, "Engine spin", "Reply spin"): SPINS (values of
+# the environment variable VAR: SEENN_ENGINE_SPIN_US, the default, or SEENN_REPLY_SPIN_US; 0 = no
+# spin) compared on one binary, ROUNDS interleaved rounds. Per round and value: `seenn eval
+# --concurrency 1` in-process, then a fresh server (both packages, default workers) with `seenn
+# bench` over the Fashion-MNIST test PNGs at each of CONCS, `wrk` at c=1 over the package's 64
+# sample PNGs (when wrk is installed: apt-get install wrk), then an open-loop run at IDLE_RATE req/s
+# during which the server's CPU time is read from /proc (the spin's cost at sparse traffic). Prints
+# one line per run and a table of medians; JSON under $OUT (default bench-results/spin/).
+#   NICE=-10 scripts/bench_spin.sh          SPINS="0 500" CONCS="1 2 4 16 64" DURATION=5 ROUNDS=3
+#   NICE=-10 VAR=SEENN_REPLY_SPIN_US SPINS="0 1000" scripts/bench_spin.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
+VAR=${VAR:-SEENN_ENGINE_SPIN_US}
 SPINS=${SPINS:-0 500}
-CONCS=${CONCS:-1 4 16 64}
+CONCS=${CONCS:-1 2 4 16 64}
 DUR=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 IDLE_RATE=${IDLE_RATE:-100}
@@ -22,6 +25,8 @@ PY=${PY:-python3}
 . scripts/nice_autogroup.sh
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.txt
+WRK=$(command -v wrk || true)
+PNGS=$(echo models/fashion-mnist/samples/*.png)
 server=
 prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
 trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "${state:-}"; '"$prev" EXIT
@@ -29,7 +34,7 @@ cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
 for round in $(seq "$ROUNDS"); do
   for spin in $SPINS; do
-    export SEENN_ENGINE_SPIN_US=$spin
+    export "$VAR=$spin"
     SEENN_LOG=warn $BIN eval --model models/fashion-mnist --limit 2000 --concurrency 1 --quiet --json \
       >"$OUT/eval-s$spin-r$round.json"
     state=$(mktemp -d)
@@ -42,6 +47,10 @@ for round in $(seq "$ROUNDS"); do
       $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --concurrency "$c" --duration "$DUR" \
         --quiet --json >"$OUT/http-s$spin-c$c-r$round.json"
     done
+    if [ -n "$WRK" ]; then
+      PNG_FILES=$PNGS $WRK -t1 -c1 -d"${DUR}s" --latency -s scripts/wrk_classify.lua "http://127.0.0.1:$PORT" \
+        >"$OUT/wrk-s$spin-r$round.txt"
+    fi
     before=$(cpu_s "$server")
     $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --rate "$IDLE_RATE" --duration "$DUR" \
       --quiet --json >"$OUT/idle-s$spin-r$round.json"
@@ -52,7 +61,7 @@ for round in $(seq "$ROUNDS"); do
     echo "round $round spin $spin done" >&2
   done
 done
-unset SEENN_ENGINE_SPIN_US
+unset "$VAR"
 
 $PY - "$OUT" "$ROUNDS" "$SPINS" "$CONCS" "$DUR" <<'EOF'
 import json, pathlib, statistics, sys
@@ -63,6 +72,16 @@ for line in (out / "cpu.txt").read_text().splitlines():
     s, r, a, b = line.split()
     cpu.setdefault(s, []).append(100 * (float(b) - float(a)) / dur)
 med = lambda xs: statistics.median(xs)
+def wrk_p50(path):
+    # wrk --latency: "     50%  342.00us" (us, ms or s)
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0] == "50%":
+            v = parts[1]
+            for unit, scale in (("us", 1e-3), ("ms", 1.0), ("s", 1e3)):
+                if v.endswith(unit):
+                    return float(v[: -len(unit)]) * scale
+    return None
 print(f"{'spin µs':>8} {'run':<24} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}   per round (req/s | p50)")
 summary = {}
 for s in spins:
@@ -79,6 +98,11 @@ for s in spins:
         print(f"{s:>8} {'HTTP c' + c:<24} {med(rps):8.0f} {med(p50):8.3f} {med(p99):8.3f}   "
               f"{' '.join(f'{x:.0f}' for x in rps)} | {' '.join(f'{x:.3f}' for x in p50)}")
         summary[s][f"c{c}"] = {"rps": med(rps), "p50": med(p50), "p99": med(p99)}
+    wrk = [wrk_p50(p) for p in sorted(out.glob(f"wrk-s{s}-r*.txt"))]
+    wrk = [x for x in wrk if x is not None]
+    if wrk:
+        print(f"{s:>8} {'wrk c1':<24} {'':>8} {med(wrk):8.3f} {'':>8}   {' '.join(f'{x:.3f}' for x in wrk)}")
+        summary[s]["wrk_c1_p50"] = med(wrk)
     print(f"{s:>8} {'server CPU % at idle rate':<24} {med(cpu[s]):8.1f}   {' '.join(f'{x:.1f}' for x in cpu[s])}")
 (out / "summary.json").write_text(json.dumps(summary, indent=1))
 EOF

@@ -54,6 +54,11 @@ pub struct ServeConfig {
     /// polls) before it blocks; a job that arrives meanwhile needs no wake-up. 0 blocks at once.
     #[arg(long, env = "SEENN_ENGINE_SPIN_US", default_value_t = 500)]
     pub engine_spin_us: u64,
+    /// Microseconds a request that is alone in the server polls for the engine's answer (its
+    /// thread yielding between polls) before it parks; longer inferences then wait as usual.
+    /// 0 parks at once.
+    #[arg(long, env = "SEENN_REPLY_SPIN_US", default_value_t = 1000)]
+    pub reply_spin_us: u64,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
     /// before their body is read, so memory stays bounded under overload. Health, readiness and
     /// metrics are not counted.
@@ -132,6 +137,7 @@ impl ServeConfig {
             engine_workers: None,
             max_shadow_rows: None,
             engine_spin_us: 500,
+            reply_spin_us: 1000,
             max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,

@@ -144,6 +144,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             max_image_pixels: cfg.max_image_pixels,
             max_body_bytes: cfg.max_body_bytes,
             max_rows: cfg.max_queue.max(1),
+            reply_spin: Duration::from_micros(cfg.reply_spin_us),
         },
     }))
 }

@@ -3,7 +3,8 @@
 //! future dropped mid-`await`) gives its token back by being dropped. Readiness is published on a
 //! `watch` channel, so whoever mirrors it (gRPC health) waits for changes instead of polling.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 use tokio_util::task::task_tracker::TaskTrackerToken;
@@ -14,6 +15,9 @@ use crate::error::{Error, Result};
 pub struct Lifecycle {
     in_flight: TaskTracker,
     draining: watch::Sender<bool>,
+    /// When a request last arrived while another was in flight (µs after `born`).
+    last_company_us: AtomicU64,
+    born: Instant,
 }
 
 impl Default for Lifecycle {
@@ -27,6 +31,8 @@ impl Lifecycle {
         Lifecycle {
             in_flight: TaskTracker::new(),
             draining: watch::channel(false).0,
+            last_company_us: AtomicU64::new(0),
+            born: Instant::now(),
         }
     }
 
@@ -38,7 +44,30 @@ impl Lifecycle {
                 "server is shutting down; retry on another replica".into(),
             ));
         }
-        Ok(self.in_flight.token())
+        let token = self.in_flight.token();
+        if self.in_flight.len() > 1 {
+            // 0 means never: a first company within a microsecond of start is stored as 1.
+            self.last_company_us
+                .store(self.micros_now().max(1), Ordering::Relaxed);
+        }
+        Ok(token)
+    }
+
+    fn micros_now(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// No other request in flight now.
+    pub fn alone(&self) -> bool {
+        self.in_flight.len() <= 1
+    }
+
+    /// No other request in flight now, and none arrived while another was in flight for `quiet`:
+    /// the traffic is one request at a time (c=1), not a gap in concurrent traffic.
+    pub fn alone_lately(&self, quiet: Duration) -> bool {
+        let last = self.last_company_us.load(Ordering::Relaxed);
+        self.alone()
+            && (last == 0 || self.micros_now().saturating_sub(last) >= quiet.as_micros() as u64)
     }
 
     pub fn is_draining(&self) -> bool {
@@ -98,5 +127,33 @@ mod tests {
         assert_eq!(left, 1);
         drop(token);
         assert_eq!(life.drain(Duration::from_millis(50)).await, 0);
+    }
+
+    #[test]
+    fn one_request_at_a_time_is_told_from_a_gap_in_concurrent_traffic() {
+        let life = Lifecycle::new();
+        let quiet = Duration::from_millis(20);
+        let a = life.admit().expect("admitted");
+        assert!(
+            life.alone() && life.alone_lately(quiet),
+            "the first request is alone"
+        );
+        drop(a);
+        let a = life.admit().expect("admitted");
+        assert!(
+            life.alone_lately(quiet),
+            "one after another is still one at a time"
+        );
+        let b = life.admit().expect("admitted");
+        assert!(!life.alone() && !life.alone_lately(quiet));
+        drop(a);
+        // b is alone now, but the traffic was concurrent a moment ago.
+        assert!(life.alone(), "in flight: {}", life.in_flight());
+        assert!(!life.alone_lately(quiet));
+        drop(b);
+        std::thread::sleep(quiet + Duration::from_millis(5));
+        let c = life.admit().expect("admitted");
+        assert!(life.alone_lately(quiet), "quiet again after {quiet:?}");
+        drop(c);
     }
 }
