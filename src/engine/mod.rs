@@ -224,7 +224,8 @@ pub fn workers_for(cores: usize, models: usize) -> usize {
 /// The time to cover is the gap between a worker's answer and the next request at low
 /// concurrency: at c=1 over HTTP that is the reply's way out, the client and the next request's
 /// way in, ≈ 0.2–0.4 ms on the 2-core reference machine. Measured there (BENCHMARKS.md, "Engine
-/// spin"): 500 µs cut the c=1 HTTP p50 by about a quarter with no loss of throughput at c=4..64;
+/// spin"): 500 µs cut the c=1 HTTP p50 by a fifth and gave c=4 a fifth more throughput, with no
+/// loss at c=16..64;
 /// the 50 µs spin measured earlier was shorter than that gap and gained nothing. The cost is
 /// at most 500 µs of polling per idle period (≈ 5% of a core at 100 sparse requests/s).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(500);
