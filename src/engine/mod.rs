@@ -218,16 +218,16 @@ pub fn workers_for(cores: usize, models: usize) -> usize {
 }
 
 /// How long an idle worker keeps polling the queue (yielding its core between polls) before it
-/// blocks on it (`--engine-spin-us`, `SEENN_ENGINE_SPIN_US`; 0 blocks at once). A worker that is still awake when a
-/// job arrives costs the sender no futex wake-up and the worker no cross-core wake (an
-/// inter-processor interrupt, expensive on a virtual machine), and it starts on a warm cache.
-/// The time to cover is the gap between a worker's answer and the next request at low
+/// blocks on it (`--engine-spin-us`, `SEENN_ENGINE_SPIN_US`; 0 blocks at once). A worker that is
+/// still awake when a job arrives costs the sender no futex wake-up and the worker no cross-core
+/// wake (an inter-processor interrupt, expensive on a virtual machine), and it starts on a warm
+/// cache. The time to cover is the gap between a worker's answer and the next request at low
 /// concurrency: at c=1 over HTTP that is the reply's way out, the client and the next request's
 /// way in, ≈ 0.2–0.4 ms on the 2-core reference machine. Measured there (BENCHMARKS.md, "Engine
 /// spin"): 500 µs cut the c=1 HTTP p50 by a fifth and gave c=4 a fifth more throughput, with no
-/// loss at c=16..64;
-/// the 50 µs spin measured earlier was shorter than that gap and gained nothing. The cost is
-/// at most 500 µs of polling per idle period (≈ 5% of a core at 100 sparse requests/s).
+/// loss at c=16..64; the 50 µs spin measured earlier was shorter than that gap and gained
+/// nothing. The cost is at most 500 µs of polling per idle period (measured: +3.4 points of a core
+/// at 100 sparse requests/s).
 pub const DEFAULT_SPIN: Duration = Duration::from_micros(500);
 
 /// Readiness shared by a model's workers: the model serves while every worker does.
