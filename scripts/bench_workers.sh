@@ -21,7 +21,7 @@ rm -f "$OUT"/*-r*.json
 CONFIGS=()
 [ -n "${BASE:-}" ] && CONFIGS+=("base|$BASE||")
 CONFIGS+=("workers1|$BIN||--engine-workers 1"
-          "workers1-nospin|$BIN|SEENN_ENGINE_SPIN_US=0|--engine-workers 1"
+          "workers1-nospin|$BIN|SEENN_ENGINE_SPIN_US=0 SEENN_REPLY_SPIN_US=0|--engine-workers 1"
           "workers2|$BIN||--engine-workers 2")
 T_FM=$(python3 -c "import json; print(json.load(open('models/fashion-mnist/manifest.json'))['timesteps'])")
 T_QC=$(python3 -c "import json; print(json.load(open('models/fashion-mnist-qcfs/manifest.json'))['timesteps'])")
