@@ -22,7 +22,7 @@ timesteps ÷ SEENN-I's, and the same ratio read off the test curve at SEENN-I's 
 from __future__ import annotations
 
 import argparse
-import math
+import json
 import sys
 import types
 from pathlib import Path
@@ -30,31 +30,37 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from tqdm import tqdm
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "training"))
 from seenn_train import seenn  # noqa: E402
 from seenn_train.__main__ import build_model, load_splits  # noqa: E402
-from seenn_train.exit_head import exit_features, fine_thresholds, score_exit, stop_targets, threshold_sweep  # noqa: E402
-from seenn_train.train import Normalizer, augmented_copies, batches  # noqa: E402
+from seenn_train.exit_head import (  # noqa: E402
+    exit_features,
+    fine_thresholds,
+    fit_binary,
+    score_exit,
+    stop_targets,
+    threshold_sweep,
+)
+from seenn_train.train import augmented_copies, collect_logits  # noqa: E402
 
 KINDS = ("logits", "+step", "+spikes", "+step+spikes")
 
 
 @torch.no_grad()
 def outputs(model, split, dataset: str, t_max: int, desc: str):
-    """Per-step logits ``[N, T, K]`` and the last spiking layer's spatially averaged spikes ``[N, T, C]``."""
+    """Per-step logits ``[N, T, K]`` (the trainer's ``collect_logits``) and the last spiking layer's
+    spatially averaged spikes ``[N, T, C]``, caught on the way by a forward hook."""
     seen = []
     hook = model.act3.register_forward_hook(lambda _m, _i, out: seen.append(out[0].mean((2, 3))))
-    norm = Normalizer(dataset)
-    zs, fs = [], []
-    for idx in tqdm(list(batches(len(split), 500)), desc=desc):
-        seen.clear()
-        zs.append(model(norm(split.images[idx.numpy()]), t_max).permute(1, 0, 2).numpy())
-        fs.append(torch.stack(seen, 1).numpy())
-    hook.remove()
-    return np.concatenate(zs), np.concatenate(fs)
+    try:
+        z = collect_logits(model, split, dataset, t_max, desc=desc)
+    finally:
+        hook.remove()
+    # One call per timestep, batch after batch: T entries [B, C] per batch → [N, T, C].
+    per_batch = [torch.stack(seen[i:i + t_max], 1) for i in range(0, len(seen), t_max)]
+    return z, torch.cat(per_batch).numpy()
 
 
 def features(z: np.ndarray, f: np.ndarray, kind: str, temperature: float) -> torch.Tensor:
@@ -79,20 +85,7 @@ def train_head(x: torch.Tensor, target: torch.Tensor, hidden: int, epochs: int, 
     torch.manual_seed(seed)
     mu, sd = x.mean(0), x.std(0) + 1e-6
     mlp = nn.Sequential(nn.Linear(x.shape[1], hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-    opt = torch.optim.AdamW(mlp.parameters(), lr=lr, weight_decay=1e-4)
-    bs = 512
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * math.ceil(len(x) / bs))
-    gen = torch.Generator().manual_seed(seed)
-    xn = (x - mu) / sd
-    for _ in tqdm(range(epochs), desc="head", leave=False):
-        order = torch.randperm(len(x), generator=gen)
-        for i in range(0, len(x), bs):
-            idx = order[i:i + bs]
-            loss = nn.functional.binary_cross_entropy_with_logits(mlp(xn[idx]), target[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    fit_binary(mlp, mlp.parameters(), ((x - mu) / sd,), target, epochs=epochs, lr=lr, batch_size=512, seed=seed)
 
     @torch.no_grad()
     def score(xx):
@@ -113,7 +106,6 @@ def main(argv=None):
     ap.add_argument("--kinds", type=lambda s: s.split(","), default=list(KINDS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    import json
     meta = json.loads((args.run / "run.json").read_text())
     model = build_model(meta)
     model.load_state_dict(torch.load(args.run / "snn.pt", map_location="cpu")["model"])

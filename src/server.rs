@@ -137,14 +137,13 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         latency,
         registry,
         policies,
-        lifecycle: Lifecycle::new(),
+        lifecycle: Lifecycle::new().with_reply_spin(Duration::from_micros(cfg.reply_spin_us)),
         metrics,
         limits: Limits {
             request_timeout: Duration::from_secs_f64(cfg.request_timeout.max(0.001)),
             max_image_pixels: cfg.max_image_pixels,
             max_body_bytes: cfg.max_body_bytes,
             max_rows: cfg.max_queue.max(1),
-            reply_spin: Duration::from_micros(cfg.reply_spin_us),
         },
     }))
 }

@@ -422,7 +422,6 @@ struct Worker {
     shadow_cap: usize,
     published_shadows: i64,
     sampler: Sampler,
-    spin: Duration,
     /// Since when this worker's busy time has not been counted yet.
     busy_since: Instant,
     /// Reused per step: the aggregated logits of one request, and the rows that exit with their
@@ -460,7 +459,6 @@ pub fn spawn(
     let model = manifest.name.clone();
     let workers = sessions.len();
     metrics.engine_workers.set(workers as i64);
-    let spin = cfg.spin;
     for (i, sessions) in sessions.into_iter().enumerate() {
         let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
             manifest.clone(),
@@ -511,7 +509,6 @@ pub fn spawn(
                     shadow_cap,
                     published_shadows: 0,
                     sampler: Sampler::seeded(),
-                    spin,
                     busy_since: Instant::now(),
                     agg: Vec::with_capacity(k),
                     scored: Vec::new(),
@@ -599,7 +596,7 @@ impl Worker {
         self.busy_since = now;
     }
 
-    /// Waits for a job while idle: spins on the queue for `spin`, then blocks on it. The time
+    /// Waits for a job while idle: spins on the queue for `cfg.spin`, then blocks on it. The time
     /// waited is not busy time.
     fn wait(&mut self, rx: &Receiver<Job>) -> Option<Job> {
         self.count_busy();
@@ -609,8 +606,9 @@ impl Worker {
     }
 
     fn wait_for_job(&self, rx: &Receiver<Job>) -> Option<Job> {
-        if !self.spin.is_zero() {
-            let until = Instant::now() + self.spin;
+        let spin = self.cfg.spin;
+        if !spin.is_zero() {
+            let until = Instant::now() + spin;
             loop {
                 match rx.try_recv() {
                     Ok(job) => return Some(job),

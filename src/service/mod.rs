@@ -40,9 +40,6 @@ pub struct Limits {
     pub max_body_bytes: usize,
     /// Most rows in one Open Inference Protocol request (the queue could not take more).
     pub max_rows: usize,
-    /// How long a request alone in the server polls for the engine's answer before its task
-    /// parks ([`await_reply`]; 0 parks at once).
-    pub reply_spin: Duration,
 }
 
 pub struct Service {
@@ -413,17 +410,9 @@ impl Service {
             shadow_fraction,
             max_queue_wait,
         })?;
-        // A request alone in the server polls for its answer instead of parking its thread: a
-        // parked tokio worker costs the answer a cross-core wake-up. Only while the traffic is
-        // one request at a time: with concurrent requests (now, or within REPLY_SPIN_QUIET) the
-        // other requests' tasks keep the workers awake and the polling would take their CPU
-        // (measured: −9% req/s at c=4 when only "alone now" was asked).
-        let spin = if self.lifecycle.alone_lately(REPLY_SPIN_QUIET) {
-            self.limits.reply_spin
-        } else {
-            Duration::ZERO
-        };
-        let outcome = await_reply(rx, spin, || self.lifecycle.alone())
+        // While the traffic is one request at a time, poll for the answer instead of parking:
+        // a parked tokio worker costs it a cross-core wake-up (Lifecycle::reply_spin).
+        let outcome = await_reply(rx, self.lifecycle.reply_spin(), || self.lifecycle.alone())
             .await
             .ok_or_else(|| Error::internal("the engine dropped the request"))??;
         let mut ranked: Vec<(usize, f64)> =
@@ -476,21 +465,17 @@ impl Service {
     }
 }
 
-/// How long the server must have seen no concurrent requests before a lone request polls for its
-/// answer (`--reply-spin-us`).
-const REPLY_SPIN_QUIET: Duration = Duration::from_millis(10);
-
 /// Waits for the engine's answer (None: the engine dropped the request), polling it for up to
-/// `spin`, while `alone` holds, before the task parks. Between polls
-/// the task yields to the runtime (other tasks and the I/O driver run), so the thread stays awake
-/// and the answer is picked up without the wake-up of a parked worker thread, which on the 2-core
-/// reference machine cost about 0.1 ms of the c=1 latency (BENCHMARKS.md, "Reply spin").
+/// `spin`, while `alone` holds, before the task parks. Between polls the task yields to the
+/// runtime (other tasks and the I/O driver run), so the thread stays awake and the answer is
+/// picked up without the wake-up of a parked worker thread, which on the 2-core reference machine
+/// cost about 0.1 ms of the c=1 latency (BENCHMARKS.md, "Reply spin").
 async fn await_reply<T>(
     mut rx: oneshot::Receiver<T>,
     spin: Duration,
     alone: impl Fn() -> bool,
 ) -> Option<T> {
-    if !spin.is_zero() && alone() {
+    if !spin.is_zero() {
         let until = Instant::now() + spin;
         loop {
             match rx.try_recv() {

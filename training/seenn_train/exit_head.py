@@ -100,21 +100,29 @@ def train_exit_head(z: np.ndarray, y: np.ndarray, temperature: float, *, target:
     tgt = torch.from_numpy(stop_targets(seenn.correct_per_t(z, y), target).reshape(-1, 1))
     keep = (t[:, 0] < t_max)
     agg, t, tgt = agg[keep], t[keep], tgt[keep]
-    opt = torch.optim.AdamW(head.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
-    steps = epochs * math.ceil(len(tgt) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     head.train()
-    for _ in tqdm(range(epochs), desc=f"exit head ({target})", leave=False):
-        order = torch.randperm(len(tgt), generator=gen)
-        for i in range(0, len(tgt), batch_size):
+    fit_binary(head.logits, head.parameters(), (agg, t), tgt, epochs=epochs, lr=lr, batch_size=batch_size, seed=seed,
+               weight_decay=weight_decay, desc=f"exit head ({target})")
+    return head.eval()
+
+
+def fit_binary(logits_fn, params, inputs: tuple, target: torch.Tensor, *, epochs: int, lr: float, batch_size: int,
+               seed: int, weight_decay: float = 1e-4, desc: str = "head"):
+    """Binary cross-entropy of ``logits_fn(*inputs[idx])`` against ``target[idx]``: AdamW with a
+    one-cycle schedule, shuffled mini-batches drawn from a generator seeded with ``seed``."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    steps = epochs * math.ceil(len(target) / batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
+    for _ in tqdm(range(epochs), desc=desc, leave=False):
+        order = torch.randperm(len(target), generator=gen)
+        for i in range(0, len(target), batch_size):
             idx = order[i:i + batch_size]
-            loss = nn.functional.binary_cross_entropy_with_logits(head.logits(agg[idx], t[idx]), tgt[idx])
+            loss = nn.functional.binary_cross_entropy_with_logits(logits_fn(*(x[idx] for x in inputs)), target[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-    return head.eval()
 
 
 @torch.no_grad()
