@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # CPU against the CUDA execution provider, in-process (`seenn eval`, no network), at several
-# --max-batch values, on the fashion-mnist packages; prints one Markdown table.
+# --max-batch values, on the fashion-mnist packages; prints one Markdown table. Under CUDA both slot
+# memories run: `device` (the default there: membranes stay on the GPU between timesteps, rows move
+# by device copies) and `host` (membranes cross the bus at every step), so the table shows what
+# device-resident slots buy.
 #
 #   scripts/gpu_bench.sh build    # here: release build with the `cuda` feature into target/
 #   scripts/gpu_bench.sh run      # on the GPU machine (see below)
@@ -54,20 +57,22 @@ run() {  # run NAME ARGS...: one eval, JSON kept
 for model in fashion-mnist fashion-mnist-qcfs; do
   for b in $BATCHES; do
     run "$model-cpu-mb$b" --model "models/$model" --max-batch "$b" ${WORKERS:+--engine-workers "$WORKERS"}
-    run "$model-cuda-mb$b" --model "models/$model" --max-batch "$b" --device cuda --engine-workers 1
+    run "$model-cuda-mb$b" --model "models/$model" --max-batch "$b" --device cuda --engine-workers 1 --slot-memory device
+    run "$model-cudahost-mb$b" --model "models/$model" --max-batch "$b" --device cuda --engine-workers 1 --slot-memory host
   done
 done
 
 python3 - "$OUT" $BATCHES <<'EOF'
 import json, sys, pathlib
 out = pathlib.Path(sys.argv[1]); batches = sys.argv[2:]
-print("| model | device | max-batch | fixed T req/s | SEENN-I req/s | SEENN-I p50 ms | SEENN-I p99 ms | avg t |")
-print("|---|---|---|---|---|---|---|---|")
+print("| model | device | slots | max-batch | fixed T req/s | SEENN-I req/s | SEENN-I p50 ms | SEENN-I p99 ms | avg t |")
+print("|---|---|---|---|---|---|---|---|---|")
+rows = (("cpu", "cpu", "host"), ("cuda", "cuda", "device"), ("cudahost", "cuda", "host"))
 for model in ("fashion-mnist", "fashion-mnist-qcfs"):
-    for dev in ("cpu", "cuda"):
+    for key, dev, slots in rows:
         for b in batches:
-            r = json.loads((out / f"{model}-{dev}-mb{b}.json").read_text())
+            r = json.loads((out / f"{model}-{key}-mb{b}.json").read_text())
             fixed, conf = r["rules"][0], r["rules"][1]
-            print(f"| {model} | {dev} | {b} | {fixed['throughput_rps']:.0f} | {conf['throughput_rps']:.0f} | "
+            print(f"| {model} | {dev} | {slots} | {b} | {fixed['throughput_rps']:.0f} | {conf['throughput_rps']:.0f} | "
                   f"{conf['latency_p50_ms']:.3f} | {conf['latency_p99_ms']:.3f} | {conf['avg_timesteps']:.3f} |")
 EOF

@@ -59,6 +59,12 @@ pub struct ServeConfig {
     /// 0 parks at once.
     #[arg(long, env = "SEENN_REPLY_SPIN_US", default_value_t = 1000)]
     pub reply_spin_us: u64,
+    /// Where each engine worker keeps its batch's membranes between timesteps. auto: on the GPU
+    /// under --device cuda (they never cross the bus; a leaving request's row moves by a device
+    /// copy), in host memory on the CPU. device on the CPU runs the GPU's path with ONNX Runtime's
+    /// CPU allocator (for tests; slower).
+    #[arg(long, env = "SEENN_SLOT_MEMORY", value_enum, default_value = "auto")]
+    pub slot_memory: crate::engine::SlotMemoryChoice,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,
     /// before their body is read, so memory stays bounded under overload. Health, readiness and
     /// metrics are not counted.
@@ -138,6 +144,7 @@ impl ServeConfig {
             max_shadow_rows: None,
             engine_spin_us: 500,
             reply_spin_us: 1000,
+            slot_memory: crate::engine::SlotMemoryChoice::Auto,
             max_http_in_flight: 1024,
             max_queue: 256,
             batching: Batching::Continuous,

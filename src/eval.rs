@@ -56,6 +56,9 @@ pub struct EvalArgs {
     /// Microseconds an idle engine worker polls its queue before it blocks (as `serve`).
     #[arg(long, env = "SEENN_ENGINE_SPIN_US", default_value_t = 500)]
     pub engine_spin_us: u64,
+    /// Where the engine keeps membranes between timesteps (as `serve`).
+    #[arg(long, env = "SEENN_SLOT_MEMORY", value_enum, default_value = "auto")]
+    pub slot_memory: crate::engine::SlotMemoryChoice,
     #[arg(long, env = "SEENN_ORT_LIB")]
     pub ort_lib: Option<PathBuf>,
     /// Print JSON instead of the table.
@@ -457,10 +460,11 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
     let t_max = manifest.timesteps;
     let metrics = Arc::new(Metrics::new(t_max, args.max_batch).map_err(|e| e.to_string())?);
+    let device = Device::parse(&args.device)?;
     let opts = LoadOptions {
         env: &env,
         session: SessionOptions {
-            device: Device::parse(&args.device)?,
+            device: device.clone(),
             intra_threads: args.intra_threads,
         },
         engine: EngineConfig {
@@ -471,6 +475,7 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             workers: args.engine_workers.map_or(0, |n| n.max(1)),
             shadow_rows: 0,
             spin: std::time::Duration::from_micros(args.engine_spin_us),
+            slot_memory: args.slot_memory.resolve(&device),
         },
         metrics,
     };

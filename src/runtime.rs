@@ -102,6 +102,31 @@ pub fn build_session(
     opts: &SessionOptions,
 ) -> Result<Session, String> {
     let bytes = std::fs::read(file).map_err(|e| format!("{}: cannot read: {e}", file.display()))?;
+    builder(env, opts)?.commit_from_memory(&bytes).map_err(|e| {
+        format!(
+            "{}: not a valid ONNX model for ONNX Runtime: {e}",
+            file.display()
+        )
+    })
+}
+
+/// A session of the ONNX model in `bytes` (built by the server itself) on `opts.device`.
+pub fn build_session_from_memory(
+    env: &ort::environment::Environment,
+    bytes: &[u8],
+    opts: &SessionOptions,
+) -> Result<Session, String> {
+    builder(env, opts)?
+        .commit_from_memory(bytes)
+        .map_err(|e| e.to_string())
+}
+
+/// A session builder with `opts`' threads and execution provider.
+fn builder(
+    env: &ort::environment::Environment,
+    opts: &SessionOptions,
+) -> Result<ort::session::builder::SessionBuilder, String> {
+    #[cfg_attr(not(feature = "cuda"), allow(unused_mut))]
     let mut builder = Session::builder(env)
         .map_err(|e| format!("session builder: {e}"))?
         .with_optimization_level(GraphOptimizationLevel::All)
@@ -125,12 +150,16 @@ pub fn build_session(
                 .into())
         }
     }
-    builder.commit_from_memory(&bytes).map_err(|e| {
-        format!(
-            "{}: not a valid ONNX model for ONNX Runtime: {e}",
-            file.display()
-        )
-    })
+    Ok(builder)
+}
+
+/// The ONNX Runtime environment [`init`] loaded, if it did.
+pub fn loaded() -> Result<ort::environment::Environment, String> {
+    match ENVIRONMENT.get() {
+        Some(Ok((env, _))) => Ok(env.clone()),
+        Some(Err(e)) => Err(e.clone()),
+        None => Err("ONNX Runtime is not loaded yet".into()),
+    }
 }
 
 /// One named tensor a graph must have: float32 with the given trailing dims after a dynamic batch.

@@ -77,6 +77,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             workers: cfg.engine_workers.unwrap_or(0),
             shadow_rows: cfg.max_shadow_rows.unwrap_or(0),
             spin: std::time::Duration::from_micros(cfg.engine_spin_us),
+            slot_memory: cfg.slot_memory.resolve(&device),
         },
         metrics: metrics.clone(),
     };

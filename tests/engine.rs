@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use seenn_serve::engine::{Ablation, Job, Outcome, RequestRule};
+use seenn_serve::engine::{Ablation, Job, Outcome, RequestRule, SlotMemory};
 use seenn_serve::error::Error;
 use seenn_serve::metrics::Metrics;
 use seenn_serve::registry::{self as model, LoadOptions};
@@ -251,10 +251,23 @@ fn reference(
 /// answer, and every step of its trajectory, is bit-identical to the batch-1 reference run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_leaving_mid_batch_and_two_workers_keep_answers_bit_identical() {
+    mid_batch_answers_are_bit_identical(SlotMemory::Host).await;
+}
+
+/// The same with the slots in ONNX Runtime's device buffers (`--slot-memory device`, the path
+/// `--device cuda` takes by default, here on the CPU allocator): rows are written, moved and read
+/// by ONNX Runtime copies, and every answer is still bit-identical.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_slots_keep_answers_bit_identical() {
+    mid_batch_answers_are_bit_identical(SlotMemory::Device(Device::Cpu)).await;
+}
+
+async fn mid_batch_answers_are_bit_identical(memory: SlotMemory) {
     let (env, _) = runtime::init(None).expect("ORT");
     for pkg in packages() {
         let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
-        let opts = worker_options(&env, 3, 1024, 2, metrics.clone());
+        let mut opts = worker_options(&env, 3, 1024, 2, metrics.clone());
+        opts.engine.slot_memory = memory.clone();
         let m = model::load_one(&pkg, &opts).expect("loads");
         assert_eq!(m.engine.workers(), 2);
         let man = &m.manifest;

@@ -6,7 +6,8 @@
 //! every active request, whatever its timestep → add each request's logits to its running sum and
 //! apply its exit rule → answer finished requests at once → repeat. The batch lives in
 //! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
-//! the last row. An idle worker polls the queue for a short while (yielding its core,
+//! the last row; under `--device cuda` the rows live in GPU memory (`--slot-memory`), so membranes
+//! stay on the device between steps. An idle worker polls the queue for a short while (yielding its core,
 //! `--engine-spin-us`, default 500 µs), then blocks on it.
 //!
 //! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
@@ -29,6 +30,7 @@ use crate::metrics::{CancelReason, ModelMetrics};
 use crate::model::manifest::{Aggregation, Manifest};
 use shadow::{Sampler, Shadow};
 use slots::{ExitRow, SlotSpec, Slots};
+pub use slots::{SlotMemory, SlotMemoryChoice};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -184,6 +186,8 @@ pub struct EngineConfig {
     pub shadow_rows: usize,
     /// How long an idle worker polls the queue before it blocks ([`DEFAULT_SPIN`]).
     pub spin: Duration,
+    /// Where each worker's features and membranes live (`--slot-memory`, resolved).
+    pub slot_memory: SlotMemory,
 }
 
 impl EngineConfig {
@@ -402,6 +406,11 @@ impl Active {
 }
 
 struct Worker {
+    /// Row `i` of `slots` is `active[i]`. Declared (so dropped) before `sessions`: device slots
+    /// are allocated by the step session's allocator.
+    slots: Slots,
+    /// `exit.onnx`'s one-row buffers, when the model has the learned rule.
+    exit_row: Option<ExitRow>,
     manifest: Arc<Manifest>,
     sessions: Sessions,
     cfg: EngineConfig,
@@ -410,11 +419,7 @@ struct Worker {
     last_wait_us: Arc<AtomicU64>,
     ready: Arc<Readiness>,
     inject_fault: Arc<AtomicBool>,
-    /// Row `i` of `slots` is `active[i]`.
     active: Vec<Active>,
-    slots: Slots,
-    /// `exit.onnx`'s one-row buffers, when the model has the learned rule.
-    exit_row: Option<ExitRow>,
     /// This worker's share of `seenn_active_requests` last published.
     published: i64,
     /// Shadow rows in `active`, their most, and this worker's share of `seenn_shadow_rows`.
@@ -445,7 +450,7 @@ pub fn spawn(
         return Err(Error::internal("an engine needs at least one worker"));
     }
     // The slots are built on each worker's thread; check here that they can be.
-    new_slots(&manifest, 1)?;
+    new_slots(&manifest, 1, None)?;
     new_exit_row(&manifest)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
@@ -478,7 +483,8 @@ pub fn spawn(
         std::thread::Builder::new()
             .name(name)
             .spawn(move || {
-                let (slots, exit_row) = match new_slots(&manifest, cfg.max_batch)
+                let (slots, exit_row) = match slots::DeviceSlots::new(&sessions.step, &cfg.slot_memory)
+                    .and_then(|device| new_slots(&manifest, cfg.max_batch, device))
                     .and_then(|s| Ok((s, new_exit_row(&manifest)?)))
                 {
                     Ok(x) => x,
@@ -492,6 +498,9 @@ pub fn spawn(
                     0 => shadow::default_rows(cfg.max_batch),
                     n => n,
                 };
+                if slots.on_device() {
+                    tracing::debug!(model = %manifest.name, memory = ?cfg.slot_memory, "slots on the device");
+                }
                 let mut w = Worker {
                     manifest,
                     sessions,
@@ -549,8 +558,13 @@ fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
         .transpose()
 }
 
-/// The slot buffers for `max_batch` rows of `manifest`'s graphs.
-pub fn new_slots(manifest: &Manifest, max_batch: usize) -> Result<Slots, Error> {
+/// The slot buffers for `max_batch` rows of `manifest`'s graphs, in `device` memory when given
+/// (see [`slots::device_allocator`]), else on the host.
+pub fn new_slots(
+    manifest: &Manifest,
+    max_batch: usize,
+    device: Option<slots::DeviceSlots>,
+) -> Result<Slots, Error> {
     let input_dims = manifest.input.shape();
     let g = &manifest.graphs.step;
     let feature_dims: &[usize] = match &manifest.graphs.encoder {
@@ -580,6 +594,7 @@ pub fn new_slots(manifest: &Manifest, max_batch: usize) -> Result<Slots, Error> 
             .encoder
             .as_ref()
             .map(|e| (e.input.as_str(), e.output.as_str())),
+        device,
     })
 }
 
@@ -976,7 +991,7 @@ impl Worker {
         }
         self.slots.step(&mut self.sessions.step)?;
         if self.cfg.ablates(Ablation::CopyMembranes) {
-            self.slots.copy_membranes();
+            self.slots.copy_membranes()?;
         }
         let elapsed = started.elapsed();
         self.metrics.step_duration.observe(elapsed.as_secs_f64());

@@ -12,14 +12,234 @@
 //! per batch size and side and then reused, and passed to the C API's `Run` both as inputs and as
 //! preallocated outputs (the `ort` crate's preallocated outputs and I/O binding take only values it
 //! allocated itself).
+//!
+//! Where the features and membranes live is [`SlotMemory`]: in host memory the worker owns (the
+//! default on the CPU), or in buffers ONNX Runtime allocates on the step graph's device (the
+//! default under `--device cuda`): then the membranes never leave the GPU between steps, a leaving
+//! request's row is moved by a device-to-device copy, and only the logits (which the exit rule
+//! reads on the host) and newcomers' inputs cross the bus. `--slot-memory device` on the CPU runs
+//! that same path with ONNX Runtime's CPU allocator and copies, which is how it is tested without
+//! a GPU.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_void, CStr, CString};
+use std::rc::Rc;
 
+use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::TensorRefMut;
+use ort::value::{Shape, TensorRef, TensorRefMut};
 use ort::AsPointer;
 
 use crate::error::Error;
+use crate::runtime::Device;
+
+/// Where a worker's features and membranes live (`--slot-memory`, resolved).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotMemory {
+    /// Buffers the worker owns in host memory, read and written in place by ONNX Runtime.
+    Host,
+    /// Buffers ONNX Runtime allocates on `Device` for the step graph; rows move by ONNX Runtime
+    /// copies on that device.
+    Device(Device),
+}
+
+/// `--slot-memory` as configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum SlotMemoryChoice {
+    /// On the device under `--device cuda`, in host memory on the CPU.
+    #[default]
+    Auto,
+    Host,
+    Device,
+}
+
+impl SlotMemoryChoice {
+    pub fn resolve(self, device: &Device) -> SlotMemory {
+        match (self, device) {
+            (SlotMemoryChoice::Host, _) | (SlotMemoryChoice::Auto, Device::Cpu) => SlotMemory::Host,
+            (SlotMemoryChoice::Device, _) | (SlotMemoryChoice::Auto, Device::Cuda(_)) => {
+                SlotMemory::Device(device.clone())
+            }
+        }
+    }
+}
+
+/// What device slots need: ONNX Runtime's allocator for the device, and a session that copies
+/// between tensors there.
+pub struct DeviceSlots {
+    alloc: Rc<Allocator>,
+    copier: Copier,
+}
+
+impl DeviceSlots {
+    /// For `memory` next to `step` (the step graph's session, whose allocator for the device the
+    /// buffers come from; it is valid only while that session is: drop the slots first). `None`
+    /// for host memory.
+    pub fn new(step: &Session, memory: &SlotMemory) -> Result<Option<DeviceSlots>, Error> {
+        let (device, id, on) = match memory {
+            SlotMemory::Host => return Ok(None),
+            SlotMemory::Device(d @ Device::Cpu) => (AllocationDevice::CPU, 0, d),
+            SlotMemory::Device(d @ Device::Cuda(id)) => (AllocationDevice::CUDA, *id, d),
+        };
+        let info = MemoryInfo::new(device, id, AllocatorType::Device, MemoryType::Default)
+            .map_err(|e| Error::internal(format!("slot memory info: {e}")))?;
+        let alloc = Allocator::new(step, info).map_err(|e| {
+            Error::internal(format!(
+                "cannot allocate the slots on the step graph's device ({}): {e}",
+                on.provider_name()
+            ))
+        })?;
+        Ok(Some(DeviceSlots {
+            alloc: Rc::new(alloc),
+            copier: Copier::new(on)?,
+        }))
+    }
+}
+
+/// Copies between tensors with a one-node `Identity` graph on the slots' device: ONNX Runtime
+/// moves the data (host to device, device to device, device to host) as it does for any run, with
+/// the destination given as a preallocated output. One per worker, so workers never share it.
+/// (The `ort` crate's own `copy_into` deadlocks on its global copy session in this version.)
+pub struct Copier {
+    session: Session,
+    x: Names,
+    y: Names,
+}
+
+impl Copier {
+    fn new(device: &Device) -> Result<Copier, Error> {
+        let env = crate::runtime::loaded().map_err(Error::internal)?;
+        let opts = crate::runtime::SessionOptions {
+            device: device.clone(),
+            intra_threads: 1,
+        };
+        let session = crate::runtime::build_session_from_memory(&env, &identity_model(), &opts)
+            .map_err(|e| {
+                Error::internal(format!(
+                    "slot copy graph on {}: {e}",
+                    device.provider_name()
+                ))
+            })?;
+        Ok(Copier {
+            session,
+            x: Names::new(&["x"])?,
+            y: Names::new(&["y"])?,
+        })
+    }
+
+    /// Copies `src` into `dst`, two rank-2 tensors of one shape.
+    fn copy(
+        &mut self,
+        src: *const ort::sys::OrtValue,
+        dst: *mut ort::sys::OrtValue,
+    ) -> Result<(), Error> {
+        run_raw(
+            &mut self.session,
+            &self.x,
+            &[src],
+            &self.y,
+            &mut [dst],
+            "slot copy",
+        )
+    }
+}
+
+/// The bytes of an ONNX model (IR 8, opset 13) with one `Identity` node from float input `x` to
+/// output `y`, both of shape `[rows, len]` with symbolic dimensions, encoded by hand (protobuf
+/// wire format: every field here is a varint or length-delimited).
+fn identity_model() -> Vec<u8> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+    fn int(out: &mut Vec<u8>, field: u64, v: u64) {
+        varint(out, field << 3);
+        varint(out, v);
+    }
+    fn bytes(out: &mut Vec<u8>, field: u64, b: &[u8]) {
+        varint(out, (field << 3) | 2);
+        varint(out, b.len() as u64);
+        out.extend_from_slice(b);
+    }
+    fn msg(f: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let mut m = Vec::new();
+        f(&mut m);
+        m
+    }
+    // ValueInfoProto { name = 1, type = 2: TypeProto { tensor_type = 1: { elem_type = 1 (FLOAT),
+    // shape = 2: TensorShapeProto { dim = 1: Dimension { dim_param = 2 } } } } }
+    let value_info = |name: &str| {
+        msg(|m| {
+            bytes(m, 1, name.as_bytes());
+            bytes(
+                m,
+                2,
+                &msg(|t| {
+                    bytes(
+                        t,
+                        1,
+                        &msg(|tt| {
+                            int(tt, 1, 1);
+                            bytes(
+                                tt,
+                                2,
+                                &msg(|sh| {
+                                    for d in ["rows", "len"] {
+                                        bytes(sh, 1, &msg(|dim| bytes(dim, 2, d.as_bytes())));
+                                    }
+                                }),
+                            );
+                        }),
+                    );
+                }),
+            );
+        })
+    };
+    // NodeProto { input = 1, output = 2, name = 3, op_type = 4 }
+    let node = msg(|n| {
+        bytes(n, 1, b"x");
+        bytes(n, 2, b"y");
+        bytes(n, 3, b"copy");
+        bytes(n, 4, b"Identity");
+    });
+    // GraphProto { node = 1, name = 2, input = 11, output = 12 }
+    let graph = msg(|g| {
+        bytes(g, 1, &node);
+        bytes(g, 2, b"slot_copy");
+        bytes(g, 11, &value_info("x"));
+        bytes(g, 12, &value_info("y"));
+    });
+    // ModelProto { ir_version = 1, producer_name = 2, graph = 7, opset_import = 8: { domain = 1,
+    // version = 2 } }
+    msg(|m| {
+        int(m, 1, 8);
+        bytes(m, 2, b"seenn-serve");
+        bytes(m, 7, &graph);
+        bytes(
+            m,
+            8,
+            &msg(|o| {
+                bytes(o, 1, b"");
+                int(o, 2, 13);
+            }),
+        );
+    })
+}
+
+fn copier(cp: &mut Option<Copier>) -> Result<&mut Copier, Error> {
+    cp.as_mut()
+        .ok_or_else(|| Error::internal("device slots without their copy session"))
+}
+
+/// Shape `[rows, dims...]`.
+fn batch_shape(rows: usize, dims: &[usize]) -> Vec<usize> {
+    let mut shape = Vec::with_capacity(1 + dims.len());
+    shape.push(rows);
+    shape.extend_from_slice(dims);
+    shape
+}
 
 /// A zeroed `f32` buffer whose first element is 64-byte aligned (what ONNX Runtime allocates
 /// itself). The heap block never moves: its pointer stays valid for the views made over it.
@@ -62,11 +282,170 @@ impl Buf {
         // SAFETY: the heap block outlives the view (see above) and is never reallocated.
         let slice: &'static mut [f32] =
             unsafe { std::slice::from_raw_parts_mut(slice.as_mut_ptr(), slice.len()) };
-        let mut shape = Vec::with_capacity(1 + dims.len());
-        shape.push(rows);
-        shape.extend_from_slice(dims);
-        TensorRefMut::from_array_view_mut((shape, slice))
+        TensorRefMut::from_array_view_mut((batch_shape(rows, dims), slice))
             .map_err(|e| Error::internal(format!("tensor view: {e}")))
+    }
+}
+
+/// A buffer of `len` `f32`s that ONNX Runtime allocated on a device; the host never dereferences
+/// its pointer, and every read, write and move goes through an ONNX Runtime copy.
+struct DeviceBuf {
+    ptr: *mut c_void,
+    len: usize,
+    alloc: Rc<Allocator>,
+}
+
+impl DeviceBuf {
+    fn new(len: usize, alloc: &Rc<Allocator>) -> Result<DeviceBuf, Error> {
+        let block = alloc.alloc::<f32>(len.max(1)).map_err(|e| {
+            Error::internal(format!(
+                "cannot allocate {len} slot values on the device: {e}"
+            ))
+        })?;
+        Ok(DeviceBuf {
+            ptr: block.into_raw(),
+            len,
+            alloc: alloc.clone(),
+        })
+    }
+
+    /// A view of `rows` rows of `row_len` values from row `first`.
+    ///
+    /// # Safety
+    /// As [`Buf::view`]: the view must be dropped before the buffer.
+    unsafe fn view(
+        &self,
+        first: usize,
+        rows: usize,
+        row_len: usize,
+        dims: &[usize],
+    ) -> Result<TensorRefMut<'static, f32>, Error> {
+        if (first + rows) * row_len > self.len {
+            return Err(Error::internal("device view past the end of its buffer"));
+        }
+        let shape = Shape::new(batch_shape(rows, dims).into_iter().map(|d| d as i64));
+        // SAFETY: the pointer is this allocator's block of `len` values, the view stays inside it.
+        unsafe {
+            let data = self.ptr.cast::<f32>().add(first * row_len).cast::<c_void>();
+            TensorRefMut::from_raw(self.alloc.memory_info().clone(), data, shape)
+                .map_err(|e| Error::internal(format!("device tensor view: {e}")))
+        }
+    }
+}
+
+impl Drop for DeviceBuf {
+    fn drop(&mut self) {
+        // SAFETY: `ptr` came from this allocator's `alloc` and is freed once.
+        unsafe { self.alloc.free(self.ptr) };
+    }
+}
+
+/// A slot buffer in host memory or on the device.
+enum Store {
+    Host(Buf),
+    Device(DeviceBuf),
+}
+
+impl Store {
+    fn new(len: usize, alloc: Option<&Rc<Allocator>>) -> Result<Store, Error> {
+        Ok(match alloc {
+            None => Store::Host(Buf::new(len)),
+            Some(a) => Store::Device(DeviceBuf::new(len, a)?),
+        })
+    }
+
+    /// # Safety
+    /// As [`Buf::view`].
+    unsafe fn view(
+        &mut self,
+        first: usize,
+        rows: usize,
+        row_len: usize,
+        dims: &[usize],
+    ) -> Result<TensorRefMut<'static, f32>, Error> {
+        // SAFETY: forwarded.
+        unsafe {
+            match self {
+                Store::Host(b) => b.view(first, rows, row_len, dims),
+                Store::Device(b) => b.view(first, rows, row_len, dims),
+            }
+        }
+    }
+
+    /// Writes `rows` rows of `row_len` values from `src` (host memory) at row `first`.
+    fn write(
+        &mut self,
+        cp: &mut Option<Copier>,
+        first: usize,
+        row_len: usize,
+        src: &[f32],
+    ) -> Result<(), Error> {
+        let rows = src.len() / row_len.max(1);
+        match self {
+            Store::Host(b) => {
+                b.as_mut_slice()[first * row_len..first * row_len + src.len()].copy_from_slice(src);
+                Ok(())
+            }
+            Store::Device(b) => {
+                let host = TensorRef::from_array_view((vec![rows, row_len], src))
+                    .map_err(|e| Error::internal(format!("tensor view: {e}")))?;
+                // SAFETY: the view is dropped at the end of this block.
+                let dst = unsafe { b.view(first, rows, row_len, &[row_len])? };
+                copier(cp)?.copy(host.ptr(), dst.ptr().cast_mut())
+            }
+        }
+    }
+
+    /// `rows` rows of `row_len` values from row `first`, copied to the host.
+    fn read(
+        &self,
+        cp: &mut Option<Copier>,
+        first: usize,
+        rows: usize,
+        row_len: usize,
+    ) -> Result<Vec<f32>, Error> {
+        match self {
+            Store::Host(b) => Ok(b.as_slice()[first * row_len..(first + rows) * row_len].to_vec()),
+            Store::Device(b) => {
+                let mut out = vec![0f32; rows * row_len];
+                {
+                    let host =
+                        TensorRefMut::from_array_view_mut((vec![rows, row_len], &mut out[..]))
+                            .map_err(|e| Error::internal(format!("tensor view: {e}")))?;
+                    // SAFETY: the view is dropped at the end of this block.
+                    let src = unsafe { b.view(first, rows, row_len, &[row_len])? };
+                    copier(cp)?.copy(src.ptr(), host.ptr().cast_mut())?;
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// Copies row `from` onto row `to` (different rows).
+    fn move_row(
+        &mut self,
+        cp: &mut Option<Copier>,
+        from: usize,
+        to: usize,
+        row_len: usize,
+    ) -> Result<(), Error> {
+        match self {
+            Store::Host(b) => {
+                b.as_mut_slice()
+                    .copy_within(from * row_len..(from + 1) * row_len, to * row_len);
+                Ok(())
+            }
+            Store::Device(b) => {
+                // SAFETY: both views are dropped at the end of this block; the rows do not overlap.
+                let (src, dst) = unsafe {
+                    (
+                        b.view(from, 1, row_len, &[row_len])?,
+                        b.view(to, 1, row_len, &[row_len])?,
+                    )
+                };
+                copier(cp)?.copy(src.ptr(), dst.ptr().cast_mut())
+            }
+        }
     }
 }
 
@@ -118,6 +497,30 @@ fn run_views(
     views: &mut Views,
     what: &str,
 ) -> Result<(), Error> {
+    run_raw(
+        session,
+        in_names,
+        &views.ins,
+        out_names,
+        &mut views.outs,
+        what,
+    )
+}
+
+/// `Run` with values as raw pointers: `ins` and the preallocated `outs`, in the names' order.
+fn run_raw(
+    session: &mut Session,
+    in_names: &Names,
+    ins: &[*const ort::sys::OrtValue],
+    out_names: &Names,
+    outs: &mut [*mut ort::sys::OrtValue],
+    what: &str,
+) -> Result<(), Error> {
+    if ins.len() != in_names.ptrs.len() || outs.len() != out_names.ptrs.len() {
+        return Err(Error::internal(format!(
+            "{what}: values and names differ in number"
+        )));
+    }
     let api = ort::api();
     // SAFETY: the session pointer is live for the call (`&mut` keeps `Run` single-threaded, as the
     // `ort` crate does); names and values are valid, match in number, and the outputs are
@@ -127,11 +530,11 @@ fn run_views(
             session.ptr().cast_mut(),
             std::ptr::null(),
             in_names.ptrs.as_ptr(),
-            views.ins.as_ptr(),
-            views.ins.len(),
+            ins.as_ptr(),
+            ins.len(),
             out_names.ptrs.as_ptr(),
             out_names.ptrs.len(),
-            views.outs.as_mut_ptr(),
+            outs.as_mut_ptr(),
         );
         if !status.0.is_null() {
             let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
@@ -227,6 +630,8 @@ pub struct SlotSpec<'a> {
     pub step_outputs: Vec<&'a str>,
     /// Encoder input and output names, when the model has an encoder.
     pub encoder: Option<(&'a str, &'a str)>,
+    /// Features and membranes on a device ([`DeviceSlots::new`]); `None`: host memory.
+    pub device: Option<DeviceSlots>,
 }
 
 struct State {
@@ -234,7 +639,7 @@ struct State {
     len: usize,
     initial: f32,
     /// `bufs[side]` is read by the step when `side == cur`, written when not.
-    bufs: [Buf; 2],
+    bufs: [Store; 2],
 }
 
 pub struct Slots {
@@ -247,7 +652,8 @@ pub struct Slots {
     classes: usize,
     /// Newcomers' (or, under `encoder-every-step`, every active request's) images for the encoder.
     images: Buf,
-    features: Buf,
+    features: Store,
+    /// Always on the host: the exit rule reads every row's logits after each step.
     logits: Buf,
     states: Vec<State>,
     /// Which side of each state's pair holds the current membranes.
@@ -259,6 +665,13 @@ pub struct Slots {
     step_views: Vec<Option<Views>>,
     /// Rows copied by `swap_remove` (for tests and the benchmark notes).
     pub rows_moved: u64,
+    /// A device copy that failed outside a fallible call (`swap_remove`): the next `step` reports
+    /// it, and the engine then fails the batch and clears it.
+    broken: Option<Error>,
+    /// Host scratch for the states' initial values of newcomers on the device.
+    initial: Vec<f32>,
+    /// Copies to, on and from the device, with device slots.
+    copier: Option<Copier>,
 }
 
 impl Slots {
@@ -266,19 +679,24 @@ impl Slots {
         let cap = spec.max_batch.max(1);
         let input_len = spec.input_dims.iter().product::<usize>();
         let feature_len = spec.feature_dims.iter().product::<usize>();
+        let (dev, copier) = match spec.device {
+            Some(d) => (Some(d.alloc), Some(d.copier)),
+            None => (None, None),
+        };
+        let dev = dev.as_ref();
         let states = spec
             .states
             .iter()
             .map(|(dims, initial)| {
                 let len = dims.iter().product::<usize>();
-                State {
+                Ok(State {
                     dims: dims.to_vec(),
                     len,
                     initial: *initial,
-                    bufs: [Buf::new(cap * len), Buf::new(cap * len)],
-                }
+                    bufs: [Store::new(cap * len, dev)?, Store::new(cap * len, dev)?],
+                })
             })
-            .collect();
+            .collect::<Result<Vec<_>, Error>>()?;
         let encoder_names = match spec.encoder {
             Some((i, o)) => Some((Names::new(&[i])?, Names::new(&[o])?)),
             None => None,
@@ -292,7 +710,7 @@ impl Slots {
             feature_len,
             classes: spec.classes,
             images: Buf::new(cap * input_len),
-            features: Buf::new(cap * feature_len),
+            features: Store::new(cap * feature_len, dev)?,
             logits: Buf::new(cap * spec.classes),
             states,
             cur: 0,
@@ -301,6 +719,9 @@ impl Slots {
             encoder_names,
             step_views: (0..2 * cap).map(|_| None).collect(),
             rows_moved: 0,
+            broken: None,
+            initial: Vec::new(),
+            copier,
         })
     }
 
@@ -319,6 +740,7 @@ impl Slots {
     /// Forgets every row (after a failed step); the buffers stay.
     pub fn clear(&mut self) {
         self.n = 0;
+        self.broken = None;
     }
 
     /// Adds `images.len()` newcomers at rows `n..`: their features (the encoder run once over all
@@ -338,28 +760,36 @@ impl Slots {
                 self.cap - first
             )));
         }
+        if let Some(x) = images.iter().find(|x| x.len() != self.input_len) {
+            return Err(Error::internal(format!(
+                "input of {} values, the model takes {}",
+                x.len(),
+                self.input_len
+            )));
+        }
         for (i, x) in images.iter().enumerate() {
-            if x.len() != self.input_len {
-                return Err(Error::internal(format!(
-                    "input of {} values, the model takes {}",
-                    x.len(),
-                    self.input_len
-                )));
-            }
-            let dst = if encoder.is_some() {
-                &mut self.images.as_mut_slice()[i * self.input_len..(i + 1) * self.input_len]
+            if encoder.is_some() {
+                self.images.as_mut_slice()[i * self.input_len..(i + 1) * self.input_len]
+                    .copy_from_slice(x);
             } else {
-                let fl = self.feature_len;
-                &mut self.features.as_mut_slice()[(first + i) * fl..(first + i + 1) * fl]
-            };
-            dst.copy_from_slice(x);
+                self.features
+                    .write(&mut self.copier, first + i, self.feature_len, x)?;
+            }
         }
         if let (Some(session), true) = (encoder, encode) {
             self.encode_rows(session, first, m)?;
         }
         for st in &mut self.states {
-            let (a, b) = (first * st.len, (first + m) * st.len);
-            st.bufs[self.cur].as_mut_slice()[a..b].fill(st.initial);
+            match &mut st.bufs[self.cur] {
+                Store::Host(b) => {
+                    b.as_mut_slice()[first * st.len..(first + m) * st.len].fill(st.initial)
+                }
+                dev => {
+                    self.initial.clear();
+                    self.initial.resize(m * st.len, st.initial);
+                    dev.write(&mut self.copier, first, st.len, &self.initial)?;
+                }
+            }
         }
         self.n += m;
         Ok(())
@@ -399,15 +829,13 @@ impl Slots {
         }
         let last = self.n - 1;
         if i != last {
-            let fl = self.feature_len;
-            self.features
-                .as_mut_slice()
-                .copy_within(last * fl..(last + 1) * fl, i * fl);
+            let cp = &mut self.copier;
+            let mut moved = self.features.move_row(cp, last, i, self.feature_len);
             for st in &mut self.states {
-                let l = st.len;
-                st.bufs[self.cur]
-                    .as_mut_slice()
-                    .copy_within(last * l..(last + 1) * l, i * l);
+                moved = moved.and_then(|()| st.bufs[self.cur].move_row(cp, last, i, st.len));
+            }
+            if let Err(e) = moved {
+                self.broken.get_or_insert(e);
             }
             self.rows_moved += 1;
         }
@@ -417,6 +845,9 @@ impl Slots {
     /// One `step.onnx` run over rows `0..n`: features and the current membranes in, the logits and
     /// the next membranes out (into the other side of each pair), then the sides swap.
     pub fn step(&mut self, session: &mut Session) -> Result<(), Error> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
         let n = self.n;
         if n == 0 {
             return Ok(());
@@ -459,27 +890,31 @@ impl Slots {
         &self.logits.as_slice()[i * k..(i + 1) * k]
     }
 
-    /// Row `i`'s current membranes of state `s` (tests).
-    pub fn membrane(&self, s: usize, i: usize) -> &[f32] {
+    /// Row `i`'s current membranes of state `s`, copied to the host (tests).
+    pub fn membrane(&mut self, s: usize, i: usize) -> Result<Vec<f32>, Error> {
         let st = &self.states[s];
-        &st.bufs[self.cur].as_slice()[i * st.len..(i + 1) * st.len]
+        st.bufs[self.cur].read(&mut self.copier, i, 1, st.len)
     }
 
-    /// Row `i`'s features (tests).
-    pub fn features(&self, i: usize) -> &[f32] {
-        let fl = self.feature_len;
-        &self.features.as_slice()[i * fl..(i + 1) * fl]
+    /// Row `i`'s features, copied to the host (tests).
+    pub fn features(&mut self, i: usize) -> Result<Vec<f32>, Error> {
+        self.features.read(&mut self.copier, i, 1, self.feature_len)
+    }
+
+    /// Whether features and membranes live in device buffers.
+    pub fn on_device(&self) -> bool {
+        matches!(self.features, Store::Device(_))
     }
 
     /// The `copy-membranes` ablation: what rebuilding the batch after every step costs, i.e. every
     /// active row of every state copied into a freshly allocated buffer and back.
-    pub fn copy_membranes(&mut self) {
+    pub fn copy_membranes(&mut self) -> Result<(), Error> {
         let n = self.n;
         for st in &mut self.states {
-            let rows = &mut st.bufs[self.cur].as_mut_slice()[..n * st.len];
-            let fresh = rows.to_vec();
-            rows.copy_from_slice(&fresh);
+            let fresh = st.bufs[self.cur].read(&mut self.copier, 0, n, st.len)?;
+            st.bufs[self.cur].write(&mut self.copier, 0, st.len, &fresh)?;
         }
+        Ok(())
     }
 }
 
@@ -494,8 +929,9 @@ impl Drop for Slots {
 mod tests {
     use super::*;
 
-    /// A model without an encoder: features are the images, two states of 3 and 2 values.
-    fn slots(cap: usize) -> Slots {
+    /// A model without an encoder: features are the images, two states of 3 and 2 values; in
+    /// `device` buffers when given.
+    fn slots(cap: usize, device: Option<DeviceSlots>) -> Slots {
         Slots::new(SlotSpec {
             max_batch: cap,
             input_dims: &[1, 2],
@@ -505,8 +941,21 @@ mod tests {
             step_inputs: vec!["x", "s0", "s1"],
             step_outputs: vec!["logits", "s0o", "s1o"],
             encoder: None,
+            device,
         })
         .expect("slots")
+    }
+
+    /// The committed model's step session, for its allocator.
+    fn step_session() -> Session {
+        let (env, _) = crate::runtime::init(None).expect("ONNX Runtime");
+        let file =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/fashion-mnist/step.onnx");
+        let opts = crate::runtime::SessionOptions {
+            device: Device::Cpu,
+            intra_threads: 1,
+        };
+        crate::runtime::build_session(&env, &file, &opts).expect("step session")
     }
 
     #[test]
@@ -518,26 +967,33 @@ mod tests {
         }
     }
 
-    #[test]
-    fn newcomers_fill_free_rows_and_leavers_are_replaced_by_the_last_row() {
-        let mut s = slots(4);
+    /// The row bookkeeping, the same in host memory and in ONNX Runtime's device buffers (the
+    /// path `--device cuda` takes, here on the CPU allocator with ONNX Runtime copies).
+    fn rows_are_filled_and_replaced(mut s: Slots) {
         let imgs: Vec<Vec<f32>> = (0..4).map(|i| vec![i as f32, 10.0 + i as f32]).collect();
         let refs: Vec<&[f32]> = imgs.iter().take(3).map(|v| v.as_slice()).collect();
         s.admit(&refs, None, true).expect("admit");
         assert_eq!(s.len(), 3);
-        assert_eq!(s.membrane(0, 2), &[0.5, 0.5, 0.5]);
-        assert_eq!(s.membrane(1, 1), &[-1.0, -1.0]);
+        let row = |s: &mut Slots, st: usize, i: usize| s.membrane(st, i).expect("membrane");
+        let feat = |s: &mut Slots, i: usize| s.features(i).expect("features");
+        assert_eq!(row(&mut s, 0, 2), [0.5, 0.5, 0.5]);
+        assert_eq!(row(&mut s, 1, 1), [-1.0, -1.0]);
         // Mark each row's membranes so that moves are visible.
         for i in 0..3 {
-            let st = &mut s.states[0];
-            st.bufs[s.cur].as_mut_slice()[i * 3..(i + 1) * 3].fill(i as f32);
+            let cur = s.cur;
+            s.states[0].bufs[cur]
+                .write(&mut s.copier, i, 3, &[i as f32; 3])
+                .expect("write");
         }
+        assert_eq!(row(&mut s, 0, 1), [1.0, 1.0, 1.0]);
         // Row 0 leaves: row 2 moves into it, one row copied.
         s.swap_remove(0);
+        assert!(s.broken.is_none());
         assert_eq!(s.len(), 2);
-        assert_eq!(s.features(0), &[2.0, 12.0]);
-        assert_eq!(s.membrane(0, 0), &[2.0, 2.0, 2.0]);
-        assert_eq!(s.features(1), &[1.0, 11.0]);
+        assert_eq!(feat(&mut s, 0), [2.0, 12.0]);
+        assert_eq!(row(&mut s, 0, 0), [2.0, 2.0, 2.0]);
+        assert_eq!(row(&mut s, 1, 0), [-1.0, -1.0]);
+        assert_eq!(feat(&mut s, 1), [1.0, 11.0]);
         assert_eq!(s.rows_moved, 1);
         // The last row leaves: nothing moves.
         s.swap_remove(1);
@@ -545,16 +1001,58 @@ mod tests {
         assert_eq!(s.len(), 1);
         // A newcomer takes row 1 with fresh membranes; the survivor keeps its own.
         s.admit(&[&imgs[3]], None, true).expect("admit");
-        assert_eq!(s.features(1), &[3.0, 13.0]);
-        assert_eq!(s.membrane(0, 1), &[0.5, 0.5, 0.5]);
-        assert_eq!(s.membrane(0, 0), &[2.0, 2.0, 2.0]);
+        assert_eq!(feat(&mut s, 1), [3.0, 13.0]);
+        assert_eq!(row(&mut s, 0, 1), [0.5, 0.5, 0.5]);
+        assert_eq!(row(&mut s, 0, 0), [2.0, 2.0, 2.0]);
+        // The copy-membranes ablation leaves the rows as they were.
+        s.copy_membranes().expect("copy");
+        assert_eq!(row(&mut s, 0, 0), [2.0, 2.0, 2.0]);
+        assert_eq!(row(&mut s, 1, 1), [-1.0, -1.0]);
         // More newcomers than free rows: refused, nothing added.
         let three: Vec<&[f32]> = imgs.iter().take(3).map(|v| v.as_slice()).collect();
         assert!(s.admit(&three, None, true).is_err());
         assert_eq!(s.len(), 2);
-        // A wrong input size is refused.
-        assert!(s.admit(&[&[1.0][..]], None, true).is_err());
+        // A wrong input size is refused, nothing added.
+        assert!(s.admit(&[&imgs[0], &[1.0][..]], None, true).is_err());
+        assert_eq!(s.len(), 2);
         s.clear();
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn newcomers_fill_free_rows_and_leavers_are_replaced_by_the_last_row() {
+        let s = slots(4, None);
+        assert!(!s.on_device());
+        rows_are_filled_and_replaced(s);
+    }
+
+    #[test]
+    fn device_slots_keep_the_same_rows_through_onnx_runtime_copies() {
+        let session = step_session();
+        let memory = SlotMemoryChoice::Device.resolve(&Device::Cpu);
+        let device = DeviceSlots::new(&session, &memory).expect("device slots");
+        assert!(device.is_some());
+        let s = slots(4, device);
+        assert!(s.on_device());
+        rows_are_filled_and_replaced(s);
+        drop(session);
+    }
+
+    #[test]
+    fn slot_memory_follows_the_device_unless_chosen() {
+        let cuda = Device::Cuda(1);
+        assert_eq!(
+            SlotMemoryChoice::Auto.resolve(&Device::Cpu),
+            SlotMemory::Host
+        );
+        assert_eq!(
+            SlotMemoryChoice::Auto.resolve(&cuda),
+            SlotMemory::Device(cuda.clone())
+        );
+        assert_eq!(SlotMemoryChoice::Host.resolve(&cuda), SlotMemory::Host);
+        assert_eq!(
+            SlotMemoryChoice::Device.resolve(&Device::Cpu),
+            SlotMemory::Device(Device::Cpu)
+        );
     }
 }

@@ -162,6 +162,7 @@ pub fn cpu_options(
             workers: 1,
             shadow_rows: 0,
             spin: seenn_serve::engine::DEFAULT_SPIN,
+            slot_memory: seenn_serve::engine::SlotMemory::Host,
         },
         metrics,
     }
