@@ -27,6 +27,8 @@ build:
 lint:
 	cargo fmt --check
 	cargo clippy --release --locked --all-targets -- -D warnings
+	# The CUDA build's code (device-resident slots, the CUDA provider) compiles and lints too.
+	cargo clippy --release --locked --features cuda --all-targets -- -D warnings
 	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure scripts fuzz
 
 test-rust:

@@ -137,7 +137,6 @@ fn builder(
         Device::Cpu => {}
         #[cfg(feature = "cuda")]
         Device::Cuda(id) => {
-            use ort::ep::ExecutionProvider;
             let ep = ort::ep::CUDA::default().with_device_id(id).build().error_on_failure();
             builder = builder
                 .with_execution_providers([ep])
