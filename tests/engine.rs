@@ -262,6 +262,22 @@ async fn device_slots_keep_answers_bit_identical() {
     mid_batch_answers_are_bit_identical(SlotMemory::Device(Device::Cpu)).await;
 }
 
+/// Device slots that cannot be allocated (CUDA memory asked of a CPU session) fail the model's
+/// load with the reason and the way out, instead of leaving a worker that never answers.
+#[test]
+fn slots_that_cannot_be_allocated_fail_the_load_with_the_way_out() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let metrics = Arc::new(Metrics::new(4, 8).expect("metrics"));
+    let mut opts = worker_options(&env, 8, 16, 2, metrics);
+    opts.engine.slot_memory = SlotMemory::Device(Device::Cuda(0));
+    let err = match model::load_one(&models_dir().join("fashion-mnist"), &opts) {
+        Ok(_) => panic!("CUDA slots on a CPU session must not load"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("cannot allocate the slots"), "{err}");
+    assert!(err.contains("--slot-memory host"), "{err}");
+}
+
 async fn mid_batch_answers_are_bit_identical(memory: SlotMemory) {
     let (env, _) = runtime::init(None).expect("ORT");
     for pkg in packages() {

@@ -463,8 +463,12 @@ pub fn spawn(
     let inject_fault = Arc::new(AtomicBool::new(false));
     let model = manifest.name.clone();
     let workers = sessions.len();
+    // Each worker reports whether its slots could be built (device memory is allocated on the
+    // worker's own thread); the engine starts only when every worker did.
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
     metrics.engine_workers.set(workers as i64);
     for (i, sessions) in sessions.into_iter().enumerate() {
+        let started_tx = started_tx.clone();
         let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
             manifest.clone(),
             cfg.clone(),
@@ -489,10 +493,11 @@ pub fn spawn(
                 {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::error!(model = %manifest.name, error = %e, "engine worker cannot start");
+                        let _ = started_tx.send(Err(e.to_string()));
                         return;
                     }
                 };
+                let _ = started_tx.send(Ok(()));
                 let k = manifest.num_classes();
                 let shadow_cap = match cfg.shadow_rows {
                     0 => shadow::default_rows(cfg.max_batch),
@@ -528,6 +533,25 @@ pub fn spawn(
                 w.run(rx);
             })
             .map_err(|e| Error::internal(format!("cannot start an engine thread: {e}")))?;
+    }
+    drop(started_tx);
+    for _ in 0..workers {
+        // A worker that started is told to stop by `tx` going away with this error.
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let hint = match cfg.slot_memory {
+                    SlotMemory::Device(_) => {
+                        " (start with --slot-memory host to keep the batch in host memory)"
+                    }
+                    SlotMemory::Host => "",
+                };
+                return Err(Error::internal(format!(
+                    "engine worker cannot start: {e}{hint}"
+                )));
+            }
+            Err(_) => return Err(Error::internal("an engine worker ended before it started")),
+        }
     }
     Ok(EngineHandle {
         tx,

@@ -668,7 +668,8 @@ pub struct Slots {
     /// A device copy that failed outside a fallible call (`swap_remove`): the next `step` reports
     /// it, and the engine then fails the batch and clears it.
     broken: Option<Error>,
-    /// Host scratch for the states' initial values of newcomers on the device.
+    /// Host scratch for newcomers' features (without an encoder) and the states' initial values,
+    /// written to the device in one copy each.
     initial: Vec<f32>,
     /// Copies to, on and from the device, with device slots.
     copier: Option<Copier>,
@@ -767,13 +768,26 @@ impl Slots {
                 self.input_len
             )));
         }
-        for (i, x) in images.iter().enumerate() {
-            if encoder.is_some() {
-                self.images.as_mut_slice()[i * self.input_len..(i + 1) * self.input_len]
-                    .copy_from_slice(x);
-            } else {
-                self.features
-                    .write(&mut self.copier, first + i, self.feature_len, x)?;
+        match (&mut self.features, encoder.is_some()) {
+            (_, true) => {
+                for (i, x) in images.iter().enumerate() {
+                    self.images.as_mut_slice()[i * self.input_len..(i + 1) * self.input_len]
+                        .copy_from_slice(x);
+                }
+            }
+            (Store::Host(b), false) => {
+                let fl = self.feature_len;
+                for (i, x) in images.iter().enumerate() {
+                    b.as_mut_slice()[(first + i) * fl..(first + i + 1) * fl].copy_from_slice(x);
+                }
+            }
+            (dev, false) => {
+                // The newcomers' rows are contiguous: one copy to the device for all of them.
+                self.initial.clear();
+                for x in images {
+                    self.initial.extend_from_slice(x);
+                }
+                dev.write(&mut self.copier, first, self.feature_len, &self.initial)?;
             }
         }
         if let (Some(session), true) = (encoder, encode) {
