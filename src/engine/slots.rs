@@ -67,7 +67,7 @@ impl SlotMemoryChoice {
 /// between tensors there.
 pub struct DeviceSlots {
     alloc: Rc<Allocator>,
-    copier: Copier,
+    device: Device,
 }
 
 impl DeviceSlots {
@@ -90,39 +90,67 @@ impl DeviceSlots {
         })?;
         Ok(Some(DeviceSlots {
             alloc: Rc::new(alloc),
-            copier: Copier::new(on)?,
+            device: on.clone(),
         }))
     }
 }
 
-/// Copies between tensors with a one-node `Identity` graph on the slots' device: ONNX Runtime
-/// moves the data (host to device, device to device, device to host) as it does for any run, with
-/// the destination given as a preallocated output. One per worker, so workers never share it.
-/// (The `ort` crate's own `copy_into` deadlocks on its global copy session in this version.)
+/// Copies between tensors with `Identity` graphs on the slots' device: ONNX Runtime moves the data
+/// (host to device, device to device, device to host) as it does for any run, with the destination
+/// given as a preallocated output. One graph copies one tensor (writes and reads); another copies
+/// one row of every per-request tensor at once (a leaving request's row moves in one run). One
+/// `Copier` per worker, so workers never share it. (The `ort` crate's own `copy_into` deadlocks on
+/// its global copy session in this version.)
 pub struct Copier {
+    one: CopyGraph,
+    row: CopyGraph,
+}
+
+/// A session of [`identity_model`] with `k` tensors, and its names.
+struct CopyGraph {
     session: Session,
     x: Names,
     y: Names,
 }
 
-impl Copier {
-    fn new(device: &Device) -> Result<Copier, Error> {
+impl CopyGraph {
+    fn new(device: &Device, k: usize) -> Result<CopyGraph, Error> {
         let env = crate::runtime::loaded().map_err(Error::internal)?;
         let opts = crate::runtime::SessionOptions {
             device: device.clone(),
             intra_threads: 1,
         };
-        let session = crate::runtime::build_session_from_memory(&env, &identity_model(), &opts)
+        let session = crate::runtime::build_session_from_memory(&env, &identity_model(k), &opts)
             .map_err(|e| {
                 Error::internal(format!(
                     "slot copy graph on {}: {e}",
                     device.provider_name()
                 ))
             })?;
-        Ok(Copier {
+        let names = |p: &str| (0..k).map(|i| format!("{p}{i}")).collect::<Vec<_>>();
+        let (x, y) = (names("x"), names("y"));
+        Ok(CopyGraph {
             session,
-            x: Names::new(&["x"])?,
-            y: Names::new(&["y"])?,
+            x: Names::new(&x.iter().map(String::as_str).collect::<Vec<_>>())?,
+            y: Names::new(&y.iter().map(String::as_str).collect::<Vec<_>>())?,
+        })
+    }
+
+    fn run(
+        &mut self,
+        src: &[*const ort::sys::OrtValue],
+        dst: &mut [*mut ort::sys::OrtValue],
+    ) -> Result<(), Error> {
+        run_raw(&mut self.session, &self.x, src, &self.y, dst, "slot copy")
+    }
+}
+
+impl Copier {
+    /// For slots with `tensors` per-request tensors (the features and each state).
+    fn new(device: &Device, tensors: usize) -> Result<Copier, Error> {
+        Ok(Copier {
+            one: CopyGraph::new(device, 1)?,
+            row: CopyGraph::new(device, tensors)?,
         })
     }
 
@@ -132,21 +160,23 @@ impl Copier {
         src: *const ort::sys::OrtValue,
         dst: *mut ort::sys::OrtValue,
     ) -> Result<(), Error> {
-        run_raw(
-            &mut self.session,
-            &self.x,
-            &[src],
-            &self.y,
-            &mut [dst],
-            "slot copy",
-        )
+        self.one.run(&[src], &mut [dst])
+    }
+
+    /// Copies each `src[i]` into `dst[i]`: one row of every per-request tensor, in one run.
+    fn copy_row(
+        &mut self,
+        src: &[*const ort::sys::OrtValue],
+        dst: &mut [*mut ort::sys::OrtValue],
+    ) -> Result<(), Error> {
+        self.row.run(src, dst)
     }
 }
 
-/// The bytes of an ONNX model (IR 8, opset 13) with one `Identity` node from float input `x` to
-/// output `y`, both of shape `[rows, len]` with symbolic dimensions, encoded by hand (protobuf
+/// The bytes of an ONNX model (IR 8, opset 13) with `k` `Identity` nodes, float input `x{i}` to
+/// output `y{i}`, each of shape `[r{i}, l{i}]` with symbolic dimensions, encoded by hand (protobuf
 /// wire format: every field here is a varint or length-delimited).
-fn identity_model() -> Vec<u8> {
+fn identity_model(k: usize) -> Vec<u8> {
     fn varint(out: &mut Vec<u8>, mut v: u64) {
         while v >= 0x80 {
             out.push((v as u8) | 0x80);
@@ -170,61 +200,52 @@ fn identity_model() -> Vec<u8> {
     }
     // ValueInfoProto { name = 1, type = 2: TypeProto { tensor_type = 1: { elem_type = 1 (FLOAT),
     // shape = 2: TensorShapeProto { dim = 1: Dimension { dim_param = 2 } } } } }
-    let value_info = |name: &str| {
+    let value_info = |name: &str, i: usize| {
+        let mut shape = Vec::new();
+        for d in [format!("r{i}"), format!("l{i}")] {
+            bytes(&mut shape, 1, &msg(|dim| bytes(dim, 2, d.as_bytes())));
+        }
+        let tensor = msg(|t| {
+            int(t, 1, 1);
+            bytes(t, 2, &shape);
+        });
+        let ty = msg(|t| bytes(t, 1, &tensor));
         msg(|m| {
             bytes(m, 1, name.as_bytes());
-            bytes(
-                m,
-                2,
-                &msg(|t| {
-                    bytes(
-                        t,
-                        1,
-                        &msg(|tt| {
-                            int(tt, 1, 1);
-                            bytes(
-                                tt,
-                                2,
-                                &msg(|sh| {
-                                    for d in ["rows", "len"] {
-                                        bytes(sh, 1, &msg(|dim| bytes(dim, 2, d.as_bytes())));
-                                    }
-                                }),
-                            );
-                        }),
-                    );
-                }),
-            );
+            bytes(m, 2, &ty);
         })
     };
-    // NodeProto { input = 1, output = 2, name = 3, op_type = 4 }
-    let node = msg(|n| {
-        bytes(n, 1, b"x");
-        bytes(n, 2, b"y");
-        bytes(n, 3, b"copy");
-        bytes(n, 4, b"Identity");
-    });
-    // GraphProto { node = 1, name = 2, input = 11, output = 12 }
+    // GraphProto { node = 1, name = 2, input = 11, output = 12 }; NodeProto { input = 1,
+    // output = 2, name = 3, op_type = 4 }
     let graph = msg(|g| {
-        bytes(g, 1, &node);
+        for i in 0..k {
+            let node = msg(|n| {
+                bytes(n, 1, format!("x{i}").as_bytes());
+                bytes(n, 2, format!("y{i}").as_bytes());
+                bytes(n, 3, format!("copy{i}").as_bytes());
+                bytes(n, 4, b"Identity");
+            });
+            bytes(g, 1, &node);
+        }
         bytes(g, 2, b"slot_copy");
-        bytes(g, 11, &value_info("x"));
-        bytes(g, 12, &value_info("y"));
+        for i in 0..k {
+            bytes(g, 11, &value_info(&format!("x{i}"), i));
+        }
+        for i in 0..k {
+            bytes(g, 12, &value_info(&format!("y{i}"), i));
+        }
     });
-    // ModelProto { ir_version = 1, producer_name = 2, graph = 7, opset_import = 8: { domain = 1,
-    // version = 2 } }
+    // ModelProto { ir_version = 1, producer_name = 2, graph = 7, opset_import = 8:
+    // OperatorSetIdProto { domain = 1, version = 2 } }
+    let opset = msg(|o| {
+        bytes(o, 1, b"");
+        int(o, 2, 13);
+    });
     msg(|m| {
         int(m, 1, 8);
         bytes(m, 2, b"seenn-serve");
         bytes(m, 7, &graph);
-        bytes(
-            m,
-            8,
-            &msg(|o| {
-                bytes(o, 1, b"");
-                int(o, 2, 13);
-            }),
-        );
+        bytes(m, 8, &opset);
     })
 }
 
@@ -417,33 +438,6 @@ impl Store {
                     copier(cp)?.copy(src.ptr(), host.ptr().cast_mut())?;
                 }
                 Ok(out)
-            }
-        }
-    }
-
-    /// Copies row `from` onto row `to` (different rows).
-    fn move_row(
-        &mut self,
-        cp: &mut Option<Copier>,
-        from: usize,
-        to: usize,
-        row_len: usize,
-    ) -> Result<(), Error> {
-        match self {
-            Store::Host(b) => {
-                b.as_mut_slice()
-                    .copy_within(from * row_len..(from + 1) * row_len, to * row_len);
-                Ok(())
-            }
-            Store::Device(b) => {
-                // SAFETY: both views are dropped at the end of this block; the rows do not overlap.
-                let (src, dst) = unsafe {
-                    (
-                        b.view(from, 1, row_len, &[row_len])?,
-                        b.view(to, 1, row_len, &[row_len])?,
-                    )
-                };
-                copier(cp)?.copy(src.ptr(), dst.ptr().cast_mut())
             }
         }
     }
@@ -681,7 +675,10 @@ impl Slots {
         let input_len = spec.input_dims.iter().product::<usize>();
         let feature_len = spec.feature_dims.iter().product::<usize>();
         let (dev, copier) = match spec.device {
-            Some(d) => (Some(d.alloc), Some(d.copier)),
+            Some(d) => (
+                Some(d.alloc),
+                Some(Copier::new(&d.device, 1 + spec.states.len())?),
+            ),
             None => (None, None),
         };
         let dev = dev.as_ref();
@@ -843,17 +840,54 @@ impl Slots {
         }
         let last = self.n - 1;
         if i != last {
-            let cp = &mut self.copier;
-            let mut moved = self.features.move_row(cp, last, i, self.feature_len);
-            for st in &mut self.states {
-                moved = moved.and_then(|()| st.bufs[self.cur].move_row(cp, last, i, st.len));
-            }
+            let moved = if self.on_device() {
+                self.move_device_row(last, i)
+            } else {
+                self.move_host_row(last, i)
+            };
             if let Err(e) = moved {
                 self.broken.get_or_insert(e);
             }
             self.rows_moved += 1;
         }
         self.n = last;
+    }
+
+    /// Copies row `from` of the features and of every current state onto row `to`, in host memory.
+    fn move_host_row(&mut self, from: usize, to: usize) -> Result<(), Error> {
+        let cur = self.cur;
+        let tensors = std::iter::once((&mut self.features, self.feature_len))
+            .chain(self.states.iter_mut().map(|st| (&mut st.bufs[cur], st.len)));
+        for (store, len) in tensors {
+            let Store::Host(b) = store else {
+                return Err(Error::internal("a device buffer among host slots"));
+            };
+            b.as_mut_slice()
+                .copy_within(from * len..(from + 1) * len, to * len);
+        }
+        Ok(())
+    }
+
+    /// Copies row `from` of the features and of every current state onto row `to`, on the device,
+    /// in one run of the copy graph.
+    fn move_device_row(&mut self, from: usize, to: usize) -> Result<(), Error> {
+        let mut src = Vec::with_capacity(1 + self.states.len());
+        let mut dst = Vec::with_capacity(1 + self.states.len());
+        let tensors = std::iter::once((&self.features, self.feature_len))
+            .chain(self.states.iter().map(|st| (&st.bufs[self.cur], st.len)));
+        for (store, len) in tensors {
+            let Store::Device(b) = store else {
+                return Err(Error::internal("a host buffer among device slots"));
+            };
+            // SAFETY: the views are dropped at the end of this function; the rows do not overlap.
+            unsafe {
+                src.push(b.view(from, 1, len, &[len])?);
+                dst.push(b.view(to, 1, len, &[len])?);
+            }
+        }
+        let src_ptrs: Vec<_> = src.iter().map(|v| v.ptr()).collect();
+        let mut dst_ptrs: Vec<_> = dst.iter().map(|v| v.ptr().cast_mut()).collect();
+        copier(&mut self.copier)?.copy_row(&src_ptrs, &mut dst_ptrs)
     }
 
     /// One `step.onnx` run over rows `0..n`: features and the current membranes in, the logits and
