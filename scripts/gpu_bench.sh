@@ -8,6 +8,8 @@
 #   scripts/gpu_bench.sh build    # here: release build with the `cuda` feature into target/
 #   scripts/gpu_bench.sh run      # on the GPU machine (see below)
 #
+# scripts/gpu_pack.sh packs the binary, the libraries and the test split into parts that fit the
+# device machine's per-call limit and prints the calls to make.
 # On the GPU machine (see the project's GPU notes): the onnxruntime-gpu 1.31.1 libraries
 # (libonnxruntime.so.1.31.1, libonnxruntime_providers_shared.so, libonnxruntime_providers_cuda.so)
 # must sit in $ORT_GPU_DIR (default .gpu/), and the CUDA / cuDNN libraries come from the machine's
@@ -27,6 +29,10 @@ if [ "$mode" = build ]; then
 fi
 
 ORT_GPU_DIR=${ORT_GPU_DIR:-.gpu}
+# The test split packed by scripts/gpu_pack.sh, when the machine has no Debian dataset package.
+if [ -z "${DATA_DIR:-}" ] && [ ! -d /usr/share/datasets/fashion-mnist ] && [ -d "$ORT_GPU_DIR/fashion-mnist" ]; then
+  DATA_DIR=$ORT_GPU_DIR/fashion-mnist
+fi
 LIMIT=${LIMIT:-5000}
 BATCHES=${BATCHES:-"1 8 32 128"}
 C=${CONCURRENCY:-256}
@@ -51,7 +57,7 @@ run() {  # run NAME ARGS...: one eval, JSON kept
   local name=$1; shift
   echo "== $name" >&2
   "$BIN" eval --ort-lib "$ORT_GPU_DIR/libonnxruntime.so" --json --quiet --limit "$LIMIT" \
-    --concurrency "$C" "$@" >"$OUT/$name.json"
+    --concurrency "$C" ${DATA_DIR:+--data-dir "$DATA_DIR"} "$@" >"$OUT/$name.json"
 }
 
 for model in fashion-mnist fashion-mnist-qcfs; do
