@@ -958,6 +958,9 @@ impl Slots {
     /// active row of every state copied into a freshly allocated buffer and back.
     pub fn copy_membranes(&mut self) -> Result<(), Error> {
         let n = self.n;
+        if n == 0 {
+            return Ok(());
+        }
         for st in &mut self.states {
             let fresh = st.bufs[self.cur].read(&mut self.copier, 0, n, st.len)?;
             st.bufs[self.cur].write(&mut self.copier, 0, st.len, &fresh)?;
