@@ -63,8 +63,8 @@ impl SlotMemoryChoice {
     }
 }
 
-/// What device slots need: ONNX Runtime's allocator for the device, and a session that copies
-/// between tensors there.
+/// What device slots need: ONNX Runtime's allocator for the device, and the device itself (for
+/// the slots' [`Copier`] graphs).
 pub struct DeviceSlots {
     alloc: Rc<Allocator>,
     device: Device,
