@@ -100,7 +100,9 @@ impl DeviceSlots {
 /// given as a preallocated output. One graph copies one tensor (writes and reads); another copies
 /// one row of every per-request tensor at once (a leaving request's row moves in one run). One
 /// `Copier` per worker, so workers never share it. (The `ort` crate's own `copy_into` deadlocks on
-/// its global copy session in this version.)
+/// its global copy session in this version.) Copies and steps run in different sessions, so on a
+/// GPU in different streams: they are ordered because every run ends with a stream
+/// synchronisation (the default run options); runs without it would need one shared stream.
 pub struct Copier {
     one: CopyGraph,
     row: CopyGraph,
