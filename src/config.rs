@@ -62,7 +62,7 @@ pub struct ServeConfig {
     /// Where each engine worker keeps its batch's membranes between timesteps. auto: on the GPU
     /// under --device cuda (they never cross the bus; a leaving request's row moves by a device
     /// copy), in host memory on the CPU. device on the CPU runs the GPU's path with ONNX Runtime's
-    /// CPU allocator (for tests; slower).
+    /// CPU allocator (how it is tested without a GPU).
     #[arg(long, env = "SEENN_SLOT_MEMORY", value_enum, default_value = "auto")]
     pub slot_memory: crate::engine::SlotMemoryChoice,
     /// Most HTTP requests being read or answered at once (all models); more get 429 at once,

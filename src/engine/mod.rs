@@ -449,9 +449,6 @@ pub fn spawn(
     if sessions.is_empty() {
         return Err(Error::internal("an engine needs at least one worker"));
     }
-    // The slots are built on each worker's thread; check here that they can be.
-    new_slots(&manifest, 1, None)?;
-    new_exit_row(&manifest)?;
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
     let last_wait_us = Arc::new(AtomicU64::new(0));
@@ -466,7 +463,6 @@ pub fn spawn(
     // Each worker reports whether its slots could be built (device memory is allocated on the
     // worker's own thread); the engine starts only when every worker did.
     let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
-    metrics.engine_workers.set(workers as i64);
     for (i, sessions) in sessions.into_iter().enumerate() {
         let started_tx = started_tx.clone();
         let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
@@ -553,6 +549,7 @@ pub fn spawn(
             Err(_) => return Err(Error::internal("an engine worker ended before it started")),
         }
     }
+    metrics.engine_workers.set(workers as i64);
     Ok(EngineHandle {
         tx,
         depth,
@@ -583,7 +580,7 @@ fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
 }
 
 /// The slot buffers for `max_batch` rows of `manifest`'s graphs, in `device` memory when given
-/// (see [`slots::device_allocator`]), else on the host.
+/// (see [`slots::DeviceSlots::new`]), else on the host.
 pub fn new_slots(
     manifest: &Manifest,
     max_batch: usize,
