@@ -314,11 +314,38 @@ pub fn for_avg_timesteps<R: Setting>(rows: &[R], target: f64) -> Option<&R> {
         })
 }
 
-/// The lowest setting (fewest timesteps) whose accuracy is within `drop` of `full`.
-pub fn for_accuracy_drop<R: Setting>(rows: &[R], full: f64, drop: f64) -> Option<&R> {
+/// The one-sided 95% quantile of the normal distribution: [`for_accuracy_drop`] keeps a setting
+/// only when its calibrated drop plus this many standard errors stays within the bound.
+pub const DROP_CONFIDENCE_Z: f64 = 1.645;
+
+/// The lowest setting (fewest timesteps) whose accuracy drop from `full` stays within `drop` with
+/// 95% confidence, on a calibration of `samples` images: the measured drop plus
+/// [`DROP_CONFIDENCE_Z`] standard errors of it. Per image the drop is +1, −1 or 0, non-zero only
+/// where the exit-time class differs from the full-T class, so its variance is at most the
+/// disagreement `1 − agreement_with_full_t` and the standard error at most
+/// `sqrt(disagreement / samples)`. Without the agreement (older packages, the SEENN-II bias
+/// sweep) the measured drop alone decides. The margin is what keeps the bound on unseen
+/// traffic: a floor chosen on the point estimate cost 2.04 pp on the test images under a 2 pp
+/// bound (BENCHMARKS.md, "Adaptive α under overload").
+pub fn for_accuracy_drop<R: Setting>(
+    rows: &[R],
+    full: f64,
+    drop: f64,
+    samples: usize,
+) -> Option<&R> {
     rows.iter()
-        .filter(|r| r.accuracy() >= full - drop - 1e-12)
+        .filter(|r| full - r.accuracy() + drop_margin(*r, samples) <= drop + 1e-12)
         .min_by(|a, b| a.setting().total_cmp(&b.setting()))
+}
+
+/// [`DROP_CONFIDENCE_Z`] standard errors of a row's measured accuracy drop (0 when unknown).
+pub fn drop_margin<R: Setting>(row: &R, samples: usize) -> f64 {
+    match row.agreement_with_full_t() {
+        Some(a) if samples > 0 => {
+            DROP_CONFIDENCE_Z * ((1.0 - a).clamp(0.0, 1.0) / samples as f64).sqrt()
+        }
+        _ => 0.0,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -578,9 +605,15 @@ impl Calibration {
         for_avg_timesteps(&self.alpha_sweep, target)
     }
 
-    /// The smallest α (fewest timesteps) whose accuracy is within `drop` of full T.
+    /// The smallest α (fewest timesteps) whose accuracy is within `drop` of full T with 95%
+    /// confidence ([`for_accuracy_drop`]).
     pub fn alpha_for_accuracy_drop(&self, drop: f64) -> Option<&SweepRow> {
-        for_accuracy_drop(&self.alpha_sweep, *self.accuracy_per_t.last()?, drop)
+        for_accuracy_drop(
+            &self.alpha_sweep,
+            *self.accuracy_per_t.last()?,
+            drop,
+            self.samples,
+        )
     }
 
     /// The SEENN-II policy's bias sweep (empty without one).
@@ -607,9 +640,15 @@ impl Calibration {
         for_avg_timesteps(self.threshold_sweep(), target)
     }
 
-    /// The lowest learned threshold whose accuracy is within `drop` of full T.
+    /// The lowest learned threshold whose accuracy is within `drop` of full T with 95% confidence
+    /// ([`for_accuracy_drop`]).
     pub fn threshold_for_accuracy_drop(&self, drop: f64) -> Option<&ThresholdRow> {
-        for_accuracy_drop(self.threshold_sweep(), *self.accuracy_per_t.last()?, drop)
+        for_accuracy_drop(
+            self.threshold_sweep(),
+            *self.accuracy_per_t.last()?,
+            drop,
+            self.samples,
+        )
     }
 }
 
@@ -639,6 +678,41 @@ mod tests {
             policy: None,
             learned: None,
         }
+    }
+
+    #[test]
+    fn an_accuracy_drop_bound_keeps_a_margin_of_its_sampling_error() {
+        // 100 validation samples, full-T accuracy 0.92. α 0.5 costs 2 pp on them and disagrees
+        // with full T on 10% (margin 1.645 × sqrt(0.1 / 100) = 5.2 pp); α 0.8 costs nothing and
+        // disagrees on 1% (margin 1.6 pp).
+        let rows = |agreement: [Option<f64>; 2]| -> Vec<SweepRow> {
+            [(0.5, 0.90), (0.8, 0.92)]
+                .iter()
+                .zip(agreement)
+                .map(|(&(alpha, accuracy), a)| SweepRow {
+                    accuracy,
+                    agreement_with_full_t: a,
+                    ..row(alpha, 1.0, vec![])
+                })
+                .collect()
+        };
+        let mut c = calibration(rows([Some(0.9), Some(0.99)]));
+        let pick = |c: &Calibration, drop: f64| c.alpha_for_accuracy_drop(drop).map(|r| r.alpha);
+        // A 3 pp bound: the point estimate alone would allow α 0.5; its margin does not.
+        assert_eq!(pick(&c, 0.03), Some(0.8));
+        assert_eq!(pick(&c, 0.08), Some(0.5));
+        assert_eq!(
+            pick(&c, 0.01),
+            None,
+            "no α is within 1 pp with 95% confidence"
+        );
+        // More samples, a smaller margin: 1.645 × sqrt(0.1 / 10 000) = 0.52 pp.
+        c.samples = 10_000;
+        assert_eq!(pick(&c, 0.03), Some(0.5));
+        // Without the agreement (older packages) the measured drop alone decides.
+        let c = calibration(rows([None, None]));
+        assert_eq!(pick(&c, 0.03), Some(0.5));
+        assert_eq!(pick(&c, 0.0), Some(0.8));
     }
 
     #[test]

@@ -158,11 +158,11 @@ pub(crate) fn target_dial(m: &LoadedModel, rule: RuleKind) -> Dial {
     }
 }
 
-/// The row of a calibrated sweep that meets `target` (`full`: accuracy at T).
-fn pick<R: Setting>(rows: &[R], full: f64, target: Target) -> Option<&R> {
+/// The row of a calibrated sweep that meets `target` (`full`: accuracy at T, over `samples`).
+fn pick<R: Setting>(rows: &[R], full: f64, samples: usize, target: Target) -> Option<&R> {
     match target {
         Target::AvgTimesteps(t) => manifest::for_avg_timesteps(rows, t),
-        Target::AccuracyDrop(d) => manifest::for_accuracy_drop(rows, full, d),
+        Target::AccuracyDrop(d) => manifest::for_accuracy_drop(rows, full, d, samples),
     }
 }
 
@@ -448,17 +448,18 @@ impl PolicyAdmin {
             let missing = |what: &str| Error::invalid(format!("no calibrated {what} {target}"));
             match dial {
                 Dial::Threshold => {
-                    let row = pick(c.threshold_sweep(), full, target)
+                    let row = pick(c.threshold_sweep(), full, c.samples, target)
                         .ok_or_else(|| missing("learned threshold"))?;
                     new.threshold = Some(row.threshold);
                 }
                 Dial::BiasScale => {
-                    let row =
-                        pick(c.bias_sweep(), full, target).ok_or_else(|| missing("policy bias"))?;
+                    let row = pick(c.bias_sweep(), full, c.samples, target)
+                        .ok_or_else(|| missing("policy bias"))?;
                     new.bias_scale = Some(row.bias_scale);
                 }
                 Dial::Alpha => {
-                    let row = pick(&c.alpha_sweep, full, target).ok_or_else(|| missing("alpha"))?;
+                    let row = pick(&c.alpha_sweep, full, c.samples, target)
+                        .ok_or_else(|| missing("alpha"))?;
                     new.alpha = row.alpha;
                     new.rule = RuleKind::Confidence;
                 }
