@@ -6,7 +6,7 @@
 # measured), then half load again to see α return. The bench replays the labelled test images, so
 # each run reports the accuracy of what was answered. JSON reports and the α trace under $OUT
 # (default bench-results/adaptive-$MODEL/); with SEENN_LOG=info,seenn_serve::server=debug the
-# server log has every control tick.
+# server log has every control tick. alpha_trace.txt: seconds, α, the workers' batch limit.
 #   scripts/adaptive_overload.sh    MODEL=fashion-mnist FACTOR=2 DROP=0.005 DEADLINE_S=2 OBJECTIVE=server
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -54,7 +54,8 @@ bench --rate "$OVER" --duration 60 >"$OUT/fixed.json"
 echo "== adaptive alpha: ${FACTOR}x capacity, 10 s settling + 50 s measured" >&2
 policy "{\"adaptive\": {\"p99_ms\": $OBJ, \"max_accuracy_drop\": $DROP}}" >"$OUT/policy.json"
 (start=$(date +%s.%N); while true; do
-   a=$(curl -fs "$URL/metrics" | awk -v m="$MODEL" '$1 == "seenn_exit_alpha{model=\""m"\"}" {print $2}')
+   a=$(curl -fs "$URL/metrics" | awk -v m="$MODEL" '$1 == "seenn_exit_alpha{model=\""m"\"}" {a=$2}
+     $1 == "seenn_engine_batch_limit{model=\""m"\"}" {b=$2} END {print a, b}')
    echo "$(python3 -c "print(round($(date +%s.%N) - $start, 1))") $a"; sleep 1; done) >"$OUT/alpha_trace.txt" &
 TRACE=$!
 bench --rate "$OVER" --duration 10 >"$OUT/adaptive_settle.json"
@@ -64,6 +65,7 @@ bench --rate "$HALF" --duration 20 >"$OUT/recover.json"
 kill "$TRACE" 2>/dev/null || true
 curl -fsS -H "Authorization: Bearer $TOKEN" "$URL/admin/models/$MODEL/exit-policy" >"$OUT/final_policy.json"
 grep -c "adaptive alpha moved" "$OUT/server.log" >"$OUT/moves.txt" || true
+grep -c "adaptive shed level moved" "$OUT/server.log" >"$OUT/shed_moves.txt" || true
 kill -TERM "$SERVER"; wait "$SERVER" || true
 python3 - "$OUT" <<'PY'
 import json, sys
@@ -82,6 +84,6 @@ for n in ("half", "fixed", "adaptive_settle", "adaptive", "recover"):
     print(line(n, r[n]))
 a = r["policy"]["adaptive"]
 print(f"adaptive: configured alpha {a['configured_alpha']}, floor {a['floor_alpha']} (max_accuracy_drop {a['max_accuracy_drop']})")
-print(f"alpha after the return to half load: {r['final_policy']['alpha']}; moves logged: {(out / 'moves.txt').read_text().strip()}")
-print("alpha trace (s, alpha):", " ".join(l.split()[1] if len(l.split()) > 1 else "?" for l in (out / "alpha_trace.txt").read_text().splitlines()))
+print(f"alpha after the return to half load: {r['final_policy']['alpha']}; alpha moves logged: {(out / 'moves.txt').read_text().strip()}, shed level moves: {(out / 'shed_moves.txt').read_text().strip()}")
+print("alpha/batch limit per second:", " ".join("/".join(l.split()[1:]) or "?" for l in (out / "alpha_trace.txt").read_text().splitlines()))
 PY

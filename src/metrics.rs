@@ -34,6 +34,7 @@ pub struct Metrics {
     pub shadow_rows: IntGaugeVec,
     pub engine_busy: CounterVec,
     pub engine_workers: IntGaugeVec,
+    pub engine_batch_limit: IntGaugeVec,
     pub shadow_expected_agreement: GaugeVec,
 }
 
@@ -206,6 +207,13 @@ impl Metrics {
                 Opts::new("seenn_engine_workers", "Engine worker threads per model"),
                 &["model"],
             )?,
+            engine_batch_limit: IntGaugeVec::new(
+                Opts::new(
+                    "seenn_engine_batch_limit",
+                    "Most live requests per engine worker's batch now: --max-batch, lowered by adaptive alpha past its accuracy floor while the p99 objective is still missed",
+                ),
+                &["model"],
+            )?,
             shadow_expected_agreement: GaugeVec::new(
                 Opts::new(
                     "seenn_shadow_expected_agreement",
@@ -244,7 +252,8 @@ impl Metrics {
             shadow_rows,
             shadow_expected_agreement,
             engine_busy,
-            engine_workers
+            engine_workers,
+            engine_batch_limit
         );
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
@@ -304,6 +313,7 @@ impl Metrics {
             shadow_rows: self.shadow_rows.with_label_values(&[model]),
             engine_busy: self.engine_busy.with_label_values(&[model]),
             engine_workers: self.engine_workers.with_label_values(&[model]),
+            engine_batch_limit: self.engine_batch_limit.with_label_values(&[model]),
         }
     }
 
@@ -380,6 +390,7 @@ pub struct ModelMetrics {
     /// Busy seconds summed over the model's workers (the adaptive-α controller's utilization).
     pub engine_busy: Counter,
     pub engine_workers: IntGauge,
+    pub engine_batch_limit: IntGauge,
 }
 
 impl ModelMetrics {

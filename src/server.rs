@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::{self, LoadOptions};
 use crate::runtime::{self, Device, SessionOptions};
-use crate::service::adaptive::{Controller, LatencyWindows};
+use crate::service::adaptive::{Controller, LatencyWindows, Shed, ShedLevels};
 use crate::service::{Lifecycle, Limits, PolicyAdmin, Service};
 use crate::state::StateStore;
 use crate::{kserve, openapi};
@@ -134,8 +134,10 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
     }
     let latency = LatencyWindows::new(registry.models().map(|m| m.manifest.name.as_str()));
+    let shed = ShedLevels::new(registry.models().map(|m| m.manifest.name.as_str()));
     Ok(Arc::new(Service {
         latency,
+        shed,
         registry,
         policies,
         lifecycle: Lifecycle::new().with_reply_spin(Duration::from_micros(cfg.reply_spin_us)),
@@ -301,7 +303,7 @@ async fn control_adaptive_alpha(
         }
         for m in service.registry.models() {
             let name = &m.manifest.name;
-            let p99 = service.latency.take_p99(name);
+            let (p99, answered_p99) = service.latency.take(name);
             let now = (m.engine.busy_seconds(), std::time::Instant::now());
             let utilization = busy.insert(name.clone(), now).and_then(|(b0, t0)| {
                 let wall = now.1.duration_since(t0).as_secs_f64() * m.engine.workers() as f64;
@@ -310,6 +312,7 @@ async fn control_adaptive_alpha(
             let policy = m.exit_policy();
             let Some(cfg) = policy.adaptive else {
                 controllers.remove(name);
+                apply_shed(&service, m, 0);
                 continue;
             };
             // The dial: α, or the threshold when the learned rule is the default.
@@ -338,15 +341,43 @@ async fn control_adaptive_alpha(
             if entry.0 != cfg {
                 *entry = (cfg, Controller::new(&cfg, &sweep, current));
             }
-            let moved = entry.1.tick(p99, utilization);
-            tracing::debug!(model = %name, ?p99, ?utilization, alpha = entry.1.alpha(), "adaptive tick");
+            let moved = entry.1.tick_answered(p99, answered_p99, utilization);
+            tracing::debug!(model = %name, ?p99, ?answered_p99, ?utilization, alpha = entry.1.alpha(), shed = entry.1.shed(), "adaptive tick");
             if let Some(alpha) = moved {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
                     tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");
                 }
             }
+            if let Some(from) = apply_shed(&service, m, entry.1.shed()) {
+                let shed = Shed::at(entry.1.shed());
+                tracing::info!(
+                    model = %name,
+                    from,
+                    to = entry.1.shed(),
+                    batch_limit = m.engine.batch_limit(),
+                    queue_budget_ms = cfg.p99_ms * shed.queue_share,
+                    ?answered_p99,
+                    ?utilization,
+                    "adaptive shed level moved"
+                );
+            }
         }
     }
+}
+
+/// Puts `model` at shed `level`: its queue budget share and its workers' batch limit. Returns the
+/// level it had when that changed.
+fn apply_shed(
+    service: &Service,
+    model: &crate::registry::LoadedModel,
+    level: usize,
+) -> Option<usize> {
+    let name = &model.manifest.name;
+    let from = service.shed.set(name, level);
+    model
+        .engine
+        .set_batch_limit(Shed::at(level).batch_limit(model.engine.max_batch()));
+    (from != level).then_some(from)
 }
 
 /// Keeps the gRPC health status equal to readiness: waits on the engines' and the drain's

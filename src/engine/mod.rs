@@ -264,8 +264,10 @@ pub struct EngineHandle {
     last_wait_us: Arc<AtomicU64>,
     ready: watch::Receiver<bool>,
     max_queue: usize,
-    /// Rows the workers can take at once (workers × max batch).
-    rows: usize,
+    /// `--max-batch`, and the most live requests per worker's batch now (at most `max_batch`;
+    /// lowered by adaptive α past its accuracy floor, `set_batch_limit`). Shared with the workers.
+    max_batch: usize,
+    batch_limit: Arc<AtomicUsize>,
     model: String,
     metrics: Arc<ModelMetrics>,
     workers: usize,
@@ -298,11 +300,33 @@ impl EngineHandle {
         self.depth.load(Ordering::SeqCst)
     }
 
+    /// Caps each worker's batch at `limit` live requests (clamped to 1..=`--max-batch`; shadow
+    /// rows are not counted): a worker admits no newcomer while it has that many, and rows that
+    /// are running finish as they are. A smaller batch makes each step shorter, so a request's
+    /// time in the engine falls with it; on a CPU that costs little throughput (a step's cost
+    /// per request is about the same at batch 1 and 8, BENCHMARKS.md). Returns the limit set.
+    pub fn set_batch_limit(&self, limit: usize) -> usize {
+        let limit = limit.clamp(1, self.max_batch);
+        self.batch_limit.store(limit, Ordering::SeqCst);
+        self.metrics.engine_batch_limit.set(limit as i64);
+        limit
+    }
+
+    /// The most live requests per worker's batch now.
+    pub fn batch_limit(&self) -> usize {
+        self.batch_limit.load(Ordering::SeqCst)
+    }
+
+    /// `--max-batch`: the batch limit when nothing lowers it.
+    pub fn max_batch(&self) -> usize {
+        self.max_batch
+    }
+
     /// Refuses at the door, before the request is decoded or queued, what `submit` or the
     /// workers would refuse anyway: a full queue (429 `Overloaded`), and under a queue budget
     /// (adaptive α at its floor) a queue whose requests are waiting past it. The queue is FIFO,
     /// so while the last requests admitted had waited longer than `budget` and more are queued
-    /// than the workers can take at once, a newcomer would wait longer too and be shed after its
+    /// than the workers can take at once (workers × batch limit), a newcomer would wait longer too and be shed after its
     /// wait; shedding it now costs no decoding, no queue place and no wait (the queue-sojourn
     /// signal of CoDel). A shorter queue is never refused here, so the workers always find work
     /// (shedding everyone until the queue was empty left the engine idle 17% of the time at 2×
@@ -317,7 +341,7 @@ impl EngineHandle {
             return Ok(());
         };
         let waited = Duration::from_micros(self.last_wait_us.load(Ordering::SeqCst));
-        if depth > self.rows && waited > budget {
+        if depth > self.workers * self.batch_limit() && waited > budget {
             self.metrics.cancelled(CancelReason::QueueBudget).inc();
             return Err(Error::Shed(format!(
                 "model {} is overloaded: queued requests are waiting {:.1} ms, over the {:.1} ms \
@@ -417,6 +441,8 @@ struct Worker {
     metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
     last_wait_us: Arc<AtomicU64>,
+    /// The handle's batch limit (`EngineHandle::set_batch_limit`).
+    batch_limit: Arc<AtomicUsize>,
     ready: Arc<Readiness>,
     inject_fault: Arc<AtomicBool>,
     active: Vec<Active>,
@@ -452,6 +478,8 @@ pub fn spawn(
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
     let depth = Arc::new(AtomicUsize::new(0));
     let last_wait_us = Arc::new(AtomicU64::new(0));
+    let max_batch = cfg.max_batch.max(1);
+    let batch_limit = Arc::new(AtomicUsize::new(max_batch));
     let (ready_tx, ready) = watch::channel(true);
     let readiness = Arc::new(Readiness {
         unready: AtomicUsize::new(0),
@@ -465,12 +493,13 @@ pub fn spawn(
     let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
     for (i, sessions) in sessions.into_iter().enumerate() {
         let started_tx = started_tx.clone();
-        let (manifest, cfg, metrics, depth, last_wait_us, ready, fault, rx) = (
+        let (manifest, cfg, metrics, depth, last_wait_us, batch_limit, ready, fault, rx) = (
             manifest.clone(),
             cfg.clone(),
             metrics.clone(),
             depth.clone(),
             last_wait_us.clone(),
+            batch_limit.clone(),
             readiness.clone(),
             inject_fault.clone(),
             rx.clone(),
@@ -509,6 +538,7 @@ pub fn spawn(
                     metrics,
                     depth,
                     last_wait_us,
+                    batch_limit,
                     ready,
                     inject_fault: fault,
                     active: Vec::new(),
@@ -550,13 +580,15 @@ pub fn spawn(
         }
     }
     metrics.engine_workers.set(workers as i64);
+    metrics.engine_batch_limit.set(max_batch as i64);
     Ok(EngineHandle {
         tx,
         depth,
         last_wait_us,
         ready,
         max_queue: cfg.max_queue.max(1),
-        rows: workers * cfg.max_batch.max(1),
+        max_batch,
+        batch_limit,
         model,
         metrics,
         workers,
@@ -676,8 +708,9 @@ impl Worker {
             }
             // Shadow rows do not count: a live request may always have them.
             let live = self.live();
+            let limit = self.batch_limit.load(Ordering::Relaxed).clamp(1, cap);
             let may_admit = self.cfg.batching == Batching::Continuous || live == 0;
-            while may_admit && live + newcomers.len() < cap {
+            while may_admit && live + newcomers.len() < limit {
                 match rx.try_recv() {
                     Ok(job) => newcomers.push(job),
                     Err(_) => break,

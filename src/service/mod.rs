@@ -50,6 +50,8 @@ pub struct Service {
     pub limits: Limits,
     /// Latencies of default-policy answers, read by the adaptive-α controller.
     pub latency: adaptive::LatencyWindows,
+    /// The controller's shed levels, read by the queue budget.
+    pub shed: adaptive::ShedLevels,
 }
 
 /// Per-request options, from the query string, JSON fields, multipart fields or gRPC.
@@ -370,7 +372,11 @@ impl Service {
             let p = m.exit_policy();
             (
                 p.shadow_fraction,
-                adaptive::queue_budget(&p, m.learned_threshold_in(&p)),
+                adaptive::queue_budget(
+                    &p,
+                    m.learned_threshold_in(&p),
+                    self.shed.get(&m.manifest.name),
+                ),
             )
         } else {
             (0.0, None)
