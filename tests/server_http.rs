@@ -1174,8 +1174,21 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
     // A request that sets its own α is never changed.
     let (_, own) = post_png(&s, "/classify?alpha=0.99", png.clone()).await;
     assert_eq!(own["alpha"].as_f64(), Some(0.99));
-    // More slow, busy ticks (at least 6 of them) never go below the floor. (Without load since
-    // the last burst, α may have started back up: it returns to the floor.)
+    // More slow, busy ticks (at least 6 of them) never go below the floor; past it, the shed
+    // levels narrow the workers' batch. They act on the answered requests' p99 while the engine
+    // is busy, which an objective of 1 µs never gives (it sheds nearly everything at the door):
+    // 1 ms, which a busy engine misses, keeps it busy. The new objective starts again from the
+    // configured α.
+    let batch_limit = || async {
+        metric_value(
+            &metrics_text(&s).await,
+            "seenn_engine_batch_limit",
+            &[("model", "fashion-mnist")],
+        )
+    };
+    assert_eq!(batch_limit().await, cfg.max_batch as f64);
+    let v = put(json!({"adaptive": {"p99_ms": 1.0, "max_accuracy_drop": 0.01}})).await;
+    assert_eq!(v["adaptive"]["floor_alpha"].as_f64(), Some(floor), "{v}");
     let started = std::time::Instant::now();
     let (reached, answers) = post_under_load(
         &s,
@@ -1185,14 +1198,21 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
         std::time::Duration::from_secs(30),
         || {
             let v = current();
+            let b = batch_limit();
             async move {
                 started.elapsed() > std::time::Duration::from_millis(600)
                     && v.await["alpha"].as_f64() == Some(floor)
+                    && b.await < cfg.max_batch as f64
             }
         },
     )
     .await;
-    assert!(reached, "{}", current().await);
+    assert!(
+        reached,
+        "{} batch limit {}",
+        current().await,
+        batch_limit().await
+    );
     assert_shed_or_dial_at_least(&answers, "alpha", floor);
     // The state is persisted like the rest of the policy.
     let saved =
@@ -1206,6 +1226,8 @@ async fn adaptive_alpha_lowers_under_a_missed_objective_floors_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(current().await["alpha"].as_f64(), Some(configured));
+    // The shed levels came off before α rose: the full batch again.
+    assert_eq!(batch_limit().await, cfg.max_batch as f64);
     // Switched off: the adaptive block is gone.
     let v = put(json!({"adaptive": null})).await;
     assert!(v.get("adaptive").is_none(), "{v}");
