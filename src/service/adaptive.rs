@@ -131,6 +131,9 @@ pub struct Controller {
     calm: u32,
     /// Ticks in a row, while shedding, whose answered p99 was under `RECOVER_BELOW` × objective.
     shed_calm: u32,
+    /// The last tick moved the shed level down: the next one still measures requests admitted
+    /// before the move (the queue and batches it built), so it does not move it again.
+    shed_settling: bool,
     p99_ms: f64,
 }
 
@@ -161,6 +164,7 @@ impl Controller {
             shed: 0,
             calm: 0,
             shed_calm: 0,
+            shed_settling: false,
             p99_ms: cfg.p99_ms,
         }
     }
@@ -199,7 +203,8 @@ impl Controller {
     /// as misses ([`SHED_LATENCY`]), so while the server sheds more than 1% of a tick's requests
     /// it is a miss, α stays at its floor and nothing recovers; `answered_p99_ms` leaves them out
     /// and is what the shed levels act on (the objective is about the requests answered): a level
-    /// down when it misses the objective while the engine is busy, a level up after
+    /// down when it misses the objective while the engine is busy (not in the tick right after a
+    /// level down, which still measures the requests admitted before it), a level up after
     /// `RECOVER_TICKS` ticks in a row under `RECOVER_BELOW` × the objective, else hold.
     pub fn tick_answered(
         &mut self,
@@ -218,10 +223,14 @@ impl Controller {
                 if self.level + 1 < self.levels.len() {
                     self.level += 1;
                 } else {
+                    let settling = std::mem::take(&mut self.shed_settling);
                     match answered_p99_ms {
                         Some(a) if a > self.p99_ms => {
                             self.shed_calm = 0;
-                            self.shed = (self.shed + 1).min(SHED.len() - 1);
+                            if !settling && self.shed + 1 < SHED.len() {
+                                self.shed += 1;
+                                self.shed_settling = true;
+                            }
                         }
                         Some(a) if a < self.p99_ms * RECOVER_BELOW && self.shed > 0 => {
                             self.shed_calm += 1;
@@ -508,10 +517,13 @@ mod tests {
     fn past_the_floor_it_sheds_level_by_level_and_undoes_that_first() {
         let mut c = at_floor();
         assert_eq!(c.shed(), 0);
-        // Slow ticks while the engine is busy: the shed levels, one per tick, up to the last.
+        // Slow ticks while the engine is busy: the shed levels, one per two ticks (the tick after
+        // a move still measures the requests admitted before it), up to the last.
         for want in 1..SHED.len() {
             assert_eq!(c.tick(Some(80.0), Some(0.95)), None, "α stays at its floor");
             assert_eq!(c.shed(), want);
+            assert_eq!(c.tick(Some(80.0), Some(0.95)), None);
+            assert_eq!(c.shed(), want, "settling");
         }
         c.tick(Some(80.0), Some(0.95));
         assert_eq!(c.shed(), SHED.len() - 1, "no level past the last");
@@ -545,8 +557,9 @@ mod tests {
         // in the band hold, under 0.6 × it for RECOVER_TICKS ticks a level up.
         let shedding = Some(SHED_LATENCY.as_secs_f64() * 1e3);
         let mut c = at_floor();
-        c.tick_answered(shedding, Some(80.0), Some(0.95));
-        c.tick_answered(shedding, Some(80.0), Some(0.95));
+        for _ in 0..3 {
+            c.tick_answered(shedding, Some(80.0), Some(0.95));
+        }
         assert_eq!(c.shed(), 2);
         for _ in 0..10 {
             assert_eq!(c.tick_answered(shedding, Some(45.0), Some(0.95)), None);
