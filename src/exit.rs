@@ -90,8 +90,8 @@ pub struct AdaptiveAlpha {
     pub max_accuracy_drop: f64,
     /// The α (threshold) the operator configured: where it stays while the objective is met.
     pub configured_alpha: f64,
-    /// The lowest α (threshold) the controller may set (calibration's setting for
-    /// `max_accuracy_drop`).
+    /// The lowest α (threshold) the controller may set (calibration's lowest setting whose drop
+    /// stays within `max_accuracy_drop` with 95% confidence).
     pub floor_alpha: f64,
 }
 

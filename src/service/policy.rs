@@ -27,6 +27,8 @@ pub struct ExitPolicyUpdate {
     /// `learned`, the policy's bias sweep under `policy`, else the α sweep (which then selects
     /// `confidence`).
     pub target_avg_timesteps: Option<f64>,
+    /// Resolved like `target_avg_timesteps`: the lowest setting whose accuracy drop from full T
+    /// stays within this fraction with 95% confidence (the drop plus 1.645 standard errors).
     pub max_accuracy_drop: Option<f64>,
     pub timesteps: Option<u64>,
     /// Adaptive α under load: an objective to switch it on (or change it), `null` to switch it
@@ -46,7 +48,9 @@ pub struct ExitPolicyUpdate {
 pub struct AdaptiveObjective {
     /// p99 latency objective of default-policy requests, in milliseconds.
     pub p99_ms: f64,
-    /// The most accuracy (fraction, validation split) α may be lowered to give up.
+    /// The most accuracy (fraction, validation split) α may be lowered to give up, with 95%
+    /// confidence: the floor is the lowest calibrated α whose drop plus 1.645 standard errors
+    /// stays within it.
     pub max_accuracy_drop: f64,
 }
 
