@@ -213,9 +213,16 @@ impl Controller {
         utilization: Option<f64>,
     ) -> Option<f64> {
         let before = self.level;
-        let idle = utilization
-            .and_then(|u| self.utilization_one_level_up(u))
-            .is_some_and(|u| u < RECOVER_UTILIZATION);
+        // While the server sheds (at least 1% of the tick's requests), an engine with idle time
+        // is not headroom: shedding keeps the queue short, and at a narrow batch the workers
+        // find it empty now and then. Only a fall of the load (no sheds, or a fast answered p99)
+        // undoes the dials then; counting that idle time as calm let the shed levels and α come
+        // back up in the middle of an overload (BENCHMARKS.md, "Shed levels").
+        let shedding = p99_ms.is_some_and(|p| p >= SHED_LATENCY.as_secs_f64() * 1e3);
+        let idle = !shedding
+            && utilization
+                .and_then(|u| self.utilization_one_level_up(u))
+                .is_some_and(|u| u < RECOVER_UTILIZATION);
         let busy = utilization.is_none_or(|u| u >= LOWER_UTILIZATION);
         match p99_ms {
             Some(p) if p > self.p99_ms && busy => {
@@ -552,6 +559,16 @@ mod tests {
             c.tick(Some(45.0), Some(0.6));
         }
         assert_eq!((c.shed(), c.alpha()), (0, 0.8));
+        // Not while the server sheds: idle time there comes from the short queue, not from a
+        // fall of the load. Shed level and α hold, however idle the engine looks.
+        let shedding = Some(SHED_LATENCY.as_secs_f64() * 1e3);
+        let mut c = at_floor();
+        c.tick_answered(shedding, Some(80.0), Some(0.95));
+        assert_eq!(c.shed(), 1);
+        for _ in 0..10 {
+            assert_eq!(c.tick_answered(shedding, Some(45.0), Some(0.3)), None);
+        }
+        assert_eq!((c.shed(), c.alpha()), (1, 0.8));
         // Shedding at the floor: the p99 with the shed requests misses every tick (α holds);
         // the answered requests' p99 moves the shed levels: over the objective a level down,
         // in the band hold, under 0.6 × it for RECOVER_TICKS ticks a level up.
