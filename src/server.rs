@@ -303,7 +303,8 @@ async fn control_adaptive_alpha(
         }
         for m in service.registry.models() {
             let name = &m.manifest.name;
-            let (p99, answered_p99) = service.latency.take(name);
+            let window = service.latency.take(name);
+            let (p99, answered_p99) = (window.p99_ms, window.answered_p99_ms);
             let now = (m.engine.busy_seconds(), std::time::Instant::now());
             let utilization = busy.insert(name.clone(), now).and_then(|(b0, t0)| {
                 let wall = now.1.duration_since(t0).as_secs_f64() * m.engine.workers() as f64;
@@ -341,8 +342,8 @@ async fn control_adaptive_alpha(
             if entry.0 != cfg {
                 *entry = (cfg, Controller::new(&cfg, &sweep, current));
             }
-            let moved = entry.1.tick_answered(p99, answered_p99, utilization);
-            tracing::debug!(model = %name, ?p99, ?answered_p99, ?utilization, alpha = entry.1.alpha(), shed = entry.1.shed(), "adaptive tick");
+            let moved = entry.1.tick_window(&window, utilization);
+            tracing::debug!(model = %name, ?p99, ?answered_p99, shed_share = window.shed_share, ?utilization, alpha = entry.1.alpha(), shed = entry.1.shed(), "adaptive tick");
             if let Some(alpha) = moved {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
                     tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");

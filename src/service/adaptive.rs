@@ -102,6 +102,21 @@ impl Shed {
 }
 /// The latency a shed request counts as in the controller's window: a miss of any objective.
 pub const SHED_LATENCY: Duration = Duration::from_secs(3600);
+/// A tick in which at least this share of the default-policy requests was shed is overload:
+/// idle engine time in it does not count as calm. The least a server at 1.1× its capacity must
+/// shed is 9%; a deep shed level at half load sheds about 3% (BENCHMARKS.md, "Shed levels").
+pub const OVERLOAD_SHED_SHARE: f64 = 0.1;
+
+/// What the controller reads of one tick's default-policy requests.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Window {
+    /// The p99 with shed requests counted at [`SHED_LATENCY`] (`None`: no requests).
+    pub p99_ms: Option<f64>,
+    /// The p99 of the answered requests alone (`None`: none answered).
+    pub answered_p99_ms: Option<f64>,
+    /// The share of the requests that were shed.
+    pub shed_share: f64,
+}
 
 /// The queue budget of a default-policy request under `policy` at shed level `shed`: set while
 /// adaptive α is on and its dial (α, or `learned_threshold` under the learned rule) sits at the
@@ -196,29 +211,33 @@ impl Controller {
     /// α and the shed levels are one ladder: down through α to its floor, then through the shed
     /// levels; up the other way.
     pub fn tick(&mut self, p99_ms: Option<f64>, utilization: Option<f64>) -> Option<f64> {
-        self.tick_answered(p99_ms, p99_ms, utilization)
+        self.tick_window(
+            &Window {
+                p99_ms,
+                answered_p99_ms: p99_ms,
+                shed_share: 0.0,
+            },
+            utilization,
+        )
     }
 
-    /// [`Self::tick`] with the p99 of the answered requests apart: `p99_ms` counts shed requests
-    /// as misses ([`SHED_LATENCY`]), so while the server sheds more than 1% of a tick's requests
-    /// it is a miss, α stays at its floor and nothing recovers; `answered_p99_ms` leaves them out
-    /// and is what the shed levels act on (the objective is about the requests answered): a level
-    /// down when it misses the objective while the engine is busy (not in the tick right after a
-    /// level down, which still measures the requests admitted before it), a level up after
-    /// `RECOVER_TICKS` ticks in a row under `RECOVER_BELOW` × the objective, else hold.
-    pub fn tick_answered(
-        &mut self,
-        p99_ms: Option<f64>,
-        answered_p99_ms: Option<f64>,
-        utilization: Option<f64>,
-    ) -> Option<f64> {
+    /// [`Self::tick`] on a whole [`Window`]: its `p99_ms` counts shed requests as misses
+    /// ([`SHED_LATENCY`]), so while the server sheds more than 1% of a tick's requests it is a
+    /// miss and α stays at its floor; `answered_p99_ms` leaves them out and is what the shed
+    /// levels act on (the objective is about the requests answered): a level down when it misses
+    /// the objective while the engine is busy (not in the tick right after a level down, which
+    /// still measures the requests admitted before it), a level up after `RECOVER_TICKS` ticks in
+    /// a row under `RECOVER_BELOW` × the objective, else hold.
+    pub fn tick_window(&mut self, window: &Window, utilization: Option<f64>) -> Option<f64> {
+        let (p99_ms, answered_p99_ms) = (window.p99_ms, window.answered_p99_ms);
         let before = self.level;
-        // While the server sheds (at least 1% of the tick's requests), an engine with idle time
-        // is not headroom: shedding keeps the queue short, and at a narrow batch the workers
-        // find it empty now and then. Only a fall of the load (no sheds, or a fast answered p99)
-        // undoes the dials then; counting that idle time as calm let the shed levels and α come
-        // back up in the middle of an overload (BENCHMARKS.md, "Shed levels").
-        let shedding = p99_ms.is_some_and(|p| p >= SHED_LATENCY.as_secs_f64() * 1e3);
+        // While the server sheds a good share of the requests (`OVERLOAD_SHED_SHARE`), an engine
+        // with idle time is not headroom: shedding keeps the queue short, and at a narrow batch
+        // the workers find it empty now and then. Counting that idle time as calm let the shed
+        // levels and α come back up in the middle of an overload (BENCHMARKS.md, "Shed levels").
+        // A few sheds do not block recovery: the tight budget of a deep shed level sheds a few
+        // percent even at half load, and would otherwise hold itself in place.
+        let shedding = window.shed_share >= OVERLOAD_SHED_SHARE;
         let idle = !shedding
             && utilization
                 .and_then(|u| self.utilization_one_level_up(u))
@@ -364,22 +383,29 @@ impl LatencyWindows {
         }
     }
 
-    /// The p99 since the last call (shed requests counted at [`SHED_LATENCY`]) and the p99 of the
-    /// answered requests alone, and a fresh window.
-    pub fn take(&self, model: &str) -> (Option<f64>, Option<f64>) {
+    /// The window since the last call, and a fresh one.
+    pub fn take(&self, model: &str) -> Window {
         let Some(mut samples) = self
             .windows
             .get(model)
             .and_then(|w| w.lock().ok())
             .map(|mut w| std::mem::take(&mut *w))
         else {
-            return (None, None);
+            return Window::default();
         };
         let all = p99(&mut samples);
         // Sorted by `p99`: the answered requests are the ones before the first shed.
         let shed_ms = SHED_LATENCY.as_secs_f64() * 1e3;
         let answered = samples.partition_point(|&x| x < shed_ms);
-        (all, p99(&mut samples[..answered]))
+        let shed_share = match samples.len() {
+            0 => 0.0,
+            n => (n - answered) as f64 / n as f64,
+        };
+        Window {
+            p99_ms: all,
+            answered_p99_ms: p99(&mut samples[..answered]),
+            shed_share,
+        }
     }
 }
 
@@ -408,6 +434,15 @@ mod tests {
 
     fn controller() -> Controller {
         Controller::new(&cfg(), &SWEEP, 0.94)
+    }
+
+    /// A tick of overload at the floor: half the requests shed, the answered ones' p99 `answered`.
+    fn shedding(answered: f64) -> Window {
+        Window {
+            p99_ms: Some(SHED_LATENCY.as_secs_f64() * 1e3),
+            answered_p99_ms: Some(answered),
+            shed_share: 0.5,
+        }
     }
 
     /// A controller that two slow ticks took to its floor.
@@ -561,34 +596,42 @@ mod tests {
         assert_eq!((c.shed(), c.alpha()), (0, 0.8));
         // Not while the server sheds: idle time there comes from the short queue, not from a
         // fall of the load. Shed level and α hold, however idle the engine looks.
-        let shedding = Some(SHED_LATENCY.as_secs_f64() * 1e3);
         let mut c = at_floor();
-        c.tick_answered(shedding, Some(80.0), Some(0.95));
+        c.tick_window(&shedding(80.0), Some(0.95));
         assert_eq!(c.shed(), 1);
         for _ in 0..10 {
-            assert_eq!(c.tick_answered(shedding, Some(45.0), Some(0.3)), None);
+            assert_eq!(c.tick_window(&shedding(45.0), Some(0.3)), None);
         }
         assert_eq!((c.shed(), c.alpha()), (1, 0.8));
+        // A few sheds (a deep level's tight budget at half load) do not hold it there: with the
+        // engine idle, the dials come back.
+        let few = Window {
+            shed_share: 0.03,
+            ..shedding(45.0)
+        };
+        for _ in 0..RECOVER_TICKS {
+            c.tick_window(&few, Some(0.3));
+        }
+        assert_eq!((c.shed(), c.alpha()), (0, 0.8));
         // Shedding at the floor: the p99 with the shed requests misses every tick (α holds);
         // the answered requests' p99 moves the shed levels: over the objective a level down,
         // in the band hold, under 0.6 × it for RECOVER_TICKS ticks a level up.
-        let shedding = Some(SHED_LATENCY.as_secs_f64() * 1e3);
         let mut c = at_floor();
         for _ in 0..3 {
-            c.tick_answered(shedding, Some(80.0), Some(0.95));
+            c.tick_window(&shedding(80.0), Some(0.95));
         }
         assert_eq!(c.shed(), 2);
         for _ in 0..10 {
-            assert_eq!(c.tick_answered(shedding, Some(45.0), Some(0.95)), None);
+            assert_eq!(c.tick_window(&shedding(45.0), Some(0.95)), None);
             assert_eq!(c.shed(), 2, "answered p99 in the band: hold");
         }
         for _ in 0..RECOVER_TICKS - 1 {
-            c.tick_answered(shedding, Some(10.0), Some(0.95));
+            c.tick_window(&shedding(10.0), Some(0.95));
         }
-        c.tick_answered(shedding, Some(45.0), Some(0.95));
+        c.tick_window(&shedding(45.0), Some(0.95));
         assert_eq!(c.shed(), 2, "a run of calm ticks broken by one in the band");
         for _ in 0..RECOVER_TICKS {
-            c.tick_answered(shedding, Some(10.0), Some(0.95));
+            c.tick_window(&shedding(10.0), Some(0.95));
         }
         assert_eq!(
             (c.shed(), c.alpha()),
@@ -596,7 +639,7 @@ mod tests {
             "a level up; α stays at its floor"
         );
         for _ in 0..10 {
-            c.tick_answered(shedding, Some(10.0), Some(0.95));
+            c.tick_window(&shedding(10.0), Some(0.95));
         }
         assert_eq!(
             (c.shed(), c.alpha()),
@@ -700,9 +743,16 @@ mod tests {
         w.record("m", SHED_LATENCY);
         w.record("m", SHED_LATENCY);
         let shed_ms = SHED_LATENCY.as_secs_f64() * 1e3;
-        assert_eq!(w.take("m"), (Some(shed_ms), Some(98.0)));
-        assert_eq!(w.take("m"), (None, None), "a fresh window");
-        assert_eq!(w.take("other"), (None, None));
+        assert_eq!(
+            w.take("m"),
+            Window {
+                p99_ms: Some(shed_ms),
+                answered_p99_ms: Some(98.0),
+                shed_share: 0.02
+            }
+        );
+        assert_eq!(w.take("m"), Window::default(), "a fresh window");
+        assert_eq!(w.take("other"), Window::default());
     }
 
     #[test]
