@@ -326,11 +326,12 @@ impl EngineHandle {
     /// workers would refuse anyway: a full queue (429 `Overloaded`), and under a queue budget
     /// (adaptive α at its floor) a queue whose requests are waiting past it. The queue is FIFO,
     /// so while the last requests admitted had waited longer than `budget` and more are queued
-    /// than the workers can take at once (workers × batch limit), a newcomer would wait longer too and be shed after its
-    /// wait; shedding it now costs no decoding, no queue place and no wait (the queue-sojourn
-    /// signal of CoDel). A shorter queue is never refused here, so the workers always find work
-    /// (shedding everyone until the queue was empty left the engine idle 17% of the time at 2×
-    /// overload, BENCHMARKS.md); the budget check at admission still sheds what waited too long.
+    /// than the workers can take at once (workers × batch limit), a newcomer would wait longer
+    /// too and be shed after its wait; shedding it now costs no decoding, no queue place and no
+    /// wait (the queue-sojourn signal of CoDel). A shorter queue is never refused here, so the
+    /// workers always find work (shedding everyone until the queue was empty left the engine idle
+    /// 17% of the time at 2× overload, BENCHMARKS.md); the budget check at admission still sheds
+    /// what waited too long.
     /// Counted as `queue_budget` cancellations, like sheds in the queue.
     pub fn check_admission(&self, budget: Option<Duration>) -> Result<(), Error> {
         let depth = self.queue_depth();
