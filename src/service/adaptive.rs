@@ -28,7 +28,7 @@
 //! before it raises α. Measured at 2× capacity (BENCHMARKS.md, "Shed levels"): the server's p99
 //! of answered requests went from 2–3× over the objective to within it on both packages; the
 //! converted model still answers 57% more than with α fixed, the direct SNN (whose capacity on
-//! the reference machine is the HTTP path's) 5–16% fewer.
+//! the reference machine is the HTTP path's) 4–16% fewer.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
