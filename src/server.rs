@@ -17,7 +17,7 @@ use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::{self, LoadOptions};
 use crate::runtime::{self, Device, SessionOptions};
-use crate::service::adaptive::{Controller, LatencyWindows, Shed, ShedLevels};
+use crate::service::adaptive::{Controller, LatencyWindows, Shed};
 use crate::service::{Lifecycle, Limits, PolicyAdmin, Service};
 use crate::state::StateStore;
 use crate::{kserve, openapi};
@@ -134,10 +134,8 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
     }
     let latency = LatencyWindows::new(registry.models().map(|m| m.manifest.name.as_str()));
-    let shed = ShedLevels::new(registry.models().map(|m| m.manifest.name.as_str()));
     Ok(Arc::new(Service {
         latency,
-        shed,
         registry,
         policies,
         lifecycle: Lifecycle::new().with_reply_spin(Duration::from_micros(cfg.reply_spin_us)),
@@ -367,18 +365,20 @@ async fn control_adaptive_alpha(
 }
 
 /// Puts `model` at shed `level`: its queue budget share and its workers' batch limit. Returns the
-/// level it had when that changed.
+/// level it had when that changed (nothing is written otherwise).
 fn apply_shed(
     service: &Service,
     model: &crate::registry::LoadedModel,
     level: usize,
 ) -> Option<usize> {
-    let name = &model.manifest.name;
-    let from = service.shed.set(name, level);
+    let from = service.latency.set_shed(&model.manifest.name, level);
+    if from == level {
+        return None;
+    }
     model
         .engine
         .set_batch_limit(Shed::at(level).batch_limit(model.engine.max_batch()));
-    (from != level).then_some(from)
+    Some(from)
 }
 
 /// Keeps the gRPC health status equal to readiness: waits on the engines' and the drain's

@@ -304,12 +304,11 @@ impl EngineHandle {
     /// rows are not counted): a worker admits no newcomer while it has that many, and rows that
     /// are running finish as they are. A smaller batch makes each step shorter, so a request's
     /// time in the engine falls with it; on a CPU that costs little throughput (a step's cost
-    /// per request is about the same at batch 1 and 8, BENCHMARKS.md). Returns the limit set.
-    pub fn set_batch_limit(&self, limit: usize) -> usize {
+    /// per request is about the same at batch 1 and 8, BENCHMARKS.md).
+    pub fn set_batch_limit(&self, limit: usize) {
         let limit = limit.clamp(1, self.max_batch);
         self.batch_limit.store(limit, Ordering::SeqCst);
         self.metrics.engine_batch_limit.set(limit as i64);
-        limit
     }
 
     /// The most live requests per worker's batch now.

@@ -325,41 +325,14 @@ pub fn p99(samples: &mut [f64]) -> Option<f64> {
     Some(samples[rank.clamp(1, samples.len()) - 1])
 }
 
-/// Each model's shed level in force, set by the controller and read by every request's queue
-/// budget. Not persisted: it describes the load of the moment, and a restarted server starts
-/// at level 0 (α, which is persisted, resumes where it was).
-#[derive(Default)]
-pub struct ShedLevels {
-    levels: BTreeMap<String, AtomicUsize>,
-}
-
-impl ShedLevels {
-    pub fn new<'a>(models: impl Iterator<Item = &'a str>) -> Self {
-        ShedLevels {
-            levels: models
-                .map(|m| (m.to_string(), AtomicUsize::new(0)))
-                .collect(),
-        }
-    }
-
-    pub fn get(&self, model: &str) -> usize {
-        self.levels
-            .get(model)
-            .map_or(0, |l| l.load(Ordering::Relaxed))
-    }
-
-    /// Sets `model`'s level; returns the level it had.
-    pub fn set(&self, model: &str, level: usize) -> usize {
-        self.levels
-            .get(model)
-            .map_or(0, |l| l.swap(level, Ordering::Relaxed))
-    }
-}
-
-/// Latencies of default-policy requests per model since the last tick.
+/// What requests and the controller share per model: the latencies of default-policy requests
+/// since the last tick, and the shed level in force (set by the controller, read by every
+/// request's queue budget). The shed level is not persisted: it describes the load of the
+/// moment, and a restarted server starts at level 0 (α, which is persisted, resumes where it
+/// was).
 #[derive(Default)]
 pub struct LatencyWindows {
-    windows: BTreeMap<String, Mutex<Vec<f64>>>,
+    windows: BTreeMap<String, (Mutex<Vec<f64>>, AtomicUsize)>,
 }
 
 /// Samples kept per model and tick at most (memory stays bounded under any load).
@@ -369,13 +342,13 @@ impl LatencyWindows {
     pub fn new<'a>(models: impl Iterator<Item = &'a str>) -> Self {
         LatencyWindows {
             windows: models
-                .map(|m| (m.to_string(), Mutex::new(Vec::new())))
+                .map(|m| (m.to_string(), (Mutex::new(Vec::new()), AtomicUsize::new(0))))
                 .collect(),
         }
     }
 
     pub fn record(&self, model: &str, latency: Duration) {
-        if let Some(w) = self.windows.get(model) {
+        if let Some((w, _)) = self.windows.get(model) {
             if let Ok(mut w) = w.lock() {
                 if w.len() < MAX_SAMPLES {
                     w.push(latency.as_secs_f64() * 1e3);
@@ -384,12 +357,26 @@ impl LatencyWindows {
         }
     }
 
+    /// `model`'s shed level in force.
+    pub fn shed(&self, model: &str) -> usize {
+        self.windows
+            .get(model)
+            .map_or(0, |(_, l)| l.load(Ordering::Relaxed))
+    }
+
+    /// Sets `model`'s shed level; returns the level it had.
+    pub fn set_shed(&self, model: &str, level: usize) -> usize {
+        self.windows
+            .get(model)
+            .map_or(0, |(_, l)| l.swap(level, Ordering::Relaxed))
+    }
+
     /// The window since the last call, and a fresh one.
     pub fn take(&self, model: &str) -> Window {
         let Some(mut samples) = self
             .windows
             .get(model)
-            .and_then(|w| w.lock().ok())
+            .and_then(|(w, _)| w.lock().ok())
             .map(|mut w| std::mem::take(&mut *w))
         else {
             return Window::default();
@@ -754,6 +741,17 @@ mod tests {
         );
         assert_eq!(w.take("m"), Window::default(), "a fresh window");
         assert_eq!(w.take("other"), Window::default());
+        // The shed level lives beside the window, 0 until the controller sets it.
+        assert_eq!(w.shed("m"), 0);
+        assert_eq!(w.set_shed("m", 2), 0);
+        assert_eq!(w.shed("m"), 2);
+        assert_eq!(
+            w.take("m"),
+            Window::default(),
+            "taking a window keeps the level"
+        );
+        assert_eq!(w.shed("m"), 2);
+        assert_eq!(w.shed("other"), 0);
     }
 
     #[test]

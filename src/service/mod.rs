@@ -48,10 +48,9 @@ pub struct Service {
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
-    /// Latencies of default-policy answers, read by the adaptive-α controller.
+    /// Latencies of default-policy answers, read by the adaptive-α controller, and the shed
+    /// levels it sets, read by the queue budget.
     pub latency: adaptive::LatencyWindows,
-    /// The controller's shed levels, read by the queue budget.
-    pub shed: adaptive::ShedLevels,
 }
 
 /// Per-request options, from the query string, JSON fields, multipart fields or gRPC.
@@ -375,7 +374,7 @@ impl Service {
                 adaptive::queue_budget(
                     &p,
                     m.learned_threshold_in(&p),
-                    self.shed.get(&m.manifest.name),
+                    self.latency.shed(&m.manifest.name),
                 ),
             )
         } else {
