@@ -4,7 +4,9 @@
 # BIN, ROUNDS interleaved rounds; per round and binary a fresh server with both packages,
 # adaptive α on MODEL with objective OBJ_MS and DROP, WARM seconds of load to let α reach its
 # floor, then DURATION seconds measured, open loop at RATE req/s. Prints one line per run and
-# the medians; JSON under $OUT (default bench-results/door/).
+# the medians; JSON under $OUT (default bench-results/door/). BASE_FIXED=1 leaves the base arm at
+# the fixed configured α (no adaptive policy): BASE=target/release/seenn BASE_FIXED=1 compares
+# fixed against adaptive α on one binary.
 #   BASE=<old seenn> RATE=8800 OBJ_MS=5.8 scripts/bench_door.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +40,7 @@ for round in $(seq "$ROUNDS"); do
       --admin-token-file "$state/token" >"$OUT/server-$name.log" 2>&1 &
     server=$!
     for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-    curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
+    [ "$name" = base ] && [ "${BASE_FIXED:-0}" = 1 ] || curl -fsS -X PUT -H "Authorization: Bearer $TOKEN" -H 'content-type: application/json' \
       -d "{\"adaptive\": {\"p99_ms\": $OBJ_MS, \"max_accuracy_drop\": $DROP}}" \
       "http://127.0.0.1:$PORT/admin/models/$MODEL/exit-policy" >/dev/null
     # The client is always BIN (its report has the server-side p99).

@@ -70,8 +70,12 @@ pub struct Shed {
 
 /// The shed levels, from the one in force when α reaches its floor (level 0) to the tightest.
 /// Level 1 is what held the objective in the measurement (batch 8 → 4, queue share 0.5 → 0.3:
-/// server p99 9.6 → 6.9 ms against 7.8, answered 4 522 → 4 450 req/s, within the noise).
-pub const SHED: [Shed; 4] = [
+/// server p99 9.6 → 6.9 ms against 7.8, answered 4 522 → 4 450 req/s, within the noise). At a
+/// given batch the queue share tightens before the batch halves again: a step at batch 2 costs
+/// the engine more per request than at 4, and in an interleaved A/B at 1.4× capacity the ladder
+/// 4 / 0.3 → 4 / 0.2 → 4 / 0.15 answered 18% more than 4 / 0.3 → 2 / 0.2 with the objective held
+/// by both (BENCHMARKS.md, "A finer shed ladder").
+pub const SHED: [Shed; 6] = [
     Shed {
         batch_divisor: 1,
         queue_share: QUEUE_BUDGET,
@@ -81,8 +85,16 @@ pub const SHED: [Shed; 4] = [
         queue_share: 0.3,
     },
     Shed {
-        batch_divisor: 4,
+        batch_divisor: 2,
         queue_share: 0.2,
+    },
+    Shed {
+        batch_divisor: 2,
+        queue_share: 0.15,
+    },
+    Shed {
+        batch_divisor: 4,
+        queue_share: 0.15,
     },
     Shed {
         batch_divisor: 8,
@@ -273,9 +285,12 @@ impl Controller {
             Some(p) if p > self.p99_ms * RECOVER_BELOW && !idle => self.calm = 0,
             // No answers while the engine is busy (every request failed or was refused): hold.
             None if utilization.is_some_and(|u| u >= LOWER_UTILIZATION) => self.calm = 0,
+            // Calm, or idle without shedding: the overload is over, and the shed levels now only
+            // refuse requests that could be answered in time, so they come off one per tick; α
+            // comes back one level per `RECOVER_TICKS` calm ticks (its hysteresis).
             _ => {
                 self.calm = self.calm.saturating_add(1);
-                if self.calm >= RECOVER_TICKS && self.shed > 0 {
+                if self.shed > 0 {
                     self.shed -= 1;
                     self.calm = 0;
                     self.shed_calm = 0;
@@ -562,18 +577,20 @@ mod tests {
         let mut c2 = at_floor();
         c2.tick(Some(80.0), Some(0.5));
         assert_eq!(c2.shed(), 0);
-        // Calm: the shed levels come off first, one per calm run, then α comes back up.
+        // Calm (the overload is over): the shed levels come off first, one per tick, then α
+        // comes back up one level per RECOVER_TICKS calm ticks.
         let mut trail = Vec::new();
-        for _ in 0..30 {
+        for tick in 1..=30 {
             c.tick(Some(10.0), Some(0.9));
-            if trail.last() != Some(&(c.shed(), c.alpha())) {
-                trail.push((c.shed(), c.alpha()));
+            if trail.last().map(|&(_, s, a)| (s, a)) != Some((c.shed(), c.alpha())) {
+                trail.push((tick, c.shed(), c.alpha()));
             }
         }
-        assert_eq!(
-            trail,
-            vec![(3, 0.8), (2, 0.8), (1, 0.8), (0, 0.8), (0, 0.9), (0, 0.94)]
-        );
+        let last = SHED.len() - 1;
+        let mut want: Vec<_> = (0..last).rev().map(|l| (last - l, l, 0.8)).collect();
+        let r = RECOVER_TICKS as usize;
+        want.extend([(last + r, 0, 0.9), (last + 2 * r, 0, 0.94)]);
+        assert_eq!(trail, want);
         // Near the objective but with an engine that has headroom at that level: recovery too.
         let mut c = at_floor();
         c.tick(Some(80.0), Some(0.95));
@@ -636,8 +653,8 @@ mod tests {
         );
         // The batch limits of the levels for --max-batch 8 and 3.
         let limits = |mb| SHED.iter().map(|s| s.batch_limit(mb)).collect::<Vec<_>>();
-        assert_eq!(limits(8), vec![8, 4, 2, 1]);
-        assert_eq!(limits(3), vec![3, 1, 1, 1]);
+        assert_eq!(limits(8), vec![8, 4, 4, 4, 2, 1]);
+        assert_eq!(limits(3), vec![3, 1, 1, 1, 1, 1]);
     }
 
     #[test]
