@@ -27,7 +27,7 @@
 //! so by Little's law each waits less; the rest is refused at the door), and recovery undoes them
 //! before it raises α. Measured at 2× capacity (BENCHMARKS.md, "Shed levels" and "A finer shed
 //! ladder"): the server's p99 of answered requests went from 2–3× over the objective to within
-//! it on both packages; the converted model still answers 57% more than with α fixed; the direct
+//! it on both packages; the converted model still answers 50–57% more than with α fixed; the direct
 //! SNN, where α can buy at most a third more capacity, answers as many as with α fixed under the
 //! tightest objective and up to 31% more under a looser one.
 
