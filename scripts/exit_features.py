@@ -1,4 +1,4 @@
-"""Does the learned exit head lack information, or capacity? Trains exit heads with three feature
+"""Does the learned exit head lack information, or capacity? Trains exit heads with several feature
 sets on the committed direct SNN's outputs and compares them at SEENN-I's default accuracy:
 
 - ``logits``: the shipped head's features of the running sum of logits and t (exit_head.exit_features);
@@ -6,7 +6,13 @@ sets on the committed direct SNN's outputs and compares them at SEENN-I's defaul
   class, agree with the running class (the running sum alone hides how the prediction moved);
 - ``+spikes``: those plus the running mean of the last spiking layer's spike rates (4c channels,
   spatially averaged), i.e. what the SNN computed before its final linear layer;
-- ``+step+spikes``: both.
+- ``+step+spikes``: both;
+- ``+ahead``: the shipped features plus a look-ahead: the logits the next step would add if the last
+  spiking layer's input current repeated (its membrane after this step, leaked, plus this step's
+  current, thresholded, through the final linear layer), as the softmax of the running sum with them
+  added, its maximum, and whether its class is the running class. Ten numbers of the SNN's state
+  rather than 128 spike rates;
+- ``+ahead-T``: the same look-ahead run on to step T (the current held for every remaining step).
 
 Same data as ``seenn_train exit-head``: trained on the held-out images (×5 with augmented copies),
 threshold chosen on validation at SEENN-I's validation accuracy, reported on the test set. Every head
@@ -45,25 +51,45 @@ from seenn_train.exit_head import (  # noqa: E402
 )
 from seenn_train.train import augmented_copies, collect_logits  # noqa: E402
 
-KINDS = ("logits", "+step", "+spikes", "+step+spikes")
+KINDS = ("logits", "+step", "+spikes", "+step+spikes", "+ahead", "+ahead-T")
 
 
 @torch.no_grad()
 def outputs(model, split, dataset: str, t_max: int, desc: str):
-    """Per-step logits ``[N, T, K]`` (the trainer's ``collect_logits``) and the last spiking layer's
-    spatially averaged spikes ``[N, T, C]``, caught on the way by a forward hook."""
-    seen = []
-    hook = model.act3.register_forward_hook(lambda _m, _i, out: seen.append(out[0].mean((2, 3))))
+    """Per-step logits ``[N, T, K]`` (the trainer's ``collect_logits``), and per step the last
+    spiking layer's spatially averaged spikes ``[N, T, C]`` and its look-ahead logits ``[N, T, K]``
+    (see ``+ahead``), caught on the way by a forward hook."""
+    seen, ahead = [], []
+    act = model.act3
+
+    def hook(_m, inputs, out):
+        current, (spikes, membrane) = inputs[0], out
+        seen.append(spikes.mean((2, 3)))
+        # The logits of the next 1..T-1 steps if the current repeated, summed: [B, T-1, K].
+        u, total, steps = membrane, 0, []
+        for _ in range(t_max - 1):
+            u = act.leak * u + current
+            fire = (u >= act.threshold).to(current.dtype)
+            u = (1 - fire) * u
+            total = total + model.fc(torch.flatten(fire, 1))
+            steps.append(total)
+        ahead.append(torch.stack(steps, 1))
+
+    handle = act.register_forward_hook(hook)
     try:
         z = collect_logits(model, split, dataset, t_max, desc=desc)
     finally:
-        hook.remove()
+        handle.remove()
+
     # One call per timestep, batch after batch: T entries [B, C] per batch → [N, T, C].
-    per_batch = [torch.stack(seen[i:i + t_max], 1) for i in range(0, len(seen), t_max)]
-    return z, torch.cat(per_batch).numpy()
+    def per_step(xs):
+        return torch.cat([torch.stack(xs[i:i + t_max], 1) for i in range(0, len(xs), t_max)]).numpy()
+
+    return z, (per_step(seen), per_step(ahead))
 
 
-def features(z: np.ndarray, f: np.ndarray, kind: str, temperature: float) -> torch.Tensor:
+def features(z: np.ndarray, hidden, kind: str, temperature: float) -> torch.Tensor:
+    f, ahead = hidden
     n, t_max, k = z.shape
     agg = seenn.cumulative(z).astype(np.float32)
     flat = torch.from_numpy(agg.reshape(-1, k))
@@ -78,6 +104,14 @@ def features(z: np.ndarray, f: np.ndarray, kind: str, temperature: float) -> tor
     if "spikes" in kind:
         mean = np.cumsum(f, 1) / np.arange(1, t_max + 1)[None, :, None]
         parts.append(torch.from_numpy(mean.reshape(n * t_max, -1).astype(np.float32)))
+    if "ahead" in kind:
+        # ahead: [N, T, T-1, K]; "+ahead" looks one step on, "+ahead-T" to the last step (none at T).
+        horizon = np.zeros((n, t_max, k), np.float32)
+        for t in range(t_max - 1):
+            horizon[:, t] = ahead[:, t, 0 if kind == "+ahead" else t_max - 2 - t]
+        nxt = torch.softmax(torch.from_numpy((agg + horizon).reshape(-1, k).astype(np.float32)) / temperature, 1)
+        running = flat.argmax(1, keepdim=True)
+        parts += [nxt, nxt.max(1, keepdim=True).values, (nxt.argmax(1, keepdim=True) == running).float()]
     return torch.cat(parts, 1)
 
 
