@@ -354,7 +354,7 @@ async fn control_adaptive_alpha(
                     from,
                     to = entry.1.shed(),
                     batch_limit = m.engine.batch_limit(),
-                    queue_budget_ms = cfg.p99_ms * shed.queue_share,
+                    queue_budget_ms = shed.queue_budget(cfg.p99_ms).as_secs_f64() * 1e3,
                     ?answered_p99,
                     ?utilization,
                     "adaptive shed level moved"

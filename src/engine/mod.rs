@@ -303,8 +303,9 @@ impl EngineHandle {
     /// Caps each worker's batch at `limit` live requests (clamped to 1..=`--max-batch`; shadow
     /// rows are not counted): a worker admits no newcomer while it has that many, and rows that
     /// are running finish as they are. A smaller batch makes each step shorter, so a request's
-    /// time in the engine falls with it; on a CPU that costs little throughput (a step's cost
-    /// per request is about the same at batch 1 and 8, BENCHMARKS.md).
+    /// time in the engine falls with it. On a CPU a step's cost per request is about the same at
+    /// batch 1 and 8 (BENCHMARKS.md); what a narrow batch costs is the answers its shorter queue
+    /// turns away.
     pub fn set_batch_limit(&self, limit: usize) {
         let limit = limit.clamp(1, self.max_batch);
         self.batch_limit.store(limit, Ordering::SeqCst);

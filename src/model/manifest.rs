@@ -339,7 +339,7 @@ pub fn for_accuracy_drop<R: Setting>(
 }
 
 /// [`DROP_CONFIDENCE_Z`] standard errors of a row's measured accuracy drop (0 when unknown).
-pub fn drop_margin<R: Setting>(row: &R, samples: usize) -> f64 {
+fn drop_margin<R: Setting>(row: &R, samples: usize) -> f64 {
     match row.agreement_with_full_t() {
         Some(a) if samples > 0 => {
             DROP_CONFIDENCE_Z * ((1.0 - a).clamp(0.0, 1.0) / samples as f64).sqrt()

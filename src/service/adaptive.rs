@@ -113,6 +113,11 @@ impl Shed {
     pub fn batch_limit(&self, max_batch: usize) -> usize {
         (max_batch / self.batch_divisor).max(1)
     }
+
+    /// The queue budget at this level for a p99 objective of `p99_ms`.
+    pub fn queue_budget(&self, p99_ms: f64) -> Duration {
+        Duration::from_secs_f64(p99_ms * self.queue_share / 1e3)
+    }
 }
 /// The latency a shed request counts as in the controller's window: a miss of any objective.
 pub const SHED_LATENCY: Duration = Duration::from_secs(3600);
@@ -145,8 +150,7 @@ pub fn queue_budget(
         crate::exit::RuleKind::Learned => learned_threshold?,
         _ => policy.alpha,
     };
-    (dial <= a.floor_alpha + 1e-12)
-        .then(|| Duration::from_secs_f64(a.p99_ms * Shed::at(shed).queue_share / 1e3))
+    (dial <= a.floor_alpha + 1e-12).then(|| Shed::at(shed).queue_budget(a.p99_ms))
 }
 
 /// The controller's rule, free of clocks and I/O so it can be tested on synthetic series.
@@ -267,24 +271,7 @@ impl Controller {
                 if self.level + 1 < self.levels.len() {
                     self.level += 1;
                 } else {
-                    let settling = std::mem::take(&mut self.shed_settling);
-                    match answered_p99_ms {
-                        Some(a) if a > self.p99_ms => {
-                            self.shed_calm = 0;
-                            if !settling && self.shed + 1 < SHED.len() {
-                                self.shed += 1;
-                                self.shed_settling = true;
-                            }
-                        }
-                        Some(a) if a < self.p99_ms * RECOVER_BELOW && self.shed > 0 => {
-                            self.shed_calm += 1;
-                            if self.shed_calm >= RECOVER_TICKS {
-                                self.shed -= 1;
-                                self.shed_calm = 0;
-                            }
-                        }
-                        _ => self.shed_calm = 0,
-                    }
+                    self.tick_shed(answered_p99_ms);
                 }
             }
             Some(p) if p > self.p99_ms * RECOVER_BELOW && !idle => self.calm = 0,
@@ -306,6 +293,30 @@ impl Controller {
             }
         }
         (self.level != before).then(|| self.alpha())
+    }
+
+    /// A busy, slow tick with α at its floor moves the shed level on the answered requests' p99:
+    /// over the objective a level down (not in the tick right after one), under
+    /// `RECOVER_BELOW` × it for `RECOVER_TICKS` ticks a level up, else hold.
+    fn tick_shed(&mut self, answered_p99_ms: Option<f64>) {
+        let settling = std::mem::take(&mut self.shed_settling);
+        match answered_p99_ms {
+            Some(a) if a > self.p99_ms => {
+                self.shed_calm = 0;
+                if !settling && self.shed + 1 < SHED.len() {
+                    self.shed += 1;
+                    self.shed_settling = true;
+                }
+            }
+            Some(a) if a < self.p99_ms * RECOVER_BELOW && self.shed > 0 => {
+                self.shed_calm += 1;
+                if self.shed_calm >= RECOVER_TICKS {
+                    self.shed -= 1;
+                    self.shed_calm = 0;
+                }
+            }
+            _ => self.shed_calm = 0,
+        }
     }
 }
 
