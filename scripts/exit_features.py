@@ -95,9 +95,9 @@ def features(z: np.ndarray, hidden, kind: str, temperature: float) -> torch.Tens
     flat = torch.from_numpy(agg.reshape(-1, k))
     ts = torch.from_numpy(np.tile(np.arange(1, t_max + 1, dtype=np.float32), n).reshape(-1, 1))
     parts = [exit_features(flat, ts, temperature, t_max)]
+    running = flat.argmax(1, keepdim=True)
     if "step" in kind:
         step = torch.softmax(torch.from_numpy(z.reshape(-1, k).astype(np.float32)), 1)
-        running = flat.argmax(1, keepdim=True)
         prev = np.concatenate([np.zeros((n, 1, k), np.float32), agg[:, :-1]], 1).reshape(-1, k)
         parts += [step, (step.argmax(1, keepdim=True) == running).float(),
                   (torch.from_numpy(prev).argmax(1, keepdim=True) == running).float(), step.gather(1, running)]
@@ -110,7 +110,6 @@ def features(z: np.ndarray, hidden, kind: str, temperature: float) -> torch.Tens
         for t in range(t_max - 1):
             horizon[:, t] = ahead[:, t, 0 if kind == "+ahead" else t_max - 2 - t]
         nxt = torch.softmax(torch.from_numpy((agg + horizon).reshape(-1, k).astype(np.float32)) / temperature, 1)
-        running = flat.argmax(1, keepdim=True)
         parts += [nxt, nxt.max(1, keepdim=True).values, (nxt.argmax(1, keepdim=True) == running).float()]
     return torch.cat(parts, 1)
 
