@@ -15,7 +15,9 @@ sets on the committed direct SNN's outputs and compares them at SEENN-I's defaul
 - ``+ahead-T``: the same look-ahead run on to step T (the current held for every remaining step).
 
 Same data as ``seenn_train exit-head``: trained on the held-out images (×5 with augmented copies),
-threshold chosen on validation at SEENN-I's validation accuracy, reported on the test set. Every head
+threshold chosen on validation at SEENN-I's validation accuracy, reported on the test set.
+``--train-rows N`` adds the SNN's outputs on N of its own training images to the heads' training rows
+(at N = 50 000, eleven times the distinct images, but images the SNN has learned). Every head
 is the same MLP (two hidden layers of HIDDEN, standardised inputs, target "stopping now loses nothing
 against any later step"); its score is ranked, not calibrated.
 
@@ -41,6 +43,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "training"))
 from seenn_train import seenn  # noqa: E402
 from seenn_train.__main__ import build_model, load_splits  # noqa: E402
+from seenn_train.data import Split  # noqa: E402
 from seenn_train.exit_head import (  # noqa: E402
     exit_features,
     fine_thresholds,
@@ -137,6 +140,9 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--kinds", type=lambda s: s.split(","), default=list(KINDS))
+    ap.add_argument("--train-rows", type=int, default=0,
+                    help="also train the heads on the SNN's outputs on this many of its own training images "
+                         "(more rows, but images the SNN has learned; default 0: held-out images only)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     meta = json.loads((args.run / "run.json").read_text())
@@ -145,8 +151,11 @@ def main(argv=None):
     model.eval()
     ns = types.SimpleNamespace(dataset=meta["dataset"], data_dir=args.data_dir, val_size=meta["val_size"],
                                holdout_size=None, limit=None)
-    _, holdout, val, test = load_splits(ns, meta["holdout_size"])
+    train, holdout, val, test = load_splits(ns, meta["holdout_size"])
     hold = augmented_copies(holdout, 4, seed=0)
+    if args.train_rows:
+        seen = train.subset(args.train_rows)
+        hold = Split(np.concatenate([hold.images, seen.images]), np.concatenate([hold.labels, seen.labels]))
     t_max, temp, ds = meta["timesteps"], meta["temperature"], meta["dataset"]
     data = {name: (*outputs(model, split, ds, t_max, name), split.labels)
             for name, split in (("held-out", hold), ("val", val), ("test", test))}
