@@ -47,4 +47,14 @@ if [ ! -x .venv/bin/kubernetes-validate ] || ! .venv/bin/python -c "import torch
     kubernetes-validate selenium "tritonclient[http,grpc]==2.73.0" \
     "openapi-spec-validator==0.9.0"
 fi
+# NIR import (seenn-train import-nir) and the snnTorch example. --no-deps: nirtorch and snntorch would
+# pull PyPI's torch 2.x (the CUDA build, GBs); Debian's torch 1.13 runs them.
+if ! .venv/bin/python -c "import nir, h5py, snntorch, nirtorch" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check h5py "nir==1.0.8"
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "snntorch==1.0.0" "nirtorch==2.6"
+fi
+# The trainer as a command: .venv/bin/seenn-train and `python -m seenn_train` from any directory.
+if [ ! -x .venv/bin/seenn-train ]; then
+  .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e training
+fi
 .venv/bin/python -c "import torch, onnxruntime; print('python env: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"

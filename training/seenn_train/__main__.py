@@ -1,4 +1,5 @@
-"""``python -m seenn_train <command>``: train, policy, convert, evaluate, export, bench-model."""
+"""``seenn-train <command>`` (or ``python -m seenn_train``): train, policy, convert, evaluate, export,
+bench-model, import-nir."""
 
 from __future__ import annotations
 
@@ -384,6 +385,29 @@ def cmd_bench_model(args):
                    golden_count=args.golden, version="1")
 
 
+def cmd_import_nir(args):
+    from . import nir_import as ni
+
+    shape = tuple(int(v) for v in args.input_shape.split(",")) if args.input_shape else None
+    o = ni.ImportOptions(dialect=args.dialect, timesteps=args.timesteps, dtype=args.dtype, time=args.time,
+                         aggregation=args.aggregation, labels=args.labels, name=args.name, input_shape=shape,
+                         alpha=args.alpha, temperature=args.temperature, seed=args.seed, force=args.force)
+    torch.set_num_threads(1)
+    try:
+        if args.module:
+            m = ni.import_module(args.module, args.out, o)
+        else:
+            if args.graph is None:
+                raise ni.NirImportError("give a NIR file (NET.nir) or --module pkg.mod:factory")
+            m = ni.import_nir(args.graph, args.out, o)
+    except ni.NirImportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.out}: {m['input']['kind']} input {m['input']['shape']} ({m['input']['time']}), "
+          f"{len(m['labels'])} outputs, {len(m['graphs']['step']['states'])} states, T = {m['timesteps']}; "
+          f"next: seenn calibrate {args.out} --data DATA")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="seenn_train", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -487,7 +511,35 @@ def main(argv=None):
     sp.add_argument("--out", type=Path, required=True)
     sp.set_defaults(func=cmd_bench_model)
 
+    sp = sub.add_parser("import-nir", help="a NIR graph (or a PyTorch step module) as a model package (format 3)",
+                        description="Import a NIR graph trained in snnTorch, Norse or Sinabs, or a PyTorch step module, "
+                                    "as a seenn model package; see docs/bring-your-own-snn.md.")
+    sp.add_argument("graph", type=Path, nargs="?", help="the NIR file (HDF5, written by nir.write / export_to_nir)")
+    sp.add_argument("--dialect", choices=["snntorch", "norse", "sinabs"], default=None,
+                    help="the framework whose discretisation to apply (required for a NIR file)")
+    sp.add_argument("--module", default=None, help="MODULE:FACTORY returning a torch module with "
+                    "forward(x, *states) -> (out, *states) and a state_shapes attribute, instead of a NIR file")
+    sp.add_argument("--out", type=Path, required=True, help="the package folder (written only when every check passes)")
+    sp.add_argument("--name", default=None, help="the model's name (default: the folder's name)")
+    sp.add_argument("--labels", default=None, help="comma-separated labels, or a file (one per line, or a JSON list)")
+    sp.add_argument("--timesteps", type=int, default=16, help="T: the most steps (frames) a request runs (default 16)")
+    sp.add_argument("--input-shape", default=None, help="one frame's shape, e.g. 2,34,34 (default: the Input node's)")
+    sp.add_argument("--dtype", choices=["float32", "uint8", "bool"], default="float32",
+                    help="what clients send natively (the server accepts all three)")
+    sp.add_argument("--time", choices=["per_step", "static"], default="per_step",
+                    help="per_step: a request carries one frame per step; static: the same input every step")
+    sp.add_argument("--aggregation", choices=["sum", "mean", "last"], default=None,
+                    help="how per-step outputs add up (default: last for an LI readout, else sum)")
+    sp.add_argument("--alpha", type=float, default=0.9, help="the default α until seenn calibrate chooses one")
+    sp.add_argument("--temperature", type=float, default=1.0)
+    sp.add_argument("--seed", type=int, default=0, help="seed of the random check inputs")
+    sp.add_argument("--force", action="store_true", help="replace an existing package at --out")
+    sp.set_defaults(func=cmd_import_nir)
+
     args = p.parse_args(argv)
+    if args.command == "import-nir" and args.graph is not None and args.dialect is None:
+        p.error("import-nir: --dialect is required for a NIR file (snntorch, norse or sinabs): NIR stores no time "
+                "step and no reset, so the framework that trained the network decides them")
     t0 = time.time()
     args.func(args)
     print(f"{args.command} done in {time.time() - t0:.1f} s")
