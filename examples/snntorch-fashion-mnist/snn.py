@@ -1,8 +1,8 @@
 """The example's snnTorch networks, data and frame encoding, shared by train.py and evaluate.py.
 
 Plain snnTorch as in its tutorials: ``snn.Leaky`` / ``snn.RLeaky`` neurons, surrogate gradients,
-backpropagation through time, cross-entropy on the output membrane at every step; the prediction is
-the output layer's spike count. Fashion-MNIST is fed as **frames**: rate coding from
+backpropagation through time, cross-entropy on the output spikes at every step (``ce_rate_loss``);
+the prediction is the output layer's spike count. Fashion-MNIST is fed as **frames**: rate coding from
 ``snntorch.spikegen.rate``, one Bernoulli spike frame per timestep, seeded.
 
 Two choices are made for the server, not for snnTorch:
