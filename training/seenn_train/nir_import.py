@@ -418,10 +418,9 @@ def apply_layer(kind: str, p: dict, x: torch.Tensor) -> torch.Tensor:
     if kind == "AvgPool2d":
         return F.avg_pool2d(x, p["k"], p["s"], p["p"])
     if kind == "SumPool2d":
-        # A depthwise convolution with a kernel of ones: an exact sum of spikes, zero padding.
-        c = x.shape[1]
-        ones = torch.ones((c, 1, *p["k"]), dtype=x.dtype)
-        return F.conv2d(x, ones, None, p["s"], p["p"], 1, c)
+        # The average times the window's size, zero padding counted: what Norse (LPPool2d with p = 1)
+        # and Sinabs compute, in the same float operations.
+        return F.avg_pool2d(x, p["k"], p["s"], p["p"]) * float(p["k"][0] * p["k"][1])
     if kind == "Flatten":
         nd = x.dim() - 1
         s = p["start"] % nd if p["start"] >= 0 else nd + p["start"]
@@ -845,8 +844,8 @@ def _check_options(o: ImportOptions):
         raise NirImportError(f"time mode {o.time!r}; accepted: static (the same input every step), per_step (one frame per step)")
     if o.aggregation not in (None, "sum", "mean", "last"):
         raise NirImportError(f"aggregation {o.aggregation!r}; accepted: sum, mean, last")
-    if not 1 <= o.timesteps <= 4096:
-        raise NirImportError(f"--timesteps {o.timesteps}; accepted: 1..4096")
+    if not 1 <= o.timesteps <= 1024:
+        raise NirImportError(f"--timesteps {o.timesteps}; accepted: 1..1024")
     if not 0 < o.alpha < 1 or o.temperature <= 0:
         raise NirImportError("--alpha must lie in (0, 1) and --temperature be positive")
 
