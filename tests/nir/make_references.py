@@ -13,8 +13,6 @@ current after each step, in NIR scale. Nodes inside a subgraph are named `<graph
 import argparse
 import json
 import os
-import sys
-import traceback
 
 import numpy as np
 
@@ -59,7 +57,7 @@ def node_types(graph, prefix=""):
     import nir
 
     types = set()
-    for k, n in graph.nodes.items():
+    for _k, n in graph.nodes.items():
         if isinstance(n, nir.NIRGraph):
             types |= node_types(n)
         else:
@@ -70,10 +68,10 @@ def node_types(graph, prefix=""):
 def has_cycle_edges(graph):
     import nir
 
-    for k, n in graph.nodes.items():
+    for _k, n in graph.nodes.items():
         if isinstance(n, nir.NIRGraph) and has_cycle_edges(n):
             return True
-    pairs = set(graph.edges)
+    set(graph.edges)
     # any directed cycle: simple DFS
     adj = {}
     for a, b in graph.edges:
@@ -253,7 +251,8 @@ def run_snntorch():
          dict(base_meta, reference="original module", nodes=sorted(node_types(g)), recurrent=True,
               state_scale={"rl.lif": 1.0, "lif": 1.0},
               notes=("Exported with export_to_nir from Linear -> RLeaky(all_to_all, linear_features=12, recurrent "
-                     "Linear with bias, per-neuron beta, one threshold 0.9 so that import_from_nir gets past its threshold check) -> Linear -> Leaky; RLeaky "
+                     "Linear with bias, per-neuron beta, one threshold 0.9 so that import_from_nir gets past its threshold check) "
+                     "-> Linear -> Leaky; RLeaky "
                      "becomes the subgraph node 'rl' {input, lif, w_rec (Affine), output} with edges lif->w_rec->"
                      "lif. Reference = the ORIGINAL snnTorch module (init_hidden=False, reset zero, "
                      "reset_delay=False), batch 4. FRAMEWORK FACT: snn.RLeaky computes "
@@ -326,7 +325,8 @@ def run_snntorch():
                      "ARGUMENTS) and returns self.mem unreset, so the only reset left is the delayed _base_zero: "
                      "a neuron whose v > threshold keeps v for that step and gets v = 0 (that step's input lost) "
                      "at the next step; it cannot spike on two consecutive steps. With spk=None or mem=None it raises "
-                     "TypeError (None / graded_spikes_factor, Tensor * None), so zeros are passed at t=0. import_from_nir would map this subgraph to that "
+                     "TypeError (None / graded_spikes_factor, Tensor * None), so zeros are passed at t=0. import_from_nir would map "
+                     "this subgraph to that "
                      "same RSynaptic(reset_delay=False). `output`, `v:*`, `i:*` are therefore computed with "
                      "snn.Synaptic (same alpha/beta/threshold, zero reset, reset_delay=False) fed "
                      "I + V*spk_prev (spk_prev = 0 at t=0; w_rec is Linear, no bias): the snnTorch-dialect "
@@ -385,8 +385,10 @@ def run_snntorch():
                            + torch.from_numpy(bb))
             z1, m1 = l1(cur, m1)
             z2, m2 = l2(gain2 * (z1 @ torch.from_numpy(Wc).T + torch.from_numpy(bc)), m2)
-            ref["out"].append(z2.numpy()); ref["lif1"].append(m1.numpy().copy())
-            ref["lif2"].append(m2.numpy().copy()); ref["z1"].append(z1.numpy())
+            ref["out"].append(z2.numpy())
+            ref["lif1"].append(m1.numpy().copy())
+            ref["lif2"].append(m2.numpy().copy())
+            ref["z1"].append(z1.numpy())
     ref = {k: np.stack(v) for k, v in ref.items()}
     dv1 = float(np.abs(imp["lif1"] * gain1 - ref["lif1"]).max())
     dz = int(np.sum(imp["out"] != ref["out"]))
@@ -447,7 +449,10 @@ def make_extra(nir, dt):
         v = a * v + gain * cur                                 # LIF, snnTorch dialect, dt = 1e-4
         z = (v > vth).astype(np.float32)
         v = np.where(z > 0, 0.0, v).astype(np.float32)         # reset to 0 in the same step
-        outs.append(z); vi.append(v_int.copy()); vl.append(v.copy()); zt.append(z0)
+        outs.append(z)
+        vi.append(v_int.copy())
+        vl.append(v.copy())
+        zt.append(z0)
     rates("extra", {"thr": np.stack(zt), "lif": np.stack(outs)})
     save("extra", lambda p: nir.write(p, g), x, np.stack(outs), {"v:integ": np.stack(vi), "v:lif": np.stack(vl)},
          {"dialect": "snntorch", "framework": "numpy (not a framework)", "framework_version": np.__version__,
@@ -495,7 +500,8 @@ def run_sinabs():
     rs = np.random.default_rng(11)
     base = {"dialect": "sinabs", "framework": "sinabs", "framework_version": sinabs.__version__,
             "reference": "from_nir"}
-    f32 = lambda a: np.asarray(a, np.float32)
+    def f32(a):
+        return np.asarray(a, np.float32)
 
     def v_of(mod, state, n):
         return mod.v_mem.detach().numpy().copy()
@@ -559,7 +565,6 @@ def run_sinabs():
 
 def run_norse():
     import nir
-    import norse
     import torch
     from norse.torch import from_nir
 
@@ -571,7 +576,8 @@ def run_norse():
     except Exception:
         nver = "1.1.0"
     base = {"dialect": "norse", "framework": "norse", "framework_version": nver, "reference": "from_nir"}
-    f32 = lambda a: np.asarray(a, np.float32)
+    def f32(a):
+        return np.asarray(a, np.float32)
 
     def getter(mod, state, n):
         return None

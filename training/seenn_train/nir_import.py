@@ -522,8 +522,11 @@ def _shape_node(plan: Plan, dialect: Dialect, params: dict, values: dict, n: str
         raise NirImportError(f"node {n!r} ({k}) cannot take an input of shape {list(x.shape[1:])}: {e}") from e
     plan.shapes[n] = tuple(values[n].shape[1:])
     if k in NEURONS:
-        rule = neuron_rule(n, k, plan.nodes[n], dialect)
         shape = plan.shapes[n]
+        for param in ("tau", "tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"):
+            if getattr(plan.nodes[n], param, None) is not None:
+                _broadcast(n, k, param, _arr(plan.nodes[n], param), shape)
+        rule = neuron_rule(n, k, plan.nodes[n], dialect)
         for attr in ("decay", "gain", "bias", "v0", "threshold", "floor"):
             a = getattr(rule, attr)
             if a is not None:
