@@ -23,7 +23,6 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import snn as ex  # noqa: E402
-
 from seenn_train.nir_import import aggregate, confidence_exit  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2

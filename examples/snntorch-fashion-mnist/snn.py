@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import snntorch as snn
 import torch
-from snntorch import spikegen, surrogate
-
 from seenn_train.data import FASHION_LABELS, read_idx
+from snntorch import spikegen, surrogate
 
 DATA_DIR = Path("/usr/share/datasets/fashion-mnist")
 FRAMES = 16  # T: frames per image

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import nir
 import numpy as np
-import torch
 import snntorch.functional as SF
+import torch
 from snntorch.export_nir import export_to_nir
 from tqdm import tqdm
 
