@@ -402,9 +402,20 @@ fn check_manifest(m: &Manifest) {
     assert!(!m.labels.is_empty());
     assert!((1..=1024).contains(&m.timesteps));
     let i = &m.input;
+    assert!(!i.is_empty() && i.len() == i.dims().iter().product::<usize>());
+    if !i.is_image() {
+        // A tensor input: a real shape, and no encoder or policy on a per_step one.
+        assert!(m.format_version >= 3 && !i.dims().is_empty());
+        if i.per_step() {
+            assert!(m.graphs.encoder.is_none() && m.graphs.policy.is_none());
+        }
+        let again = serde_json::to_vec(m).expect("a manifest serializes");
+        seenn_serve::model::parse_manifest(&again).expect("a serialized manifest parses again");
+        return;
+    }
     assert!(i.channels == 1 || i.channels == 3);
-    assert!(!i.is_empty() && i.len() == i.channels * i.height * i.width);
-    assert_eq!(i.shape(), [i.channels, i.height, i.width]);
+    assert!(i.len() == i.channels * i.height * i.width);
+    assert_eq!(i.dims(), [i.channels, i.height, i.width]);
     assert!(i.mean.len() == i.channels && i.std.len() == i.channels);
     if m.exit.default_rule == seenn_serve::exit::RuleKind::Policy {
         assert!(

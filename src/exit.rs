@@ -131,6 +131,34 @@ impl ExitRule {
         }
     }
 
+    /// The rule with at most `n` timesteps (a per_step request with `n` frames runs at most `n`
+    /// steps); `n` is at least 1.
+    pub fn capped(self, n: usize) -> ExitRule {
+        let n = n.max(1);
+        match self {
+            ExitRule::Confidence {
+                alpha,
+                max_timesteps,
+            } => ExitRule::Confidence {
+                alpha,
+                max_timesteps: max_timesteps.min(n),
+            },
+            ExitRule::Learned {
+                threshold,
+                max_timesteps,
+            } => ExitRule::Learned {
+                threshold,
+                max_timesteps: max_timesteps.min(n),
+            },
+            ExitRule::Policy { timesteps } => ExitRule::Policy {
+                timesteps: timesteps.min(n),
+            },
+            ExitRule::Fixed { timesteps } => ExitRule::Fixed {
+                timesteps: timesteps.min(n),
+            },
+        }
+    }
+
     /// Whether a request that has now run `t` steps (1-based) with this `score` stops here; the
     /// score is the max softmax for `Confidence` and the stop probability for `Learned`.
     pub fn should_exit(&self, t: usize, score: f64) -> bool {
@@ -268,6 +296,25 @@ mod tests {
         assert!(!rule.should_exit(1, 0.7));
         assert!(rule.should_exit(2, 0.71));
         assert!(rule.should_exit(4, 0.0), "always exits at max_timesteps");
+    }
+
+    #[test]
+    fn capping_lowers_every_rule_to_the_frames_it_has() {
+        let c = ExitRule::Confidence {
+            alpha: 0.9,
+            max_timesteps: 8,
+        };
+        assert_eq!(c.capped(3).max_timesteps(), 3);
+        assert_eq!(c.capped(10).max_timesteps(), 8);
+        assert_eq!(
+            ExitRule::Fixed { timesteps: 5 }.capped(2).max_timesteps(),
+            2
+        );
+        let l = ExitRule::Learned {
+            threshold: 0.5,
+            max_timesteps: 4,
+        };
+        assert_eq!(l.capped(0).max_timesteps(), 1);
     }
 
     #[test]

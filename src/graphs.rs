@@ -7,7 +7,7 @@ use ort::session::Session;
 use ort::value::Tensor;
 
 use crate::error::Error;
-use crate::model::manifest::{ExitGraph, Manifest};
+use crate::model::manifest::{Aggregation, ExitGraph, Manifest};
 use crate::model::{err, LoadError};
 use crate::runtime::{self, Expect, SessionOptions};
 
@@ -86,7 +86,7 @@ pub fn load_sessions(
     env: &ort::environment::Environment,
     opts: &SessionOptions,
 ) -> Result<Sessions, LoadError> {
-    let input_dims = m.input.shape();
+    let input_dims = m.input.dims().to_vec();
     let open = |file: &str| -> Result<Session, LoadError> {
         let path = dir.join(file);
         if !path.exists() {
@@ -115,7 +115,7 @@ pub fn load_sessions(
     };
     let feature_dims: Vec<usize> = match &m.graphs.encoder {
         Some(g) => g.output_shape.clone(),
-        None => input_dims.to_vec(),
+        None => input_dims.clone(),
     };
     let g = &m.graphs.step;
     let step = open(&g.file)?;
@@ -200,22 +200,36 @@ pub fn load_sessions(
 }
 
 /// Runs one input alone (batch 1) through the encoder and `timesteps` steps, carrying the
-/// membranes, and returns the logits of every step. The reference path for warm-up, the engine's
-/// self-test and the golden-output tests.
+/// membranes, and returns the logits of every step. `input` is one frame (`[*dims]`), or for a
+/// per_step input at least `timesteps` frames (`[t, *dims]`; step k reads frame k). The reference
+/// path for warm-up, the engine's self-test and the golden-output tests.
 pub fn run_single(
     s: &mut Sessions,
     m: &Manifest,
     input: &[f32],
     timesteps: usize,
 ) -> Result<Vec<Vec<f32>>, String> {
-    let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+    let frame = m.input.len();
+    let per_step = m.input.per_step();
+    if per_step && input.len() < timesteps * frame {
+        return Err(format!(
+            "{} values hold {} frames of {frame}; {timesteps} steps need {timesteps}",
+            input.len(),
+            input.len() / frame.max(1)
+        ));
+    }
+    if !per_step && input.len() != frame {
+        return Err(format!("{} values for an input of {frame}", input.len()));
+    }
+    let mut shape = vec![1];
+    shape.extend_from_slice(m.input.dims());
     let (features, mut fshape) = match (&mut s.encoder, &m.graphs.encoder) {
-        (Some(sess), Some(g)) => (
+        (Some(sess), Some(g)) if !per_step => (
             run_single_input(sess, &g.input, &g.output, shape, input.to_vec())
                 .map_err(|e| e.to_string())?,
             g.output_shape.clone(),
         ),
-        _ => (input.to_vec(), m.input.shape().to_vec()),
+        _ => (input.to_vec(), m.input.dims().to_vec()),
     };
     fshape.insert(0, 1);
     let g = &m.graphs.step;
@@ -225,11 +239,15 @@ pub fn run_single(
         .map(|st| vec![st.initial_value; st.len()])
         .collect();
     let mut logits = Vec::with_capacity(timesteps);
-    for _ in 0..timesteps {
+    for t in 0..timesteps {
         let mut inputs: Vec<(String, ort::session::SessionInputValue<'_>)> =
             Vec::with_capacity(1 + states.len());
-        let f =
-            Tensor::from_array((fshape.clone(), features.clone())).map_err(|e| e.to_string())?;
+        let x = if per_step {
+            features[t * frame..(t + 1) * frame].to_vec()
+        } else {
+            features.clone()
+        };
+        let f = Tensor::from_array((fshape.clone(), x)).map_err(|e| e.to_string())?;
         inputs.push((g.input.clone(), f.into()));
         for (st, v) in g.states.iter().zip(states) {
             let mut shape = vec![1];
@@ -268,12 +286,27 @@ pub fn learned_scores(
     g: &ExitGraph,
     logits: &[Vec<f32>],
 ) -> Result<Vec<f32>, Error> {
+    learned_scores_for(session, g, logits, Aggregation::Sum)
+}
+
+/// [`learned_scores`] for a model's aggregation: the running sum (`sum` and `mean`: the learned
+/// rule always reads the sum), or the last step's logits (`last`).
+pub fn learned_scores_for(
+    session: &mut Session,
+    g: &ExitGraph,
+    logits: &[Vec<f32>],
+    aggregation: Aggregation,
+) -> Result<Vec<f32>, Error> {
     let mut sum: Vec<f64> = Vec::new();
     let mut scores = Vec::with_capacity(logits.len());
     for (t, step) in logits.iter().enumerate() {
         sum.resize(step.len(), 0.0);
         for (s, z) in sum.iter_mut().zip(step) {
-            *s += f64::from(*z);
+            if aggregation == Aggregation::Last {
+                *s = f64::from(*z);
+            } else {
+                *s += f64::from(*z);
+            }
         }
         let agg = sum.iter().map(|s| *s as f32).collect();
         scores.extend(run_exit(session, g, agg, vec![(t + 1) as f32])?);
@@ -284,14 +317,17 @@ pub fn learned_scores(
 /// Start-up warm-up and the engine's self-test: the policy and the exit head once and a few
 /// steps on a zero input.
 pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
-    let zeros = vec![0f32; m.input.len()];
+    let steps = m.timesteps.min(4);
+    let frames = if m.input.per_step() { steps } else { 1 };
+    let zeros = vec![0f32; m.input.len() * frames];
     if let (Some(sess), Some(g)) = (&mut s.exit, &m.graphs.exit) {
         run_exit(sess, g, vec![0.0; m.num_classes()], vec![1.0]).map_err(|e| e.to_string())?;
     }
     if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
-        let shape = vec![1, m.input.channels, m.input.height, m.input.width];
+        let mut shape = vec![1];
+        shape.extend_from_slice(m.input.dims());
         run_single_input(sess, &g.input, &g.output, shape, zeros.clone())
             .map_err(|e| e.to_string())?;
     }
-    run_single(s, m, &zeros, m.timesteps.min(4)).map(|_| ())
+    run_single(s, m, &zeros, steps).map(|_| ())
 }

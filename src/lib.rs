@@ -13,6 +13,7 @@ pub mod graphs;
 pub mod kserve;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod openapi;
 pub mod preprocess;
 pub mod registry;

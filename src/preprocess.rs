@@ -160,6 +160,10 @@ mod tests {
 
     fn spec() -> InputSpec {
         InputSpec {
+            kind: crate::model::manifest::InputKind::Image,
+            shape: vec![1, 2, 2],
+            dtype: crate::model::manifest::Dtype::Float32,
+            time: crate::model::manifest::TimeMode::Static,
             channels: 1,
             height: 2,
             width: 2,

@@ -215,26 +215,30 @@ fn reference(
     x: &[f32],
     rule: seenn_serve::exit::ExitRule,
 ) -> Vec<(f64, usize, Vec<f64>)> {
-    let logits = seenn_serve::graphs::run_single(s, m, x, m.timesteps).expect("reference run");
+    use seenn_serve::model::manifest::Aggregation;
+    // A per_step input runs at most as many steps as it has frames.
+    let (steps, rule) = match m.input.per_step() {
+        true => {
+            let frames = x.len() / m.input.len();
+            (frames, rule.capped(frames))
+        }
+        false => (m.timesteps, rule),
+    };
+    let logits = seenn_serve::graphs::run_single(s, m, x, steps).expect("reference run");
     // The learned rule's stop probabilities, batch 1.
     let stops = match (&rule, s.exit.as_mut(), &m.graphs.exit) {
         (seenn_serve::exit::ExitRule::Learned { .. }, Some(session), Some(g)) => {
-            seenn_serve::graphs::learned_scores(session, g, &logits).expect("exit.onnx")
+            seenn_serve::graphs::learned_scores_for(session, g, &logits, m.exit.aggregation)
+                .expect("exit.onnx")
         }
         _ => Vec::new(),
     };
-    let mean = m.exit.aggregation == seenn_serve::model::manifest::Aggregation::Mean;
-    let mut sum = vec![0f64; m.num_classes()];
     let mut out = Vec::new();
     for (t, l) in logits.iter().enumerate() {
-        for (s, z) in sum.iter_mut().zip(l) {
-            *s += f64::from(*z);
-        }
-        let agg: Vec<f64> = if mean {
-            sum.iter().map(|s| s / (t + 1) as f64).collect()
-        } else {
-            sum.clone()
-        };
+        let agg = aggregates(&logits[..=t], m.exit.aggregation)
+            .pop()
+            .expect("one step");
+        debug_assert!(m.exit.aggregation != Aggregation::Last || agg.len() == l.len());
         let (confidence, class_id, probs) = seenn_serve::exit::score(&agg, m.exit.temperature);
         let score = stops.get(t).map_or(confidence, |s| f64::from(*s));
         out.push((score, class_id, probs));
@@ -280,7 +284,11 @@ fn slots_that_cannot_be_allocated_fail_the_load_with_the_way_out() {
 
 async fn mid_batch_answers_are_bit_identical(memory: SlotMemory) {
     let (env, _) = runtime::init(None).expect("ORT");
-    for pkg in packages() {
+    // Every committed package and the tensor packages (per_step frames, `last`, static tensors).
+    let all = packages()
+        .into_iter()
+        .chain([frames_package(), static_tensor_package()]);
+    for pkg in all {
         let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
         let mut opts = worker_options(&env, 3, 1024, 2, metrics.clone());
         opts.engine.slot_memory = memory.clone();
@@ -297,13 +305,7 @@ async fn mid_batch_answers_are_bit_identical(memory: SlotMemory) {
         let g = golden(&pkg);
         let mut cases = Vec::new();
         for (i, sample) in g.samples.iter().enumerate() {
-            let x = seenn_serve::preprocess::image_to_tensor(
-                &sample_bytes(&pkg, sample),
-                None,
-                &man.input,
-                1 << 24,
-            )
-            .expect("tensor");
+            let x = sample.read_input(&pkg, man).expect("tensor");
             // Fixed exit points 1..=5 spread over neighbouring samples, beside the confidence rule.
             let fixed = 1 + (i * 3) % t_max.min(5);
             cases.push((

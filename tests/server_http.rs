@@ -29,13 +29,7 @@ fn golden_logits_reproduce_through_the_server_runtime() {
         );
         let mut worst = 0f32;
         for sample in &g.samples {
-            let x = seenn_serve::preprocess::image_to_tensor(
-                &sample_bytes(&pkg, sample),
-                None,
-                &m.input,
-                1 << 24,
-            )
-            .expect("preprocess");
+            let x = sample.read_input(&pkg, &m).expect("preprocess");
             let logits =
                 seenn_serve::graphs::run_single(&mut s, &m, &x, sample.logits.len()).expect("runs");
             for (got, want) in logits.iter().zip(&sample.logits) {

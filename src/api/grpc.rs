@@ -46,7 +46,7 @@ fn to_input_and_options(
         Some(pb::classify_request::Input::Tensor(t)) => {
             if !t.shape.is_empty() {
                 let m = state.model(Some(&r.model))?;
-                let want: Vec<u32> = m.manifest.input.shape().iter().map(|d| *d as u32).collect();
+                let want: Vec<u32> = m.manifest.input.dims().iter().map(|d| *d as u32).collect();
                 if t.shape != want {
                     return Err(Error::invalid(format!(
                         "tensor shape {:?}; this model takes {want:?}",
@@ -208,7 +208,7 @@ impl Classifier for GrpcService {
                     version: m.manifest.version.clone(),
                     labels: m.manifest.labels.clone(),
                     timesteps: m.manifest.timesteps as u32,
-                    input_shape: m.manifest.input.shape().iter().map(|d| *d as u32).collect(),
+                    input_shape: m.manifest.input.dims().iter().map(|d| *d as u32).collect(),
                     default_rule: p.rule.as_str().into(),
                     alpha: p.alpha as f32,
                     has_policy: m.has_policy(),

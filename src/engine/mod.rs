@@ -390,8 +390,12 @@ impl EngineHandle {
 struct Active {
     job: Job,
     rule: ExitRule,
+    /// The running sum of the logits (the last step's logits under aggregation `last`).
     sum: Vec<f64>,
     t: usize,
+    /// The most steps the row's input allows: its frames for a per_step input, else the model's T
+    /// (where a shadow run ends).
+    full_t: usize,
     trajectory: Vec<StepTrace>,
     admitted: Instant,
     /// Set on a shadow run: the answer was sent, the row runs on to T.
@@ -420,6 +424,7 @@ impl Active {
             rule: a.rule,
             sum: a.sum.clone(),
             t: a.t,
+            full_t: a.full_t,
             trajectory: Vec::new(),
             admitted: a.admitted,
             shadow: Some(Shadow {
@@ -462,6 +467,8 @@ struct Worker {
     /// Reused per step: each row's (max softmax, class, probabilities).
     scored: Vec<(f64, usize, Vec<f64>)>,
     finished: Vec<(usize, f64, usize, Vec<f64>)>,
+    /// Reused per step of a per_step model: every active row's next frame.
+    frames: Vec<f32>,
     leaving: Vec<(Active, f64, usize, Vec<f64>)>,
     dropped: Vec<(Active, CancelReason)>,
 }
@@ -554,6 +561,7 @@ pub fn spawn(
                     agg: Vec::with_capacity(k),
                     scored: Vec::new(),
                     finished: Vec::new(),
+                    frames: Vec::new(),
                     leaving: Vec::new(),
                     dropped: Vec::new(),
                 };
@@ -619,11 +627,11 @@ pub fn new_slots(
     max_batch: usize,
     device: Option<slots::DeviceSlots>,
 ) -> Result<Slots, Error> {
-    let input_dims = manifest.input.shape();
+    let input_dims = manifest.input.dims();
     let g = &manifest.graphs.step;
     let feature_dims: &[usize] = match &manifest.graphs.encoder {
         Some(e) => &e.output_shape,
-        None => &input_dims,
+        None => input_dims,
     };
     let mut step_inputs = vec![g.input.as_str()];
     let mut step_outputs = vec![g.logits.as_str()];
@@ -633,7 +641,7 @@ pub fn new_slots(
     }
     Slots::new(SlotSpec {
         max_batch,
-        input_dims: &input_dims,
+        input_dims,
         feature_dims,
         classes: manifest.num_classes(),
         states: g
@@ -801,7 +809,7 @@ impl Worker {
     fn takes_shadow(&mut self, i: usize) -> bool {
         let a = &self.active[i];
         let fraction = a.job.shadow_fraction;
-        if a.t >= self.manifest.timesteps || !self.sampler.sample(fraction) {
+        if a.t >= a.full_t || !self.sampler.sample(fraction) {
             return false;
         }
         if self.shadows >= self.shadow_cap || self.depth.load(Ordering::SeqCst) > 0 {
@@ -926,6 +934,27 @@ impl Worker {
                 i += 1;
             }
         }
+        let frame = self.manifest.input.len();
+        let per_step = self.manifest.input.per_step();
+        if per_step {
+            // Every transport checks the frames; a job that slipped through is refused here, so
+            // that no step reads past its input.
+            let t_max = self.manifest.timesteps;
+            let mut i = 0;
+            while i < jobs.len() {
+                let n = jobs[i].input.len();
+                if n == 0 || !n.is_multiple_of(frame) || n / frame > t_max {
+                    let job = jobs.swap_remove(i);
+                    let _ = job.reply.send(Err(Error::invalid(format!(
+                        "{n} input values are not 1..={t_max} frames of {frame}; model {} takes {}",
+                        self.manifest.name,
+                        self.manifest.input.expected(t_max)
+                    ))));
+                } else {
+                    i += 1;
+                }
+            }
+        }
         if jobs.is_empty() {
             return;
         }
@@ -937,7 +966,14 @@ impl Worker {
             }
         };
         let encode = !self.cfg.ablates(Ablation::EncoderEveryStep);
-        let images: Vec<&[f32]> = jobs.iter().map(|j| j.input.as_slice()).collect();
+        // A per_step row starts on its first frame; the others step on their one input.
+        let images: Vec<&[f32]> = jobs
+            .iter()
+            .map(|j| match per_step {
+                true => &j.input[..frame],
+                false => j.input.as_slice(),
+            })
+            .collect();
         if let Err(e) = self
             .slots
             .admit(&images, self.sessions.encoder.as_mut(), encode)
@@ -946,12 +982,22 @@ impl Worker {
             return;
         }
         let k = self.manifest.num_classes();
+        let t_max = self.manifest.timesteps;
         for (i, job) in jobs.drain(..).enumerate() {
-            let rule = job.rule.resolve(actions.get(i).copied());
+            let mut rule = job.rule.resolve(actions.get(i).copied());
+            // A request with t frames runs at most t steps.
+            let full_t = if per_step {
+                let frames = job.input.len() / frame;
+                rule = rule.capped(frames);
+                frames
+            } else {
+                t_max
+            };
             self.active.push(Active {
                 rule,
                 sum: vec![0.0; k],
                 t: 0,
+                full_t,
                 trajectory: Vec::new(),
                 admitted: now,
                 job,
@@ -984,7 +1030,8 @@ impl Worker {
         for j in jobs {
             batch.extend_from_slice(&j.input);
         }
-        let shape = vec![jobs.len(), spec.channels, spec.height, spec.width];
+        let mut shape = vec![jobs.len()];
+        shape.extend_from_slice(spec.dims());
         let logits = graphs::run_single_input(session, &g.input, &g.output, shape, batch)?;
         let a = g.actions.len();
         let t_max = self.manifest.timesteps;
@@ -1025,6 +1072,28 @@ impl Worker {
         Ok(scores)
     }
 
+    /// A per_step model's features before a step: each active row's next frame (frame index = the
+    /// row's steps so far), all rows written in one go.
+    fn write_frames(&mut self) -> Result<(), Error> {
+        let frame = self.manifest.input.len();
+        self.frames.clear();
+        for a in &self.active {
+            let x = a
+                .job
+                .input
+                .get(a.t * frame..(a.t + 1) * frame)
+                .ok_or_else(|| {
+                    Error::internal(format!(
+                        "a row at step {} has only {} frames",
+                        a.t + 1,
+                        a.job.input.len() / frame.max(1)
+                    ))
+                })?;
+            self.frames.extend_from_slice(x);
+        }
+        self.slots.write_features(0, &self.frames)
+    }
+
     fn step(&mut self) -> Result<(), Error> {
         if self.inject_fault.swap(false, Ordering::SeqCst) {
             return Err(Error::internal("injected engine fault (test switch)"));
@@ -1044,6 +1113,9 @@ impl Worker {
             };
             self.slots.encode_all(&images, session)?;
         }
+        if self.manifest.input.per_step() {
+            self.write_frames()?;
+        }
         self.slots.step(&mut self.sessions.step)?;
         if self.cfg.ablates(Ablation::CopyMembranes) {
             self.slots.copy_membranes()?;
@@ -1056,15 +1128,22 @@ impl Worker {
         }
         self.metrics.steps_total.inc_by(live as f64);
         self.metrics.shadow_steps.inc_by(self.shadows as u64);
-        let full_t = self.manifest.timesteps;
         let temperature = self.manifest.exit.temperature;
-        let mean = self.manifest.exit.aggregation == Aggregation::Mean;
+        let aggregation = self.manifest.exit.aggregation;
+        let mean = aggregation == Aggregation::Mean;
         self.finished.clear();
         self.scored.clear();
         for a in self.active.iter_mut() {
             let i = self.scored.len();
-            for (s, z) in a.sum.iter_mut().zip(self.slots.logits(i)) {
-                *s += f64::from(*z);
+            let logits = self.slots.logits(i);
+            if aggregation == Aggregation::Last {
+                for (s, z) in a.sum.iter_mut().zip(logits) {
+                    *s = f64::from(*z);
+                }
+            } else {
+                for (s, z) in a.sum.iter_mut().zip(logits) {
+                    *s += f64::from(*z);
+                }
             }
             a.t += 1;
             self.agg.clear();
@@ -1111,7 +1190,7 @@ impl Worker {
                 }
             }
             let done = match a.shadow {
-                Some(_) => a.t >= full_t,
+                Some(_) => a.t >= a.full_t,
                 None => a.rule.should_exit(a.t, score),
             };
             if done {

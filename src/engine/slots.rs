@@ -808,6 +808,31 @@ impl Slots {
         Ok(())
     }
 
+    /// Overwrites the features of rows `first..` with `rows` (whole rows of the step graph's input,
+    /// back to back, host memory), in host memory or with one copy to the device: how a per_step
+    /// model gets each row's next frame before a step. Only active rows can be written.
+    pub fn write_features(&mut self, first: usize, rows: &[f32]) -> Result<(), Error> {
+        let fl = self.feature_len;
+        if fl == 0 || !rows.len().is_multiple_of(fl) {
+            return Err(Error::internal(format!(
+                "{} feature values are not whole rows of {fl}",
+                rows.len()
+            )));
+        }
+        let m = rows.len() / fl;
+        if first + m > self.n {
+            return Err(Error::internal(format!(
+                "feature rows {first}..{} written, {} rows are active",
+                first + m,
+                self.n
+            )));
+        }
+        if m == 0 {
+            return Ok(());
+        }
+        self.features.write(&mut self.copier, first, fl, rows)
+    }
+
     /// Runs the encoder over `images` rows `0..m` into feature rows `first..first + m`.
     fn encode_rows(&mut self, session: &mut Session, first: usize, m: usize) -> Result<(), Error> {
         let Some((in_names, out_names)) = &self.encoder_names else {
@@ -1057,6 +1082,17 @@ mod tests {
         assert_eq!(feat(&mut s, 1), [3.0, 13.0]);
         assert_eq!(row(&mut s, 0, 1), [0.5, 0.5, 0.5]);
         assert_eq!(row(&mut s, 0, 0), [2.0, 2.0, 2.0]);
+        // A row's features are rewritten in place (a per_step model's next frame); rows that are
+        // not active cannot be.
+        s.write_features(1, &[7.0, 8.0]).expect("write one row");
+        assert_eq!(feat(&mut s, 1), [7.0, 8.0]);
+        assert_eq!(feat(&mut s, 0), [2.0, 12.0]);
+        s.write_features(0, &[5.0, 6.0, 3.0, 13.0])
+            .expect("write two rows");
+        assert_eq!(feat(&mut s, 0), [5.0, 6.0]);
+        assert_eq!(feat(&mut s, 1), [3.0, 13.0]);
+        assert!(s.write_features(2, &[1.0, 2.0]).is_err());
+        assert!(s.write_features(0, &[1.0]).is_err());
         // The copy-membranes ablation leaves the rows as they were.
         s.copy_membranes().expect("copy");
         assert_eq!(row(&mut s, 0, 0), [2.0, 2.0, 2.0]);

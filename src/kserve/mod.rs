@@ -12,6 +12,7 @@ pub mod rest;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::model::manifest::InputSpec;
 use crate::registry::LoadedModel;
 use crate::service::{ClassifyOptions, ClassifyResult, Input, Service};
 
@@ -213,7 +214,7 @@ pub fn model_ready(state: &Service, name: &str, version: Option<&str>) -> Result
 }
 
 pub fn metadata(m: &LoadedModel) -> ModelMetadata {
-    let [c, h, w] = m.manifest.input.shape();
+    let spec = &m.manifest.input;
     let k = m.manifest.num_classes() as i64;
     let tensor = |name: &str, datatype: &str, shape: Vec<i64>| TensorMetadata {
         name: name.into(),
@@ -224,10 +225,14 @@ pub fn metadata(m: &LoadedModel) -> ModelMetadata {
         name: m.manifest.name.clone(),
         versions: vec![m.manifest.version.clone()],
         platform: PLATFORM.into(),
-        inputs: vec![
-            tensor(INPUT_TENSOR, "FP32", vec![-1, c as i64, h as i64, w as i64]),
-            tensor(INPUT_IMAGE, "BYTES", vec![-1]),
-        ],
+        inputs: if spec.is_image() {
+            vec![
+                tensor(INPUT_TENSOR, "FP32", input_shape(spec)),
+                tensor(INPUT_IMAGE, "BYTES", vec![-1]),
+            ]
+        } else {
+            vec![tensor(INPUT_TENSOR, spec.dtype.oip(), input_shape(spec))]
+        },
         outputs: vec![
             tensor(OUTPUT_CLASS_IDS, "INT64", vec![-1]),
             tensor(OUTPUT_PROBABILITIES, "FP32", vec![-1, k]),
@@ -235,6 +240,17 @@ pub fn metadata(m: &LoadedModel) -> ModelMetadata {
             tensor(OUTPUT_LABELS, "BYTES", vec![-1]),
         ],
     }
+}
+
+/// The `input` tensor's shape in metadata: `[-1, *dims]`, or `[-1, -1, *dims]` (batch, frames)
+/// for a per_step input.
+pub fn input_shape(spec: &InputSpec) -> Vec<i64> {
+    let mut shape = vec![-1];
+    if spec.per_step() {
+        shape.push(-1);
+    }
+    shape.extend(spec.dims().iter().map(|d| *d as i64));
+    shape
 }
 
 /// The exit options set by the request's parameters.
@@ -265,7 +281,10 @@ pub fn split_inputs(
     inputs: Vec<InferInput>,
     max_batch: usize,
 ) -> Result<Vec<Input>> {
-    let [c, h, w] = m.manifest.input.shape();
+    let (c, h, w) = {
+        let i = &m.manifest.input;
+        (i.channels, i.height, i.width)
+    };
     let accepted = format!(
         "accepted: one input, either {INPUT_TENSOR:?} FP32 [N, {c}, {h}, {w}] or {INPUT_IMAGE:?} BYTES [N] of encoded images"
     );

@@ -3,11 +3,14 @@
 use serde::{Deserialize, Serialize};
 
 use crate::exit::RuleKind;
+pub use crate::npy::Dtype;
 
 /// The newest package format this server reads. Format 2 adds the optional learned exit rule
 /// (`graphs.exit`, `exit.default_threshold`), served as `rule=learned`; a format 1 package is a
-/// format 2 package without it.
-pub const FORMAT_VERSION: u32 = 2;
+/// format 2 package without it. Format 3 adds tensor inputs (`input.kind` "tensor", with
+/// `shape`, `dtype` and `time` static or per_step) and `exit.aggregation` "last"; a format 1 or 2
+/// package is a format 3 package with an image input.
+pub const FORMAT_VERSION: u32 = 3;
 /// The oldest package format this server reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
@@ -29,8 +32,22 @@ pub struct Manifest {
     pub graphs: Graphs,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+/// The model's input (`manifest.json` `input`): an image (`kind` "image", the default) that the
+/// server decodes and preprocesses, or a tensor (`kind` "tensor", format 3) that clients send as
+/// values, one frame for every step or one per step (`time`). Read and written through
+/// [`InputJson`], which checks that each kind has its fields and no other kind's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "InputJson", into = "InputJson")]
 pub struct InputSpec {
+    pub kind: InputKind,
+    /// One frame's shape without the batch (and time) dimension: `[C, H, W]` for images.
+    pub shape: Vec<usize>,
+    /// What tensor clients send natively (advertised in metadata; the server accepts every
+    /// [`Dtype`] and casts to float32). `float32` for images.
+    pub dtype: Dtype,
+    /// Whether a request carries one frame for all steps or one per step. `static` for images.
+    pub time: TimeMode,
+    // Image inputs only (zero, empty or the default for tensor inputs):
     pub channels: usize,
     pub height: usize,
     pub width: usize,
@@ -38,13 +55,247 @@ pub struct InputSpec {
     pub scale: f32,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
-    #[serde(default)]
     pub invert: bool,
     /// Resize filter when the image size differs: "bilinear" (triangle) or "nearest".
-    #[serde(default)]
     pub resize: Resize,
-    #[serde(default)]
     pub layout: Layout,
+}
+
+/// `input.kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum InputKind {
+    /// An encoded image, decoded and preprocessed by the server (the default).
+    #[default]
+    Image,
+    /// Values of `shape` (format 3), sent by the client.
+    Tensor,
+}
+
+/// `input.time` of a tensor input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeMode {
+    /// The same input at every step (the default; images are static).
+    #[default]
+    Static,
+    /// A request carries t frames `[t, *shape]`, 1 ≤ t ≤ T; step k reads frame k.
+    PerStep,
+}
+
+impl InputKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InputKind::Image => "image",
+            InputKind::Tensor => "tensor",
+        }
+    }
+}
+
+impl TimeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimeMode::Static => "static",
+            TimeMode::PerStep => "per_step",
+        }
+    }
+}
+
+/// The model's input as manifest.json writes it: an image (`kind` "image", the default: channels,
+/// height, width, color, scale, mean, std, invert, resize, layout) or a tensor (`kind` "tensor":
+/// shape, dtype, time). Every field is optional here so that reading a manifest can say which one
+/// is missing or belongs to the other kind.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[schema(as = InputSpec)]
+pub struct InputJson {
+    /// "image" (the default) or "tensor" (format 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    /// Tensor: one frame's shape without batch and time dimensions (any rank ≥ 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shape: Option<Vec<usize>>,
+    /// Tensor: float32 | uint8 | bool (what clients send natively; all three are accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtype: Option<String>,
+    /// Tensor: static (one frame for every step, the default) or per_step (t frames, 1 ≤ t ≤ T).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub height: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub width: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub color: Option<Color>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mean: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub std: Option<Vec<f32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub invert: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resize: Option<Resize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<Layout>,
+}
+
+const IMAGE_FIELDS: &str =
+    "channels, height, width, color, scale, mean, std (invert, resize, layout optional)";
+const TENSOR_FIELDS: &str = "shape, dtype (float32|uint8|bool), time (static|per_step, optional)";
+
+impl TryFrom<InputJson> for InputSpec {
+    type Error = String;
+
+    fn try_from(j: InputJson) -> Result<InputSpec, String> {
+        let kind = match j.kind.as_deref() {
+            None | Some("image") => InputKind::Image,
+            Some("tensor") => InputKind::Tensor,
+            Some(other) => {
+                return Err(format!(
+                    "input.kind {other:?} is not supported; accepted: image, tensor"
+                ))
+            }
+        };
+        match kind {
+            InputKind::Image => {
+                let stray: Vec<&str> = [
+                    ("shape", j.shape.is_some()),
+                    ("dtype", j.dtype.is_some()),
+                    ("time", j.time.is_some()),
+                ]
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(n, _)| *n)
+                .collect();
+                if !stray.is_empty() {
+                    return Err(format!(
+                        "input.{} belongs to kind \"tensor\"; an image input takes {IMAGE_FIELDS}",
+                        stray.join(", input.")
+                    ));
+                }
+                let missing =
+                    |f: &str| format!("input.{f} is missing; an image input needs {IMAGE_FIELDS}");
+                let channels = j.channels.ok_or_else(|| missing("channels"))?;
+                let height = j.height.ok_or_else(|| missing("height"))?;
+                let width = j.width.ok_or_else(|| missing("width"))?;
+                Ok(InputSpec {
+                    kind,
+                    shape: vec![channels, height, width],
+                    dtype: Dtype::Float32,
+                    time: TimeMode::Static,
+                    channels,
+                    height,
+                    width,
+                    color: j.color.ok_or_else(|| missing("color"))?,
+                    scale: j.scale.ok_or_else(|| missing("scale"))?,
+                    mean: j.mean.ok_or_else(|| missing("mean"))?,
+                    std: j.std.ok_or_else(|| missing("std"))?,
+                    invert: j.invert.unwrap_or(false),
+                    resize: j.resize.unwrap_or_default(),
+                    layout: j.layout.unwrap_or_default(),
+                })
+            }
+            InputKind::Tensor => {
+                let stray: Vec<&str> = [
+                    ("channels", j.channels.is_some()),
+                    ("height", j.height.is_some()),
+                    ("width", j.width.is_some()),
+                    ("color", j.color.is_some()),
+                    ("scale", j.scale.is_some()),
+                    ("mean", j.mean.is_some()),
+                    ("std", j.std.is_some()),
+                    ("invert", j.invert.is_some()),
+                    ("resize", j.resize.is_some()),
+                    ("layout", j.layout.is_some()),
+                ]
+                .iter()
+                .filter(|(_, set)| *set)
+                .map(|(n, _)| *n)
+                .collect();
+                if !stray.is_empty() {
+                    return Err(format!(
+                        "input.{} belongs to kind \"image\"; a tensor input takes {TENSOR_FIELDS}",
+                        stray.join(", input.")
+                    ));
+                }
+                let shape = j.shape.ok_or_else(|| {
+                    format!("input.shape is missing; a tensor input needs {TENSOR_FIELDS}")
+                })?;
+                let dtype = match j.dtype.as_deref() {
+                    Some(d) => match Dtype::ALL.iter().find(|x| x.as_str() == d) {
+                        Some(x) => *x,
+                        None => {
+                            return Err(format!(
+                                "input.dtype {d:?} is not supported; accepted: {}",
+                                crate::npy::ACCEPTED_DTYPES
+                            ))
+                        }
+                    },
+                    None => {
+                        return Err(format!(
+                            "input.dtype is missing; a tensor input needs {TENSOR_FIELDS}"
+                        ))
+                    }
+                };
+                let time = match j.time.as_deref() {
+                    None | Some("static") => TimeMode::Static,
+                    Some("per_step") => TimeMode::PerStep,
+                    Some(other) => {
+                        return Err(format!(
+                            "input.time {other:?} is not supported; accepted: static, per_step"
+                        ))
+                    }
+                };
+                Ok(InputSpec {
+                    kind,
+                    shape,
+                    dtype,
+                    time,
+                    channels: 0,
+                    height: 0,
+                    width: 0,
+                    color: Color::Grayscale,
+                    scale: 1.0,
+                    mean: Vec::new(),
+                    std: Vec::new(),
+                    invert: false,
+                    resize: Resize::default(),
+                    layout: Layout::default(),
+                })
+            }
+        }
+    }
+}
+
+impl From<InputSpec> for InputJson {
+    fn from(s: InputSpec) -> InputJson {
+        match s.kind {
+            InputKind::Image => InputJson {
+                kind: Some("image".into()),
+                channels: Some(s.channels),
+                height: Some(s.height),
+                width: Some(s.width),
+                color: Some(s.color),
+                scale: Some(s.scale),
+                mean: Some(s.mean),
+                std: Some(s.std),
+                invert: Some(s.invert),
+                resize: Some(s.resize),
+                layout: Some(s.layout),
+                ..InputJson::default()
+            },
+            InputKind::Tensor => InputJson {
+                kind: Some("tensor".into()),
+                shape: Some(s.shape),
+                dtype: Some(s.dtype.as_str().into()),
+                time: Some(s.time.as_str().into()),
+                ..InputJson::default()
+            },
+        }
+    }
 }
 
 /// The colour mode the network was trained on (grayscale: 1 channel, rgb: 3).
@@ -81,19 +332,54 @@ pub enum Aggregation {
     Sum,
     /// The running mean.
     Mean,
+    /// The last step's output (format 3): an LI readout read at its last membrane.
+    Last,
 }
 
 impl InputSpec {
+    /// Values in one frame (the product of [`InputSpec::dims`]).
     pub fn len(&self) -> usize {
-        self.channels * self.height * self.width
+        self.shape.iter().product()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    pub fn shape(&self) -> [usize; 3] {
-        [self.channels, self.height, self.width]
+    /// One frame's dimensions without batch and time: `[C, H, W]` for an image, `shape` for a
+    /// tensor. What the encoder (or, without one, `step.onnx`) takes after the batch dimension.
+    pub fn dims(&self) -> &[usize] {
+        &self.shape
+    }
+
+    pub fn is_image(&self) -> bool {
+        self.kind == InputKind::Image
+    }
+
+    /// Whether a request carries one frame per step.
+    pub fn per_step(&self) -> bool {
+        self.time == TimeMode::PerStep
+    }
+
+    /// What a request's tensor must look like, for error messages: `[2, 16, 16]` or
+    /// `[t, 2, 16, 16] with 1 ≤ t ≤ T`, and the dtypes accepted.
+    pub fn expected(&self, timesteps: usize) -> String {
+        let dims = self
+            .shape
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        match (self.kind, self.time) {
+            (InputKind::Image, _) => format!("[{dims}] float32 (C x H x W, preprocessed)"),
+            (InputKind::Tensor, TimeMode::Static) => {
+                format!("[{dims}] {}", crate::npy::ACCEPTED_DTYPES)
+            }
+            (InputKind::Tensor, TimeMode::PerStep) => format!(
+                "[t, {dims}] with 1 ≤ t ≤ {timesteps}, {}",
+                crate::npy::ACCEPTED_DTYPES
+            ),
+        }
     }
 }
 
@@ -422,51 +708,55 @@ impl Manifest {
             return Err(format!("timesteps {} must be in 1..=1024", self.timesteps));
         }
         let i = &self.input;
-        if !(i.color == Color::Grayscale && i.channels == 1
-            || i.color == Color::Rgb && i.channels == 3)
-        {
-            return Err(format!(
-                "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
-                i.color, i.channels
-            ));
-        }
-        if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
-            return Err(format!(
-                "input size {}x{} must be within 1..=4096",
-                i.height, i.width
-            ));
-        }
-        if i.mean.len() != i.channels || i.std.len() != i.channels {
-            return Err("input.mean and input.std need one value per channel".into());
-        }
-        if i.std
-            .iter()
-            .any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
-            || !i.scale.is_finite()
-            || i.mean.iter().any(|m| !m.is_finite())
-        {
-            return Err(
-                "input.std must be finite and not zero or subnormal, input.scale and input.mean finite"
-                    .into(),
-            );
-        }
-        // (pixel × scale − mean) / std (with `invert`, 1 − pixel × scale) is monotonic in the pixel, so black and white bound every
-        // value the preprocessing can produce: both must stay finite in float32.
-        for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
-            for px in [0.0f32, 255.0] {
-                let x = if i.invert {
-                    1.0 - px * i.scale
-                } else {
-                    px * i.scale
-                };
-                let v = (x - m) / sd;
-                if !v.is_finite() {
-                    return Err(format!(
-                        "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
-                        i.scale
-                    ));
+        if i.is_image() {
+            if !(i.color == Color::Grayscale && i.channels == 1
+                || i.color == Color::Rgb && i.channels == 3)
+            {
+                return Err(format!(
+                    "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
+                    i.color, i.channels
+                ));
+            }
+            if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
+                return Err(format!(
+                    "input size {}x{} must be within 1..=4096",
+                    i.height, i.width
+                ));
+            }
+            if i.mean.len() != i.channels || i.std.len() != i.channels {
+                return Err("input.mean and input.std need one value per channel".into());
+            }
+            if i.std
+                .iter()
+                .any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
+                || !i.scale.is_finite()
+                || i.mean.iter().any(|m| !m.is_finite())
+            {
+                return Err(
+                    "input.std must be finite and not zero or subnormal, input.scale and input.mean finite"
+                        .into(),
+                );
+            }
+            // (pixel × scale − mean) / std (with `invert`, 1 − pixel × scale) is monotonic in the pixel, so black and white bound every
+            // value the preprocessing can produce: both must stay finite in float32.
+            for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
+                for px in [0.0f32, 255.0] {
+                    let x = if i.invert {
+                        1.0 - px * i.scale
+                    } else {
+                        px * i.scale
+                    };
+                    let v = (x - m) / sd;
+                    if !v.is_finite() {
+                        return Err(format!(
+                            "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
+                            i.scale
+                        ));
+                    }
                 }
             }
+        } else {
+            self.validate_tensor_input()?;
         }
         let e = &self.exit;
         if !(e.temperature.is_finite() && e.temperature > 0.0) {
@@ -477,6 +767,9 @@ impl Manifest {
                 "exit.default_alpha {} must be in (0, 1]",
                 e.default_alpha
             ));
+        }
+        if e.aggregation == Aggregation::Last && self.format_version < 3 {
+            return Err("exit.aggregation \"last\" needs format_version 3".into());
         }
         if e.default_rule == RuleKind::Policy && self.graphs.policy.is_none() {
             return Err("exit.default_rule is policy but graphs.policy is missing".into());
@@ -546,7 +839,42 @@ impl Manifest {
     pub fn num_classes(&self) -> usize {
         self.labels.len()
     }
+
+    /// A tensor input's checks: format 3, a real shape, and for per_step inputs neither an
+    /// encoder nor a SEENN-II policy (each would have to see every frame before the first step).
+    fn validate_tensor_input(&self) -> Result<(), String> {
+        let i = &self.input;
+        if self.format_version < 3 {
+            return Err(format!(
+                "input.kind \"tensor\" needs format_version 3 (this manifest has {})",
+                self.format_version
+            ));
+        }
+        let elements = i
+            .shape
+            .iter()
+            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+            .filter(|n| *n > 0 && *n <= MAX_INPUT_ELEMENTS);
+        if i.shape.is_empty() || elements.is_none() {
+            return Err(format!(
+                "input.shape {:?} must have rank 1 or more and 1..={MAX_INPUT_ELEMENTS} elements (no zero dimension)",
+                i.shape
+            ));
+        }
+        if i.per_step() {
+            if self.graphs.encoder.is_some() {
+                return Err("input.time per_step cannot have graphs.encoder: the encoder runs once per request, before the first frame; fold it into step.onnx".into());
+            }
+            if self.graphs.policy.is_some() || self.exit.default_rule == RuleKind::Policy {
+                return Err("input.time per_step cannot have a SEENN-II policy (graphs.policy, default_rule policy): the policy must see the whole input before the SNN runs, and a per_step request's frames arrive one per step".into());
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Most values in one frame of a tensor input.
+pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
 
 impl Calibration {
     pub fn validate(&self, timesteps: usize) -> Result<(), String> {
@@ -747,6 +1075,147 @@ mod tests {
         let mut none = calibration(vec![row(0.9, 0.99, vec![100, 0])]);
         none.alpha_sweep[0].agreement_with_full_t = None;
         assert_eq!(none.expected_shadow_agreement(0.9), None);
+    }
+
+    /// A format-3 manifest with `input` and `exit` spliced in.
+    fn manifest_with(input: &str, extra: &str) -> Result<Manifest, String> {
+        let text = format!(
+            r#"{{"format_version": 3, "name": "m", "version": "1", "labels": ["a", "b"],
+                "input": {input}, "timesteps": 4,
+                "exit": {{"aggregation": "last", "temperature": 1.0, "default_rule": "confidence",
+                          "default_alpha": 0.9}},
+                "graphs": {{"step": {{"file": "step.onnx", "input": "x", "logits": "logits",
+                            "states": [{{"input": "v", "output": "vo", "shape": [3], "initial_value": 0.0}}]}}
+                            {extra}}}}}"#
+        );
+        crate::model::parse_manifest(text.as_bytes())
+    }
+
+    #[test]
+    fn tensor_inputs_read_with_their_shape_dtype_and_time() {
+        let m = manifest_with(
+            r#"{"kind": "tensor", "shape": [2, 16, 16], "dtype": "uint8", "time": "per_step"}"#,
+            "",
+        )
+        .expect("parses");
+        let i = &m.input;
+        assert!(!i.is_image() && i.per_step());
+        assert_eq!(
+            (i.dims(), i.len(), i.dtype),
+            (&[2, 16, 16][..], 512, Dtype::Uint8)
+        );
+        assert_eq!(
+            i.expected(m.timesteps),
+            "[t, 2, 16, 16] with 1 ≤ t ≤ 4, float32|uint8|bool"
+        );
+        assert_eq!(m.exit.aggregation, Aggregation::Last);
+        // What the server writes back reads in again, unchanged.
+        let again = crate::model::parse_manifest(&serde_json::to_vec(&m).expect("json"))
+            .expect("round trip");
+        assert_eq!(again.input, m.input);
+        // `time` defaults to static.
+        let s = manifest_with(
+            r#"{"kind": "tensor", "shape": [7], "dtype": "float32"}"#,
+            "",
+        )
+        .expect("static");
+        assert!(!s.input.per_step());
+        assert_eq!(s.input.expected(4), "[7] float32|uint8|bool");
+    }
+
+    #[test]
+    fn bad_tensor_inputs_are_named_with_what_is_accepted() {
+        let e = |input: &str, extra: &str| manifest_with(input, extra).unwrap_err();
+        let m = e(r#"{"kind": "audio", "shape": [2]}"#, "");
+        assert!(
+            m.contains("input.kind \"audio\"") && m.contains("accepted: image, tensor"),
+            "{m}"
+        );
+        let m = e(r#"{"kind": "tensor", "shape": [2], "dtype": "int64"}"#, "");
+        assert!(
+            m.contains("\"int64\"") && m.contains("float32|uint8|bool"),
+            "{m}"
+        );
+        let m = e(
+            r#"{"kind": "tensor", "shape": [2], "dtype": "bool", "time": "streaming"}"#,
+            "",
+        );
+        assert!(m.contains("accepted: static, per_step"), "{m}");
+        let m = e(
+            r#"{"kind": "tensor", "shape": [2, 0], "dtype": "bool"}"#,
+            "",
+        );
+        assert!(m.contains("no zero dimension"), "{m}");
+        let m = e(r#"{"kind": "tensor", "shape": [], "dtype": "bool"}"#, "");
+        assert!(m.contains("rank 1 or more"), "{m}");
+        let m = e(r#"{"kind": "tensor", "dtype": "bool"}"#, "");
+        assert!(m.contains("input.shape is missing"), "{m}");
+        let m = e(
+            r#"{"kind": "tensor", "shape": [2], "dtype": "bool", "channels": 1}"#,
+            "",
+        );
+        assert!(
+            m.contains("input.channels belongs to kind \"image\""),
+            "{m}"
+        );
+        let m = e(
+            r#"{"channels": 1, "height": 2, "width": 2, "color": "grayscale", "scale": 1.0,
+                "mean": [0], "std": [1], "time": "per_step"}"#,
+            "",
+        );
+        assert!(m.contains("input.time belongs to kind \"tensor\""), "{m}");
+        let m = e(
+            r#"{"channels": 1, "height": 2, "width": 2, "color": "grayscale"}"#,
+            "",
+        );
+        assert!(m.contains("input.scale is missing"), "{m}");
+        let per_step = r#"{"kind": "tensor", "shape": [2], "dtype": "bool", "time": "per_step"}"#;
+        let m = e(
+            per_step,
+            r#", "encoder": {"file": "e.onnx", "input": "x", "output": "f", "output_shape": [2]}"#,
+        );
+        assert!(m.contains("per_step cannot have graphs.encoder"), "{m}");
+        let m = e(
+            per_step,
+            r#", "policy": {"file": "p.onnx", "input": "x", "output": "a", "actions": [1, 4]}"#,
+        );
+        assert!(m.contains("the policy must see the whole input"), "{m}");
+        // A static tensor input may have both.
+        manifest_with(
+            r#"{"kind": "tensor", "shape": [2], "dtype": "bool"}"#,
+            r#", "policy": {"file": "p.onnx", "input": "x", "output": "a", "actions": [1, 4]}"#,
+        )
+        .expect("static tensor with a policy");
+    }
+
+    #[test]
+    fn tensor_inputs_and_last_need_format_3() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(dir.join("models/fashion-mnist/manifest.json"))
+            .expect("committed manifest");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["exit"]["aggregation"] = "last".into();
+        let e = crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err();
+        assert!(e.contains("\"last\" needs format_version 3"), "{e}");
+        v["format_version"] = 3.into();
+        let m =
+            crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).expect("reads");
+        assert!(m.input.is_image());
+        assert_eq!(m.input.dims(), [1, 28, 28]);
+        v["format_version"] = 2.into();
+        v["exit"]["aggregation"] = "sum".into();
+        v["input"] = serde_json::json!({"kind": "tensor", "shape": [4], "dtype": "float32"});
+        v["graphs"]
+            .as_object_mut()
+            .expect("graphs")
+            .remove("encoder");
+        v["graphs"]
+            .as_object_mut()
+            .expect("graphs")
+            .remove("policy");
+        v["exit"]["default_rule"] = "confidence".into();
+        let e = crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err();
+        assert!(e.contains("needs format_version 3"), "{e}");
     }
 
     #[test]

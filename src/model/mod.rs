@@ -112,6 +112,57 @@ impl GoldenSample {
         let path = dir.join(&self.file);
         std::fs::read(&path).map_err(|e| err(&path, format!("cannot read: {e}")))
     }
+
+    /// Whether the sample is a `.npy` tensor (tensor packages) rather than an image.
+    pub fn is_npy(&self) -> bool {
+        self.file.ends_with(".npy")
+    }
+
+    /// The engine input of this sample for model `m`: a `.npy` file's values (`[*dims]` for a
+    /// static input, `[t, *dims]` with 1 ≤ t ≤ T for a per_step one, any dtype the server reads),
+    /// or an image preprocessed as the manifest says.
+    pub fn read_input(&self, dir: &Path, m: &manifest::Manifest) -> Result<Vec<f32>, LoadError> {
+        let path = dir.join(&self.file);
+        let bytes = self.read_image(dir)?;
+        if self.is_npy() {
+            let a = crate::npy::read(&bytes).map_err(|e| err(&path, e))?;
+            check_frames(&m.input, m.timesteps, &a.shape).map_err(|e| err(&path, e))?;
+            return Ok(a.data);
+        }
+        if !m.input.is_image() {
+            return Err(err(
+                &path,
+                format!(
+                    "a tensor model's golden samples are .npy files holding {}",
+                    m.input.expected(m.timesteps)
+                ),
+            ));
+        }
+        crate::preprocess::image_to_tensor(&bytes, None, &m.input, 1 << 26)
+            .map_err(|e| err(&path, e.to_string()))
+    }
+}
+
+/// Checks a request tensor's shape against the input: `[*dims]` (static inputs and images) or
+/// `[t, *dims]` with 1 ≤ t ≤ `timesteps` (per_step). Returns the frames it holds (1 when static).
+pub fn check_frames(
+    input: &manifest::InputSpec,
+    timesteps: usize,
+    shape: &[usize],
+) -> Result<usize, String> {
+    let dims = input.dims();
+    let ok = if input.per_step() {
+        shape.len() == dims.len() + 1 && shape[1..] == *dims && (1..=timesteps).contains(&shape[0])
+    } else {
+        shape == dims
+    };
+    if !ok {
+        return Err(format!(
+            "tensor of shape {shape:?}; expected {}",
+            input.expected(timesteps)
+        ));
+    }
+    Ok(if input.per_step() { shape[0] } else { 1 })
 }
 
 /// Parses a golden.json body.

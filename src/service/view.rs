@@ -38,6 +38,7 @@ pub struct ModelView {
     pub architecture: String,
     pub labels: Vec<String>,
     pub timesteps: usize,
+    #[schema(value_type = crate::model::manifest::InputJson)]
     pub input: InputSpec,
     pub exit_score: ExitScoreView,
     pub exit_policy: ExitPolicyView,

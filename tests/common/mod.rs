@@ -275,3 +275,49 @@ where
     );
     answers
 }
+
+/// The small format-3 tensor packages the tests use (`tests/fixtures/make_tensor_packages.py`):
+/// `lif-frames` (per_step, uint8 frames [2, 8, 8], aggregation last, T = 8) and `lif-static`
+/// (static float32 [3, 5], aggregation sum, T = 4).
+pub fn tensor_packages_dir() -> PathBuf {
+    repo().join("tests/fixtures/packages")
+}
+
+pub fn frames_package() -> PathBuf {
+    tensor_packages_dir().join("lif-frames")
+}
+
+pub fn static_tensor_package() -> PathBuf {
+    tensor_packages_dir().join("lif-static")
+}
+
+/// A server on the tensor packages (see [`tensor_packages_dir`]).
+pub fn tensor_config(state_dir: &Path) -> ServeConfig {
+    ServeConfig::for_tests(tensor_packages_dir(), state_dir.to_path_buf())
+}
+
+/// The aggregate Z_t of every step of golden `logits` under the manifest's aggregation
+/// (float64), as the engine computes it.
+pub fn aggregates(
+    logits: &[Vec<f32>],
+    aggregation: seenn_serve::model::manifest::Aggregation,
+) -> Vec<Vec<f64>> {
+    use seenn_serve::model::manifest::Aggregation;
+    let mut sum = vec![0f64; logits.first().map_or(0, Vec::len)];
+    logits
+        .iter()
+        .enumerate()
+        .map(|(t, step)| {
+            for (s, z) in sum.iter_mut().zip(step) {
+                match aggregation {
+                    Aggregation::Last => *s = f64::from(*z),
+                    _ => *s += f64::from(*z),
+                }
+            }
+            match aggregation {
+                Aggregation::Mean => sum.iter().map(|s| s / (t + 1) as f64).collect(),
+                _ => sum.clone(),
+            }
+        })
+        .collect()
+}
