@@ -20,4 +20,5 @@ pub mod registry;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod simulate;
 pub mod state;

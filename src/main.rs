@@ -1,4 +1,4 @@
-//! `seenn`: serve | inspect | eval | bench | openapi, all on one async runtime.
+//! `seenn`: serve | inspect | eval | bench | simulate | openapi, all on one async runtime.
 
 use std::process::ExitCode;
 
@@ -27,6 +27,10 @@ enum Command {
     Eval(seenn_serve::eval::EvalArgs),
     /// Load generator against a running server (HTTP or gRPC), closed or open loop.
     Bench(seenn_serve::bench::BenchArgs),
+    /// Run one package's step graph through the engine's batch buffers with no exit, writing every
+    /// step's output (and with --states-out every state) as .npy: the parity check against the
+    /// framework a model came from.
+    Simulate(seenn_serve::simulate::SimulateArgs),
     /// Print the HTTP API's OpenAPI 3 document (committed as proto/openapi.json).
     Openapi,
 }
@@ -92,6 +96,13 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Simulate(args) => match seenn_serve::simulate::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Bench(args) => match rt.block_on(seenn_serve::bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
