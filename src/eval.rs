@@ -20,7 +20,8 @@ pub struct EvalArgs {
     /// The model package folder.
     #[arg(long)]
     pub model: PathBuf,
-    /// Dataset: fashion-mnist (IDX files) or samples (the package's golden samples).
+    /// Dataset: fashion-mnist (IDX files), samples (the package's golden samples), or a path: an
+    /// .npz with `x` and `y`, or a folder of images with one subfolder per class (as `calibrate`).
     #[arg(long, default_value = "fashion-mnist")]
     pub data: String,
     #[arg(long, default_value = crate::dataset::DEFAULT_FASHION_DIR)]
@@ -513,9 +514,18 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             (xs, labels)
         }
         other => {
-            return Err(format!(
-                "unknown --data {other:?}; accepted: fashion-mnist, mnist, samples"
-            ))
+            let path = std::path::Path::new(other);
+            if !(path.is_dir() || path.is_file()) {
+                return Err(format!(
+                    "unknown --data {other:?}; accepted: fashion-mnist, mnist, samples, or a path to {}",
+                    crate::calibrate::data::ACCEPTED
+                ));
+            }
+            let d = crate::calibrate::data::load(path, &m.manifest)?;
+            let n = args.limit.unwrap_or(d.labels.len()).min(d.labels.len());
+            let mut inputs = d.inputs;
+            inputs.truncate(n);
+            (inputs, d.labels[..n].to_vec())
         }
     };
     let reps = args.repeat.max(1);

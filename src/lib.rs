@@ -3,6 +3,7 @@
 pub mod admin_token;
 pub mod api;
 pub mod bench;
+pub mod calibrate;
 pub mod config;
 pub mod dataset;
 pub mod engine;

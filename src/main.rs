@@ -31,6 +31,10 @@ enum Command {
     /// step's output (and with --states-out every state) as .npy: the parity check against the
     /// framework a model came from.
     Simulate(seenn_serve::simulate::SimulateArgs),
+    /// Measure a package on your own labelled data through the engine (accuracy per step, AET, the
+    /// α table over temperatures), choose its default α, and write calibration.json, golden samples
+    /// and the model card's calibration section with the accuracy–timesteps curve.
+    Calibrate(seenn_serve::calibrate::CalibrateArgs),
     /// Print the HTTP API's OpenAPI 3 document (committed as proto/openapi.json).
     Openapi,
 }
@@ -97,6 +101,13 @@ fn main() -> ExitCode {
             }
         }
         Command::Simulate(args) => match seenn_serve::simulate::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Calibrate(args) => match seenn_serve::calibrate::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

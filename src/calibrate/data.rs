@@ -1,0 +1,342 @@
+//! The user's labelled data for `seenn calibrate` and `seenn eval --data`: an `.npz` file with `x`
+//! and `y` (as `numpy.savez` writes it, compressed or not), or a folder of images, one subfolder per
+//! class (subfolder names sorted, or named as the model's labels).
+
+use std::io::Read;
+use std::path::Path;
+
+use crate::model::manifest::{InputKind, Manifest, TimeMode};
+use crate::npy;
+
+/// Samples ready for the engine: each input as a job carries it (a preprocessed image, a tensor, or
+/// a per-step model's frames back to back), the labels, and each sample's own shape and values as
+/// given (for golden samples).
+pub struct Labelled {
+    pub inputs: Vec<Vec<f32>>,
+    pub labels: Vec<usize>,
+    /// One sample's shape as a request carries it (`[T, …]` frames, `[…]` a tensor, `[C, H, W]`).
+    pub sample_shape: Vec<usize>,
+    pub dtype: npy::Dtype,
+    /// Image files (image folders only), for golden samples.
+    pub files: Vec<std::path::PathBuf>,
+}
+
+/// What DATA may be, for error messages.
+pub const ACCEPTED: &str = "an .npz file with `x` ([N, T, …] frames for a per-step model, [N, …] \
+     for a static one; float32, uint8 or bool) and `y` (integer labels, [N]), or a folder of images \
+     with one subfolder per class";
+
+pub fn load(path: &Path, manifest: &Manifest) -> Result<Labelled, String> {
+    if path.is_dir() {
+        return load_image_folder(path, manifest);
+    }
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
+    let entries =
+        read_npz(&bytes).map_err(|e| format!("{}: {e}; DATA is {ACCEPTED}", path.display()))?;
+    let get = |name: &str| {
+        entries
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+            .ok_or_else(|| format!("{}: no `{name}` array; DATA is {ACCEPTED}", path.display()))
+    };
+    let x = npy::read(get("x.npy")?).map_err(|e| format!("{}: x: {e}", path.display()))?;
+    let y = read_labels(get("y.npy")?).map_err(|e| format!("{}: y: {e}", path.display()))?;
+    from_arrays(x, y, manifest).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Splits `x` [N, …] into per-sample inputs after checking the shape against the model.
+pub fn from_arrays(x: npy::Array, y: Vec<usize>, manifest: &Manifest) -> Result<Labelled, String> {
+    let spec = &manifest.input;
+    let dims = spec.dims().to_vec();
+    let t_max = manifest.timesteps;
+    let Some((&n, sample)) = x.shape.split_first() else {
+        return Err("x is a scalar; expected [N, …]".into());
+    };
+    if n != y.len() {
+        return Err(format!("x holds {n} samples but y {} labels", y.len()));
+    }
+    if n == 0 {
+        return Err("x holds no samples".into());
+    }
+    let expected = match (spec.kind, spec.time) {
+        (InputKind::Tensor, TimeMode::PerStep) => {
+            let ok = sample.len() == dims.len() + 1
+                && sample[1..] == dims[..]
+                && (1..=t_max).contains(&sample[0]);
+            (ok, format!("[N, t, {}] with 1 ≤ t ≤ {t_max}", join(&dims)))
+        }
+        _ => (sample == dims, format!("[N, {}]", join(&dims))),
+    };
+    if !expected.0 {
+        return Err(format!(
+            "x has shape [{}]; model {} takes {}",
+            join(&x.shape),
+            manifest.name,
+            expected.1
+        ));
+    }
+    let classes = manifest.labels.len();
+    if let Some(bad) = y.iter().find(|&&c| c >= classes) {
+        return Err(format!(
+            "label {bad} is out of range: the model has {classes} classes"
+        ));
+    }
+    let len: usize = sample.iter().product();
+    let inputs = x.data.chunks(len).map(<[f32]>::to_vec).collect();
+    Ok(Labelled {
+        inputs,
+        labels: y,
+        sample_shape: sample.to_vec(),
+        dtype: x.dtype,
+        files: Vec::new(),
+    })
+}
+
+fn join(v: &[usize]) -> String {
+    v.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Images in `dir/<class>/*`: classes are the model's labels when every subfolder is one, else the
+/// subfolders in sorted order.
+fn load_image_folder(dir: &Path, manifest: &Manifest) -> Result<Labelled, String> {
+    if manifest.input.kind != InputKind::Image {
+        return Err(format!(
+            "{}: a folder of images, but model {} takes tensors; DATA is {ACCEPTED}",
+            dir.display(),
+            manifest.name
+        ));
+    }
+    let mut classes: Vec<String> = std::fs::read_dir(dir)
+        .map_err(|e| format!("{}: cannot list: {e}", dir.display()))?
+        .filter_map(Result::ok)
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    classes.sort();
+    if classes.is_empty() {
+        return Err(format!(
+            "{}: no class subfolders; DATA is {ACCEPTED}",
+            dir.display()
+        ));
+    }
+    let by_label = classes.iter().all(|c| manifest.labels.contains(c));
+    let mut out = Labelled {
+        inputs: Vec::new(),
+        labels: Vec::new(),
+        sample_shape: manifest.input.dims().to_vec(),
+        dtype: npy::Dtype::Float32,
+        files: Vec::new(),
+    };
+    for (i, class) in classes.iter().enumerate() {
+        let label = if by_label {
+            manifest.labels.iter().position(|l| l == class).unwrap_or(i)
+        } else {
+            i
+        };
+        if label >= manifest.labels.len() {
+            return Err(format!(
+                "{}: {} class folders, but model {} has {} classes",
+                dir.display(),
+                classes.len(),
+                manifest.name,
+                manifest.labels.len()
+            ));
+        }
+        let mut files: Vec<_> = std::fs::read_dir(dir.join(class))
+            .map_err(|e| format!("{}: {e}", dir.join(class).display()))?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            let bytes = std::fs::read(&f).map_err(|e| format!("{}: {e}", f.display()))?;
+            let x = crate::preprocess::image_to_tensor(&bytes, None, &manifest.input, 1 << 26)
+                .map_err(|e| format!("{}: {e}", f.display()))?;
+            out.inputs.push(x);
+            out.labels.push(label);
+            out.files.push(f);
+        }
+    }
+    Ok(out)
+}
+
+/// Integer labels from a `.npy` file: int64, int32, uint8 or int16, little-endian, one dimension.
+pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
+    let (descr, shape, data) = npy_header(bytes)?;
+    let size = match descr.as_str() {
+        "<i8" | "<u8" => 8,
+        "<i4" | "<u4" => 4,
+        "<i2" | "<u2" => 2,
+        "|u1" | "|i1" => 1,
+        other => {
+            return Err(format!(
+                "labels of dtype {other:?}; accepted: integers (<i8, <i4, <i2, |u1)"
+            ))
+        }
+    };
+    if shape.len() != 1 {
+        return Err(format!("labels of shape {shape:?}; expected [N]"));
+    }
+    let n = shape[0];
+    if data.len() < n * size {
+        return Err("truncated label data".into());
+    }
+    (0..n)
+        .map(|i| {
+            let b = &data[i * size..(i + 1) * size];
+            let mut buf = [0u8; 8];
+            buf[..size].copy_from_slice(b);
+            let signed = descr.as_bytes()[1] == b'i';
+            let v = if signed && b[size - 1] & 0x80 != 0 {
+                -1
+            } else {
+                i64::from_le_bytes(buf)
+            };
+            usize::try_from(v).map_err(|_| format!("label {i} is negative"))
+        })
+        .collect()
+}
+
+/// (descr, shape, data) of a `.npy` file, for dtypes `npy::read` does not take.
+fn npy_header(bytes: &[u8]) -> Result<(String, Vec<usize>, &[u8]), String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Err("not a .npy file".into());
+    }
+    let (len, start) = match bytes[6] {
+        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
+        2 | 3 if bytes.len() >= 12 => (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        ),
+        v => return Err(format!("unsupported .npy version {v}")),
+    };
+    let header = bytes
+        .get(start..start + len)
+        .and_then(|h| std::str::from_utf8(h).ok())
+        .ok_or("truncated .npy header")?;
+    let field = |key: &str| -> Option<&str> {
+        let at = header.find(&format!("'{key}':"))? + key.len() + 3;
+        Some(header[at..].trim_start())
+    };
+    let descr = field("descr")
+        .and_then(|s| s.strip_prefix('\''))
+        .and_then(|s| s.split('\'').next())
+        .ok_or("no descr in the .npy header")?
+        .to_string();
+    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
+        return Err("fortran_order arrays are not accepted".into());
+    }
+    let shape_text = field("shape")
+        .and_then(|s| s.strip_prefix('('))
+        .and_then(|s| s.split(')').next())
+        .ok_or("no shape in the .npy header")?;
+    let shape = shape_text
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|e| format!("shape {shape_text:?}: {e}"))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((descr, shape, &bytes[start + len..]))
+}
+
+/// Every member of a zip archive (`.npz`): (name, uncompressed bytes). Stored and deflated members,
+/// zip64 sizes (numpy writes them), no encryption; members with a trailing data descriptor are
+/// refused (numpy never writes them to a file).
+pub fn read_npz(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let u16_at = |i: usize| -> Result<usize, String> {
+        bytes
+            .get(i..i + 2)
+            .map(|b| u16::from_le_bytes([b[0], b[1]]) as usize)
+            .ok_or_else(|| "truncated zip archive".to_string())
+    };
+    let u32_at = |i: usize| -> Result<u64, String> {
+        bytes
+            .get(i..i + 4)
+            .map(|b| u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .ok_or_else(|| "truncated zip archive".to_string())
+    };
+    if bytes.get(..4) != Some(b"PK\x03\x04") {
+        return Err("not an .npz (zip) file".into());
+    }
+    let mut out = Vec::new();
+    let mut at = 0usize;
+    while bytes.get(at..at + 4) == Some(b"PK\x03\x04") {
+        let flags = u16_at(at + 6)?;
+        let method = u16_at(at + 8)?;
+        let mut csize = u32_at(at + 18)?;
+        let mut usize_ = u32_at(at + 22)?;
+        let name_len = u16_at(at + 26)?;
+        let extra_len = u16_at(at + 28)?;
+        let name_bytes = bytes
+            .get(at + 30..at + 30 + name_len)
+            .ok_or("truncated zip archive")?;
+        let name = String::from_utf8_lossy(name_bytes).into_owned();
+        let extra = bytes
+            .get(at + 30 + name_len..at + 30 + name_len + extra_len)
+            .ok_or("truncated zip archive")?;
+        if csize == 0xFFFF_FFFF || usize_ == 0xFFFF_FFFF {
+            (usize_, csize) = zip64_sizes(extra).ok_or("zip64 member without its sizes")?;
+        }
+        if flags & 0x1 != 0 {
+            return Err(format!("member {name} is encrypted"));
+        }
+        if flags & 0x8 != 0 && csize == 0 {
+            return Err(format!(
+                "member {name} has its sizes after the data (a streamed zip); save with numpy.savez to a file"
+            ));
+        }
+        let start = at + 30 + name_len + extra_len;
+        let end = usize::try_from(csize)
+            .ok()
+            .and_then(|c| start.checked_add(c))
+            .filter(|&e| e <= bytes.len())
+            .ok_or_else(|| format!("member {name} is truncated"))?;
+        let raw = &bytes[start..end];
+        let data = match method {
+            0 => raw.to_vec(),
+            8 => {
+                let cap = usize::try_from(usize_)
+                    .unwrap_or(0)
+                    .min(npy::MAX_ELEMENTS * 4);
+                let mut v = Vec::with_capacity(cap);
+                flate2::read::DeflateDecoder::new(raw)
+                    .take(usize_)
+                    .read_to_end(&mut v)
+                    .map_err(|e| format!("member {name}: {e}"))?;
+                v
+            }
+            m => {
+                return Err(format!(
+                    "member {name}: compression method {m}; accepted: stored, deflate"
+                ))
+            }
+        };
+        out.push((name, data));
+        at = end;
+    }
+    Ok(out)
+}
+
+fn zip64_sizes(extra: &[u8]) -> Option<(u64, u64)> {
+    let mut i = 0;
+    while i + 4 <= extra.len() {
+        let id = u16::from_le_bytes([extra[i], extra[i + 1]]);
+        let len = u16::from_le_bytes([extra[i + 2], extra[i + 3]]) as usize;
+        let body = extra.get(i + 4..i + 4 + len)?;
+        if id == 1 && body.len() >= 16 {
+            let u = u64::from_le_bytes(body[..8].try_into().ok()?);
+            let c = u64::from_le_bytes(body[8..16].try_into().ok()?);
+            return Some((u, c));
+        }
+        i += 4 + len;
+    }
+    None
+}
