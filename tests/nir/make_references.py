@@ -287,7 +287,9 @@ def run_snntorch():
             else:
                 zc = torch.zeros_like(cur)  # RSynaptic(reset_delay=False) fails on None spk/mem arguments
                 z1, st["rs_i"], st["rs"] = s.rs(cur, st.get("z1", zc), st.get("rs_i", zc), st.get("rs", zc))
-            z2, st["lif"] = s.lif(s.fc2(z1), st.get("lif"))
+            # An explicit zero membrane at t = 0: with mem=None snn.Leaky reuses its own last membrane,
+            # which the first of the two runs below leaves behind.
+            z2, st["lif"] = s.lif(s.fc2(z1), st.get("lif", torch.zeros(z1.shape[0], 5)))
             st["z1"] = z1
             return z2
 
