@@ -36,12 +36,12 @@ pub fn load(path: &Path, manifest: &Manifest) -> Result<Labelled, String> {
     let get = |name: &str| {
         entries
             .iter()
-            .find(|(n, _)| n == name)
+            .find(|(n, _)| *n == format!("{name}.npy"))
             .map(|(_, b)| b.as_slice())
             .ok_or_else(|| format!("{}: no `{name}` array; DATA is {ACCEPTED}", path.display()))
     };
-    let x = npy::read(get("x.npy")?).map_err(|e| format!("{}: x: {e}", path.display()))?;
-    let y = read_labels(get("y.npy")?).map_err(|e| format!("{}: y: {e}", path.display()))?;
+    let x = npy::read(get("x")?).map_err(|e| format!("{}: x: {e}", path.display()))?;
+    let y = read_labels(get("y")?).map_err(|e| format!("{}: y: {e}", path.display()))?;
     from_arrays(x, y, manifest).map_err(|e| format!("{}: {e}", path.display()))
 }
 
