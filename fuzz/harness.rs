@@ -201,6 +201,13 @@ pub enum HttpOutcome {
         values: usize,
         check: Result<(), Error>,
     },
+    /// A tensor with its shape (a .npy body, or JSON `tensor` with `shape`), checked against the
+    /// Fashion-MNIST input as the service does.
+    Shaped {
+        opts: ClassifyOptions,
+        shape: Vec<usize>,
+        check: Result<usize, String>,
+    },
 }
 
 impl HttpOutcome {
@@ -209,6 +216,7 @@ impl HttpOutcome {
             HttpOutcome::Rejected(_) => false,
             HttpOutcome::Image { tensor, .. } => tensor.is_ok(),
             HttpOutcome::Tensor { check, .. } => check.is_ok(),
+            HttpOutcome::Shaped { check, .. } => check.is_ok(),
         }
     }
 }
@@ -272,6 +280,21 @@ pub fn http_request(data: &[u8]) -> Option<HttpOutcome> {
                 values: values.len(),
                 check,
             }
+        }
+        Ok((Input::Shaped { shape, data }, opts)) => {
+            assert!(
+                ct.starts_with("application/json")
+                    || ct.starts_with("application/x-npy")
+                    || case.body.starts_with(b"\x93NUMPY"),
+                "a shaped tensor from {ct:?}"
+            );
+            assert!(
+                data.iter().all(|v| v.is_finite()),
+                "non-finite tensor value"
+            );
+            assert_eq!(data.len(), shape.iter().product::<usize>());
+            let check = seenn_serve::model::check_frames(spec, 4, &shape);
+            HttpOutcome::Shaped { opts, shape, check }
         }
     })
 }

@@ -9,7 +9,7 @@
 //! at byte 1 and has no binary part.
 //!
 //! Properties: a decode never panics; it fails only with a client error (4xx) that has a message;
-//! what it accepts has well-formed inputs (datatype FP32 or BYTES, data of that type), and the
+//! what it accepts has well-formed inputs (datatype FP32, UINT8, BOOL or BYTES, data of that type), and the
 //! request parameters either become exit options or are refused with a client error.
 #![allow(dead_code)]
 
@@ -44,7 +44,10 @@ pub fn kserve_input(transport: Transport, header_len: Option<u16>, body: &[u8]) 
 fn check_accepted(r: &InferRequest) {
     for inp in &r.inputs {
         match (&inp.data, inp.datatype.as_str()) {
-            (TensorData::Fp32(_), "FP32") | (TensorData::Bytes(_), "BYTES") => {}
+            (TensorData::Fp32(_), "FP32")
+            | (TensorData::Uint8(_), "UINT8")
+            | (TensorData::Bool(_), "BOOL")
+            | (TensorData::Bytes(_), "BYTES") => {}
             (d, t) => panic!("input {:?} of datatype {t} decoded as {d:?}", inp.name),
         }
     }

@@ -91,6 +91,7 @@ async fn classify_stream_and_list_models() {
             input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
                 shape: vec![1, 28, 28],
                 data: x,
+                ..Default::default()
             })),
             rule: "fixed".into(),
             max_timesteps: Some(3),
@@ -181,6 +182,7 @@ async fn grpc_bad_inputs_map_to_status_codes() {
                 input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
                     shape: vec![],
                     data: vec![0.0; 5],
+                    ..Default::default()
                 })),
                 ..Default::default()
             },
@@ -192,6 +194,7 @@ async fn grpc_bad_inputs_map_to_status_codes() {
                 input: Some(pb::classify_request::Input::Tensor(pb::Tensor {
                     shape: vec![],
                     data: vec![f32::NAN; 784],
+                    ..Default::default()
                 })),
                 ..Default::default()
             },

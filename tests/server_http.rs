@@ -64,12 +64,13 @@ async fn every_golden_sample_exits_where_the_trainer_said() {
         let g = golden(&pkg);
         assert_eq!(g.alpha, m.exit.default_alpha);
         for sample in &g.samples {
-            let (status, body) = post_png(
-                &s,
-                &format!("/v1/models/{}/classify", m.name),
-                sample_bytes(&pkg, sample),
-            )
-            .await;
+            // Image samples as images, tensor samples (.npy) as application/x-npy.
+            let path = format!("/v1/models/{}/classify", m.name);
+            let (status, body) = if sample.is_npy() {
+                post_npy(&s, &path, sample_bytes(&pkg, sample)).await
+            } else {
+                post_png(&s, &path, sample_bytes(&pkg, sample)).await
+            };
             assert_eq!(status, 200, "{body}");
             assert_eq!(
                 body["timesteps_used"],

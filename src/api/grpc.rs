@@ -37,28 +37,47 @@ fn request_id<T>(req: &Request<T>) -> String {
         .unwrap_or_else(|| uuid::Uuid::new_v4().to_string())
 }
 
-fn to_input_and_options(
-    state: &Service,
-    r: pb::ClassifyRequest,
-) -> Result<(Input, ClassifyOptions), Error> {
+fn to_input_and_options(r: pb::ClassifyRequest) -> Result<(Input, ClassifyOptions), Error> {
     let input = match r.input {
         Some(pb::classify_request::Input::Image(bytes)) => Input::Image { bytes, hint: None },
         Some(pb::classify_request::Input::Tensor(t)) => {
-            if !t.shape.is_empty() {
-                let m = state.model(Some(&r.model))?;
-                let want: Vec<u32> = m.manifest.input.dims().iter().map(|d| *d as u32).collect();
-                if t.shape != want {
+            let data = if t.raw.is_empty() {
+                if !t.dtype.is_empty()
+                    && crate::npy::Dtype::parse(&t.dtype).map_err(Error::invalid)?
+                        != crate::npy::Dtype::Float32
+                {
                     return Err(Error::invalid(format!(
-                        "tensor shape {:?}; this model takes {want:?}",
-                        t.shape
+                        "tensor dtype {:?} describes `raw`, which is empty; send the values as `raw` bytes, or as floats in `data` without a dtype",
+                        t.dtype
                     )));
                 }
+                t.data
+            } else {
+                if !t.data.is_empty() {
+                    return Err(Error::invalid(
+                        "the tensor has both `data` and `raw`; give one",
+                    ));
+                }
+                let dtype = match t.dtype.as_str() {
+                    "" => crate::npy::Dtype::Float32,
+                    d => crate::npy::Dtype::parse(d).map_err(Error::invalid)?,
+                };
+                dtype
+                    .decode(&t.raw)
+                    .map_err(|e| Error::invalid(format!("tensor `raw` ({dtype}): {e}")))?
+            };
+            if t.shape.is_empty() {
+                Input::Tensor(data)
+            } else {
+                Input::Shaped {
+                    shape: t.shape.iter().map(|d| *d as usize).collect(),
+                    data,
+                }
             }
-            Input::Tensor(t.data)
         }
         None => {
             return Err(Error::invalid(
-                "set `image` (encoded bytes) or `tensor` (preprocessed floats)",
+                "set `image` (encoded bytes) or `tensor` (values with their shape)",
             ))
         }
     };
@@ -150,7 +169,7 @@ impl Classifier for GrpcService {
         req: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let rid = request_id(&req);
-        let (input, opts) = to_input_and_options(&self.state, req.into_inner())?;
+        let (input, opts) = to_input_and_options(req.into_inner())?;
         let r = self.state.classify(input, opts, rid, None).await?;
         Ok(Response::new(result_pb(r)))
     }
@@ -162,7 +181,7 @@ impl Classifier for GrpcService {
         req: Request<pb::ClassifyRequest>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         let rid = request_id(&req);
-        let (input, opts) = to_input_and_options(&self.state, req.into_inner())?;
+        let (input, opts) = to_input_and_options(req.into_inner())?;
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel();
         let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<pb::ClassifyEvent, Status>>(64);
         let state = self.state.clone();
@@ -209,6 +228,17 @@ impl Classifier for GrpcService {
                     labels: m.manifest.labels.clone(),
                     timesteps: m.manifest.timesteps as u32,
                     input_shape: m.manifest.input.dims().iter().map(|d| *d as u32).collect(),
+                    input_kind: m.manifest.input.kind.as_str().into(),
+                    input_dtype: if m.manifest.input.is_image() {
+                        String::new()
+                    } else {
+                        m.manifest.input.dtype.as_str().into()
+                    },
+                    input_time: if m.manifest.input.is_image() {
+                        String::new()
+                    } else {
+                        m.manifest.input.time.as_str().into()
+                    },
                     default_rule: p.rule.as_str().into(),
                     alpha: p.alpha as f32,
                     has_policy: m.has_policy(),

@@ -15,6 +15,7 @@ use serde_json::json;
 use tracing::Instrument;
 
 use crate::error::{Error, ErrorBody};
+use crate::npy;
 use crate::preprocess;
 use crate::service::{
     ClassifyOptions, ClassifyResult, ExitPolicyUpdate, ExitPolicyView, Input, ModelView, Service,
@@ -170,12 +171,21 @@ fn request_id(headers: &HeaderMap) -> String {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JsonBody {
-    /// The encoded image (PNG, JPEG, WebP, BMP or GIF), base64.
+    /// The encoded image (PNG, JPEG, WebP, BMP or GIF), base64 (image models).
     #[schema(nullable = false)]
     image: Option<String>,
-    /// The preprocessed input, C×H×W float32 values in row-major order.
+    /// The input's values in row-major (C) order, flat: an image model's preprocessed C×H×W
+    /// floats, or a tensor model's values (numbers; `true`/`false` count as 1/0).
+    #[schema(nullable = false, value_type = Vec<f64>)]
+    tensor: Option<Vec<Scalar>>,
+    /// The tensor's shape: `[*shape]` (static) or `[t, *shape]` with 1 ≤ t ≤ T (per_step).
+    /// Without it, the values are one frame, or per_step whole frames back to back.
     #[schema(nullable = false)]
-    tensor: Option<Vec<f64>>,
+    shape: Option<Vec<usize>>,
+    /// The values' type: float32 (the default), uint8 (integers 0..=255) or bool (0/1,
+    /// true/false); all are cast to float32 unscaled.
+    #[schema(nullable = false)]
+    dtype: Option<String>,
     model: Option<String>,
     rule: Option<String>,
     alpha: Option<f64>,
@@ -202,21 +212,53 @@ fn merge(opts: &mut ClassifyOptions, b: &JsonBody) {
     );
 }
 
-fn tensor_from_json(values: &[f64]) -> Result<Vec<f32>, Error> {
+/// A JSON tensor element: a number, or a bool (1 / 0).
+#[derive(Deserialize, Clone, Copy)]
+#[serde(untagged, expecting = "a number or a bool")]
+pub enum Scalar {
+    Number(f64),
+    Bool(bool),
+}
+
+fn tensor_from_json(values: &[Scalar], dtype: npy::Dtype) -> Result<Vec<f32>, Error> {
     values
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            let f = *v as f32;
-            if f.is_finite() {
-                Ok(f)
+            let x = match *v {
+                Scalar::Number(n) => n,
+                Scalar::Bool(b) => f64::from(u8::from(b)),
+            };
+            let ok = match dtype {
+                npy::Dtype::Float32 => (x as f32).is_finite(),
+                npy::Dtype::Uint8 => x.fract() == 0.0 && (0.0..=255.0).contains(&x),
+                npy::Dtype::Bool => x == 0.0 || x == 1.0,
+            };
+            if ok {
+                Ok(x as f32)
             } else {
                 Err(Error::invalid(format!(
-                    "tensor value at index {i} ({v}) is not a finite float32"
+                    "tensor value at index {i} ({x}) is not a {}",
+                    match dtype {
+                        npy::Dtype::Float32 => "finite float32",
+                        npy::Dtype::Uint8 => "uint8 (an integer 0..=255)",
+                        npy::Dtype::Bool => "bool (0, 1, true or false)",
+                    }
                 )))
             }
         })
         .collect()
+}
+
+/// The Content-Type of a `.npy` body.
+pub const NPY_CONTENT_TYPE: &str = "application/x-npy";
+
+fn npy_input(body: &[u8]) -> Result<Input, Error> {
+    let a = npy::read(body).map_err(Error::invalid)?;
+    Ok(Input::Shaped {
+        shape: a.shape,
+        data: a.data,
+    })
 }
 
 /// Reads the body in whichever form it came: multipart, JSON, or raw image bytes (at most
@@ -292,10 +334,15 @@ pub async fn parse_request(
     if content_type.starts_with("application/json") {
         let b: JsonBody = serde_json::from_slice(&body).map_err(|e| {
             Error::invalid(format!(
-                "malformed JSON body: {e}; accepted: {{\"image\": \"<base64>\"}} or {{\"tensor\": [floats]}} plus options {OPTION_NAMES}"
+                "malformed JSON body: {e}; accepted: {{\"image\": \"<base64>\"}} or {{\"tensor\": [values], \"shape\"?: [dims], \"dtype\"?: \"float32|uint8|bool\"}} plus options {OPTION_NAMES}"
             ))
         })?;
         merge(&mut opts, &b);
+        if b.tensor.is_none() && (b.shape.is_some() || b.dtype.is_some()) {
+            return Err(Error::invalid(
+                "`shape` and `dtype` describe `tensor`; this body has no `tensor`",
+            ));
+        }
         let input = match (&b.image, &b.tensor) {
             (Some(img), None) => {
                 let bytes = base64::engine::general_purpose::STANDARD
@@ -303,14 +350,45 @@ pub async fn parse_request(
                     .map_err(|e| Error::invalid(format!("`image` is not valid base64: {e}")))?;
                 Input::Image { bytes, hint: None }
             }
-            (None, Some(t)) => Input::Tensor(tensor_from_json(t)?),
+            (None, Some(t)) => {
+                let dtype = match &b.dtype {
+                    Some(d) => npy::Dtype::parse(d).map_err(Error::invalid)?,
+                    None => npy::Dtype::Float32,
+                };
+                let data = tensor_from_json(t, dtype)?;
+                match &b.shape {
+                    Some(shape) => {
+                        let n = shape
+                            .iter()
+                            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+                            .unwrap_or(usize::MAX);
+                        if n != data.len() {
+                            return Err(Error::invalid(format!(
+                                "`tensor` has {} values; `shape` {shape:?} needs {n}",
+                                data.len()
+                            )));
+                        }
+                        Input::Shaped {
+                            shape: shape.clone(),
+                            data,
+                        }
+                    }
+                    None => Input::Tensor(data),
+                }
+            }
             _ => {
                 return Err(Error::invalid(
-                    "JSON body needs exactly one of `image` (base64) or `tensor` (floats)",
+                    "JSON body needs exactly one of `image` (base64) or `tensor` (values, with `shape`)",
                 ))
             }
         };
         return Ok((input, opts));
+    }
+    // A .npy file: by its Content-Type, or by its magic under application/octet-stream or none.
+    let sniffed_npy = body.starts_with(b"\x93NUMPY")
+        && (content_type.is_empty() || content_type.starts_with("application/octet-stream"));
+    if content_type.starts_with(NPY_CONTENT_TYPE) || sniffed_npy {
+        return Ok((npy_input(&body)?, opts));
     }
     let hint = preprocess::format_from_content_type(&content_type);
     if hint.is_none()
@@ -319,7 +397,7 @@ pub async fn parse_request(
         && image::guess_format(&body).is_err()
     {
         return Err(Error::UnsupportedMediaType(format!(
-            "Content-Type {content_type:?} is not accepted; send an image ({}), multipart/form-data with field `image`, or application/json",
+            "Content-Type {content_type:?} is not accepted; send an image ({}), multipart/form-data with field `image`, a tensor as {NPY_CONTENT_TYPE} (a .npy file), or application/json",
             preprocess::ACCEPTED_FORMATS
         )));
     }
@@ -402,22 +480,24 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
     resp
 }
 
-/// Classifies one image, running timesteps until the exit rule fires. The body is raw image bytes
-/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields, or
-/// JSON; options also come from the query string.
+/// Classifies one input, running timesteps until the exit rule fires. The body is raw image bytes
+/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields,
+/// a `.npy` file (`application/x-npy`: a tensor model's `[*shape]` or, per_step, `[t, *shape]`
+/// frames; float32, uint8 or bool), or JSON; options also come from the query string. A per_step
+/// request with t frames runs at most t timesteps; `timesteps_used` is the frames it read.
 #[utoipa::path(post, path = "/classify", tag = "classify",
     params(
         ClassifyOptions,
         ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
-    request_body(description = "An image, a multipart form or JSON", content(
+    request_body(description = "An image, a multipart form, a .npy tensor or JSON", content(
         (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
-        (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
+        (Vec<u8> = "application/x-npy"), (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
     responses(
         (status = 200, description = "The prediction, the timesteps used and timings", body = ClassifyResult),
         (status = 400, description = "Malformed request or option out of range", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
         (status = 413, description = "Body or image over the limits", body = ErrorBody),
-        (status = 415, description = "Not an accepted image format", body = ErrorBody),
+        (status = 415, description = "Not an accepted image format, or an image sent to a tensor model", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
         (status = 503, description = "Draining or recovering", body = ErrorBody),
         (status = 504, description = "Deadline passed", body = ErrorBody)))]
@@ -425,22 +505,24 @@ pub async fn classify_default(State(state): State<Shared>, req: Request) -> Resp
     classify(state, None, req).await
 }
 
-/// Classifies one image, running timesteps until the exit rule fires. The body is raw image bytes
-/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields, or
-/// JSON; options also come from the query string.
+/// Classifies one input, running timesteps until the exit rule fires. The body is raw image bytes
+/// (PNG, JPEG, WebP, BMP, GIF), `multipart/form-data` with an `image` field and option fields,
+/// a `.npy` file (`application/x-npy`: a tensor model's `[*shape]` or, per_step, `[t, *shape]`
+/// frames; float32, uint8 or bool), or JSON; options also come from the query string. A per_step
+/// request with t frames runs at most t timesteps; `timesteps_used` is the frames it read.
 #[utoipa::path(post, path = "/v1/models/{name}/classify", tag = "classify",
     params(("name" = String, Path, description = "Model name"),
         ClassifyOptions,
         ("x-request-id" = Option<String>, Header, description = "Echoed back; generated when absent")),
-    request_body(description = "An image, a multipart form or JSON", content(
+    request_body(description = "An image, a multipart form, a .npy tensor or JSON", content(
         (Vec<u8> = "image/png"), (Vec<u8> = "image/jpeg"), (Vec<u8> = "application/octet-stream"),
-        (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
+        (Vec<u8> = "application/x-npy"), (JsonBody = "application/json"), (Vec<u8> = "multipart/form-data"))),
     responses(
         (status = 200, description = "The prediction, the timesteps used and timings", body = ClassifyResult),
         (status = 400, description = "Malformed request or option out of range", body = ErrorBody),
         (status = 404, description = "No such model", body = ErrorBody),
         (status = 413, description = "Body or image over the limits", body = ErrorBody),
-        (status = 415, description = "Not an accepted image format", body = ErrorBody),
+        (status = 415, description = "Not an accepted image format, or an image sent to a tensor model", body = ErrorBody),
         (status = 429, description = "Queue full; see Retry-After", body = ErrorBody),
         (status = 503, description = "Draining or recovering", body = ErrorBody),
         (status = 504, description = "Deadline passed", body = ErrorBody)))]
@@ -521,10 +603,11 @@ pub async fn list_samples(
     Ok(Json(json!({"model": name, "samples": samples})).into_response())
 }
 
-/// One sample image (PNG), by the file name /v1/models/{name}/samples lists.
+/// One sample: an image (PNG), or for a tensor model a .npy file, by the file name
+/// /v1/models/{name}/samples lists.
 #[utoipa::path(get, path = "/v1/models/{name}/samples/{file}", tag = "models",
     params(("name" = String, Path, description = "Model name"), ("file" = String, Path, description = "Sample file name")),
-    responses((status = 200, description = "The image", content_type = "image/png", body = Vec<u8>),
+    responses((status = 200, description = "The image, or a tensor model's .npy file", content_type = "image/png", body = Vec<u8>),
               (status = 404, description = "No such model or sample", body = ErrorBody)))]
 pub async fn get_sample(
     State(state): State<Shared>,
@@ -540,7 +623,12 @@ pub async fn get_sample(
     let bytes = tokio::fs::read(m.dir.join("samples").join(&file))
         .await
         .map_err(|e| Error::internal(format!("sample {file}: {e}")))?;
-    Ok(([(header::CONTENT_TYPE, "image/png")], bytes).into_response())
+    let content_type = if file.ends_with(".npy") {
+        NPY_CONTENT_TYPE
+    } else {
+        "image/png"
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], bytes).into_response())
 }
 
 /// Liveness: the process answers.

@@ -68,30 +68,42 @@ pub fn decode(r: pb::ModelInferRequest) -> Result<InferRequest> {
     for (i, inp) in r.inputs.into_iter().enumerate() {
         let contents = inp.contents.unwrap_or_default();
         let data = if let Some(bytes) = raw.get(i) {
-            if !contents.fp32_contents.is_empty() || !contents.bytes_contents.is_empty() {
+            let given = !contents.fp32_contents.is_empty()
+                || !contents.bytes_contents.is_empty()
+                || !contents.uint_contents.is_empty()
+                || !contents.bool_contents.is_empty();
+            if given {
                 return Err(Error::invalid(format!(
                     "input {:?} has both contents and raw_input_contents; give one",
                     inp.name
                 )));
             }
-            match inp.datatype.as_str() {
-                "FP32" => TensorData::Fp32(super::fp32_from_raw(bytes)?),
-                "BYTES" => TensorData::Bytes(super::bytes_from_raw(bytes)?),
-                other => {
-                    return Err(Error::invalid(format!(
-                        "input {:?} has datatype {other:?}; accepted: FP32 or BYTES",
-                        inp.name
-                    )))
-                }
-            }
+            TensorData::from_raw(&inp.name, &inp.datatype, bytes)?
         } else {
             match inp.datatype.as_str() {
                 "FP32" => TensorData::Fp32(contents.fp32_contents),
                 "BYTES" => TensorData::Bytes(contents.bytes_contents),
+                "BOOL" => TensorData::Bool(contents.bool_contents),
+                "UINT8" => TensorData::Uint8(
+                    contents
+                        .uint_contents
+                        .iter()
+                        .enumerate()
+                        .map(|(i, v)| {
+                            u8::try_from(*v).map_err(|_| {
+                                Error::invalid(format!(
+                                    "input {:?} UINT8 element {i} is {v}; accepted: 0..=255",
+                                    inp.name
+                                ))
+                            })
+                        })
+                        .collect::<Result<_>>()?,
+                ),
                 other => {
                     return Err(Error::invalid(format!(
-                        "input {:?} has datatype {other:?}; accepted: FP32 or BYTES",
-                        inp.name
+                        "input {:?} has datatype {other:?}; {}",
+                        inp.name,
+                        super::DATATYPES
                     )))
                 }
             }

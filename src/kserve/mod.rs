@@ -65,8 +65,54 @@ impl Param {
 #[derive(Debug, Clone, PartialEq)]
 pub enum TensorData {
     Fp32(Vec<f32>),
+    /// UINT8 values (tensor models; cast to float32 unscaled).
+    Uint8(Vec<u8>),
+    /// BOOL values (tensor models; cast to 0.0 / 1.0).
+    Bool(Vec<bool>),
     Bytes(Vec<Vec<u8>>),
 }
+
+impl TensorData {
+    /// Numeric values as float32 (uint8 unscaled, bool 0/1); `None` for BYTES.
+    pub fn to_f32(self) -> Option<Vec<f32>> {
+        match self {
+            TensorData::Fp32(v) => Some(v),
+            TensorData::Uint8(v) => Some(v.into_iter().map(f32::from).collect()),
+            TensorData::Bool(v) => Some(v.into_iter().map(|b| f32::from(u8::from(b))).collect()),
+            TensorData::Bytes(_) => None,
+        }
+    }
+
+    /// Decodes the little-endian raw bytes of a numeric datatype (FP32, UINT8, BOOL).
+    pub fn from_raw(name: &str, datatype: &str, raw: &[u8]) -> Result<TensorData> {
+        Ok(match datatype {
+            "FP32" => TensorData::Fp32(fp32_from_raw(raw)?),
+            "UINT8" => TensorData::Uint8(raw.to_vec()),
+            "BOOL" => TensorData::Bool(
+                raw.iter()
+                    .enumerate()
+                    .map(|(i, b)| match b {
+                        0 => Ok(false),
+                        1 => Ok(true),
+                        other => Err(Error::invalid(format!(
+                            "input {name:?} BOOL element {i} is the byte {other}; accepted: 0 or 1"
+                        ))),
+                    })
+                    .collect::<Result<_>>()?,
+            ),
+            "BYTES" => TensorData::Bytes(bytes_from_raw(raw)?),
+            other => {
+                return Err(Error::invalid(format!(
+                    "input {name:?} has datatype {other:?}; {DATATYPES}"
+                )))
+            }
+        })
+    }
+}
+
+/// The datatypes an input may have, for errors.
+pub const DATATYPES: &str =
+    "accepted: FP32, UINT8 or BOOL (tensor inputs) and BYTES (encoded images)";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct InferInput {
@@ -281,13 +327,29 @@ pub fn split_inputs(
     inputs: Vec<InferInput>,
     max_batch: usize,
 ) -> Result<Vec<Input>> {
-    let (c, h, w) = {
-        let i = &m.manifest.input;
-        (i.channels, i.height, i.width)
+    let spec = &m.manifest.input;
+    let t_max = m.manifest.timesteps;
+    let dims = spec.dims();
+    let dims_text = dims
+        .iter()
+        .map(|d| d.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let tensor_shape = if spec.per_step() {
+        format!("[N, t, {dims_text}] with 1 ≤ t ≤ {t_max}")
+    } else {
+        format!("[N, {dims_text}]")
     };
-    let accepted = format!(
-        "accepted: one input, either {INPUT_TENSOR:?} FP32 [N, {c}, {h}, {w}] or {INPUT_IMAGE:?} BYTES [N] of encoded images"
-    );
+    let accepted = if spec.is_image() {
+        format!(
+            "accepted: one input, either {INPUT_TENSOR:?} FP32 {tensor_shape} or {INPUT_IMAGE:?} BYTES [N] of encoded images"
+        )
+    } else {
+        format!(
+            "accepted: one input, {INPUT_TENSOR:?} FP32|UINT8|BOOL {tensor_shape} (model {} takes tensors, not images)",
+            m.manifest.name
+        )
+    };
     let mut inputs = inputs;
     if inputs.len() != 1 {
         return Err(Error::invalid(format!(
@@ -314,16 +376,27 @@ pub fn split_inputs(
             "the request carries {n} inputs; at most {max_batch} per request (--max-queue)"
         )));
     }
-    match (input.name.as_str(), input.datatype.as_str(), input.data) {
-        (INPUT_TENSOR, "FP32", TensorData::Fp32(values)) => {
-            let want = [n as i64, c as i64, h as i64, w as i64];
-            if input.shape != want {
+    // Image models take preprocessed FP32; tensor models FP32, UINT8 or BOOL.
+    let numeric = match input.datatype.as_str() {
+        "FP32" => true,
+        "UINT8" | "BOOL" => !spec.is_image(),
+        _ => false,
+    };
+    match (input.name.as_str(), input.data) {
+        (INPUT_TENSOR, data) if numeric && !matches!(data, TensorData::Bytes(_)) => {
+            // Shape [N, *dims] or, per_step, [N, t, *dims]; each row keeps its own shape.
+            let row_shape: Vec<usize> = input.shape[1..].iter().map(|d| *d as usize).collect();
+            if crate::model::check_frames(spec, t_max, &row_shape).is_err() {
                 return Err(Error::invalid(format!(
-                    "input {INPUT_TENSOR:?} has shape {:?}; this model takes [N, {c}, {h}, {w}]",
-                    input.shape
+                    "input {INPUT_TENSOR:?} has shape {:?}; this model takes {tensor_shape}, FP32{}",
+                    input.shape,
+                    if spec.is_image() { "" } else { "|UINT8|BOOL" }
                 )));
             }
-            let per = c * h * w;
+            let per: usize = row_shape.iter().product();
+            let values = data
+                .to_f32()
+                .ok_or_else(|| Error::internal("numeric input without values"))?;
             if values.len() != n * per {
                 return Err(Error::invalid(format!(
                     "input {INPUT_TENSOR:?} has {} values; shape {:?} needs {}",
@@ -334,10 +407,13 @@ pub fn split_inputs(
             }
             Ok(values
                 .chunks_exact(per)
-                .map(|c| Input::Tensor(c.to_vec()))
+                .map(|c| Input::Shaped {
+                    shape: row_shape.clone(),
+                    data: c.to_vec(),
+                })
                 .collect())
         }
-        (INPUT_IMAGE, "BYTES", TensorData::Bytes(items)) => {
+        (INPUT_IMAGE, TensorData::Bytes(items)) if spec.is_image() && input.datatype == "BYTES" => {
             if !(input.shape.len() == 1 || input.shape.len() == 2 && input.shape[1] == 1) {
                 return Err(Error::invalid(format!(
                     "input {INPUT_IMAGE:?} has shape {:?}; accepted: [N] or [N, 1]",
@@ -356,8 +432,9 @@ pub fn split_inputs(
                 .map(|bytes| Input::Image { bytes, hint: None })
                 .collect())
         }
-        (name, datatype, _) => Err(Error::invalid(format!(
-            "input {name:?} of datatype {datatype}; {accepted}"
+        (name, _) => Err(Error::invalid(format!(
+            "input {name:?} of datatype {}; {accepted}",
+            input.datatype
         ))),
     }
 }

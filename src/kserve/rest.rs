@@ -154,6 +154,7 @@ const MAX_DATA_DEPTH: usize = 8;
 pub enum Element {
     Number(f64),
     Str(String),
+    Bool(bool),
     /// Anything else (`true`, `null`, an object), as it is shown in errors.
     Other(&'static str),
 }
@@ -163,6 +164,7 @@ impl std::fmt::Display for Element {
         match self {
             Element::Number(n) => write!(f, "{n:?}"),
             Element::Str(s) => write!(f, "{s:?}"),
+            Element::Bool(b) => write!(f, "{b}"),
             Element::Other(o) => f.write_str(o),
         }
     }
@@ -236,8 +238,7 @@ impl<'de> Visitor<'de> for Flatten<'_> {
         Ok(())
     }
     fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<(), E> {
-        self.out
-            .push(Element::Other(if v { "true" } else { "false" }));
+        self.out.push(Element::Bool(v));
         Ok(())
     }
     fn visit_unit<E: de::Error>(self) -> std::result::Result<(), E> {
@@ -293,21 +294,41 @@ fn json_data(name: &str, datatype: &str, data: JsonData) -> Result<TensorData> {
             })
             .collect::<Result<Vec<Vec<u8>>>>()
             .map(TensorData::Bytes),
+        "UINT8" => data
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Element::Number(n) if n.fract() == 0.0 && (0.0..=255.0).contains(n) => Ok(*n as u8),
+                _ => Err(Error::invalid(format!(
+                    "input {name:?} element {i} ({v}) is not a UINT8 (an integer 0..=255)"
+                ))),
+            })
+            .collect::<Result<Vec<u8>>>()
+            .map(TensorData::Uint8),
+        "BOOL" => data
+            .0
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Element::Bool(b) => Ok(*b),
+                Element::Number(n) if *n == 0.0 || *n == 1.0 => Ok(*n == 1.0),
+                _ => Err(Error::invalid(format!(
+                    "input {name:?} element {i} ({v}) is not a BOOL (true, false, 0 or 1)"
+                ))),
+            })
+            .collect::<Result<Vec<bool>>>()
+            .map(TensorData::Bool),
         other => Err(Error::invalid(format!(
-            "input {name:?} has datatype {other:?}; accepted: FP32 or BYTES"
+            "input {name:?} has datatype {other:?}; {}",
+            super::DATATYPES
         ))),
     }
 }
 
 /// Decodes the raw bytes `binary_data_size` gave an input.
 fn binary_data(name: &str, datatype: &str, chunk: &[u8]) -> Result<TensorData> {
-    match datatype {
-        "FP32" => super::fp32_from_raw(chunk).map(TensorData::Fp32),
-        "BYTES" => super::bytes_from_raw(chunk).map(TensorData::Bytes),
-        other => Err(Error::invalid(format!(
-            "input {name:?} has datatype {other:?}; accepted: FP32 or BYTES"
-        ))),
-    }
+    TensorData::from_raw(name, datatype, chunk)
 }
 
 /// Decodes a REST inference body. `header_len` is the `Inference-Header-Content-Length` header:
@@ -846,7 +867,7 @@ mod tests {
             error(br#"{"inputs":[{"name":"image","datatype":"BYTES","shape":[1],"data":[1]}]}"#);
         assert!(e.contains("element 0 is not a string"), "{e}");
         let e = error(br#"{"inputs":[{"name":"input","datatype":"FP64","shape":[1],"data":[1]}]}"#);
-        assert!(e.contains("accepted: FP32 or BYTES"), "{e}");
+        assert!(e.contains("accepted: FP32, UINT8 or BOOL"), "{e}");
     }
 
     #[test]

@@ -127,11 +127,18 @@ impl ClassifyOptions {
 }
 
 pub enum Input {
+    /// Encoded image bytes (image models).
     Image {
         bytes: Vec<u8>,
         hint: Option<image::ImageFormat>,
     },
+    /// Values without a shape: an image model's preprocessed C×H×W floats, or a tensor model's
+    /// frame (static) or frames back to back (per_step: t = values / frame size).
     Tensor(Vec<f32>),
+    /// Values with their shape, already cast to float32: `[*dims]`, or `[t, *dims]` with
+    /// 1 ≤ t ≤ T for a per_step model (`.npy` bodies, JSON `tensor` with `shape`, the Open
+    /// Inference Protocol, gRPC tensors with a shape).
+    Shaped { shape: Vec<usize>, data: Vec<f32> },
 }
 
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -219,6 +226,13 @@ impl Service {
         }
         if let Some(t) = o.threshold {
             policy::check_threshold(t)?;
+        }
+        if kind == RuleKind::Policy && m.manifest.input.per_step() {
+            return Err(Error::invalid(format!(
+                "model {} takes per_step frames: rule policy (SEENN-II) is not served, because the policy must see the whole input before the SNN runs and the frames arrive one per step; accepted rules: {}",
+                m.manifest.name,
+                m.accepted_rules()
+            )));
         }
         if !m.serves(kind) {
             return Err(Error::invalid(format!(
@@ -382,13 +396,57 @@ impl Service {
         };
         // What the queue would refuse anyway is refused before the image is decoded.
         m.engine.check_admission(max_queue_wait)?;
+        let spec = &m.manifest.input;
+        let t_max = m.manifest.timesteps;
         let tensor = match input {
-            Input::Tensor(t) => {
-                preprocess::check_tensor(&t, &m.manifest.input)?;
+            Input::Tensor(t) if spec.is_image() => {
+                preprocess::check_tensor(&t, spec)?;
                 t
             }
+            Input::Tensor(t) => {
+                // A tensor model's flat values: one frame, or per_step whole frames.
+                let frame = spec.len();
+                let frames = t.len() / frame.max(1);
+                let ok = if spec.per_step() {
+                    t.len().is_multiple_of(frame) && (1..=t_max).contains(&frames)
+                } else {
+                    t.len() == frame
+                };
+                if !ok {
+                    return Err(Error::invalid(format!(
+                        "tensor has {} values without a shape; model {} takes {} ({frame} values a frame); give `shape` to say which",
+                        t.len(),
+                        m.manifest.name,
+                        spec.expected(t_max)
+                    )));
+                }
+                crate::npy::check_finite(&t).map_err(|e| Error::invalid(format!("tensor {e}")))?;
+                t
+            }
+            Input::Shaped { shape, data } => {
+                crate::model::check_frames(spec, t_max, &shape)
+                    .map_err(|e| Error::invalid(format!("model {}: {e}", m.manifest.name)))?;
+                if data.len() != shape.iter().product::<usize>() {
+                    return Err(Error::invalid(format!(
+                        "tensor has {} values; shape {shape:?} needs {}",
+                        data.len(),
+                        shape.iter().product::<usize>()
+                    )));
+                }
+                crate::npy::check_finite(&data)
+                    .map_err(|e| Error::invalid(format!("tensor {e}")))?;
+                data
+            }
+            Input::Image { .. } if !spec.is_image() => {
+                return Err(Error::UnsupportedMediaType(format!(
+                    "model {} takes a tensor, not an image: expected {}; send it as a .npy file (Content-Type application/x-npy), JSON {{\"tensor\": [values], \"shape\": [...]}}, the Open Inference Protocol's {:?} tensor or gRPC Classify's `tensor`",
+                    m.manifest.name,
+                    spec.expected(t_max),
+                    crate::kserve::INPUT_TENSOR
+                )));
+            }
             Input::Image { bytes, hint } => {
-                let spec = m.manifest.input.clone();
+                let spec = spec.clone();
                 let max_pixels = self.limits.max_image_pixels;
                 if bytes.len() > INLINE_DECODE_MAX_BYTES {
                     tokio::task::spawn_blocking(move || {

@@ -321,3 +321,16 @@ pub fn aggregates(
         })
         .collect()
 }
+
+/// POSTs a `.npy` body (`application/x-npy`) to `path`: the status and the JSON answer.
+pub async fn post_npy(s: &RunningServer, path: &str, npy: Vec<u8>) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(url(s, path))
+        .header("content-type", "application/x-npy")
+        .body(npy)
+        .send()
+        .await
+        .expect("request");
+    let status = r.status().as_u16();
+    (status, r.json().await.expect("json body"))
+}

@@ -245,7 +245,7 @@ def test_errors(proto, request):
                  model_name=MODEL, inputs=[wrong_shape])
     wrong_type = mod.InferInput("input", [1, 1, 28, 28], "FP64")
     wrong_type.set_data_from_numpy(np.zeros((1, 1, 28, 28), np.float64))
-    expect_error(c, proto, "accepted: FP32 or BYTES", 400, "INVALID_ARGUMENT", model_name=MODEL, inputs=[wrong_type])
+    expect_error(c, proto, "accepted: FP32, UINT8 or BOOL", 400, "INVALID_ARGUMENT", model_name=MODEL, inputs=[wrong_type])
     expect_error(c, proto, "unknown output", 400, "INVALID_ARGUMENT", model_name=MODEL, inputs=[good],
                  outputs=[mod.InferRequestedOutput("logits")])
     not_an_image = image_input(mod, [b"not an image", pngs(1)[0]])
