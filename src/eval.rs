@@ -483,6 +483,15 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
     let m = Arc::new(registry::load_one(&args.model, &opts).map_err(|e| e.to_string())?);
     let spec = &m.manifest.input;
     let (inputs, labels): (Vec<Vec<f32>>, Vec<usize>) = match args.data.as_str() {
+        "fashion-mnist" | "mnist" if !spec.is_image() => {
+            return Err(format!(
+                "--data {} holds images; model {} takes tensors ({}): give --data samples or a path to {}",
+                args.data,
+                m.manifest.name,
+                spec.expected(m.manifest.timesteps),
+                crate::calibrate::data::ACCEPTED
+            ));
+        }
         "fashion-mnist" | "mnist" => {
             let d = crate::dataset::load_idx(&args.data_dir, &args.split)?;
             let n = args.limit.unwrap_or(d.labels.len()).min(d.labels.len());
@@ -504,10 +513,10 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             let mut xs = Vec::with_capacity(golden.samples.len());
             let mut labels = Vec::with_capacity(golden.samples.len());
             for s in &golden.samples {
-                let bytes = s.read_image(&args.model).map_err(|e| e.to_string())?;
+                // Images preprocessed, .npy tensors as they are.
                 xs.push(
-                    crate::preprocess::image_to_tensor(&bytes, None, spec, 1 << 26)
-                        .map_err(|e| format!("{}: {e}", s.file))?,
+                    s.read_input(&args.model, &m.manifest)
+                        .map_err(|e| e.to_string())?,
                 );
                 labels.push(s.label);
             }
@@ -634,7 +643,13 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             full.outcomes
                 .iter()
                 .zip(&labels)
-                .filter(|(o, l)| o.trajectory[t].class_id == **l)
+                // A per_step sample with fewer frames than T keeps its last step's class.
+                .filter(|(o, l)| {
+                    o.trajectory
+                        .get(t)
+                        .or(o.trajectory.last())
+                        .is_some_and(|s| s.class_id == **l)
+                })
                 .count() as f64
                 / n
         })
@@ -650,13 +665,14 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
             let mut correct = 0usize;
             let mut steps = 0usize;
             for (o, l) in full.outcomes.iter().zip(&labels) {
+                let last = o.trajectory.len().min(t_max).saturating_sub(1);
                 let t = o
                     .trajectory
                     .iter()
                     .position(|s| s.score > a)
-                    .unwrap_or(t_max - 1);
+                    .unwrap_or(last);
                 steps += t + 1;
-                correct += usize::from(o.trajectory[t].class_id == *l);
+                correct += usize::from(o.trajectory.get(t).is_some_and(|s| s.class_id == *l));
             }
             SweepPoint {
                 alpha: a,
