@@ -199,7 +199,11 @@ struct ClassifyAnswer {
 }
 
 struct Sample {
+    /// The request body: a PNG, or for a tensor package's golden sample its .npy file.
     png: Arc<Vec<u8>>,
+    /// The .npy sample's shape, when it is one (sent as `application/x-npy` over HTTP and as a
+    /// float32 tensor over gRPC).
+    tensor: Option<Arc<(Vec<u32>, Vec<u8>)>>,
     label: usize,
 }
 
@@ -253,6 +257,7 @@ fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
             .map(|(px, l)| {
                 Ok(Sample {
                     png: Arc::new(crate::dataset::encode_png(px, d.width, d.height)?),
+                    tensor: None,
                     label: *l,
                 })
             })
@@ -266,8 +271,18 @@ fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
             .samples
             .iter()
             .map(|s| {
+                let bytes = s.read_image(dir).map_err(|e| e.to_string())?;
+                let tensor = if s.is_npy() {
+                    let a = crate::npy::read(&bytes).map_err(|e| format!("{}: {e}", s.file))?;
+                    let shape = a.shape.iter().map(|d| *d as u32).collect();
+                    let raw = a.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    Some(Arc::new((shape, raw)))
+                } else {
+                    None
+                };
                 Ok(Sample {
-                    png: Arc::new(s.read_image(dir).map_err(|e| e.to_string())?),
+                    png: Arc::new(bytes),
+                    tensor,
                     label: s.label,
                 })
             })
@@ -332,7 +347,13 @@ async fn send(
             let req = c
                 .post(path)
                 .query(&q)
-                .header("content-type", "image/png")
+                .header(
+                    "content-type",
+                    match sample.tensor {
+                        Some(_) => crate::api::http::NPY_CONTENT_TYPE,
+                        None => "image/png",
+                    },
+                )
                 .body(sample.png.as_ref().clone());
             match req.send().await {
                 Ok(r) => {
@@ -366,9 +387,14 @@ async fn send(
             let mut c = c.clone();
             let req = pb::ClassifyRequest {
                 model: args.model.clone().unwrap_or_default(),
-                input: Some(pb::classify_request::Input::Image(
-                    sample.png.as_ref().clone(),
-                )),
+                input: Some(match &sample.tensor {
+                    Some(t) => pb::classify_request::Input::Tensor(pb::Tensor {
+                        shape: t.0.clone(),
+                        raw: t.1.clone(),
+                        ..Default::default()
+                    }),
+                    None => pb::classify_request::Input::Image(sample.png.as_ref().clone()),
+                }),
                 rule: rule.unwrap_or_default(),
                 alpha: args.alpha.map(|a| a as f32),
                 max_timesteps: max_t.map(|t| t as u32),

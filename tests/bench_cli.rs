@@ -127,3 +127,43 @@ async fn closed_and_open_loop_reports_are_consistent() {
     );
     s.shutdown().await;
 }
+
+/// A tensor package's golden samples (.npy) as the load: sent as `application/x-npy` over HTTP
+/// and as a tensor over gRPC; every answer a success and at the golden exit step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sends_a_tensor_package_samples() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let s = start(tensor_config(dir.path())).await;
+    let http = format!("http://{}", s.http_addr);
+    let grpc = format!("http://{}", s.grpc_addr);
+    let data = frames_package().display().to_string();
+    let g = golden(&frames_package());
+    let want =
+        g.samples.iter().map(|s| s.exit_timestep).sum::<usize>() as f64 / g.samples.len() as f64;
+    let reports = tokio::task::spawn_blocking(move || {
+        [("http", http), ("grpc", grpc)].map(|(protocol, u)| {
+            bench(&[
+                "--url",
+                &u,
+                "--protocol",
+                protocol,
+                "--model",
+                "lif-frames",
+                "--data",
+                &data,
+                "--concurrency",
+                "1",
+                "--requests",
+                "12",
+            ])
+        })
+    })
+    .await
+    .expect("bench");
+    for r in reports {
+        assert_eq!(r["successes"], 12, "{r}");
+        let avg = r["avg_timesteps"].as_f64().expect("avg");
+        assert!((avg - want).abs() < 1e-9, "{avg} vs {want}: {r}");
+    }
+    s.shutdown().await;
+}
