@@ -39,7 +39,12 @@ fn eval_checked(pkg: &std::path::Path, extra: &[&str]) -> serde_json::Value {
 
 #[test]
 fn eval_matches_the_trainer_on_every_committed_package() {
-    for pkg in common::packages() {
+    // The packages the trainer reported on (report.json: the Fashion-MNIST test set); imported
+    // tensor packages have no trainer numbers to compare with.
+    let reported = common::packages()
+        .into_iter()
+        .filter(|p| p.join("report.json").is_file());
+    for pkg in reported {
         let v = eval_checked(&pkg, &[]);
         let checks = v["trainer_comparison"].as_array().expect("checks");
         assert!(
