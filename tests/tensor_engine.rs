@@ -195,3 +195,26 @@ fn the_reference_run_reproduces_the_golden_logits() {
         }
     }
 }
+
+/// A manifest whose tensor shape disagrees with step.onnx does not load: the error names the file
+/// and both shapes.
+#[test]
+fn a_shape_that_disagrees_with_the_graph_is_refused_at_load() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let pkg = dir.path().join("lif-frames");
+    std::fs::create_dir(&pkg).expect("mkdir");
+    std::fs::copy(frames_package().join("step.onnx"), pkg.join("step.onnx")).expect("copy");
+    let text = std::fs::read_to_string(frames_package().join("manifest.json")).expect("manifest");
+    let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    v["input"]["shape"] = serde_json::json!([2, 8, 9]);
+    std::fs::write(pkg.join("manifest.json"), v.to_string()).expect("write");
+    let (env, _) = runtime::init(None).expect("ONNX Runtime");
+    let metrics = Arc::new(Metrics::new(8, 2).expect("metrics"));
+    let opts = cpu_options(&env, 2, 4, Vec::new(), metrics);
+    let e = match registry::load_one(&pkg, &opts) {
+        Ok(_) => panic!("a shape the graph does not take loaded"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("step.onnx"), "{e}");
+    assert!(e.contains("[batch, 2, 8, 9]"), "{e}");
+}
