@@ -49,22 +49,9 @@ pub fn aggregates(z: &[Vec<Vec<f32>>], how: Aggregation) -> Vec<Vec<Vec<f64>>> {
         .collect()
 }
 
-/// The first index of the largest value (as numpy's argmax).
-pub fn argmax(v: &[f64]) -> usize {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best
-}
-
-/// max softmax(v / temperature).
-pub fn confidence(v: &[f64], temperature: f64) -> f64 {
-    let m = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-    let sum: f64 = v.iter().map(|x| ((x - m) / temperature).exp()).sum();
-    1.0 / sum
+/// The class the server answers for an aggregate (argmax, first on ties).
+fn class_of(agg: &[f64]) -> usize {
+    crate::exit::score(agg, 1.0).1
 }
 
 /// One setting's result on the data.
@@ -113,10 +100,11 @@ pub fn confidence_exits(
     agg.iter()
         .map(|steps| {
             let last = steps.len() - 1;
+            // The server's own score (exit::score), so a setting exits here exactly where it would there.
             let t = (0..last)
-                .find(|&t| confidence(&steps[t], temperature) > alpha)
+                .find(|&t| crate::exit::score(&steps[t], temperature).0 > alpha)
                 .unwrap_or(last);
-            (t + 1, argmax(&steps[t]))
+            (t + 1, class_of(&steps[t]))
         })
         .collect()
 }
@@ -128,7 +116,7 @@ pub fn table(agg: &[Vec<Vec<f64>>], labels: &[usize]) -> Table {
     let correct: Vec<Vec<bool>> = agg
         .iter()
         .zip(labels)
-        .map(|(steps, y)| steps.iter().map(|s| argmax(s) == *y).collect())
+        .map(|(steps, y)| steps.iter().map(|s| class_of(s) == *y).collect())
         .collect();
     let count = |t: usize| correct.iter().filter(|c| c[t]).count() as f64;
     let accuracy_per_t: Vec<f64> = (0..t_max).map(|t| count(t) / n as f64).collect();
@@ -142,7 +130,7 @@ pub fn table(agg: &[Vec<Vec<f64>>], labels: &[usize]) -> Table {
         .iter()
         .map(|c| c.iter().position(|&x| x).map_or(t_max, |t| t + 1) as f64)
         .sum();
-    let full: Vec<usize> = agg.iter().map(|s| argmax(&s[t_max - 1])).collect();
+    let full: Vec<usize> = agg.iter().map(|s| class_of(&s[t_max - 1])).collect();
     let mut rows = Vec::new();
     for &temperature in &TEMPERATURES {
         for &alpha in &ALPHA_GRID {

@@ -439,10 +439,9 @@ impl Service {
             }
             Input::Image { .. } if !spec.is_image() => {
                 return Err(Error::UnsupportedMediaType(format!(
-                    "model {} takes a tensor, not an image: expected {}; send it as a .npy file (Content-Type application/x-npy), JSON {{\"tensor\": [values], \"shape\": [...]}}, the Open Inference Protocol's {:?} tensor or gRPC Classify's `tensor`",
+                    "model {} takes a tensor, not an image: expected {}; send it as a .npy file (Content-Type application/x-npy), JSON {{\"tensor\": [values], \"shape\": [...]}}, the Open Inference Protocol's \"input\" tensor or gRPC Classify's `tensor`",
                     m.manifest.name,
                     spec.expected(t_max),
-                    crate::kserve::INPUT_TENSOR
                 )));
             }
             Input::Image { bytes, hint } => {
