@@ -13,6 +13,7 @@ PORT=${PORT:-18390}
 BIN=${BIN:-target/release/seenn}
 OUT=${OUT:-bench-results}/byo-wire
 mkdir -p "$OUT"
+rm -f "$OUT"/*.json
 work=$(mktemp -d)
 trap 'kill "$server" 2>/dev/null; rm -rf "$work"' EXIT
 # One folder of samples per dtype: golden.json and the frames re-encoded.
@@ -35,7 +36,7 @@ SEENN_LOG=warn $BIN serve --models models --http-port "$PORT" --grpc-port $((POR
 server=$!
 for _ in $(seq 100); do curl -sf "localhost:$PORT/readyz" >/dev/null && break; sleep 0.2; done
 for round in $(seq "$ROUNDS"); do
-  for dtype in bool uint8 float32; do
+  for dtype in ${DTYPES:-bool uint8 float32}; do
     $BIN bench --url "http://127.0.0.1:$PORT" --model "$MODEL" --data "$work/$dtype" --concurrency "$C" \
       --duration "$DURATION" --quiet --json >"$OUT/$dtype-r$round.json"
   done
@@ -45,5 +46,6 @@ import json, sys
 from pathlib import Path
 for f in sorted(Path(sys.argv[1]).glob("*.json")):
     d = json.loads(f.read_text())
-    print(f.stem, {k: d[k] for k in d if k in ("throughput_rps", "p50_ms", "p99_ms", "errors", "ok")})
+    lat = d.get("latency_ms", {})
+    print(f.stem, f"{d['throughput_rps']:.0f} req/s, errors {d['errors']}, p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms")
 PY

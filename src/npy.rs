@@ -87,17 +87,16 @@ impl Dtype {
                 Ok(v)
             }
             Dtype::Uint8 => Ok(raw.iter().map(|b| f32::from(*b)).collect()),
-            Dtype::Bool => raw
-                .iter()
-                .enumerate()
-                .map(|(i, b)| match b {
-                    0 => Ok(0.0),
-                    1 => Ok(1.0),
-                    other => Err(format!(
-                        "bool element {i} is the byte {other}; accepted: 0 or 1"
-                    )),
-                })
-                .collect(),
+            Dtype::Bool => {
+                // Checked first, then converted as uint8 (collecting Results cannot preallocate).
+                if let Some(i) = raw.iter().position(|b| *b > 1) {
+                    return Err(format!(
+                        "bool element {i} is the byte {}; accepted: 0 or 1",
+                        raw[i]
+                    ));
+                }
+                Ok(raw.iter().map(|b| f32::from(*b)).collect())
+            }
         }
     }
 }
