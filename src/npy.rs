@@ -132,9 +132,19 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 pub const MAX_ELEMENTS: usize = 1 << 28;
 const ACCEPTED: &str = "accepted: .npy version 1.0, 2.0 or 3.0, dtype '<f4' (float32), '|u1' (uint8) or '|b1' (bool), fortran_order False";
 
-/// Reads a `.npy` file's bytes.
-pub fn read(bytes: &[u8]) -> Result<Array, String> {
-    let err = |what: String| format!("not a readable .npy file: {what}; {ACCEPTED}");
+/// A `.npy` header: the dtype descriptor as written, the shape, and where the data starts.
+struct Header<'a> {
+    descr: String,
+    shape: Vec<usize>,
+    data: &'a [u8],
+}
+
+fn err(what: String) -> String {
+    format!("not a readable .npy file: {what}; {ACCEPTED}")
+}
+
+/// The preamble and header of a `.npy` file (any dtype; C order only).
+fn header(bytes: &[u8]) -> Result<Header<'_>, String> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(err("it does not start with the magic \\x93NUMPY".into()));
     }
@@ -166,12 +176,7 @@ pub fn read(bytes: &[u8]) -> Result<Array, String> {
         .map_err(|_| err("the header is not UTF-8 text".into()))?;
     let descr =
         dict_value(header, "descr").ok_or_else(|| err("no 'descr' in the header".into()))?;
-    let dtype = match unquote(descr).as_deref() {
-        Some("<f4") => Dtype::Float32,
-        Some("|u1") | Some("<u1") | Some(">u1") => Dtype::Uint8,
-        Some("|b1") => Dtype::Bool,
-        _ => return Err(err(format!("dtype {descr}"))),
-    };
+    let descr = unquote(descr).ok_or_else(|| err(format!("dtype {descr}")))?;
     match dict_value(header, "fortran_order") {
         Some("False") => {}
         Some("True") => {
@@ -185,7 +190,16 @@ pub fn read(bytes: &[u8]) -> Result<Array, String> {
     let shape_text =
         dict_value(header, "shape").ok_or_else(|| err("no 'shape' in the header".into()))?;
     let shape = parse_shape(shape_text).ok_or_else(|| err(format!("shape {shape_text}")))?;
-    let count = shape
+    Ok(Header {
+        descr,
+        shape,
+        data: &bytes[end..],
+    })
+}
+
+/// The element count of `shape`, refused above [`MAX_ELEMENTS`].
+fn count_of(shape: &[usize]) -> Result<usize, String> {
+    shape
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
         .filter(|n| *n <= MAX_ELEMENTS)
@@ -193,8 +207,19 @@ pub fn read(bytes: &[u8]) -> Result<Array, String> {
             err(format!(
                 "shape {shape:?} has more than {MAX_ELEMENTS} elements"
             ))
-        })?;
-    let data = &bytes[end..];
+        })
+}
+
+/// Reads a `.npy` file's bytes.
+pub fn read(bytes: &[u8]) -> Result<Array, String> {
+    let Header { descr, shape, data } = header(bytes)?;
+    let dtype = match descr.as_str() {
+        "<f4" => Dtype::Float32,
+        "|u1" | "<u1" | ">u1" => Dtype::Uint8,
+        "|b1" => Dtype::Bool,
+        _ => return Err(err(format!("dtype '{descr}'"))),
+    };
+    let count = count_of(&shape)?;
     let want = count * dtype.size();
     if data.len() != want {
         return Err(err(format!(
@@ -204,6 +229,49 @@ pub fn read(bytes: &[u8]) -> Result<Array, String> {
     }
     let data = dtype.decode(data).map_err(err)?;
     Ok(Array { shape, dtype, data })
+}
+
+/// Class labels from a `.npy` file: one dimension of little-endian integers (int64, int32, int16,
+/// int8 or their unsigned kinds), none negative.
+pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
+    let Header { descr, shape, data } = header(bytes)?;
+    let (size, signed) = match descr.as_str() {
+        "<i8" => (8, true),
+        "<u8" => (8, false),
+        "<i4" => (4, true),
+        "<u4" => (4, false),
+        "<i2" => (2, true),
+        "<u2" => (2, false),
+        "|i1" => (1, true),
+        "|u1" => (1, false),
+        other => {
+            return Err(format!(
+                "labels of dtype '{other}'; accepted: integers ('<i8', '<i4', '<i2', '|u1', …)"
+            ))
+        }
+    };
+    let [n] = shape[..] else {
+        return Err(format!("labels of shape {shape:?}; expected [N]"));
+    };
+    if data.len() != count_of(&shape)? * size {
+        return Err(format!(
+            "{n} labels of {size} bytes need {} data bytes, the file has {}",
+            n * size,
+            data.len()
+        ));
+    }
+    data.chunks_exact(size)
+        .enumerate()
+        .map(|(i, b)| {
+            let negative = signed && b[size - 1] & 0x80 != 0;
+            let mut buf = [0u8; 8];
+            buf[..size].copy_from_slice(b);
+            match usize::try_from(u64::from_le_bytes(buf)) {
+                Ok(v) if !negative => Ok(v),
+                _ => Err(format!("label {i} is negative or too large")),
+            }
+        })
+        .collect()
 }
 
 /// The text of `key`'s value in the header's Python dict literal (up to the next top-level comma
@@ -251,6 +319,12 @@ fn parse_shape(s: &str) -> Option<Vec<usize>> {
 
 /// A `.npy` file (version 1.0, `<f4`, C order) holding `data` with `shape`.
 pub fn write_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
+    write(Dtype::Float32, shape, data)
+}
+
+/// A `.npy` file (version 1.0, C order) holding `data` with `shape`, stored as `dtype` (uint8 and
+/// bool values are written as the bytes `v as u8`: whole numbers 0..=255, or 0/1).
+pub fn write(dtype: Dtype, shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
     let count: usize = shape.iter().product();
     if count != data.len() {
         return Err(format!(
@@ -269,20 +343,30 @@ pub fn write_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
                 .join(", ")
         ),
     };
-    let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': {dims}, }}");
+    let descr = match dtype {
+        Dtype::Float32 => "<f4",
+        Dtype::Uint8 => "|u1",
+        Dtype::Bool => "|b1",
+    };
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     // Magic (6) + version (2) + length (2) + header + '\n' is a multiple of 64.
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
     let len =
         u16::try_from(header.len()).map_err(|_| format!("shape {shape:?}: header too long"))?;
-    let mut out = Vec::with_capacity(10 + header.len() + 4 * data.len());
+    let mut out = Vec::with_capacity(10 + header.len() + dtype.size() * data.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    for v in data {
-        out.extend_from_slice(&v.to_le_bytes());
+    match dtype {
+        Dtype::Float32 => {
+            for v in data {
+                out.extend_from_slice(&v.to_le_bytes());
+            }
+        }
+        Dtype::Uint8 | Dtype::Bool => out.extend(data.iter().map(|v| *v as u8)),
     }
     Ok(out)
 }

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import snn as ex  # noqa: E402
-from seenn_train.nir_import import aggregate, confidence_exit  # noqa: E402
+from seenn_train.seenn import aggregate, confidence_exit  # noqa: E402
 
 VAL_SEED, TEST_SEED = 1, 2
 
@@ -67,7 +67,8 @@ def main() -> int:
     net.load_state_dict(torch.load(args.runs / f"{args.net}.pt", map_location="cpu")["model"])
     z = snntorch_outputs(net.eval(), test)
     agg = aggregate(z, ex_rule["aggregation"])
-    exit_t, pred = confidence_exit(z, ex_rule["default_alpha"], ex_rule["temperature"], ex_rule["aggregation"])
+    exit_t, pred = confidence_exit(z, ex_rule["default_alpha"], ex_rule["temperature"],
+                                   aggregation=ex_rule["aggregation"])
     report = {
         "net": args.net,
         "reference": "the original snnTorch module, stepped one frame at a time",

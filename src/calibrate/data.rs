@@ -41,7 +41,7 @@ pub fn load(path: &Path, manifest: &Manifest) -> Result<Labelled, String> {
             .ok_or_else(|| format!("{}: no `{name}` array; DATA is {ACCEPTED}", path.display()))
     };
     let x = npy::read(get("x")?).map_err(|e| format!("{}: x: {e}", path.display()))?;
-    let y = read_labels(get("y")?).map_err(|e| format!("{}: y: {e}", path.display()))?;
+    let y = npy::read_labels(get("y")?).map_err(|e| format!("{}: y: {e}", path.display()))?;
     from_arrays(x, y, manifest).map_err(|e| format!("{}: {e}", path.display()))
 }
 
@@ -163,88 +163,6 @@ fn load_image_folder(dir: &Path, manifest: &Manifest) -> Result<Labelled, String
         }
     }
     Ok(out)
-}
-
-/// Integer labels from a `.npy` file: int64, int32, uint8 or int16, little-endian, one dimension.
-pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
-    let (descr, shape, data) = npy_header(bytes)?;
-    let size = match descr.as_str() {
-        "<i8" | "<u8" => 8,
-        "<i4" | "<u4" => 4,
-        "<i2" | "<u2" => 2,
-        "|u1" | "|i1" => 1,
-        other => {
-            return Err(format!(
-                "labels of dtype {other:?}; accepted: integers (<i8, <i4, <i2, |u1)"
-            ))
-        }
-    };
-    if shape.len() != 1 {
-        return Err(format!("labels of shape {shape:?}; expected [N]"));
-    }
-    let n = shape[0];
-    if data.len() < n * size {
-        return Err("truncated label data".into());
-    }
-    (0..n)
-        .map(|i| {
-            let b = &data[i * size..(i + 1) * size];
-            let mut buf = [0u8; 8];
-            buf[..size].copy_from_slice(b);
-            let signed = descr.as_bytes()[1] == b'i';
-            let v = if signed && b[size - 1] & 0x80 != 0 {
-                -1
-            } else {
-                i64::from_le_bytes(buf)
-            };
-            usize::try_from(v).map_err(|_| format!("label {i} is negative"))
-        })
-        .collect()
-}
-
-/// (descr, shape, data) of a `.npy` file, for dtypes `npy::read` does not take.
-fn npy_header(bytes: &[u8]) -> Result<(String, Vec<usize>, &[u8]), String> {
-    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
-        return Err("not a .npy file".into());
-    }
-    let (len, start) = match bytes[6] {
-        1 => (u16::from_le_bytes([bytes[8], bytes[9]]) as usize, 10),
-        2 | 3 if bytes.len() >= 12 => (
-            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
-            12,
-        ),
-        v => return Err(format!("unsupported .npy version {v}")),
-    };
-    let header = bytes
-        .get(start..start + len)
-        .and_then(|h| std::str::from_utf8(h).ok())
-        .ok_or("truncated .npy header")?;
-    let field = |key: &str| -> Option<&str> {
-        let at = header.find(&format!("'{key}':"))? + key.len() + 3;
-        Some(header[at..].trim_start())
-    };
-    let descr = field("descr")
-        .and_then(|s| s.strip_prefix('\''))
-        .and_then(|s| s.split('\'').next())
-        .ok_or("no descr in the .npy header")?
-        .to_string();
-    if field("fortran_order").is_some_and(|s| s.starts_with("True")) {
-        return Err("fortran_order arrays are not accepted".into());
-    }
-    let shape_text = field("shape")
-        .and_then(|s| s.strip_prefix('('))
-        .and_then(|s| s.split(')').next())
-        .ok_or("no shape in the .npy header")?;
-    let shape = shape_text
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .map_err(|e| format!("shape {shape_text:?}: {e}"))
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok((descr, shape, &bytes[start + len..]))
 }
 
 /// Every member of a zip archive (`.npz`): (name, uncompressed bytes). Stored and deflated members,

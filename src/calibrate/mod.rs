@@ -182,13 +182,10 @@ fn write(
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
-    // Best row per temperature: what each temperature can reach at full-T accuracy.
+    // The α sweep at every temperature tried.
     let temperature_sweep: Vec<_> = table::TEMPERATURES
         .iter()
-        .map(|&temp| {
-            let rows: Vec<&table::Row> = t.rows.iter().filter(|r| r.temperature == temp).collect();
-            json!({"temperature": temp, "alpha_sweep": rows})
-        })
+        .map(|&temp| json!({"temperature": temp, "alpha_sweep": table::sweep_at(t, temp)}))
         .collect();
     let calibration = json!({
         "split": format!("user data: {data_name}"),
@@ -266,7 +263,7 @@ fn golden(
             name
         } else {
             let name = format!("samples/{i:03}.npy");
-            let bytes = write_npy(labelled.dtype, &labelled.sample_shape, &labelled.inputs[i])?;
+            let bytes = npy::write(labelled.dtype, &labelled.sample_shape, &labelled.inputs[i])?;
             std::fs::write(dir.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
             name
         };
@@ -304,32 +301,6 @@ fn frames_of(manifest: &Manifest, labelled: &data::Labelled, i: usize) -> usize 
             (labelled.inputs[i].len() / frame).min(manifest.timesteps)
         }
         _ => manifest.timesteps,
-    }
-}
-
-/// A `.npy` file of one sample in the dtype it came in.
-fn write_npy(dtype: npy::Dtype, shape: &[usize], values: &[f32]) -> Result<Vec<u8>, String> {
-    match dtype {
-        npy::Dtype::Float32 => npy::write_f32(shape, values),
-        npy::Dtype::Uint8 | npy::Dtype::Bool => {
-            let descr = if dtype == npy::Dtype::Uint8 {
-                "|u1"
-            } else {
-                "|b1"
-            };
-            let dims = shape.iter().map(|d| format!("{d},")).collect::<String>();
-            let mut header =
-                format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({dims}), }}");
-            while (10 + header.len() + 1) % 64 != 0 {
-                header.push(' ');
-            }
-            header.push('\n');
-            let mut out = b"\x93NUMPY\x01\x00".to_vec();
-            out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-            out.extend_from_slice(header.as_bytes());
-            out.extend(values.iter().map(|v| *v as u8));
-            Ok(out)
-        }
     }
 }
 
@@ -396,16 +367,8 @@ fn card(
     ));
     let full = t.accuracy_per_t.last().copied().unwrap_or(0.0);
     for temp in table::TEMPERATURES {
-        let rows: Vec<&table::Row> = t.rows.iter().filter(|r| r.temperature == temp).collect();
-        let best = rows
-            .iter()
-            .filter(|r| r.accuracy >= full - table::ACCURACY_TOLERANCE - 1e-12)
-            .min_by(|a, b| {
-                a.avg_timesteps
-                    .total_cmp(&b.avg_timesteps)
-                    .then(b.alpha.total_cmp(&a.alpha))
-            })
-            .or_else(|| rows.iter().max_by(|a, b| a.accuracy.total_cmp(&b.accuracy)));
+        let best =
+            table::best(t.rows.iter().filter(|r| r.temperature == temp), full).map(|(r, _)| r);
         if let Some(r) = best {
             s.push_str(&format!(
                 "| {} | {} | {:.2}% | {:.3} | {:.2}% |\n",

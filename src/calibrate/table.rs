@@ -173,20 +173,33 @@ pub fn table(agg: &[Vec<Vec<f64>>], labels: &[usize]) -> Table {
     }
 }
 
-/// The cheapest setting (fewest average steps) whose accuracy is within [`ACCURACY_TOLERANCE`] of
-/// full T; ties go to the more accurate, then to the higher α. Without one: the most accurate.
+/// The cheapest of `rows` (fewest average steps) whose accuracy is within [`ACCURACY_TOLERANCE`]
+/// of full T; ties go to the more accurate, then to the higher α. Without one: the most accurate.
+/// The flag says which of the two it is.
+pub fn best<'a>(
+    rows: impl Iterator<Item = &'a Row> + Clone,
+    full_accuracy: f64,
+) -> Option<(&'a Row, bool)> {
+    let within = rows
+        .clone()
+        .filter(|r| r.accuracy >= full_accuracy - ACCURACY_TOLERANCE - 1e-12)
+        .min_by(|a, b| {
+            a.avg_timesteps
+                .total_cmp(&b.avg_timesteps)
+                .then(b.accuracy.total_cmp(&a.accuracy))
+                .then(b.alpha.total_cmp(&a.alpha))
+        });
+    match within {
+        Some(r) => Some((r, true)),
+        None => rows
+            .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
+            .map(|r| (r, false)),
+    }
+}
+
 fn choose(rows: &[Row], full_accuracy: f64) -> (Row, String) {
-    let ok = rows
-        .iter()
-        .filter(|r| r.accuracy >= full_accuracy - ACCURACY_TOLERANCE - 1e-12);
-    let best = ok.min_by(|a, b| {
-        a.avg_timesteps
-            .total_cmp(&b.avg_timesteps)
-            .then(b.accuracy.total_cmp(&a.accuracy))
-            .then(b.alpha.total_cmp(&a.alpha))
-    });
-    match best {
-        Some(r) => (
+    match best(rows.iter(), full_accuracy) {
+        Some((r, true)) => (
             r.clone(),
             format!(
                 "fewest average timesteps with accuracy within {} pp of full T ({:.2}%)",
@@ -194,14 +207,8 @@ fn choose(rows: &[Row], full_accuracy: f64) -> (Row, String) {
                 full_accuracy * 100.0
             ),
         ),
-        None => {
-            let r = rows
-                .iter()
-                .max_by(|a, b| a.accuracy.total_cmp(&b.accuracy))
-                .cloned()
-                .unwrap_or_else(|| rows[0].clone());
-            (r, "the most accurate setting".into())
-        }
+        Some((r, false)) => (r.clone(), "the most accurate setting".into()),
+        None => (rows[0].clone(), "the only setting".into()),
     }
 }
 

@@ -38,6 +38,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .export import ort_session
+from .seenn import aggregate, confidence_exit
+
 FORMAT_VERSION = 3
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 SUPPORTED = ("Input", "Output", "Affine", "Linear", "Scale", "Flatten", "Conv1d", "Conv2d", "SumPool2d", "AvgPool2d",
@@ -683,43 +686,14 @@ def reference_run(plan: Plan, dialect: Dialect, frames: np.ndarray, teacher: lis
 # Export, checks, the package
 
 
-def aggregate(z: np.ndarray, how: str) -> np.ndarray:
-    """The running aggregate Z_t of per-step outputs z [N, T, K], as the server computes it."""
-    c = np.cumsum(z.astype(np.float64), axis=1)
-    if how == "sum":
-        return c
-    if how == "mean":
-        return c / np.arange(1, z.shape[1] + 1)[None, :, None]
-    if how == "last":
-        return z.astype(np.float64)
-    raise ValueError(f"aggregation {how!r}; accepted: sum, mean, last")
-
-
-def confidence_exit(z: np.ndarray, alpha: float, temperature: float, how: str, frames: int | None = None):
-    """SEENN-I on [N, T, K] with the package's aggregation: (exit step 1..T, class)."""
-    from .seenn import softmax
-
-    agg = aggregate(z, how)
-    t_max = min(z.shape[1], frames or z.shape[1])
-    fire = softmax(agg[:, :t_max] / temperature).max(-1) > alpha
-    fire[:, t_max - 1] = True
-    exit_t = fire.argmax(1) + 1
-    return exit_t, agg[np.arange(len(z)), exit_t - 1].argmax(-1)
-
-
-def ort_run(session, frames: np.ndarray, n_states: int, per_step: bool):
-    """step.onnx over frames [T, N, ...] (static: the same frame [N, ...] each step): outputs [T, N, K]
-    and the stored states after each step."""
-    first = frames[0]
-    n = first.shape[0]
-    ins = [i for i in session.get_inputs()]
-    states = [np.zeros((n, *[int(d) for d in i.shape[1:]]), np.float32) for i in ins[1:]]
-    init = getattr(session, "_seenn_initial", None)
-    if init is not None:
-        states = [np.full_like(s, v) for s, v in zip(states, init)]
-    outs, rec = [], [[] for _ in range(n_states)]
-    for t in range(len(frames)):
-        x = frames[t] if per_step else frames[0]
+def ort_run(session, frames: np.ndarray, initial: list):
+    """step.onnx over frames [T, N, ...], every state starting at its initial value: outputs
+    [T, N, K] and the stored states after each step."""
+    n = frames.shape[1]
+    ins = session.get_inputs()
+    states = [np.full((n, *[int(d) for d in i.shape[1:]]), v, np.float32) for i, v in zip(ins[1:], initial)]
+    outs, rec = [], [[] for _ in initial]
+    for x in frames:
         res = session.run(None, {ins[0].name: x.astype(np.float32), **{i.name: s for i, s in zip(ins[1:], states)}})
         outs.append(res[0])
         states = res[1:]
@@ -763,7 +737,7 @@ def check_package(session, module: StepModule, plan: Plan, dialect: Dialect, tim
     frames = random_frames(rng, timesteps if per_step else 1, rows, plan.frame_shape, dtype, scale).astype(np.float32)
     if not per_step:
         frames = np.repeat(frames, timesteps, axis=0)
-    o_ort, s_ort = ort_run(session, frames, len(plan.states), per_step=True)
+    o_ort, s_ort = ort_run(session, frames, module.initial_values())
     actual = [s if off is None else s + off.numpy() for s, off in zip(s_ort, module.offsets)]
     o_ref, s_ref, margins = reference_run(plan, dialect, frames, teacher=actual)
     bad = np.zeros((timesteps, rows), bool)
@@ -796,16 +770,6 @@ def _onnx_export(module: torch.nn.Module, plan: Plan, path: Path):
     names_out = ["logits"] + [f"state_out_{i}" for i in range(len(states))]
     with torch.no_grad():
         onnx_export(module, (x, *states), path, names_in, names_out)
-
-
-def _session(path: Path, initial: list):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    sess._seenn_initial = initial
-    return sess
 
 
 def read_labels(spec: str | None, k: int) -> list:
@@ -928,15 +892,16 @@ def make_golden(folder: Path, manifest: dict, plan: Plan, o: ImportOptions, samp
         rng = np.random.default_rng(o.seed + 1)
         samples = random_frames(rng, t_max if per_step else 1, count, plan.frame_shape, o.dtype, 1.0)
         samples = np.moveaxis(samples, 0, 1) if per_step else samples[0]
-    sess = _session(folder / "step.onnx", [s["initial_value"] for s in manifest["graphs"]["step"]["states"]])
+    sess = ort_session(folder / "step.onnx")
+    initial = [s["initial_value"] for s in manifest["graphs"]["step"]["states"]]
     (folder / "samples").mkdir(exist_ok=True)
     ex = manifest["exit"]
     entries = []
     for i, x in enumerate(samples):
         frames = (x[:, None] if per_step else np.repeat(x[None, None], t_max, 0)).astype(np.float32)
-        z, _ = ort_run(sess, frames, len(manifest["graphs"]["step"]["states"]), per_step=True)
+        z, _ = ort_run(sess, frames, initial)
         z = z[:, 0][None]  # [1, T, K]
-        exit_t, pred = confidence_exit(z, ex["default_alpha"], ex["temperature"], ex["aggregation"])
+        exit_t, pred = confidence_exit(z, ex["default_alpha"], ex["temperature"], aggregation=ex["aggregation"])
         label = int(labels[i]) if labels is not None else int(aggregate(z, ex["aggregation"])[0, -1].argmax())
         f = f"samples/{i:03d}.npy"
         np.save(folder / f, np.asarray(x))
@@ -983,7 +948,7 @@ def import_nir(path: Path, out: Path, o: ImportOptions, log=print) -> dict:
     try:
         module = StepModule(plan, dialect).eval()
         _onnx_export(module, plan, tmp / "step.onnx")
-        sess = _session(tmp / "step.onnx", module.initial_values())
+        sess = ort_session(tmp / "step.onnx")
         check = check_package(sess, module, plan, dialect, o.timesteps, o.dtype, o.time == "per_step", seed=o.seed)
         log(f"check: max output diff {check.max_output_diff:.3g}, max state diff {check.max_state_diff:.3g}, "
             f"{check.flips} rounding flips (nearest membrane {check.min_margin:.3g} of θ), free run equal on "
@@ -1078,7 +1043,7 @@ def import_module(spec: str, out: Path, o: ImportOptions, log=print) -> dict:
         names_out = ["logits"] + [f"state_out_{i}" for i in range(len(shapes))]
         with torch.no_grad():
             onnx_export(step, (x, *st), tmp / "step.onnx", names_in, names_out)
-        sess = _session(tmp / "step.onnx", initial)
+        sess = ort_session(tmp / "step.onnx")
         check = _check_module(sess, step, plan, o)
         log(f"check: max output diff {check.max_output_diff:.3g}, max state diff {check.max_state_diff:.3g}")
         source = {"file": spec, "format": "pytorch step module", "importer": "seenn-train import-nir --module",
@@ -1097,7 +1062,7 @@ def _check_module(sess, step: _ModuleStep, plan: Plan, o: ImportOptions, rows: i
     frames = random_frames(rng, o.timesteps if per_step else 1, rows, plan.frame_shape, o.dtype, 1.0).astype(np.float32)
     if not per_step:
         frames = np.repeat(frames, o.timesteps, axis=0)
-    o_ort, s_ort = ort_run(sess, frames, len(plan.states), per_step=True)
+    o_ort, s_ort = ort_run(sess, frames, step.initial_values())
     ref = _ModuleStep(__import__("copy").deepcopy(step.net).double(), step.initial)
     max_o = max_s = 0.0
     bad = 0

@@ -15,6 +15,18 @@ def cumulative(z: np.ndarray) -> np.ndarray:
     return np.cumsum(z.astype(np.float64), axis=1)
 
 
+def aggregate(z: np.ndarray, how: str = "sum") -> np.ndarray:
+    """The aggregate Z_t the exit rule reads (manifest ``exit.aggregation``): the running sum of the
+    per-step outputs, their running mean, or (``last``, an LI readout) the last step's output."""
+    if how == "sum":
+        return cumulative(z)
+    if how == "mean":
+        return cumulative(z) / np.arange(1, z.shape[1] + 1)[None, :, None]
+    if how == "last":
+        return z.astype(np.float64)
+    raise ValueError(f"aggregation {how!r}; accepted: sum, mean, last")
+
+
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
@@ -30,20 +42,21 @@ def accuracy_per_t(z: np.ndarray, y: np.ndarray) -> list:
     return correct_per_t(z, y).mean(0).tolist()
 
 
-def scores(z: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+def scores(z: np.ndarray, temperature: float = 1.0, aggregation: str = "sum") -> np.ndarray:
     """Exit score at every t: max_k softmax(Z_t / temperature)."""
-    return softmax(cumulative(z) / temperature).max(-1)
+    return softmax(aggregate(z, aggregation) / temperature).max(-1)
 
 
-def confidence_exit(z: np.ndarray, alpha: float, temperature: float = 1.0, max_timesteps: int | None = None):
+def confidence_exit(z: np.ndarray, alpha: float, temperature: float = 1.0, max_timesteps: int | None = None,
+                    aggregation: str = "sum"):
     """SEENN-I. Returns (exit timestep 1..T per sample, predicted class)."""
     n, t_max, _ = z.shape
     t_max = min(t_max, max_timesteps or t_max)
-    s = scores(z[:, :t_max], temperature)
+    s = scores(z[:, :t_max], temperature, aggregation)
     fire = s > alpha
     fire[:, t_max - 1] = True
     exit_t = fire.argmax(1) + 1
-    pred = cumulative(z[:, :t_max])[np.arange(n), exit_t - 1].argmax(-1)
+    pred = aggregate(z[:, :t_max], aggregation)[np.arange(n), exit_t - 1].argmax(-1)
     return exit_t, pred
 
 
