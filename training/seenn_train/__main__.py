@@ -513,7 +513,7 @@ def main(argv=None):
 
     sp = sub.add_parser("import-nir", help="a NIR graph (or a PyTorch step module) as a model package (format 3)",
                         description="Import a NIR graph trained in snnTorch, Norse or Sinabs, or a PyTorch step module, "
-                                    "as a seenn model package; see docs/bring-your-own-snn.md.")
+                                    "as a seenn model package; see docs/guides/your-own-snn.md.")
     sp.add_argument("graph", type=Path, nargs="?", help="the NIR file (HDF5, written by nir.write / export_to_nir)")
     sp.add_argument("--dialect", choices=["snntorch", "norse", "sinabs"], default=None,
                     help="the framework whose discretisation to apply (required for a NIR file)")

@@ -7,7 +7,7 @@ carried around a loop is an explicit state tensor (input ``state_in_k``, output 
 the server batches, swaps and frees rows the way it does for its own packages.
 
 NIR stores continuous-time parameters but no time step and no reset; a **dialect** is the
-discretisation one framework applies when it imports a graph (``docs/bring-your-own-snn.md`` has the
+discretisation one framework applies when it imports a graph (``docs/guides/your-own-snn.md`` has the
 table). The rules of one dialect are the coefficients of one generic update, per neuron:
 
     LIF, IF, LI, Integrator:  v ← decay·v + gain·I + bias
