@@ -1,10 +1,13 @@
-"""The server's module graph from its `crate::` imports (tests excluded), and its cycles.
+"""The server's module graph from its paths (tests excluded), and its cycles.
 
     python3 scripts/module_graph.py [src]      prints `module -> imports` and exits 1 on a cycle
 
-A module is a file under src/ (`a/mod.rs` is `a`); an import of `crate::a::b` counts toward `a::b`
-when that module exists, else toward `a`. Imports between a module and its own submodules are
-not edges (a folder is one unit to the rest of the crate).
+A module is a file under src/ (`a/mod.rs` is `a`). Every path counts, however it is spelled:
+`crate::a::b::C`, `super::b::C` (relative to the module's parent), `self::b::C` and a bare `b::C`
+naming a submodule; each counts toward the longest module prefix it names. A module's paths into
+its own submodules are not edges (a folder's `mod.rs` declares and re-exports its children), but a
+submodule's paths to its parent and to its siblings are: two siblings that use each other are a
+cycle, as are a child and a parent's other child that use each other.
 """
 
 import re
@@ -20,6 +23,37 @@ def module_name(path: Path, src: Path) -> str:
     return "::".join(parts)
 
 
+def longest_module(parts: list[str], modules: set[str]) -> str | None:
+    for n in range(len(parts), 0, -1):
+        name = "::".join(parts[:n])
+        if name in modules:
+            return name
+    return None
+
+
+# A path: its first segment, then `::` segments; `use a::{b, c}` groups count by their prefix.
+PATH = re.compile(r"(?<![\w:])((?:crate|super|self|\w+)(?:::(?:super|\w+))+)")
+
+
+def resolve(path: str, module: str, modules: set[str]) -> str | None:
+    parts = path.split("::")
+    here = module.split("::") if module else []
+    if parts[0] == "crate":
+        return longest_module(parts[1:], modules)
+    if parts[0] in ("self", "super"):
+        base = list(here)
+        while parts and parts[0] in ("self", "super"):
+            if parts.pop(0) == "super":
+                if not base:
+                    return None
+                base.pop()
+        return longest_module(base + parts, modules) or ("::".join(base) if base else None)
+    # A bare path: a submodule of this module (`policy::X` in `service/mod.rs`), else not ours.
+    if "::".join(here + parts[:1]) in modules:
+        return longest_module(here + parts, modules)
+    return None
+
+
 def graph(src: Path) -> dict[str, set[str]]:
     files = [p for p in src.rglob("*.rs") if p.name not in ("lib.rs", "main.rs")]
     modules = {module_name(p, src) for p in files}
@@ -28,10 +62,10 @@ def graph(src: Path) -> dict[str, set[str]]:
         m = module_name(p, src)
         edges[m]
         text = p.read_text().split("#[cfg(test)]")[0]
-        for target in re.findall(r"crate::(\w+(?:::\w+)?)", text):
-            first = target.split("::")[0]
-            t = target if target in modules else first
-            if t != m and not m.startswith(t + "::") and not t.startswith(m + "::"):
+        text = re.sub(r"//[^\n]*", "", text)
+        for path in PATH.findall(text):
+            t = resolve(path, m, modules)
+            if t and t != m and not t.startswith(m + "::"):
                 edges[m].add(t)
     return edges
 

@@ -355,7 +355,7 @@ impl PolicyAdmin {
     /// `--exit-policy-file` manages the policies.
     pub fn set(&self, m: &LoadedModel, u: ExitPolicyUpdate) -> Result<ExitPolicyView> {
         if let Some(file) = &self.managed_by {
-            return Err(Error::Conflict(super::policy_file::managed_message(file)));
+            return Err(Error::Conflict(managed_message(file)));
         }
         self.apply(m, u)
     }
@@ -583,4 +583,13 @@ impl PolicyAdmin {
         );
         Ok(())
     }
+}
+
+/// The 409 answer to an admin change while `file` manages the policies.
+pub fn managed_message(file: &std::path::Path) -> String {
+    format!(
+        "the exit policy is managed by {} (--exit-policy-file), the same file on every replica; \
+         edit it (in Kubernetes: the ConfigMap seenn-exit-policies) and each server applies it within seconds",
+        file.display()
+    )
 }

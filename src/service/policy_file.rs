@@ -12,7 +12,7 @@
 //! the manifest's default, so every replica ends up with the same policy whatever its history.
 //! The file is read at start (a bad file stops start-up) and re-read every [`POLL`]; a bad edit is
 //! logged and the previous policies stay. While a file manages the policies the admin endpoints
-//! still answer reads, and refuse changes with 409 ([`managed_message`]).
+//! still answer reads, and refuse changes with 409 ([`managed_message`](super::policy::managed_message)).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -29,15 +29,6 @@ pub const POLL: Duration = Duration::from_secs(2);
 
 /// Model name -> the admin PUT body for it.
 pub type PolicyFile = BTreeMap<String, ExitPolicyUpdate>;
-
-/// The 409 answer to an admin change while `file` manages the policies.
-pub fn managed_message(file: &Path) -> String {
-    format!(
-        "the exit policy is managed by {} (--exit-policy-file), the same file on every replica; \
-         edit it (in Kubernetes: the ConfigMap seenn-exit-policies) and each server applies it within seconds",
-        file.display()
-    )
-}
 
 /// Parses the file's text.
 pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
@@ -175,6 +166,7 @@ async fn watch(state: Weak<Service>, path: PathBuf, mut seen: Vec<u8>, mut good:
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::service::policy::managed_message;
 
     #[test]
     fn parses_the_admin_body_per_model() {
