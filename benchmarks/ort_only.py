@@ -10,7 +10,7 @@ adds its logits to its running sum (float64) and leaves when the max softmax of 
 them, split round-robin among the processes; throughput is images over the wall time from the first
 process's start to the last one's end (sessions are built before the clock starts).
 
-    .venv/bin/python scripts/ort_only.py --model models/fashion-mnist --limit 2000 --procs 2
+    .venv/bin/python benchmarks/ort_only.py --model models/fashion-mnist --limit 2000 --procs 2
 """
 
 from __future__ import annotations

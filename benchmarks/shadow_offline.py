@@ -1,7 +1,7 @@
 """Offline reference for shadow runs: ONNX Runtime on a package's graphs over the Fashion-MNIST test
 set, the confidence rule at α, and how often an early exit's class equals the full-T class.
 
-    .venv/bin/python scripts/shadow_offline.py [--model models/fashion-mnist] [--alpha A] [--json OUT]
+    .venv/bin/python benchmarks/shadow_offline.py [--model models/fashion-mnist] [--alpha A] [--limit N] [--json OUT]
 
 Prints (and writes with --json) the number of images, early exits (before T), their agreement with
 the full-T class and its binomial standard error, the agreement over all images (calibration.json's
@@ -62,6 +62,7 @@ def main() -> None:
     ap.add_argument("--data-dir", default=DEFAULT_FASHION_DIR)
     ap.add_argument("--alpha", type=float, help="default: the manifest's default_alpha")
     ap.add_argument("--json", help="write the summary here")
+    ap.add_argument("--limit", type=int, help="only the first N test images")
     args = ap.parse_args()
     pkg = Path(args.model)
     manifest = json.loads((pkg / "manifest.json").read_text())
@@ -69,7 +70,8 @@ def main() -> None:
     temperature = manifest["exit"]["temperature"]
     spec = manifest["input"]
     test = load_idx_dataset(args.data_dir, train=False)
-    x = test.images.astype(np.float32) * np.float32(spec["scale"])
+    images, labels = test.images[: args.limit], test.labels[: args.limit]
+    x = images.astype(np.float32) * np.float32(spec["scale"])
     mean = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
     x = ((x - mean) / std).astype(np.float32)
@@ -101,7 +103,7 @@ def main() -> None:
         "early_agreement": rate,
         "early_agreement_se": se,
         "agreement_all": float((pred == full).mean()),
-        "accuracy": float((pred == test.labels).mean()),
+        "accuracy": float((pred == labels).mean()),
         "avg_timesteps": float(exit_t.mean()),
         "exits_per_t": np.bincount(exit_t, minlength=t_max + 1)[1:].tolist(),
     }

@@ -53,6 +53,10 @@ if ! .venv/bin/python -c "import nir, h5py, snntorch, nirtorch" 2>/dev/null; the
   .venv/bin/pip install --quiet --disable-pip-version-check h5py "nir==1.0.8"
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "snntorch==1.0.0" "nirtorch==2.6"
 fi
+# The headline benchmark's Python baseline server (benchmarks/python_baseline.py).
+if ! .venv/bin/python -c "import fastapi, uvicorn" 2>/dev/null; then
+  .venv/bin/pip install --quiet --disable-pip-version-check "fastapi==0.165.0" "uvicorn==0.55.0"
+fi
 # The trainer as a command: .venv/bin/seenn-train and `python -m seenn_train` from any directory.
 if [ ! -x .venv/bin/seenn-train ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e training

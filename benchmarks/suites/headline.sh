@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# The headline: per model, seenn (SEENN-I and fixed T) against a Python server and ONNX Runtime alone.
+# Per round and model, the three systems in an order that alternates between rounds:
+#  - seenn: `seenn serve` with its defaults on that one package; `seenn bench` over the
+#    Fashion-MNIST test PNGs, closed loop: c=1 (SEENN-I p50), c=16 SEENN-I and rule=fixed at T
+#    (req/s; realised early exit = their ratio ÷ T/avg t), c=64 SEENN-I (req/s, p99);
+#  - python: benchmarks/python_baseline.py (FastAPI + uvicorn, 2 workers, ONNX Runtime, fixed T)
+#    on the same package, the same client at c=1, 16 and 64;
+#  - in-process: `seenn eval --concurrency 64` (no HTTP) against benchmarks/ort_only.py with one
+#    process per core (ONNX Runtime alone, the same images and exit rule), SEENN-I images/s.
+# Medians over ROUNDS go to RESULTS/headline.json (default benchmarks/results/), the reports to
+# RESULTS/headline/, and BENCHMARKS.md's headline table is rewritten (not with SMOKE=1 or WRITE=0).
+#   DURATION=10 ROUNDS=3 LIMIT=2000 HEADLINE_MODELS="fashion-mnist fashion-mnist-qcfs" WRITE=1
+default DURATION 10 1
+default ROUNDS 3 1
+default LIMIT 2000 100
+default HEADLINE_MODELS "fashion-mnist fashion-mnist-qcfs" "fashion-mnist"
+default RESULTS benchmarks/results "$OUT"
+default WRITE 1 0
+fresh
+CORES=$(nproc)
+
+# serve_one MODEL: a models folder holding only MODEL, so that the server's defaults are those of one
+# package (its engine workers are not shared with other packages).
+one_model_dir() {
+  local dir="$OUT/models-$1"
+  mkdir -p "$dir"
+  ln -sfn "$(cd "$MODELS/$1" && pwd)" "$dir/$1"
+  echo "$dir"
+}
+
+# python_serve MODEL: the Python baseline on a free port; sets SERVER and URL.
+python_serve() {
+  local port log="$OUT/server-python-$1.log"
+  port=$(free_ports 1)
+  "${RUN[@]}" "$PY" benchmarks/python_baseline.py --model "$MODELS/$1" --port "$port" --workers 2 >"$log" 2>&1 &
+  SERVER=$!
+  BENCH_SERVERS+=("$SERVER")
+  URL="http://127.0.0.1:$port"
+  STATE=$(mktemp -d)
+  wait_ready "$URL" "$SERVER" "$log"
+}
+
+for round in $(seq "$ROUNDS"); do
+  for model in $HEADLINE_MODELS; do
+    T=$(timesteps "$MODELS/$model")
+    for system in $(order "$round" seenn python inproc); do
+      progress "round $round/$ROUNDS $model: $system"
+      case $system in
+        seenn)
+          MODELS=$(one_model_dir "$model") serve "seenn-$model"
+          bench /dev/null --model "$model" --concurrency 16 --duration 1
+          bench "$OUT/$model-seenn-c1-r$round.json" --model "$model" --concurrency 1 --duration "$DURATION"
+          bench "$OUT/$model-seenn-c16-r$round.json" --model "$model" --concurrency 16 --duration "$DURATION"
+          bench "$OUT/$model-seenn-c16-fixed-r$round.json" --model "$model" --concurrency 16 --duration "$DURATION" \
+            --rule fixed --max-timesteps "$T"
+          bench "$OUT/$model-seenn-c64-r$round.json" --model "$model" --concurrency 64 --duration "$DURATION"
+          stop ;;
+        python)
+          python_serve "$model"
+          bench /dev/null --model "$model" --concurrency 16 --duration 1
+          for c in 1 16 64; do
+            bench "$OUT/$model-python-c$c-r$round.json" --model "$model" --concurrency "$c" --duration "$DURATION"
+          done
+          stop ;;
+        inproc)
+          eval_run "$OUT/$model-eval-r$round.json" --model "$MODELS/$model" --limit "$LIMIT" --concurrency 64
+          "${RUN[@]}" "$PY" benchmarks/ort_only.py --model "$MODELS/$model" --limit "$LIMIT" --procs "$CORES" \
+            --json >"$OUT/$model-ort-r$round.json"
+          progress "$model-ort-r$round: $("$PY" benchmarks/report.py line "$OUT/$model-ort-r$round.json")" ;;
+      esac
+    done
+  done
+done
+summarize --results "$RESULTS" --write "$WRITE"
