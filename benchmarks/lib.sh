@@ -30,6 +30,9 @@ default() {
   export "${var?}"
 }
 
+# Seconds of load that warm a fresh server up before its measured runs.
+default WARMUP_S 1 0.2
+
 # progress MESSAGE: one line on stderr with the seconds since the suite started.
 progress() { echo "[$(( $(date +%s) - BENCH_START ))s ${SUITE:-bench}] $*" >&2; }
 
@@ -163,3 +166,27 @@ fresh() { mkdir -p "$OUT"; rm -f "$OUT"/*.json "$OUT"/*.txt "$OUT"/*.log; }
 
 # summarize [ARGS...]: benchmarks/report.py SUITE $OUT: summary.json and a table on stdout.
 summarize() { "$PY" benchmarks/report.py "$SUITE" "$OUT" "$@"; }
+
+# models_dir PACKAGE...: a folder under $OUT holding only these packages of $MODELS (links), for
+# `MODELS=$(models_dir ...) serve ...`: the server's defaults (engine workers per model) are then
+# those of these packages alone, whatever else $MODELS holds.
+models_dir() {
+  local dir="$OUT/models-$(echo "$@" | tr ' ' '+')"
+  mkdir -p "$dir"
+  local p
+  for p in "$@"; do ln -sfn "$(cd "$MODELS/$p" && pwd)" "$dir/$p"; done
+  echo "$dir"
+}
+
+# bench_data PACKAGE: what `seenn bench --data` sends to it: the Fashion-MNIST test images for the
+# 28×28 grayscale image packages, else the package's own golden samples.
+bench_data() {
+  "$PY" - "$MODELS/$1" <<'PY'
+import json
+import sys
+
+i = json.load(open(sys.argv[1] + "/manifest.json"))["input"]
+fm = i.get("kind", "image") == "image" and (i.get("channels"), i.get("height"), i.get("width")) == (1, 28, 28)
+print("fashion-mnist" if fm else sys.argv[1])
+PY
+}

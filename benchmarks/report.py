@@ -205,12 +205,20 @@ def per_round(found: dict, a: str, b: str, fn) -> list:
     return [fn(ra[r], rb[r]) for r in sorted(ra) if r in rb]
 
 
+def show(v) -> str:
+    if isinstance(v, float):
+        return fmt(v, 3)
+    if isinstance(v, list):
+        return " ".join(show(x) for x in v)
+    return str(v)
+
+
 def print_derived(derived: dict) -> None:
     for k, v in derived.items():
         if isinstance(v, dict):
-            print(f"{k}: " + ", ".join(f"{kk} {fmt(vv, 3) if isinstance(vv, float) else vv}" for kk, vv in v.items()))
+            print(f"{k}: " + ", ".join(f"{kk.replace('_', ' ')} {show(vv)}" for kk, vv in v.items()))
         else:
-            print(f"{k}: {fmt(v, 3) if isinstance(v, float) else v}")
+            print(f"{k}: {show(v)}")
 
 
 # --- suites ------------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ batching compared, on both models. Every run's JSON goes under bench-results/abl
 table goes to stdout. Configurations run interleaved, ROUNDS times in a shuffled order; the table
 gives each figure's median over the rounds, so that drift of the machine hits every configuration.
 
-    .venv/bin/python scripts/bench_ablations.py [--fashion-limit 3000] [--resnet-repeat 10] [--rounds 3]
+    .venv/bin/python experiments/ablations.py [--fashion-limit 3000] [--resnet-repeat 10] [--rounds 3]
 """
 
 import argparse

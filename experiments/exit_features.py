@@ -21,7 +21,7 @@ threshold chosen on validation at SEENN-I's validation accuracy, reported on the
 is the same MLP (two hidden layers of HIDDEN, standardised inputs, target "stopping now loses nothing
 against any later step"); its score is ranked, not calibrated.
 
-    PYTHONPATH=training .venv/bin/python scripts/exit_features.py [--run training/checkpoints/fashion-mnist]
+    PYTHONPATH=training .venv/bin/python experiments/exit_features.py [--run training/checkpoints/fashion-mnist]
 
 Prints one line per feature set: validation and test (accuracy, average timesteps), the test average
 timesteps ÷ SEENN-I's, and the same ratio read off the test curve at SEENN-I's test accuracy.

@@ -1,7 +1,7 @@
 """CPU time per request over HTTP, split by who spends it (BENCHMARKS.md, "Early exit realised
 in-process"): the server's engine threads, its tokio (HTTP) threads, and the load generator.
 
-    python3 scripts/http_cpu_split.py <server pid> confidence|fixed [port]
+    python3 experiments/http_cpu_split.py <server pid> confidence|fixed [port]
 
 Runs `seenn bench --concurrency 16 --duration 8` against the server (fashion-mnist; `fixed` adds
 `--rule fixed`), reads each server thread's CPU time from /proc before and after, and the bench

@@ -1,13 +1,25 @@
 #!/usr/bin/env bash
-# Throughput with and without per-request log lines: two servers, three interleaved 8 s rounds at c=16.
-cd "$(dirname "$0")/.."
-set -e
-BIN=target/release/seenn
-start() { SEENN_LOG=$2 $BIN serve --models models --host 127.0.0.1 --http-port $1 --grpc-port $(($1+1)) --state-dir $(mktemp -d) > ${TMPDIR:-/tmp}/logcost_$1.log 2>&1 & echo $!; }
-A=$(start 18480 info); B=$(start 18490 "info,seenn_serve=debug")
-for p in 18480 18490; do for _ in $(seq 300); do curl -fs http://127.0.0.1:$p/readyz >/dev/null 2>&1 && break; sleep 0.1; done; done
-for r in 1 2 3; do for p in 18480 18490; do
-  $BIN bench --url http://127.0.0.1:$p --concurrency 16 --duration 8 --json --quiet | python3 -c "import json,sys; d=json.load(sys.stdin); print($p, $r, round(d['throughput_rps']), round(d['latency_ms']['p50'],2))"
-done; done
-kill $A $B; wait 2>/dev/null || true
-wc -l ${TMPDIR:-/tmp}/logcost_18480.log ${TMPDIR:-/tmp}/logcost_18490.log
+# Throughput with and without per-request log lines: two servers side by side, one at
+# SEENN_LOG=info (the default), one at info,seenn_serve=debug (a line per answer and its span),
+# three interleaved 8 s rounds at c=16 against each, then the lines each wrote.
+#   experiments/logging.sh         DURATION=8 ROUNDS=3
+set -euo pipefail
+SUITE=logging
+# shellcheck source=benchmarks/lib.sh
+. "$(dirname "$0")/../benchmarks/lib.sh"
+OUT=${OUT:-bench-results}/logging
+DURATION=${DURATION:-8}
+ROUNDS=${ROUNDS:-3}
+fresh
+SEENN_LOG=info serve info
+A_URL=$URL
+SEENN_LOG=info,seenn_serve=debug serve debug
+B_URL=$URL
+for round in $(seq "$ROUNDS"); do
+  for name in $(order "$round" info debug); do
+    if [ "$name" = info ]; then URL=$A_URL; else URL=$B_URL; fi
+    bench "$OUT/$name-r$round.json" --concurrency 16 --duration "$DURATION"
+  done
+done
+wc -l "$OUT"/server-info.log "$OUT"/server-debug.log
+"$PY" benchmarks/report.py logging "$OUT"

@@ -1,16 +1,18 @@
 #!/usr/bin/env bash
-# The engine's and the reply's spins (BENCHMARKS.md, "Engine spin", "Reply spin"): SPINS (values of
-# the environment variable VAR: SEENN_ENGINE_SPIN_US, the default, or SEENN_REPLY_SPIN_US; 0 = no
-# spin) compared on one binary, ROUNDS interleaved rounds. Per round and value: `seenn eval
-# --concurrency 1` in-process, then a fresh server (both packages, default workers) with `seenn
-# bench` over the Fashion-MNIST test PNGs at each of CONCS, `wrk` at c=1 over the package's 64
-# sample PNGs (when wrk is installed: apt-get install wrk), then an open-loop run at IDLE_RATE req/s
-# during which the server's CPU time is read from /proc (the spin's cost at sparse traffic). Prints
-# one line per run and a table of medians; JSON under $OUT (default bench-results/spin/).
-#   NICE=-10 scripts/bench_spin.sh          SPINS="0 500" CONCS="1 2 4 16 64" DURATION=5 ROUNDS=3
-#   NICE=-10 VAR=SEENN_REPLY_SPIN_US SPINS="0 1000" scripts/bench_spin.sh
+# The engine's and the reply's spins: SPINS (values of the environment variable VAR:
+# SEENN_ENGINE_SPIN_US, the default, or SEENN_REPLY_SPIN_US; 0 = no spin) compared on one binary,
+# ROUNDS interleaved rounds. Per round and value: `seenn eval --concurrency 1` in-process, then a
+# fresh server (both image packages, default workers) with `seenn bench` over the Fashion-MNIST test
+# PNGs at each of CONCS, `wrk` at c=1 over the package's 64 sample PNGs (when wrk is installed:
+# apt-get install wrk), then an open-loop run at IDLE_RATE req/s during which the server's CPU time
+# is read from /proc (the spin's cost at sparse traffic). Prints one line per run and a table of
+# medians; JSON under $OUT (default bench-results/spin/).
+#   NICE=-10 experiments/spin.sh          SPINS="0 500" CONCS="1 2 4 16 64" DURATION=5 ROUNDS=3
+#   NICE=-10 VAR=SEENN_REPLY_SPIN_US SPINS="0 1000" experiments/spin.sh
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SUITE=spin
+# shellcheck source=benchmarks/lib.sh
+. "$(dirname "$0")/../benchmarks/lib.sh"
 VAR=${VAR:-SEENN_ENGINE_SPIN_US}
 SPINS=${SPINS:-0 500}
 CONCS=${CONCS:-1 2 4 16 64}
@@ -18,52 +20,34 @@ DUR=${DURATION:-5}
 ROUNDS=${ROUNDS:-3}
 IDLE_RATE=${IDLE_RATE:-100}
 OUT=${OUT:-bench-results}/spin
-BIN=${BIN:-target/release/seenn}
-PORT=${PORT:-18680}
-PY=${PY:-python3}
-# shellcheck source=scripts/nice_autogroup.sh
-. scripts/nice_autogroup.sh
-mkdir -p "$OUT"
-rm -f "$OUT"/*.json "$OUT"/*.txt
+fresh
 WRK=$(command -v wrk || true)
 PNGS=$(echo models/fashion-mnist/samples/*.png)
-server=
-prev=$(trap -p EXIT | sed -e "s/^trap -- '//" -e "s/' EXIT\$//")
-trap 'kill "${server:-}" 2>/dev/null || true; rm -rf "${state:-}"; '"$prev" EXIT
+SERVED=$(models_dir fashion-mnist fashion-mnist-qcfs)
 cpu_s() { awk '{print ($14 + $15) / 100}' "/proc/$1/stat"; }
 
 for round in $(seq "$ROUNDS"); do
   for spin in $SPINS; do
-    export "$VAR=$spin"
-    SEENN_LOG=warn $BIN eval --model models/fashion-mnist --limit 2000 --concurrency 1 --quiet --json \
-      >"$OUT/eval-s$spin-r$round.json"
-    state=$(mktemp -d)
-    SEENN_LOG=warn $BIN serve --models models --host 127.0.0.1 --http-port "$PORT" \
-      --grpc-port $((PORT + 1)) --state-dir "$state" --default-model fashion-mnist >"$OUT/server.log" 2>&1 &
-    server=$!
-    for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
-    $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --concurrency 1 --duration 1 --quiet >/dev/null
+    export "$VAR=$spin"  # for the in-process run
+    eval_run "$OUT/eval-s$spin-r$round.json" --model models/fashion-mnist --limit 2000 --concurrency 1
+    MODELS=$SERVED SERVE_ENV="$VAR=$spin" serve "s$spin" --default-model fashion-mnist
+    bench /dev/null --model fashion-mnist --concurrency 1 --duration 1
     for c in $CONCS; do
-      $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --concurrency "$c" --duration "$DUR" \
-        --quiet --json >"$OUT/http-s$spin-c$c-r$round.json"
+      bench "$OUT/http-s$spin-c$c-r$round.json" --model fashion-mnist --concurrency "$c" --duration "$DUR"
     done
     if [ -n "$WRK" ]; then
-      PNG_FILES=$PNGS $WRK -t1 -c1 -d"${DUR}s" --latency -s scripts/wrk_classify.lua "http://127.0.0.1:$PORT" \
+      PNG_FILES=$PNGS $WRK -t1 -c1 -d"${DUR}s" --latency -s experiments/wrk_classify.lua "$URL" \
         >"$OUT/wrk-s$spin-r$round.txt"
     fi
-    before=$(cpu_s "$server")
-    $BIN bench --url "http://127.0.0.1:$PORT" --model fashion-mnist --rate "$IDLE_RATE" --duration "$DUR" \
-      --quiet --json >"$OUT/idle-s$spin-r$round.json"
-    echo "$spin $round $before $(cpu_s "$server")" >>"$OUT/cpu.txt"
-    kill -TERM "$server"; wait "$server" || true
-    server=
-    rm -rf "$state"
-    echo "round $round spin $spin done" >&2
+    before=$(cpu_s "$SERVER")
+    bench "$OUT/idle-s$spin-r$round.json" --model fashion-mnist --rate "$IDLE_RATE" --duration "$DUR"
+    echo "$spin $round $before $(cpu_s "$SERVER")" >>"$OUT/cpu.txt"
+    stop
   done
 done
 unset "$VAR"
 
-$PY - "$OUT" "$ROUNDS" "$SPINS" "$CONCS" "$DUR" <<'EOF'
+"$PY" - "$OUT" "$ROUNDS" "$SPINS" "$CONCS" "$DUR" <<'EOF'
 import json, pathlib, statistics, sys
 out, rounds, spins, concs, dur = pathlib.Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split(), float(sys.argv[5])
 load = lambda name: json.loads((out / name).read_text())

@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
-# Early exit realised over HTTP with `wrk` as the load generator (BENCHMARKS.md, "Early exit over
-# HTTP with wrk"): one server with WORKERS engine workers; per round, closed-loop c=16 runs of
+# Early exit realised over HTTP with `wrk` as the load generator (docs/benchmarks/log/early-exit.md, "Early exit
+# over HTTP with wrk"): one server with WORKERS engine workers; per round, closed-loop c=16 runs of
 # SEENN-I (the default rule) and rule=fixed at T on both packages, over the first 1 000 Fashion-MNIST
 # test images as PNGs; the average timesteps of the SEENN-I runs from the server's own
 # seenn_timesteps_used; prints SEENN-I ÷ fixed-T throughput against T ÷ avg t per round.
-#   scripts/wrk_early_exit.sh        ROUNDS=3 DURATION=8 WORKERS=2 (needs wrk: apt-get install wrk)
-#   NICE=-10 scripts/wrk_early_exit.sh   # as root on a shared machine (see scripts/bench_cores.sh)
+#   experiments/wrk_early_exit.sh        ROUNDS=3 DURATION=8 WORKERS=2 (needs wrk: apt-get install wrk)
+#   NICE=-10 experiments/wrk_early_exit.sh   # as root on a shared machine (see benchmarks/lib.sh)
 set -euo pipefail
-cd "$(dirname "$0")/.."
+SUITE=wrk-early-exit
+# shellcheck source=benchmarks/lib.sh
+. "$(dirname "$0")/../benchmarks/lib.sh"
 ROUNDS=${ROUNDS:-3}
 DUR=${DURATION:-8}
 WORKERS=${WORKERS:-2}
-BIN=${BIN:-target/release/seenn}
-PORT=${PORT:-18590}
 OUT=${OUT:-bench-results}/wrk-early-exit
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk)" >&2; exit 1; }
-# shellcheck source=scripts/nice_autogroup.sh
-. scripts/nice_autogroup.sh
 mkdir -p "$OUT/png"
-PYTHONPATH=training .venv/bin/python - "$OUT/png" <<'PY'
+PYTHONPATH=training "$PY" - "$OUT/png" <<'PY'
 import sys
 import numpy as np
 from PIL import Image
@@ -27,17 +25,11 @@ test = data.load_idx_dataset(data.DEFAULT_FASHION_DIR, False)
 for i in range(1000):
     Image.fromarray(np.asarray(test.images[i])[0]).save(f"{sys.argv[1]}/{i:04d}.png")
 PY
-state=$(mktemp -d)
-SEENN_LOG=warn $BIN serve --models models --host 127.0.0.1 --http-port "$PORT" --grpc-port $((PORT + 1)) \
-  --state-dir "$state" --engine-workers "$WORKERS" >"$OUT/server.log" 2>&1 &
-server=$!
-trap 'kill -TERM $server 2>/dev/null || true; rm -rf "$state"' EXIT
-for _ in $(seq 300); do curl -fs "http://127.0.0.1:$PORT/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
+MODELS=$(models_dir fashion-mnist fashion-mnist-qcfs) serve wrk --engine-workers "$WORKERS"
 PNG_FILES="$(echo "$OUT"/png/*.png)"
 export PNG_FILES
 rps() {  # rps MODEL QUERY: requests/s of one c=16 run
-  WRK_PATH="/v1/models/$1/classify$2" wrk -t1 -c16 -d"${DUR}s" -s scripts/wrk_classify.lua \
-    "http://127.0.0.1:$PORT" | awk '/Requests\/sec/ {print $2}'
+  WRK_PATH="/v1/models/$1/classify$2" wrk -t1 -c16 -d"${DUR}s" -s experiments/wrk_classify.lua "$URL" | awk '/Requests\/sec/ {print $2}'
 }
 rps fashion-mnist "" >/dev/null  # warm-up
 : >"$OUT/runs.txt"
@@ -47,7 +39,7 @@ for round in $(seq "$ROUNDS"); do
     echo "$round $m $(rps "$m" "") $(rps "$m" "?rule=fixed&max_timesteps=$t") $t" >>"$OUT/runs.txt"
   done
 done
-curl -fs "http://127.0.0.1:$PORT/metrics" >"$OUT/metrics.txt"
+curl -fs "$URL/metrics" >"$OUT/metrics.txt"
 python3 - "$OUT" <<'PY'
 import re, sys
 from pathlib import Path

@@ -7,7 +7,7 @@
 #   - the Fashion-MNIST test split (t10k-*, 4.4 MB) for `seenn eval --data-dir`.
 # One zstd-compressed tar, split into parts of PART_MIB (default 60) MiB: part k lands alone in
 # `.gpu-part<k>/` (ignored by git), so call k carries only that folder. The CUDA and cuDNN libraries
-# come from the GPU machine's own PyTorch (scripts/gpu_bench.sh finds them).
+# come from the GPU machine's own PyTorch (benchmarks/run.sh gpu finds them).
 #
 #   scripts/gpu_pack.sh            # here; prints the calls to make, in order
 #   scripts/gpu_pack.sh unpack     # on the GPU machine, in the last call: joins the parts into .gpu/
@@ -68,6 +68,6 @@ for i in $(seq 1 "$k"); do
   elif [ "$i" -lt "$k" ]; then
     echo "  carry [\".gpu-part$i\"]: ls -la .gpu-part$i"
   else
-    echo "  carry [\".gpu-part$i\"]: scripts/gpu_pack.sh unpack && BIN=.gpu/seenn scripts/gpu_bench.sh run"
+    echo "  carry [\".gpu-part$i\"]: scripts/gpu_pack.sh unpack && benchmarks/run.sh gpu"
   fi
 done

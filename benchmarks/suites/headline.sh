@@ -11,7 +11,7 @@
 # Medians over ROUNDS go to RESULTS/headline.json (default benchmarks/results/), the reports to
 # RESULTS/headline/, and BENCHMARKS.md's headline table is rewritten (not with SMOKE=1 or WRITE=0).
 #   DURATION=10 ROUNDS=3 LIMIT=2000 HEADLINE_MODELS="fashion-mnist fashion-mnist-qcfs" WRITE=1
-default DURATION 10 1
+default DURATION 10 0.5
 default ROUNDS 3 1
 default LIMIT 2000 100
 default HEADLINE_MODELS "fashion-mnist fashion-mnist-qcfs" "fashion-mnist"
@@ -19,15 +19,6 @@ default RESULTS benchmarks/results "$OUT"
 default WRITE 1 0
 fresh
 CORES=$(nproc)
-
-# serve_one MODEL: a models folder holding only MODEL, so that the server's defaults are those of one
-# package (its engine workers are not shared with other packages).
-one_model_dir() {
-  local dir="$OUT/models-$1"
-  mkdir -p "$dir"
-  ln -sfn "$(cd "$MODELS/$1" && pwd)" "$dir/$1"
-  echo "$dir"
-}
 
 # python_serve MODEL: the Python baseline on a free port; sets SERVER and URL.
 python_serve() {
@@ -48,8 +39,8 @@ for round in $(seq "$ROUNDS"); do
       progress "round $round/$ROUNDS $model: $system"
       case $system in
         seenn)
-          MODELS=$(one_model_dir "$model") serve "seenn-$model"
-          bench /dev/null --model "$model" --concurrency 16 --duration 1
+          MODELS=$(models_dir "$model") serve "seenn-$model"
+          bench /dev/null --model "$model" --concurrency 16 --duration "$WARMUP_S"
           bench "$OUT/$model-seenn-c1-r$round.json" --model "$model" --concurrency 1 --duration "$DURATION"
           bench "$OUT/$model-seenn-c16-r$round.json" --model "$model" --concurrency 16 --duration "$DURATION"
           bench "$OUT/$model-seenn-c16-fixed-r$round.json" --model "$model" --concurrency 16 --duration "$DURATION" \
@@ -58,7 +49,7 @@ for round in $(seq "$ROUNDS"); do
           stop ;;
         python)
           python_serve "$model"
-          bench /dev/null --model "$model" --concurrency 16 --duration 1
+          bench /dev/null --model "$model" --concurrency 16 --duration "$WARMUP_S"
           for c in 1 16 64; do
             bench "$OUT/$model-python-c$c-r$round.json" --model "$model" --concurrency "$c" --duration "$DURATION"
           done
