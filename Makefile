@@ -29,14 +29,14 @@ lint:
 	cargo clippy --release --locked --all-targets -- -D warnings
 	# The CUDA build's code (device-resident slots, the CUDA provider) compiles and lints too.
 	cargo clippy --release --locked --features cuda --all-targets -- -D warnings
-	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure tests/nir tests/bench examples scripts benchmarks experiments fuzz
+	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure tests/nir tests/bench tests/docs docs/images examples scripts benchmarks experiments fuzz
 
 test-rust:
 	cargo test --release --locked --no-fail-fast -- --test-threads=2
 
 test-python: build
 	cd training && ../$(PY) -m pytest -q
-	$(PY) -m pytest -q tests/structure tests/nir
+	$(PY) -m pytest -q tests/structure tests/nir tests/docs
 	$(PY) -m pytest -q tests/bench  # every benchmark suite, tiny (SMOKE=1); needs the release build
 
 ## Deployment files against real tools: docker-compose, promtool, Prometheus, kubectl kustomize.

@@ -253,3 +253,9 @@ def test_the_answer_check_catches_a_difference():
     assert same(shown, {"label": "Ankle boot", "confidence": 0.999921, "top_k": [{"class_id": 9}]}) == []
     assert same(shown, {"label": "Sneaker", "confidence": 0.9, "top_k": []}) == [
         ".label: shown 'Ankle boot', got 'Sneaker'", ".confidence: shown 0.99992, got 0.9", ".top_k: []"]
+
+
+def test_architecture_diagram_matches_the_code():
+    run = subprocess.run(["python3", str(DOCS / "images" / "module_diagram.py"), "--check"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr + "\nrun: python3 docs/images/module_diagram.py"

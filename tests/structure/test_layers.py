@@ -1,4 +1,4 @@
-"""The server's modules import one way only (see README "Layout")."""
+"""The server's modules import one way only (docs/development/architecture.md)."""
 
 import subprocess
 import sys
