@@ -3,14 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 PORT ?= 8080
 
-.PHONY: run test setup setup-server build lint test-rust test-python test-deploy test-web test-clients test-image models bench-models ort clean
+.PHONY: run test setup setup-server build lint deny test-rust test-python test-deploy test-web test-clients test-image models bench-models ort clean
 
 ## Serve the committed models on :8080 (HTTP) and :50051 (gRPC).
 run: setup-server build
 	./target/release/seenn serve --models models --http-port $(PORT)
 
 ## Every test: formatting, lints, Rust unit + integration tests, Python tests.
-test: setup build lint test-rust test-python test-deploy test-web test-clients
+test: setup build lint deny test-rust test-python test-deploy test-web test-clients
 
 setup:
 	scripts/setup.sh all
@@ -30,6 +30,12 @@ lint:
 	# The CUDA build's code (device-resident slots, the CUDA provider) compiles and lints too.
 	cargo clippy --release --locked --features cuda --all-targets -- -D warnings
 	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure tests/nir tests/bench tests/docs docs/images examples scripts benchmarks experiments fuzz
+
+## Every dependency's licence, RustSec advisories (from the snapshot in .ci/advisory-db), sources.
+deny:
+	python3 scripts/advisory_db.py check
+	python3 scripts/advisory_db.py install target/advisory-db
+	cargo deny --locked check
 
 test-rust:
 	cargo test --release --locked --no-fail-fast -- --test-threads=2

@@ -61,4 +61,9 @@ fi
 if [ ! -x .venv/bin/seenn-train ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e training
 fi
+# `make deny`: licences, advisories and sources of every crate (built from crates.io, about 10 min once).
+if ! cargo deny --version >/dev/null 2>&1; then
+  echo "cargo: installing cargo-deny"
+  cargo install --quiet --locked cargo-deny@0.20.2
+fi
 .venv/bin/python -c "import torch, onnxruntime; print('python env: torch', torch.__version__, 'onnxruntime', onnxruntime.__version__)"
