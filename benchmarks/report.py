@@ -25,7 +25,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROUND = re.compile(r"^(?P<key>.+)-r(?P<round>\d+)$")
-PARAMS = ("DURATION", "ROUNDS", "LIMIT", "NICE", "SMOKE", "MODELS", "BIN", "BASE", "MODEL", "DROP", "RATE", "OBJ_MS",
+PARAMS = ("DURATION", "ROUNDS", "LIMIT", "NICE", "SMOKE", "MODELS", "BASE", "MODEL", "DROP", "RATE", "OBJ_MS",
           "CONCS", "WORKERS", "SETTINGS", "FRACTION", "HEADLINE_MODELS", "FACTOR", "OBJECTIVE")
 
 
@@ -142,11 +142,15 @@ def host() -> dict:
     if lib.exists():
         m = re.search(r"\d+\.\d+\.\d+", os.path.realpath(lib))
         ort = m.group(0) if m else ""
-    dirty = sh("git", "status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml", "Cargo.lock")
+    # The commit of the source tree the binary under test sits in (BIN may be another checkout's
+    # build), and whether that tree's sources differed from it.
+    src = str((REPO / os.environ.get("BIN", "target/release/seenn")).resolve().parent)
+    top = sh("git", "-C", src, "rev-parse", "--show-toplevel") or str(REPO)
+    dirty = sh("git", "-C", top, "status", "--porcelain", "--untracked-files=no", "--", "src", "Cargo.toml", "Cargo.lock")
     return {
         "cpu": cpu, "cores": os.cpu_count(), "os": osname, "kernel": platform.release(),
         "rustc": sh("rustc", "--version"), "onnxruntime": ort,
-        "commit": sh("git", "rev-parse", "--short=12", "HEAD") + ("+changes" if dirty else ""),
+        "commit": sh("git", "-C", top, "rev-parse", "--short=12", "HEAD") + ("+changes" if dirty else ""),
         "loadavg_at_summary": os.getloadavg()[0],
     }
 
@@ -257,6 +261,8 @@ def summary_headline(out: Path, args) -> dict:
             "seenn_over_python_c16": ratio_rounds(found, f"{m}-seenn-c16", f"{m}-python-c16"),
             "seenn_fixed_over_python_c16": ratio_rounds(found, f"{m}-seenn-c16-fixed", f"{m}-python-c16"),
             "in_process": {"seenn_eval_seenn_i_img_s": ev.get("confidence.rps"), "seenn_eval_fixed_img_s": ev.get("fixed.rps"),
+                           "images": found[f"{m}-eval"][0][1]["samples"] if f"{m}-eval" in found else None,
+                           "seenn_i_accuracy": ev.get("confidence.accuracy"), "fixed_accuracy": ev.get("fixed.accuracy"),
                            "ort_only_img_s": g("ort").get("rps"), "ort_only_avg_t": g("ort").get("avg_t"),
                            "seenn_eval_avg_t": ev.get("confidence.avg_t"),
                            "seenn_over_ort": med(per_round(found, f"{m}-eval", f"{m}-ort",
@@ -266,6 +272,9 @@ def summary_headline(out: Path, args) -> dict:
         print(f"{m}: realised early exit {fmt(r['early_exit']['realised'], 3)}; seenn ÷ Python at c16 "
               f"{fmt(r['seenn_over_python_c16']['median'], 2)}; seenn eval ÷ ORT alone {fmt(r['in_process']['seenn_over_ort'], 2)}")
     data = envelope("headline", out, {"models": res, "runs": rows})
+    if args.context:  # re-rendered from kept reports: the date, command and host of the run itself
+        kept = load(Path(args.context))
+        data.update({k: kept[k] for k in ("date", "command", "params", "host")})
     write(out, data)
     if args.results:
         dest = Path(args.results)
@@ -295,10 +304,11 @@ def headline_markdown(data: dict) -> str:
              "in `benchmarks/results/headline/`).", ""]
     for m, r in data["models"].items():
         s, p, e, i = r["seenn"], r["python"], r["early_exit"], r["in_process"]
+        pct = lambda v: "–" if v is None else f"{100 * v:.2f}%"  # noqa: E731
         lines += [
-            f"**{m}** (T = {r['timesteps']}; SEENN-I at the package's default α: {fmt(s['avg_t'], 3)} timesteps on average, "
-            f"{fmt(100 * s['accuracy'], 2) if s['accuracy'] is not None else '–'}% of the answered test images right; fixed T "
-            f"{fmt(100 * s['fixed_accuracy'], 2) if s['fixed_accuracy'] is not None else '–'}%)",
+            f"**{m}** (T = {r['timesteps']}; on the first {i.get('images')} test images in-process, SEENN-I at the package's "
+            f"default α: {pct(i.get('seenn_i_accuracy'))} at {fmt(i['seenn_eval_avg_t'], 3)} timesteps on average, fixed T "
+            f"{pct(i.get('fixed_accuracy'))}; over HTTP SEENN-I averaged {fmt(s['avg_t'], 3)} timesteps)",
             "",
             "| measure | seenn, SEENN-I | seenn, fixed T | Python baseline, fixed T | ONNX Runtime alone |",
             "|---|---|---|---|---|",
@@ -617,6 +627,7 @@ def main() -> None:
     ap.add_argument("out", type=Path)
     ap.add_argument("--results", help="headline: where headline.json and its reports go")
     ap.add_argument("--write", default="0", help="headline: 1 rewrites BENCHMARKS.md's table")
+    ap.add_argument("--context", help="headline: take date, command, params and host from this summary (re-rendering)")
     args = ap.parse_args()
     SUITES.get(args.suite, summary_plain(args.suite))(args.out, args)
 
