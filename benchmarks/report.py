@@ -343,71 +343,56 @@ def rewrite_benchmarks_md(data: dict) -> None:
     print("BENCHMARKS.md: headline table rewritten")
 
 
-def summary_early_exit(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
+def eval_realised(d: dict) -> float:
+    """Realised early exit of one `seenn eval` report (its fixed and confidence rules)."""
+    c, f = rule(d, "confidence"), rule(d, "fixed")
+    return realised(c["throughput_rps"], f["throughput_rps"], d["timesteps"], c["avg_timesteps"])["realised"]
+
+
+def http_realised(found: dict, a: str, b: str, t: int) -> dict:
+    """Realised early exit over HTTP per round: SEENN-I run a against fixed-T run b."""
+    per = per_round(found, a, b, lambda x, y: realised(metrics(x)["rps"], metrics(y)["rps"], t, metrics(x)["avg_t"])["realised"])
+    return {"median": med(per), "per_round": per}
+
+
+def derive_early_exit(found: dict) -> dict:
     derived = {}
     for key, reps in found.items():
         if kind(reps[0][1]) == "eval":
-            per = [realised(rule(d, "confidence")["throughput_rps"], rule(d, "fixed")["throughput_rps"], d["timesteps"],
-                            rule(d, "confidence")["avg_timesteps"])["realised"] for _, d in reps]
+            per = [eval_realised(d) for _, d in reps]
             derived[f"{key} realised (in-process)"] = {"median": med(per), "per_round": per}
-    for key in found:
-        if key.endswith("-http-fixed"):
+        elif key.endswith("-http-fixed"):
             base = key[: -len("-fixed")]
-            t = int(re.search(r"-T(\d+)-", key).group(1))
-            per = per_round(found, base, key, lambda a, b, t=t: realised(metrics(a)["rps"], metrics(b)["rps"], t,
-                                                                     metrics(a)["avg_t"])["realised"])
-            derived[f"{base} realised (HTTP)"] = {"median": med(per), "per_round": per}
-    print_derived(derived)
-    data = envelope("early-exit", out, {"runs": rows, "derived": derived})
-    write(out, data)
-    return data
+            derived[f"{base} realised (HTTP)"] = http_realised(found, base, key, int(re.search(r"-T(\d+)-", key).group(1)))
+    return derived
 
 
-def summary_batching(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
+def derive_batching(found: dict) -> dict:
     derived = {}
     for a, b in (("continuous-mb8", "per-request-mb1"), ("continuous-mb8", "static-mb8"), ("continuous-mb8", "continuous-mb32")):
         if a in found and b in found:
             derived[f"{a} ÷ {b} req/s"] = ratio_rounds(found, a, b)
             derived[f"{a} p99 − {b} p99 (ms)"] = med(per_round(found, a, b, lambda x, y: metrics(x)["p99_ms"] - metrics(y)["p99_ms"]))
-    print_derived(derived)
-    data = envelope("batching", out, {"runs": rows, "derived": derived})
-    write(out, data)
-    return data
+    return derived
 
 
-def summary_workers(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
+def derive_workers(found: dict) -> dict:
     derived = {}
-    tf = int(os.environ.get("T_FM", "4"))
-    tq = int(os.environ.get("T_QC", "32"))
+    ts = {"fm": int(os.environ.get("T_FM", "4")), "qcfs": int(os.environ.get("T_QC", "32"))}
     configs = sorted({k.split("-")[0] for k in found})
     for c in configs:
-        for model, t in (("fm", tf), ("qcfs", tq)):
-            a, b = f"{c}-{model}-c16", f"{c}-{model}-c16-fixed"
-            if a in found and b in found:
-                per = per_round(found, a, b, lambda x, y, t=t: realised(metrics(x)["rps"], metrics(y)["rps"], t,
-                                                                         metrics(x)["avg_t"])["realised"])
-                derived[f"{c} {model} realised at c16"] = {"median": med(per), "per_round": per}
-    ws = [c for c in configs if c.startswith("workers") and c[7:].isdigit()]
+        for model, t in ts.items():
+            if f"{c}-{model}-c16" in found and f"{c}-{model}-c16-fixed" in found:
+                derived[f"{c} {model} realised at c16"] = http_realised(found, f"{c}-{model}-c16", f"{c}-{model}-c16-fixed", t)
+    ws = sorted((c for c in configs if c.startswith("workers") and c[7:].isdigit()), key=lambda c: int(c[7:]))
     if len(ws) >= 2:
-        lo, hi = sorted(ws, key=lambda c: int(c[7:]))[0], sorted(ws, key=lambda c: int(c[7:]))[-1]
-        derived[f"{hi} ÷ {lo} at c64"] = ratio_rounds(found, f"{hi}-fm-c64", f"{lo}-fm-c64")
+        derived[f"{ws[-1]} ÷ {ws[0]} at c64"] = ratio_rounds(found, f"{ws[-1]}-fm-c64", f"{ws[0]}-fm-c64")
         if "base-fm-c64" in found:
-            derived[f"{hi} ÷ base at c64"] = ratio_rounds(found, f"{hi}-fm-c64", "base-fm-c64")
-    print_derived(derived)
-    data = envelope("workers", out, {"runs": rows, "derived": derived})
-    write(out, data)
-    return data
+            derived[f"{ws[-1]} ÷ base at c64"] = ratio_rounds(found, f"{ws[-1]}-fm-c64", "base-fm-c64")
+    return derived
 
 
-def summary_cores(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
+def derive_cores(found: dict) -> dict:
     derived = {}
     conf = lambda d: rule(d, "confidence")["throughput_rps"] if kind(d) == "eval" else d["images_per_s"]  # noqa: E731
     n = os.cpu_count() or 1
@@ -417,10 +402,47 @@ def summary_cores(out: Path, args) -> dict:
                         (f"ORT alone {n} ÷ 1 processes", f"ort-p{n}", "ort-p1")):
         per = per_round(found, a, b, lambda x, y: conf(x) / conf(y))
         derived[label] = {"median": med(per), "per_round": per}
-    print_derived(derived)
-    data = envelope("cores", out, {"runs": rows, "derived": derived})
-    write(out, data)
-    return data
+    return derived
+
+
+def derive_slot_memory(found: dict) -> dict:
+    derived = {}
+    for key in found:
+        if not key.endswith("-host"):
+            continue
+        name = key[: -len("-host")]
+        host_r, dev_r = dict(found[key]), dict(found.get(f"{name}-device", []))
+        both = [r for r in host_r if r in dev_r]
+        for rl in (x["rule"] for x in found[key][0][1]["rules"]):
+            per = [rule(dev_r[r], rl)["throughput_rps"] / rule(host_r[r], rl)["throughput_rps"] for r in both]
+            same = all(rule(dev_r[r], rl)["accuracy"] == rule(host_r[r], rl)["accuracy"]
+                       and rule(dev_r[r], rl)["avg_timesteps"] == rule(host_r[r], rl)["avg_timesteps"] for r in both)
+            derived[f"{name} {rl} device ÷ host"] = {"median": med(per), "per_round": per, "same_answers": same}
+    return derived
+
+
+def derive_byo(found: dict) -> dict:
+    derived = {}
+    for key, reps in found.items():
+        if kind(reps[0][1]) == "eval":
+            per = [eval_realised(d) for _, d in reps]
+            c = rule(reps[0][1], "confidence")
+            derived[f"{key} realised"] = {"median": med(per), "per_round": per, "accuracy": c["accuracy"],
+                                          "avg_frames": c["avg_timesteps"]}
+    return derived
+
+
+def derived_summary(suite: str, derive):
+    """A suite whose summary is the medians of its runs plus what ``derive(runs)`` computes from them."""
+    def run(out: Path, args) -> dict:
+        found = runs(out)
+        rows = generic(out)
+        derived = derive(found)
+        print_derived(derived)
+        data = envelope(suite, out, {"runs": rows, "derived": derived})
+        write(out, data)
+        return data
+    return run
 
 
 def summary_latency(out: Path, args) -> dict:
@@ -449,43 +471,6 @@ def summary_latency(out: Path, args) -> dict:
             split[k.strip()] = {"median": med(vals), "per_round": vals}
             print(f"{k:<34} {fmt(med(vals), 3):>8}   per round " + " ".join(fmt(v, 3) for v in vals))
     data = envelope("latency", out, {"runs": rows, "c1_split_ms": split})
-    write(out, data)
-    return data
-
-
-def summary_slot_memory(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
-    derived = {}
-    for key in found:
-        if not key.endswith("-host"):
-            continue
-        name = key[: -len("-host")]
-        host_r, dev_r = dict(found[key]), dict(found.get(f"{name}-device", []))
-        for rl in (x["rule"] for x in found[key][0][1]["rules"]):
-            per = [rule(dev_r[r], rl)["throughput_rps"] / rule(host_r[r], rl)["throughput_rps"] for r in host_r if r in dev_r]
-            same = all(rule(dev_r[r], rl)["accuracy"] == rule(host_r[r], rl)["accuracy"]
-                       and rule(dev_r[r], rl)["avg_timesteps"] == rule(host_r[r], rl)["avg_timesteps"] for r in host_r if r in dev_r)
-            derived[f"{name} {rl} device ÷ host"] = {"median": med(per), "per_round": per, "same_answers": same}
-    print_derived(derived)
-    data = envelope("slot-memory", out, {"runs": rows, "derived": derived})
-    write(out, data)
-    return data
-
-
-def summary_byo(out: Path, args) -> dict:
-    found = runs(out)
-    rows = generic(out)
-    derived = {}
-    for key, reps in found.items():
-        if kind(reps[0][1]) != "eval":
-            continue
-        per = [realised(rule(d, "confidence")["throughput_rps"], rule(d, "fixed")["throughput_rps"], d["timesteps"],
-                        rule(d, "confidence")["avg_timesteps"])["realised"] for _, d in reps]
-        c = rule(reps[0][1], "confidence")
-        derived[f"{key} realised"] = {"median": med(per), "per_round": per, "accuracy": c["accuracy"], "avg_frames": c["avg_timesteps"]}
-    print_derived(derived)
-    data = envelope("byo", out, {"runs": rows, "derived": derived})
     write(out, data)
     return data
 
@@ -602,19 +587,15 @@ def summary_gpu(out: Path, args) -> dict:
 
 
 def summary_plain(suite: str):
-    def run(out: Path, args) -> dict:
-        rows = generic(out)
-        data = envelope(suite, out, {"runs": rows})
-        write(out, data)
-        return data
-    return run
+    return derived_summary(suite, lambda found: {})
 
 
 SUITES = {
-    "headline": summary_headline, "early-exit": summary_early_exit, "batching": summary_batching,
-    "workers": summary_workers, "cores": summary_cores, "latency": summary_latency, "slot-memory": summary_slot_memory,
-    "byo": summary_byo, "overload": summary_overload, "adaptive": summary_adaptive, "shadow": summary_shadow,
-    "gpu": summary_gpu,
+    "headline": summary_headline, "latency": summary_latency, "overload": summary_overload, "adaptive": summary_adaptive,
+    "shadow": summary_shadow, "gpu": summary_gpu,
+    "early-exit": derived_summary("early-exit", derive_early_exit), "batching": derived_summary("batching", derive_batching),
+    "workers": derived_summary("workers", derive_workers), "cores": derived_summary("cores", derive_cores),
+    "slot-memory": derived_summary("slot-memory", derive_slot_memory), "byo": derived_summary("byo", derive_byo),
 }
 
 

@@ -20,8 +20,8 @@ default DEADLINE_S 2
 default OBJECTIVE server
 default CAPACITY_S 15 0.5
 default HALF_S 15 0.5
-default OVER_S 60 2
-default SETTLE_S 10 1
+default OVER_S 60 1
+default SETTLE_S 10 0.5
 default RECOVER_S 20 0.5
 default RATE 8300 300
 default OBJ_MS 4.7
@@ -52,7 +52,8 @@ if [[ " $PARTS " == *" phases "* ]]; then
   esac
   progress "objective p99 $OBJ ms ($OBJECTIVE side); fixed α at $OVER req/s for $OVER_S s"
   load "$OUT/fixed.json" --rate "$OVER" --duration "$OVER_S"
-  progress "adaptive α at $OVER req/s: $SETTLE_S s settling, then $((OVER_S - SETTLE_S)) s measured"
+  MEASURED_S=$(awk -v a="$OVER_S" -v b="$SETTLE_S" 'BEGIN {print a - b}')
+  progress "adaptive α at $OVER req/s: $SETTLE_S s settling, then $MEASURED_S s measured"
   adaptive "$OBJ" >"$OUT/policy.json"
   (start=$(date +%s.%N); while true; do
      a=$(curl -fs "$URL/metrics" | awk -v m="$MODEL" '$1 == "seenn_exit_alpha{model=\""m"\"}" {a=$2}
@@ -61,7 +62,7 @@ if [[ " $PARTS " == *" phases "* ]]; then
   trace=$!
   on_exit "kill $trace 2>/dev/null"
   load "$OUT/adaptive_settle.json" --rate "$OVER" --duration "$SETTLE_S"
-  load "$OUT/adaptive.json" --rate "$OVER" --duration "$((OVER_S - SETTLE_S))"
+  load "$OUT/adaptive.json" --rate "$OVER" --duration "$MEASURED_S"
   progress "back to half load, $RECOVER_S s"
   load "$OUT/recover.json" --rate "$HALF" --duration "$RECOVER_S"
   kill "$trace" 2>/dev/null || true

@@ -10,10 +10,10 @@
 default ROUNDS 3 1
 default C 16
 default WORKERS "$(nproc)"
-default LIMIT_FM 10000 200
-default LIMIT_QCFS 2000 50
+default LIMIT_FM 10000 100
+default LIMIT_QCFS 2000 20
 default DURATION 8 0.5
-default HTTP_WORKERS "1 $(nproc)"
+default HTTP_WORKERS "1 $(nproc)" 1
 default PAIR "fashion-mnist fashion-mnist-qcfs"
 fresh
 read -r FM QC <<<"$PAIR"

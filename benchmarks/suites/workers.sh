@@ -10,7 +10,7 @@
 default DURATION 10 0.5
 default ROUNDS 2 1
 default PAIR "fashion-mnist fashion-mnist-qcfs"
-default WORKER_COUNTS "1 $(nproc)"
+default WORKER_COUNTS "1 $(nproc)" 1
 fresh
 read -r FM QC <<<"$PAIR"
 T_FM=$(timesteps "$MODELS/$FM"); T_QC=$(timesteps "$MODELS/$QC")
