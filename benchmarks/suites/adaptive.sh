@@ -12,6 +12,9 @@
 #    default) or adaptive (A_FIXED=0: compares two binaries' controllers), arm b is BIN adaptive;
 #    objective OBJ_MS, budget DROP.
 #   MODEL=fashion-mnist DROP=0.005 FACTOR=2 OBJECTIVE=server; ab: RATE=8300 OBJ_MS=4.7 WARM=12 DURATION=20 ROUNDS=3
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default PARTS phases "phases ab"
 default DROP 0.005

@@ -5,6 +5,9 @@
 # MODELS=models-bench MODEL=resnet19-bench measures the ResNet-19 speed model (its sample PNGs).
 #   MODEL=fashion-mnist DURATION=15 ROUNDS=2 CONC=64 WARMUP=3
 #   CONFIGS="name:server flags;..." (default: continuous at --max-batch 32 and 8, per request, static at 8 and 32)
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default DURATION 15 0.5
 default ROUNDS 2 1

@@ -9,6 +9,9 @@
 #    server accepts (bool, uint8, float32: the same 0/1 frames), closed loop at c=C, interleaved.
 #   ROUNDS=3 REPEAT=3 SETTINGS="16:2:8 32:1:32" BYO_MODELS="snntorch-fashion-mnist snntorch-fashion-mnist-recurrent"
 #   wire: DURATION=8 C=16 WIRE_MODEL=snntorch-fashion-mnist DTYPES="bool uint8 float32"
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default PARTS "inproc wire"
 default ROUNDS 3 1
 default REPEAT 3 1

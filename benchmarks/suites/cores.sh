@@ -4,6 +4,9 @@
 # per core (ONNX Runtime and nothing else: the same images, batch and exit rule), SEENN-I images/s
 # and CPU ms per image; ratios within each round, medians over rounds.
 #   MODEL=fashion-mnist LIMIT=3000 ROUNDS=3     (NICE=-10 as root on a shared host)
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default LIMIT 3000 100
 default ROUNDS 3 1

@@ -7,6 +7,9 @@
 #    c=16 with SEENN-I and with rule=fixed at T, back to back.
 # Rounds interleave; medians per round.
 #   ROUNDS=3 C=16 WORKERS=<cores> LIMIT_FM=10000 LIMIT_QCFS=2000 DURATION=8 HTTP_WORKERS="1 <cores>"
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default ROUNDS 3 1
 default C 16
 default WORKERS "$(nproc)"

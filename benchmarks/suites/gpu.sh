@@ -8,6 +8,9 @@
 # unpacks it, else BIN) and onnxruntime-gpu 1.31.1's libraries in ORT_GPU_DIR (default .gpu/); the
 # CUDA and cuDNN libraries come from the machine's PyTorch (its nvidia-* packages).
 #   LIMIT=5000 BATCHES="1 8 32 128" CONCURRENCY=256 WORKERS=<CPU rows' engine workers>
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default LIMIT 5000 100
 default BATCHES "1 8 32 128" "8"
 default CONCURRENCY 256 16

@@ -11,6 +11,9 @@
 # Medians over ROUNDS go to RESULTS/headline.json (default benchmarks/results/), the reports to
 # RESULTS/headline/, and BENCHMARKS.md's headline table is rewritten (not with SMOKE=1 or WRITE=0).
 #   DURATION=10 ROUNDS=3 LIMIT=2000 HEADLINE_MODELS="fashion-mnist fashion-mnist-qcfs" WRITE=1
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default DURATION 10 0.5
 default ROUNDS 3 1
 default LIMIT 2000 100

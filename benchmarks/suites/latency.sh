@@ -7,6 +7,9 @@
 # and the time outside the server. Target: HTTP p50 ≤ in-process p50 + 0.15 ms.
 #   MODEL=fashion-mnist DURATION=8 ROUNDS=3 LIMIT=2000 RATE=200 WORKERS=<server default>
 #   MODELS=models-bench PAIR=resnet19-bench MODEL=resnet19-bench   the ResNet-19 speed model (its samples)
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default DURATION 8 0.5
 default ROUNDS 3 1

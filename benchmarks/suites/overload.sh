@@ -7,6 +7,9 @@
 #     server's peak memory;
 #  4. after: /healthz, /readyz and a normal closed-loop run (the server still serves).
 #   MODEL=fashion-mnist FACTOR=10 DURATION=60 SOAK_S=60 CAPACITY_S=15 DEADLINE_S=2
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default FACTOR 10 2
 default DURATION 60 0.5

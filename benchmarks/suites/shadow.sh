@@ -8,6 +8,9 @@
 #     DURATION s without shadows and DURATION s with shadow_fraction FRACTION (the order alternates
 #     every round): throughput on ÷ off per round and its median, shadow steps ÷ live steps.
 #   REQUESTS=10000 CONCS="4 16" ROUNDS=5 DURATION=10 FRACTION=0.01 SKIP_AGREEMENT=
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default MODEL fashion-mnist
 default REQUESTS 10000 100
 default CONCS "4 16" 4

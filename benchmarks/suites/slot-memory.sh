@@ -5,6 +5,9 @@
 # every rule. On the CPU the device path can only cost; the table says how much, and whether every
 # answer stayed the same. The GPU comparison is the gpu suite.
 #   ROUNDS=3 C=64 WORKERS=<cores> LIMIT_FM=5000 LIMIT_QCFS=1000
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default ROUNDS 3 1
 default C 64
 default WORKERS "$(nproc)"

@@ -7,6 +7,9 @@
 # c=16 per configuration; medians over interleaved rounds.
 #   DURATION=10 ROUNDS=2 WORKER_COUNTS="1 <cores>"
 #   BASE=<another seenn binary>   adds it as configuration "base" (its defaults); PAIR="fashion-mnist fashion-mnist-qcfs"
+set -euo pipefail
+# Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
+[ -n "${BENCH_ROOT:-}" ] || exec "$(dirname "$0")/../run.sh" "$(basename "$0" .sh)" "$@"
 default DURATION 10 0.5
 default ROUNDS 2 1
 default PAIR "fashion-mnist fashion-mnist-qcfs"
