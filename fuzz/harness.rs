@@ -24,10 +24,11 @@ use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::header;
 use image::ImageFormat;
-use seenn_serve::error::Error;
+use seenn_serve::error::{chain, Error};
 use seenn_serve::model::manifest::{Calibration, InputSpec, Manifest};
+use seenn_serve::model::PackageError;
 use seenn_serve::service::{ClassifyOptions, Input};
-use seenn_serve::state::State;
+use seenn_serve::state::{State, StateError};
 use tower::{Layer, ServiceExt};
 
 pub const FASHION_MNIST_MANIFEST: &[u8] = include_bytes!("../models/fashion-mnist/manifest.json");
@@ -206,7 +207,7 @@ pub enum HttpOutcome {
     Shaped {
         opts: ClassifyOptions,
         shape: Vec<usize>,
-        check: Result<usize, String>,
+        check: Result<usize, seenn_serve::model::manifest::Invalid>,
     },
 }
 
@@ -351,12 +352,12 @@ pub fn image_preprocess(data: &[u8]) -> Option<Result<Vec<f32>, Error>> {
 // One short-lived value per input: the size difference does not matter.
 #[allow(clippy::large_enum_variant)]
 pub enum PackageFile {
-    Manifest(Result<Manifest, String>),
+    Manifest(Result<Manifest, PackageError>),
     Calibration {
         timesteps: usize,
-        parsed: Result<Calibration, String>,
+        parsed: Result<Calibration, PackageError>,
     },
-    State(Result<State, String>),
+    State(Result<State, StateError>),
 }
 
 impl PackageFile {
@@ -392,7 +393,7 @@ pub fn package_file(data: &[u8]) -> Option<PackageFile> {
             let r = seenn_serve::model::parse_manifest(rest);
             match &r {
                 Ok(m) => check_manifest(m),
-                Err(e) => assert!(!e.is_empty()),
+                Err(e) => assert!(!chain(e).is_empty()),
             }
             PackageFile::Manifest(r)
         }
@@ -402,7 +403,7 @@ pub fn package_file(data: &[u8]) -> Option<PackageFile> {
             let r = seenn_serve::model::parse_calibration(file, timesteps);
             match &r {
                 Ok(c) => check_calibration(c, timesteps),
-                Err(e) => assert!(!e.is_empty()),
+                Err(e) => assert!(!chain(e).is_empty()),
             }
             PackageFile::Calibration {
                 timesteps,
@@ -413,7 +414,7 @@ pub fn package_file(data: &[u8]) -> Option<PackageFile> {
             let r = seenn_serve::state::parse_state(rest);
             match &r {
                 Ok(s) => check_state(s),
-                Err(e) => assert!(!e.is_empty()),
+                Err(e) => assert!(!chain(e).is_empty()),
             }
             PackageFile::State(r)
         }

@@ -9,22 +9,31 @@ const PLACEHOLDERS: [&str; 4] = ["replace-me", "change-me", "changeme", "example
 const HOW: &str = "make one with `openssl rand -hex 32 > deploy/secrets/admin_token` \
      (Kubernetes: deploy/k8s/secrets/admin_token), or set no token to keep admin off";
 
+/// Why a token cannot be a secret; every message says how to make one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AdminTokenError {
+    #[error("the admin token is a placeholder (it contains {0:?}); {HOW}")]
+    Placeholder(&'static str),
+    #[error(
+        "the admin token has {0} characters, fewer than {MIN_LEN}: too short to be a secret; {HOW}"
+    )]
+    TooShort(usize),
+    #[error("the admin token contains whitespace; {HOW}")]
+    Whitespace,
+}
+
 /// Accepts a token (already trimmed) that can be a secret; else says why not and how to make one.
-pub fn check_admin_token(token: &str) -> Result<(), String> {
+pub fn check_admin_token(token: &str) -> Result<(), AdminTokenError> {
     let lower = token.to_ascii_lowercase();
     if let Some(p) = PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
-        return Err(format!(
-            "the admin token is a placeholder (it contains {p:?}); {HOW}"
-        ));
+        return Err(AdminTokenError::Placeholder(p));
     }
     let len = token.chars().count();
     if len < MIN_LEN {
-        return Err(format!(
-            "the admin token has {len} characters, fewer than {MIN_LEN}: too short to be a secret; {HOW}"
-        ));
+        return Err(AdminTokenError::TooShort(len));
     }
     if token.chars().any(char::is_whitespace) {
-        return Err(format!("the admin token contains whitespace; {HOW}"));
+        return Err(AdminTokenError::Whitespace);
     }
     Ok(())
 }
@@ -42,7 +51,7 @@ mod tests {
             "please-changeme-0123456789",
             "example-example-example",
         ] {
-            let e = check_admin_token(t).expect_err(t);
+            let e = check_admin_token(t).expect_err(t).to_string();
             assert!(
                 e.contains("placeholder") && e.contains("openssl rand -hex 32"),
                 "{e}"
@@ -52,7 +61,7 @@ mod tests {
 
     #[test]
     fn refuses_short_tokens_and_says_how_long() {
-        let e = check_admin_token("t0ken").expect_err("short");
+        let e = check_admin_token("t0ken").expect_err("short").to_string();
         assert!(e.contains("5 characters") && e.contains("16"), "{e}");
         assert!(e.contains("openssl rand -hex 32"), "{e}");
         assert!(check_admin_token(&"x".repeat(MIN_LEN - 1)).is_err());

@@ -8,10 +8,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Args, ValueEnum};
 use serde::{Deserialize, Serialize};
 
 use crate::api::grpc::pb;
+use crate::dataset::DatasetError;
+use crate::model::LoadError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -222,33 +225,68 @@ struct Tally {
     timed: Vec<(f64, [f64; 3])>,
 }
 
-fn parse_replay(s: &str) -> Result<Vec<(usize, f64)>, String> {
+/// Why the load cannot be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Package(#[from] LoadError),
+    #[error("{file}")]
+    Sample {
+        file: String,
+        #[source]
+        source: crate::npy::NpyError,
+    },
+    /// A flag or dataset that does not fit; the message says what is accepted.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("cannot build the HTTP client")]
+    HttpClient(#[source] reqwest::Error),
+    #[error("bad --url {url:?}")]
+    Url {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("cannot connect to {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: tonic::transport::Error,
+    },
+    #[error("tally poisoned")]
+    Poisoned,
+}
+
+fn parse_replay(s: &str) -> Result<Vec<(usize, f64)>, BenchError> {
+    let bad = |what: String| BenchError::Invalid(what);
     let mut out = Vec::new();
     for part in s.split(',') {
         let (t, p) = part
             .split_once(':')
-            .ok_or_else(|| format!("bad --replay-exits entry {part:?}; use t:weight"))?;
+            .ok_or_else(|| bad(format!("bad --replay-exits entry {part:?}; use t:weight")))?;
         let t: usize = t
             .trim()
             .parse()
-            .map_err(|_| format!("bad timestep in {part:?}"))?;
+            .map_err(|_| bad(format!("bad timestep in {part:?}")))?;
         let p: f64 = p
             .trim()
             .parse()
-            .map_err(|_| format!("bad weight in {part:?}"))?;
+            .map_err(|_| bad(format!("bad weight in {part:?}")))?;
         if t == 0 || !p.is_finite() || p < 0.0 {
-            return Err(format!("bad --replay-exits entry {part:?}"));
+            return Err(bad(format!("bad --replay-exits entry {part:?}")));
         }
         out.push((t, p));
     }
     let total: f64 = out.iter().map(|(_, p)| p).sum();
     if total <= 0.0 {
-        return Err("--replay-exits weights sum to 0".into());
+        return Err(bad("--replay-exits weights sum to 0".into()));
     }
     Ok(out.into_iter().map(|(t, p)| (t, p / total)).collect())
 }
 
-fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
+fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, BenchError> {
     if args.data == "fashion-mnist" || args.data == "mnist" {
         let d = crate::dataset::load_idx(&args.data_dir, "test")?;
         d.images
@@ -264,16 +302,18 @@ fn load_samples(args: &BenchArgs) -> Result<Vec<Sample>, String> {
             .collect()
     } else {
         let dir = std::path::Path::new(&args.data);
-        let golden = crate::model::read_golden(dir)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{}: no golden.json", dir.display()))?;
+        let golden = crate::model::read_golden(dir)?
+            .ok_or_else(|| BenchError::Invalid(format!("{}: no golden.json", dir.display())))?;
         golden
             .samples
             .iter()
             .map(|s| {
-                let bytes = s.read_image(dir).map_err(|e| e.to_string())?;
+                let bytes = s.read_image(dir)?;
                 let tensor = if s.is_npy() {
-                    let a = crate::npy::read(&bytes).map_err(|e| format!("{}: {e}", s.file))?;
+                    let a = crate::npy::read(&bytes).map_err(|source| BenchError::Sample {
+                        file: s.file.clone(),
+                        source,
+                    })?;
                     let shape = a.shape.iter().map(|d| *d as u32).collect();
                     let raw = a.data.iter().flat_map(|v| v.to_le_bytes()).collect();
                     Some(Arc::new((shape, raw)))
@@ -298,129 +338,157 @@ enum Client {
 /// The server's timings of one answer: queue, inference and total, in milliseconds.
 type Timed = Option<[f64; 3]>;
 
-/// One request; returns the status, (timesteps_used, class_id) on success, whether the answer
-/// carried Retry-After, and the server's timings when it sent them.
+/// One answer: the status, (timesteps_used, class_id) on success, whether it carried
+/// Retry-After, and the server's timings when it sent them.
+type Answer = (String, Option<(u64, u64)>, bool, Timed);
+
+/// One request (rule `fixed` at `fixed_t` steps when given).
 async fn send(
     client: &Client,
     args: &BenchArgs,
     sample: &Sample,
     fixed_t: Option<usize>,
-) -> (String, Option<(u64, u64)>, bool, Timed) {
+) -> Answer {
+    match client {
+        Client::Http(c) => match args.get.as_deref() {
+            Some(path) => send_get(c, args, path).await,
+            None => send_http(c, args, sample, fixed_t).await,
+        },
+        Client::Grpc(c) => send_grpc(c, args, sample, fixed_t).await,
+    }
+}
+
+/// The rule and max_timesteps of a request: `fixed` at `fixed_t` when replaying exits.
+fn rule_of(args: &BenchArgs, fixed_t: Option<usize>) -> (Option<String>, Option<usize>) {
     let rule = if fixed_t.is_some() {
         Some("fixed".to_string())
     } else {
         args.rule.clone()
     };
-    let max_t = fixed_t.or(args.max_timesteps);
-    match client {
-        Client::Http(c) if args.get.is_some() => {
-            let path = args.get.as_deref().unwrap_or("/");
-            let url = format!("{}{path}", args.url.trim_end_matches('/'));
-            match c.get(url).send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16().to_string();
-                    let ok = r.status().is_success();
-                    // Read the body, as a classify answer is read.
-                    let read = r.bytes().await.is_ok();
-                    let res = (ok && read).then_some((0, u64::MAX));
-                    (status, res, false, None)
-                }
-                Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
-                Err(_) => ("connection_error".into(), None, false, None),
-            }
+    (rule, fixed_t.or(args.max_timesteps))
+}
+
+/// `--get PATH`: a GET whose success counts with 0 timesteps and no class.
+async fn send_get(c: &reqwest::Client, args: &BenchArgs, path: &str) -> Answer {
+    let url = format!("{}{path}", args.url.trim_end_matches('/'));
+    match c.get(url).send().await {
+        Ok(r) => {
+            let status = r.status().as_u16().to_string();
+            let ok = r.status().is_success();
+            // Read the body, as a classify answer is read.
+            let read = r.bytes().await.is_ok();
+            let res = (ok && read).then_some((0, u64::MAX));
+            (status, res, false, None)
         }
-        Client::Http(c) => {
-            let path = match &args.model {
-                Some(m) => format!("{}/v1/models/{m}/classify", args.url.trim_end_matches('/')),
-                None => format!("{}/classify", args.url.trim_end_matches('/')),
+        Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
+        Err(_) => ("connection_error".into(), None, false, None),
+    }
+}
+
+/// A classify request over HTTP: the image or .npy body, the options in the query string.
+async fn send_http(
+    c: &reqwest::Client,
+    args: &BenchArgs,
+    sample: &Sample,
+    fixed_t: Option<usize>,
+) -> Answer {
+    let (rule, max_t) = rule_of(args, fixed_t);
+    let path = match &args.model {
+        Some(m) => format!("{}/v1/models/{m}/classify", args.url.trim_end_matches('/')),
+        None => format!("{}/classify", args.url.trim_end_matches('/')),
+    };
+    let mut q: Vec<(&str, String)> = Vec::new();
+    if let Some(r) = &rule {
+        q.push(("rule", r.clone()));
+    }
+    if let Some(a) = args.alpha {
+        q.push(("alpha", a.to_string()));
+    }
+    if let Some(t) = max_t {
+        q.push(("max_timesteps", t.to_string()));
+    }
+    let req = c
+        .post(path)
+        .query(&q)
+        .header(
+            "content-type",
+            match sample.tensor {
+                Some(_) => crate::api::http::NPY_CONTENT_TYPE,
+                None => "image/png",
+            },
+        )
+        .body(sample.png.as_ref().clone());
+    match req.send().await {
+        Ok(r) => {
+            let status = r.status().as_u16().to_string();
+            let retry_after = r.headers().contains_key("retry-after");
+            let header =
+                |name: &str| -> Option<f64> { r.headers().get(name)?.to_str().ok()?.parse().ok() };
+            let timed = match (
+                header("x-queue-time-ms"),
+                header("x-inference-time-ms"),
+                header("x-total-time-ms"),
+            ) {
+                (Some(q), Some(i), Some(t)) => Some([q, i, t]),
+                _ => None,
             };
-            let mut q: Vec<(&str, String)> = Vec::new();
-            if let Some(r) = &rule {
-                q.push(("rule", r.clone()));
-            }
-            if let Some(a) = args.alpha {
-                q.push(("alpha", a.to_string()));
-            }
-            if let Some(t) = max_t {
-                q.push(("max_timesteps", t.to_string()));
-            }
-            let req = c
-                .post(path)
-                .query(&q)
-                .header(
-                    "content-type",
-                    match sample.tensor {
-                        Some(_) => crate::api::http::NPY_CONTENT_TYPE,
-                        None => "image/png",
-                    },
-                )
-                .body(sample.png.as_ref().clone());
-            match req.send().await {
-                Ok(r) => {
-                    let status = r.status().as_u16().to_string();
-                    let retry_after = r.headers().contains_key("retry-after");
-                    let header = |name: &str| -> Option<f64> {
-                        r.headers().get(name)?.to_str().ok()?.parse().ok()
-                    };
-                    let timed = match (
-                        header("x-queue-time-ms"),
-                        header("x-inference-time-ms"),
-                        header("x-total-time-ms"),
-                    ) {
-                        (Some(q), Some(i), Some(t)) => Some([q, i, t]),
-                        _ => None,
-                    };
-                    if r.status().is_success() {
-                        match r.json::<ClassifyAnswer>().await {
-                            Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false, timed),
-                            Err(_) => ("bad_body".into(), None, false, None),
-                        }
-                    } else {
-                        (status, None, retry_after, None)
-                    }
+            if r.status().is_success() {
+                match r.json::<ClassifyAnswer>().await {
+                    Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false, timed),
+                    Err(_) => ("bad_body".into(), None, false, None),
                 }
-                Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
-                Err(_) => ("connection_error".into(), None, false, None),
+            } else {
+                (status, None, retry_after, None)
             }
         }
-        Client::Grpc(c) => {
-            let mut c = c.clone();
-            let req = pb::ClassifyRequest {
-                model: args.model.clone().unwrap_or_default(),
-                input: Some(match &sample.tensor {
-                    Some(t) => pb::classify_request::Input::Tensor(pb::Tensor {
-                        shape: t.0.clone(),
-                        raw: t.1.clone(),
-                        ..Default::default()
-                    }),
-                    None => pb::classify_request::Input::Image(sample.png.as_ref().clone()),
-                }),
-                rule: rule.unwrap_or_default(),
-                alpha: args.alpha.map(|a| a as f32),
-                max_timesteps: max_t.map(|t| t as u32),
+        Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
+        Err(_) => ("connection_error".into(), None, false, None),
+    }
+}
+
+/// A classify request over gRPC: the image or float32 tensor, the options as fields.
+async fn send_grpc(
+    c: &pb::classifier_client::ClassifierClient<tonic::transport::Channel>,
+    args: &BenchArgs,
+    sample: &Sample,
+    fixed_t: Option<usize>,
+) -> Answer {
+    let (rule, max_t) = rule_of(args, fixed_t);
+    let mut c = c.clone();
+    let req = pb::ClassifyRequest {
+        model: args.model.clone().unwrap_or_default(),
+        input: Some(match &sample.tensor {
+            Some(t) => pb::classify_request::Input::Tensor(pb::Tensor {
+                shape: t.0.clone(),
+                raw: t.1.clone(),
                 ..Default::default()
-            };
-            match c.classify(req).await {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    let timed = r.timings.map(|t| {
-                        [t.queue_seconds, t.inference_seconds, t.total_seconds].map(|x| x * 1e3)
-                    });
-                    (
-                        "OK".into(),
-                        Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
-                        false,
-                        timed,
-                    )
-                }
-                Err(s) => (
-                    format!("{:?}", s.code()),
-                    None,
-                    s.metadata().contains_key("retry-after"),
-                    None,
-                ),
-            }
+            }),
+            None => pb::classify_request::Input::Image(sample.png.as_ref().clone()),
+        }),
+        rule: rule.unwrap_or_default(),
+        alpha: args.alpha.map(|a| a as f32),
+        max_timesteps: max_t.map(|t| t as u32),
+        ..Default::default()
+    };
+    match c.classify(req).await {
+        Ok(r) => {
+            let r = r.into_inner();
+            let timed = r
+                .timings
+                .map(|t| [t.queue_seconds, t.inference_seconds, t.total_seconds].map(|x| x * 1e3));
+            (
+                "OK".into(),
+                Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
+                false,
+                timed,
+            )
         }
+        Err(s) => (
+            format!("{:?}", s.code()),
+            None,
+            s.metadata().contains_key("retry-after"),
+            None,
+        ),
     }
 }
 
@@ -439,13 +507,13 @@ async fn server_rss_mb(c: &reqwest::Client, url: &str) -> Option<f64> {
 }
 
 /// Runs the load and prints the report (JSON with `--json`, a summary otherwise).
-pub async fn run(args: BenchArgs) -> Result<(), String> {
+pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let json = args.json;
     let report = measure(args).await?;
     if json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&report).context("cannot serialize the report")?
         );
     } else {
         print!("{}", report.render_text());
@@ -453,44 +521,91 @@ pub async fn run(args: BenchArgs) -> Result<(), String> {
     Ok(())
 }
 
-/// Sends the load and measures what came back.
-pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
-    let samples = Arc::new(load_samples(&args)?);
-    if samples.is_empty() {
-        return Err("no samples to send".into());
+/// What every request of a run shares: where and what to send, and where answers are tallied.
+struct Load {
+    client: Client,
+    args: BenchArgs,
+    samples: Vec<Sample>,
+    replay: Option<Vec<(usize, f64)>>,
+    tally: Mutex<Tally>,
+    bar: indicatif::ProgressBar,
+}
+
+impl Load {
+    /// The i-th request's sample.
+    fn sample(&self, i: usize) -> &Sample {
+        &self.samples[i % self.samples.len()]
     }
-    let replay = args.replay_exits.as_deref().map(parse_replay).transpose()?;
-    let client = Arc::new(match args.protocol {
+
+    /// With `--replay-exits`, the i-th request's exit timestep: a deterministic low-discrepancy
+    /// draw, so that the exits follow the distribution.
+    fn pick_t(&self, i: usize) -> Option<usize> {
+        let r = self.replay.as_ref()?;
+        let u = ((i as f64) * 0.618_033_988_749_895).fract();
+        let mut acc = 0.0;
+        for (t, p) in r {
+            acc += p;
+            if u < acc {
+                return Some(*t);
+            }
+        }
+        r.last().map(|(t, _)| *t)
+    }
+
+    /// Tallies one answer that took `ms`.
+    fn record(&self, sample: &Sample, (status, res, retry_after, timed): Answer, ms: f64) {
+        if let Ok(mut t) = self.tally.lock() {
+            *t.by_status.entry(status).or_default() += 1;
+            t.with_retry_after += u64::from(retry_after);
+            if let Some((steps, class)) = res {
+                t.ok += 1;
+                t.timesteps += steps;
+                t.correct += u64::from(class == sample.label as u64);
+                t.latencies_ms.push(ms);
+                if let Some(st) = timed {
+                    t.timed.push((ms, st));
+                }
+            } else {
+                t.error_latencies_ms.push(ms);
+            }
+        }
+    }
+}
+
+/// The client for `--protocol`, connected (gRPC) or ready to connect (HTTP).
+async fn connect(args: &BenchArgs) -> Result<Client, BenchError> {
+    Ok(match args.protocol {
         Protocol::Http => Client::Http(
             reqwest::Client::builder()
                 .timeout(Duration::from_secs_f64(args.timeout))
                 .tcp_nodelay(true)
                 .pool_max_idle_per_host(1024)
                 .build()
-                .map_err(|e| e.to_string())?,
+                .map_err(BenchError::HttpClient)?,
         ),
         Protocol::Grpc => {
             let ch = tonic::transport::Endpoint::from_shared(args.url.clone())
-                .map_err(|e| e.to_string())?
+                .map_err(|source| BenchError::Url {
+                    url: args.url.clone(),
+                    source,
+                })?
                 .tcp_nodelay(true)
                 .timeout(Duration::from_secs_f64(args.timeout))
                 .connect()
                 .await
-                .map_err(|e| format!("cannot connect to {}: {e}", args.url))?;
+                .map_err(|source| BenchError::Connect {
+                    url: args.url.clone(),
+                    source,
+                })?;
             Client::Grpc(
                 pb::classifier_client::ClassifierClient::new(ch)
                     .max_decoding_message_size(64 << 20),
             )
         }
-    });
-    let max_requests = args.requests.unwrap_or(if args.duration.is_some() {
-        usize::MAX
-    } else {
-        1000
-    });
-    let deadline = args
-        .duration
-        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    })
+}
+
+fn progress_bar(args: &BenchArgs, max_requests: usize) -> indicatif::ProgressBar {
     let bar = if args.quiet {
         indicatif::ProgressBar::hidden()
     } else if max_requests != usize::MAX {
@@ -502,160 +617,150 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
         indicatif::ProgressStyle::with_template("[{bar:40}] {pos}/{len} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let tally = Arc::new(Mutex::new(Tally::default()));
+    bar
+}
+
+/// Samples the server's resident memory from its /metrics every 500 ms into `peak` until `stop`
+/// (HTTP only).
+fn sample_rss(
+    client: &Client,
+    url: &str,
+    peak: &Arc<Mutex<Option<f64>>>,
+    stop: &Arc<AtomicBool>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let Client::Http(c) = client else {
+        return None;
+    };
+    let (c, url, peak, stop) = (c.clone(), url.to_string(), peak.clone(), stop.clone());
+    Some(tokio::spawn(async move {
+        while !stop.load(Ordering::SeqCst) {
+            if let Some(mb) = server_rss_mb(&c, &url).await {
+                if let Ok(mut p) = peak.lock() {
+                    *p = Some(p.map_or(mb, |x: f64| x.max(mb)));
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }))
+}
+
+/// Open loop: request i is due at `started + i / rate`, whatever happened to the others; one due
+/// while `--max-outstanding` are unanswered is not sent (`client_overrun`).
+async fn open_loop(
+    load: &Arc<Load>,
+    rate: f64,
+    max_requests: usize,
+    deadline: Option<Instant>,
+    started: Instant,
+) {
+    let mut handles = Vec::new();
+    let outstanding = Arc::new(AtomicUsize::new(0));
+    let mut i = 0usize;
+    while i < max_requests && deadline.is_none_or(|d| Instant::now() < d) {
+        let due = started + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let fixed = load.pick_t(i);
+        if outstanding.load(Ordering::SeqCst) >= load.args.max_outstanding {
+            load.record(
+                load.sample(i),
+                ("client_overrun".into(), None, false, None),
+                0.0,
+            );
+            i += 1;
+            continue;
+        }
+        outstanding.fetch_add(1, Ordering::SeqCst);
+        let (load, outstanding) = (load.clone(), outstanding.clone());
+        handles.push(tokio::spawn(async move {
+            let s = load.sample(i);
+            let answer = send(&load.client, &load.args, s, fixed).await;
+            outstanding.fetch_sub(1, Ordering::SeqCst);
+            load.record(s, answer, due.elapsed().as_secs_f64() * 1e3);
+            load.bar.inc(1);
+        }));
+        i += 1;
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+}
+
+/// Closed loop: `--concurrency` workers, each sending its next request when the last answered.
+async fn closed_loop(
+    load: &Arc<Load>,
+    max_requests: usize,
+    deadline: Option<Instant>,
+    stop: &Arc<AtomicBool>,
+) {
     let issued = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..load.args.concurrency.max(1) {
+        let (load, issued, stop) = (load.clone(), issued.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            loop {
+                if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d) {
+                    break;
+                }
+                let i = issued.fetch_add(1, Ordering::SeqCst);
+                if i >= max_requests {
+                    break;
+                }
+                let s = load.sample(i);
+                let t0 = Instant::now();
+                let answer = send(&load.client, &load.args, s, load.pick_t(i)).await;
+                load.record(s, answer, t0.elapsed().as_secs_f64() * 1e3);
+                load.bar.inc(1);
+            }
+        }));
+    }
+    for w in workers {
+        let _ = w.await;
+    }
+}
+
+/// Sends the load and measures what came back.
+pub async fn measure(args: BenchArgs) -> Result<BenchReport, BenchError> {
+    let samples = load_samples(&args)?;
+    if samples.is_empty() {
+        return Err(BenchError::Invalid("no samples to send".into()));
+    }
+    let replay = args.replay_exits.as_deref().map(parse_replay).transpose()?;
+    let client = connect(&args).await?;
+    let max_requests = args.requests.unwrap_or(if args.duration.is_some() {
+        usize::MAX
+    } else {
+        1000
+    });
+    let deadline = args
+        .duration
+        .map(|d| Instant::now() + Duration::from_secs_f64(d));
+    let load = Arc::new(Load {
+        bar: progress_bar(&args, max_requests),
+        client,
+        args,
+        samples,
+        replay,
+        tally: Mutex::new(Tally::default()),
+    });
     let stop = Arc::new(AtomicBool::new(false));
-    let args = Arc::new(args);
-    let pick_t = {
-        let replay = replay.clone();
-        move |i: usize| -> Option<usize> {
-            let r = replay.as_ref()?;
-            // Deterministic low-discrepancy draw: the i-th request's exit follows the distribution.
-            let u = ((i as f64) * 0.618_033_988_749_895).fract();
-            let mut acc = 0.0;
-            for (t, p) in r {
-                acc += p;
-                if u < acc {
-                    return Some(*t);
-                }
-            }
-            r.last().map(|(t, _)| *t)
-        }
-    };
-    let record = {
-        let tally = tally.clone();
-        move |sample: &Sample,
-              (status, res, retry_after, timed): (String, Option<(u64, u64)>, bool, Timed),
-              ms: f64| {
-            if let Ok(mut t) = tally.lock() {
-                *t.by_status.entry(status).or_default() += 1;
-                t.with_retry_after += u64::from(retry_after);
-                if let Some((steps, class)) = res {
-                    t.ok += 1;
-                    t.timesteps += steps;
-                    t.correct += u64::from(class == sample.label as u64);
-                    t.latencies_ms.push(ms);
-                    if let Some(st) = timed {
-                        t.timed.push((ms, st));
-                    }
-                } else {
-                    t.error_latencies_ms.push(ms);
-                }
-            }
-        }
-    };
     // The server's peak resident memory during the run, sampled from its /metrics (HTTP only).
     let rss_peak = Arc::new(Mutex::new(None::<f64>));
-    let sampler = match &*client {
-        Client::Http(c) => {
-            let (c, url, peak, stop) =
-                (c.clone(), args.url.clone(), rss_peak.clone(), stop.clone());
-            Some(tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    if let Some(mb) = server_rss_mb(&c, &url).await {
-                        if let Ok(mut p) = peak.lock() {
-                            *p = Some(p.map_or(mb, |x: f64| x.max(mb)));
-                        }
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }))
-        }
-        Client::Grpc(_) => None,
-    };
+    let sampler = sample_rss(&load.client, &load.args.url, &rss_peak, &stop);
     let started = Instant::now();
-    if let Some(rate) = args.rate {
-        // Open loop: request i is due at started + i/rate, whatever happened to the others.
-        let mut handles = Vec::new();
-        let outstanding = Arc::new(AtomicUsize::new(0));
-        let mut i = 0usize;
-        while i < max_requests && deadline.is_none_or(|d| Instant::now() < d) {
-            let due = started + Duration::from_secs_f64(i as f64 / rate);
-            tokio::time::sleep_until(due.into()).await;
-            let (client, args, samples, record, bar) = (
-                client.clone(),
-                args.clone(),
-                samples.clone(),
-                record.clone(),
-                bar.clone(),
-            );
-            let fixed = pick_t(i);
-            if outstanding.load(Ordering::SeqCst) >= args.max_outstanding {
-                let s = &samples[i % samples.len()];
-                record(s, ("client_overrun".into(), None, false, None), 0.0);
-                i += 1;
-                continue;
-            }
-            outstanding.fetch_add(1, Ordering::SeqCst);
-            let outstanding = outstanding.clone();
-            handles.push(tokio::spawn(async move {
-                let s = &samples[i % samples.len()];
-                let answer = send(&client, &args, s, fixed).await;
-                outstanding.fetch_sub(1, Ordering::SeqCst);
-                record(s, answer, due.elapsed().as_secs_f64() * 1e3);
-                bar.inc(1);
-            }));
-            i += 1;
-        }
-        for h in handles {
-            let _ = h.await;
-        }
-    } else {
-        let mut workers = Vec::new();
-        for _ in 0..args.concurrency.max(1) {
-            let (client, args, samples, record, bar, issued, stop) = (
-                client.clone(),
-                args.clone(),
-                samples.clone(),
-                record.clone(),
-                bar.clone(),
-                issued.clone(),
-                stop.clone(),
-            );
-            let pick_t = pick_t.clone();
-            workers.push(tokio::spawn(async move {
-                loop {
-                    if stop.load(Ordering::SeqCst) || deadline.is_some_and(|d| Instant::now() >= d)
-                    {
-                        break;
-                    }
-                    let i = issued.fetch_add(1, Ordering::SeqCst);
-                    if i >= max_requests {
-                        break;
-                    }
-                    let s = &samples[i % samples.len()];
-                    let t0 = Instant::now();
-                    let answer = send(&client, &args, s, pick_t(i)).await;
-                    record(s, answer, t0.elapsed().as_secs_f64() * 1e3);
-                    bar.inc(1);
-                }
-            }));
-        }
-        for w in workers {
-            let _ = w.await;
-        }
+    match load.args.rate {
+        Some(rate) => open_loop(&load, rate, max_requests, deadline, started).await,
+        None => closed_loop(&load, max_requests, deadline, &stop).await,
     }
     let elapsed = started.elapsed().as_secs_f64();
     stop.store(true, Ordering::SeqCst);
     if let Some(h) = sampler {
         let _ = h.await;
     }
-    bar.finish_and_clear();
-    let mut t = match Arc::try_unwrap(tally) {
-        Ok(m) => m.into_inner().map_err(|_| "tally poisoned".to_string())?,
-        Err(arc) => std::mem::take(&mut *arc.lock().map_err(|_| "tally poisoned".to_string())?),
-    };
-    t.latencies_ms
-        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    t.error_latencies_ms
-        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    let ep = |q| crate::eval::percentile(&t.error_latencies_ms, q);
-    let total: u64 = t.by_status.values().sum();
-    let errors = total - t.ok;
-    let p = |q| crate::eval::percentile(&t.latencies_ms, q);
+    load.bar.finish_and_clear();
+    let tally = std::mem::take(&mut *load.tally.lock().map_err(|_| BenchError::Poisoned)?);
     // The server's resident memory, from its own metrics (HTTP only).
-    let rss_mb = match &*client {
-        Client::Http(c) => server_rss_mb(c, &args.url).await,
+    let rss_mb = match &load.client {
+        Client::Http(c) => server_rss_mb(c, &load.args.url).await,
         Client::Grpc(_) => None,
     };
     let sampled = rss_peak.lock().ok().and_then(|p| *p);
@@ -663,13 +768,14 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
         (Some(a), Some(b)) => Some(a.max(b)),
         (a, b) => a.or(b),
     };
-    let mode = match args.rate {
-        Some(r) => Mode::OpenLoopRate(r),
-        None => Mode::ClosedLoopConcurrency(args.concurrency),
-    };
-    let server_timings_ms = (!t.timed.is_empty()).then(|| {
+    Ok(report(&load.args, tally, elapsed, rss_mb, rss_peak_mb))
+}
+
+/// The server's own timings of the answers that carried them.
+fn server_timings(timed: &[(f64, [f64; 3])]) -> Option<ServerTimings> {
+    (!timed.is_empty()).then(|| {
         let quantile = |f: fn(&(f64, [f64; 3])) -> f64, q: f64| {
-            let mut v: Vec<f64> = t.timed.iter().map(f).collect();
+            let mut v: Vec<f64> = timed.iter().map(f).collect();
             v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
             crate::eval::percentile(&v, q)
         };
@@ -682,7 +788,29 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
             other_p50: median(|(_, s)| s[2] - s[0] - s[1]),
             outside_p50: median(|(ms, s)| ms - s[2]),
         }
-    });
+    })
+}
+
+/// The report of a run of `elapsed` seconds that tallied `t`.
+fn report(
+    args: &BenchArgs,
+    mut t: Tally,
+    elapsed: f64,
+    rss_mb: Option<f64>,
+    rss_peak_mb: Option<f64>,
+) -> BenchReport {
+    t.latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    t.error_latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let ep = |q| crate::eval::percentile(&t.error_latencies_ms, q);
+    let total: u64 = t.by_status.values().sum();
+    let errors = total - t.ok;
+    let p = |q| crate::eval::percentile(&t.latencies_ms, q);
+    let mode = match args.rate {
+        Some(r) => Mode::OpenLoopRate(r),
+        None => Mode::ClosedLoopConcurrency(args.concurrency),
+    };
     let per_ok = |x: u64| {
         if t.ok > 0 {
             x as f64 / t.ok as f64
@@ -690,7 +818,7 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
             f64::NAN
         }
     };
-    Ok(BenchReport {
+    BenchReport {
         url: args.url.clone(),
         protocol: args.protocol,
         mode,
@@ -720,8 +848,8 @@ pub async fn measure(args: BenchArgs) -> Result<BenchReport, String> {
             max: t.error_latencies_ms.last().copied().unwrap_or(f64::NAN),
         },
         rejections_with_retry_after: t.with_retry_after,
-        server_timings_ms,
-    })
+        server_timings_ms: server_timings(&t.timed),
+    }
 }
 
 #[cfg(test)]

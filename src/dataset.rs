@@ -6,6 +6,58 @@ use std::path::{Path, PathBuf};
 
 pub const DEFAULT_FASHION_DIR: &str = "/usr/share/datasets/fashion-mnist";
 
+/// Why a dataset cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("cannot read {}", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: bad gzip", path.display())]
+    Gzip {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// An IDX file that is not one of unsigned bytes, or is cut short.
+    #[error("{0}")]
+    Idx(&'static str),
+    #[error(
+        "{}: no {stem}[.gz]; install Debian's dataset-fashion-mnist (make setup) or pass --data-dir",
+        dir.display()
+    )]
+    Missing { dir: PathBuf, stem: String },
+    #[error("unknown split {0:?}; accepted: test, train")]
+    UnknownSplit(String),
+    #[error("images {images:?} and labels {labels:?} do not match")]
+    Mismatch {
+        images: Vec<usize>,
+        labels: Vec<usize>,
+    },
+    #[error("{}: not JSON", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A golden.json without the samples, files or labels it needs.
+    #[error("{0}")]
+    Golden(&'static str),
+    #[error("bad image size")]
+    ImageSize,
+    #[error("cannot encode the image as PNG")]
+    Png(#[source] image::ImageError),
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, DatasetError> {
+    std::fs::read(path).map_err(|source| DatasetError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 pub struct Labelled {
     /// Grayscale images, row-major, `height * width` bytes each.
     pub images: Vec<Vec<u8>>,
@@ -14,13 +66,16 @@ pub struct Labelled {
     pub width: usize,
 }
 
-fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, String> {
-    let raw = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, DatasetError> {
+    let raw = read(path)?;
     if raw.starts_with(&[0x1f, 0x8b]) {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| format!("{}: bad gzip: {e}", path.display()))?;
+            .map_err(|source| DatasetError::Gzip {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -28,14 +83,14 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// Parses one IDX file of unsigned bytes: returns (dims, data).
-pub fn parse_idx(raw: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
+pub fn parse_idx(raw: &[u8]) -> Result<(Vec<usize>, &[u8]), DatasetError> {
     if raw.len() < 4 || raw[0] != 0 || raw[1] != 0 || raw[2] != 0x08 {
-        return Err("not an IDX file of unsigned bytes".into());
+        return Err(DatasetError::Idx("not an IDX file of unsigned bytes"));
     }
     let ndim = raw[3] as usize;
     let header = 4 + 4 * ndim;
     if raw.len() < header {
-        return Err("truncated IDX header".into());
+        return Err(DatasetError::Idx("truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|i| {
@@ -50,41 +105,42 @@ pub fn parse_idx(raw: &[u8]) -> Result<(Vec<usize>, &[u8]), String> {
     let count = dims
         .iter()
         .try_fold(1usize, |a, d| a.checked_mul(*d))
-        .ok_or("IDX dims overflow")?;
+        .ok_or(DatasetError::Idx("IDX dims overflow"))?;
     let data = raw
         .get(header..header + count)
-        .ok_or("truncated IDX data")?;
+        .ok_or(DatasetError::Idx("truncated IDX data"))?;
     Ok((dims, data))
 }
 
-fn find(dir: &Path, stem: &str) -> Result<PathBuf, String> {
+fn find(dir: &Path, stem: &str) -> Result<PathBuf, DatasetError> {
     for name in [stem.to_string(), format!("{stem}.gz")] {
         let p = dir.join(name);
         if p.exists() {
             return Ok(p);
         }
     }
-    Err(format!(
-        "{}: no {stem}[.gz]; install Debian's dataset-fashion-mnist (make setup) or pass --data-dir",
-        dir.display()
-    ))
+    Err(DatasetError::Missing {
+        dir: dir.to_path_buf(),
+        stem: stem.to_string(),
+    })
 }
 
 /// The IDX test (`t10k`) or training split.
-pub fn load_idx(dir: &Path, split: &str) -> Result<Labelled, String> {
+pub fn load_idx(dir: &Path, split: &str) -> Result<Labelled, DatasetError> {
     let prefix = match split {
         "test" => "t10k",
         "train" => "train",
-        other => return Err(format!("unknown split {other:?}; accepted: test, train")),
+        other => return Err(DatasetError::UnknownSplit(other.to_string())),
     };
     let img_raw = read_maybe_gz(&find(dir, &format!("{prefix}-images-idx3-ubyte"))?)?;
     let lab_raw = read_maybe_gz(&find(dir, &format!("{prefix}-labels-idx1-ubyte"))?)?;
     let (idims, idata) = parse_idx(&img_raw)?;
     let (ldims, ldata) = parse_idx(&lab_raw)?;
     if idims.len() != 3 || ldims.len() != 1 || idims[0] != ldims[0] {
-        return Err(format!(
-            "images {idims:?} and labels {ldims:?} do not match"
-        ));
+        return Err(DatasetError::Mismatch {
+            images: idims,
+            labels: ldims,
+        });
     }
     let (h, w) = (idims[1], idims[2]);
     Ok(Labelled {
@@ -96,31 +152,39 @@ pub fn load_idx(dir: &Path, split: &str) -> Result<Labelled, String> {
 }
 
 /// A package's golden samples (PNG files) as encoded bytes and labels.
-pub fn golden_samples(pkg: &Path) -> Result<(Vec<Vec<u8>>, Vec<usize>), String> {
+pub fn golden_samples(pkg: &Path) -> Result<(Vec<Vec<u8>>, Vec<usize>), DatasetError> {
     let path = pkg.join("golden.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        serde_json::from_slice(&read(&path)?).map_err(|source| DatasetError::Json {
+            path: path.clone(),
+            source,
+        })?;
     let mut images = Vec::new();
     let mut labels = Vec::new();
     for s in v["samples"]
         .as_array()
-        .ok_or("golden.json has no samples")?
+        .ok_or(DatasetError::Golden("golden.json has no samples"))?
     {
-        let file = s["file"].as_str().ok_or("sample without file")?;
-        images.push(std::fs::read(pkg.join(file)).map_err(|e| format!("{file}: {e}"))?);
-        labels.push(s["label"].as_u64().ok_or("sample without label")? as usize);
+        let file = s["file"]
+            .as_str()
+            .ok_or(DatasetError::Golden("sample without file"))?;
+        images.push(read(&pkg.join(file))?);
+        labels.push(
+            s["label"]
+                .as_u64()
+                .ok_or(DatasetError::Golden("sample without label"))? as usize,
+        );
     }
     Ok((images, labels))
 }
 
 /// PNG-encodes a grayscale image (what `seenn bench` sends).
-pub fn encode_png(pixels: &[u8], width: usize, height: usize) -> Result<Vec<u8>, String> {
+pub fn encode_png(pixels: &[u8], width: usize, height: usize) -> Result<Vec<u8>, DatasetError> {
     let img = image::GrayImage::from_raw(width as u32, height as u32, pixels.to_vec())
-        .ok_or("bad image size")?;
+        .ok_or(DatasetError::ImageSize)?;
     let mut out = Vec::new();
     img.write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
-        .map_err(|e| e.to_string())?;
+        .map_err(DatasetError::Png)?;
     Ok(out)
 }
 

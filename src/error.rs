@@ -1,5 +1,12 @@
 //! One error type for the whole server, mapped exhaustively to HTTP status codes and gRPC codes so
 //! that a new variant cannot be forgotten by either transport.
+//!
+//! Errors in this crate follow one rule: an error's `Display` says what went wrong at its own level
+//! and its cause is its `source()`, never both. [`chain`] (or [`Chain`] in a log field) joins an
+//! error and its causes, outermost first, with ": "; that is what logs, error answers and the
+//! command line show.
+
+use std::sync::Arc;
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -52,18 +59,65 @@ pub enum Error {
     /// The change conflicts with how the server is configured (e.g. exit policies managed by a file).
     #[error("{0}")]
     Conflict(String),
-    /// A failure inside ONNX Runtime or the engine.
-    #[error("internal error: {0}")]
-    Internal(String),
+    /// A failure inside ONNX Runtime or the engine: what failed, and the cause when there is one
+    /// (an `ort::Error`, an I/O error, …), kept for the logs and added to the answer's message.
+    #[error("internal error: {message}")]
+    Internal {
+        message: String,
+        #[source]
+        source: Option<Arc<dyn std::error::Error + Send + Sync>>,
+    },
+}
+
+/// `e` and its causes, outermost first, joined by ": ".
+pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    Chain(e).to_string()
+}
+
+/// Displays an error and its causes, outermost first, joined by ": " (for log fields:
+/// `error = %Chain(&e)`).
+pub struct Chain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(e) = cause {
+            write!(f, ": {e}")?;
+            cause = e.source();
+        }
+        Ok(())
+    }
 }
 
 impl Error {
-    pub fn invalid(msg: impl Into<String>) -> Self {
-        Error::InvalidRequest(msg.into())
+    /// A malformed request; `msg` says what is wrong and what is accepted.
+    pub fn invalid(msg: impl std::fmt::Display) -> Self {
+        Error::InvalidRequest(msg.to_string())
     }
 
+    /// An internal failure described by `msg` alone.
     pub fn internal(msg: impl std::fmt::Display) -> Self {
-        Error::Internal(msg.to_string())
+        Error::Internal {
+            message: msg.to_string(),
+            source: None,
+        }
+    }
+
+    /// An internal failure: what failed (`what`) and why (`source`, kept as the cause).
+    pub fn internal_from(
+        what: impl std::fmt::Display,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Error::Internal {
+            message: what.to_string(),
+            source: Some(Arc::new(source)),
+        }
+    }
+
+    /// The message an answer carries: this error and its causes (see [`chain`]).
+    pub fn message(&self) -> String {
+        chain(self)
     }
 
     /// A short, stable machine-readable code for the JSON body and the metrics label.
@@ -82,7 +136,7 @@ impl Error {
             Error::Unauthenticated(_) => "unauthenticated",
             Error::Forbidden(_) => "forbidden",
             Error::Conflict(_) => "conflict",
-            Error::Internal(_) => "internal",
+            Error::Internal { .. } => "internal",
         }
     }
 
@@ -100,7 +154,7 @@ impl Error {
             Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Conflict(_) => StatusCode::CONFLICT,
-            Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -118,7 +172,7 @@ impl Error {
             Error::Unauthenticated(_) => tonic::Code::Unauthenticated,
             Error::Forbidden(_) => tonic::Code::PermissionDenied,
             Error::Conflict(_) => tonic::Code::FailedPrecondition,
-            Error::Internal(_) => tonic::Code::Internal,
+            Error::Internal { .. } => tonic::Code::Internal,
         }
     }
 
@@ -133,7 +187,7 @@ impl Error {
 
 impl From<Error> for tonic::Status {
     fn from(e: Error) -> Self {
-        let mut status = tonic::Status::new(e.grpc_code(), e.to_string());
+        let mut status = tonic::Status::new(e.grpc_code(), e.message());
         if let Some(s) = e.retry_after() {
             if let Ok(v) = s.to_string().parse() {
                 status.metadata_mut().insert("retry-after", v);
@@ -156,7 +210,7 @@ impl IntoResponse for Error {
         let mut resp = (
             status,
             Json(ErrorBody {
-                error: self.to_string(),
+                error: self.message(),
                 code: self.code().to_string(),
             }),
         )

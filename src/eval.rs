@@ -6,14 +6,48 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::Args;
 use serde::{Deserialize, Serialize};
 
+use crate::calibrate::data::DataError;
+use crate::dataset::DatasetError;
 use crate::engine::{Batching, EngineConfig, Job, Outcome, RequestRule};
 use crate::metrics::Metrics;
-use crate::model;
+use crate::model::{self, LoadError};
 use crate::registry::{self, LoadOptions, LoadedModel};
-use crate::runtime::{self, Device, SessionOptions};
+use crate::runtime::{self, Device, RuntimeError, SessionOptions};
+
+/// Why the evaluation cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum EvalError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Package(#[from] LoadError),
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Data(#[from] DataError),
+    #[error("cannot create the metrics")]
+    Metrics(#[source] prometheus::Error),
+    /// A flag or file that does not fit; the message says what is accepted.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{}: not a trainer report", path.display())]
+    Report {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The engine refused or failed a request.
+    #[error(transparent)]
+    Engine(#[from] crate::error::Error),
+    #[error("the engine dropped a request")]
+    Dropped(#[source] tokio::sync::oneshot::error::RecvError),
+    #[error("an eval worker failed")]
+    Worker(#[source] tokio::task::JoinError),
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct EvalArgs {
@@ -261,14 +295,14 @@ pub struct TrainerRule {
 }
 
 /// Reads the package's `report.json`; `None` when there is none.
-pub fn read_trainer_report(dir: &std::path::Path) -> Result<Option<TrainerReport>, String> {
+pub fn read_trainer_report(dir: &std::path::Path) -> Result<Option<TrainerReport>, EvalError> {
     let path = dir.join("report.json");
     let Ok(text) = std::fs::read_to_string(&path) else {
         return Ok(None);
     };
     serde_json::from_str(&text)
         .map(Some)
-        .map_err(|e| format!("{}: {e}", path.display()))
+        .map_err(|source| EvalError::Report { path, source })
 }
 
 /// CPU time this process has used (user + system, all threads), from `/proc/self/stat`.
@@ -327,7 +361,7 @@ async fn run_rule(
     concurrency: usize,
     label: &str,
     quiet: bool,
-) -> Result<RuleRun, String> {
+) -> Result<RuleRun, EvalError> {
     let n = inputs.len();
     let bar = if quiet {
         indicatif::ProgressBar::hidden()
@@ -356,26 +390,21 @@ async fn run_rule(
                 }
                 let (tx, rx) = tokio::sync::oneshot::channel();
                 let t0 = Instant::now();
-                m.engine
-                    .submit(Job {
-                        explain,
-                        enqueued: t0,
-                        ..Job::new(inputs[i].clone(), rule, t0 + Duration::from_secs(3600), tx)
-                    })
-                    .map_err(|e| e.to_string())?;
-                let outcome = rx
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .map_err(|e| e.to_string())?;
+                m.engine.submit(Job {
+                    explain,
+                    enqueued: t0,
+                    ..Job::new(inputs[i].clone(), rule, t0 + Duration::from_secs(3600), tx)
+                })?;
+                let outcome = rx.await.map_err(EvalError::Dropped)??;
                 out.push((i, outcome, t0.elapsed().as_secs_f64() * 1e3));
                 bar.inc(1);
             }
-            Ok::<_, String>(out)
+            Ok::<_, EvalError>(out)
         }));
     }
     let mut all = Vec::with_capacity(n);
     for w in workers {
-        all.extend(w.await.map_err(|e| e.to_string())??);
+        all.extend(w.await.map_err(EvalError::Worker)??);
     }
     let elapsed = started.elapsed();
     let cpu = process_cpu_seconds().zip(cpu0).map(|(b, a)| b - a);
@@ -442,12 +471,12 @@ fn summarize(
 
 /// Runs the evaluation and prints the report (JSON with `--json`, a table otherwise). `Ok(false)`
 /// when `--check` is given and the numbers do not match the trainer's.
-pub async fn run(args: EvalArgs) -> Result<bool, String> {
+pub async fn run(args: EvalArgs) -> anyhow::Result<bool> {
     let report = evaluate(&args).await?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+            serde_json::to_string_pretty(&report).context("cannot serialize the report")?
         );
     } else {
         print!("{}", report.render_text());
@@ -456,14 +485,52 @@ pub async fn run(args: EvalArgs) -> Result<bool, String> {
 }
 
 /// Runs the engine over the dataset for every exit rule and compares with `report.json`.
-pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
+pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, EvalError> {
     let (env, _) = runtime::init(args.ort_lib.as_deref())?;
-    let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
-    let t_max = manifest.timesteps;
-    let metrics = Arc::new(Metrics::new(t_max, args.max_batch).map_err(|e| e.to_string())?);
+    let m = Arc::new(load_model(args, &env)?);
+    let (inputs, labels) = load_dataset(args, &m)?;
+    let reps = args.repeat.max(1);
+    let n0 = inputs.len();
+    let inputs = Arc::new(
+        inputs
+            .into_iter()
+            .cycle()
+            .take(n0 * reps)
+            .collect::<Vec<_>>(),
+    );
+    let labels: Vec<usize> = labels.iter().copied().cycle().take(n0 * reps).collect();
+    let t_max = m.manifest.timesteps;
+    let (full, results) = run_rules(args, &m, &inputs, &labels).await?;
+    let accuracy_per_t = accuracy_per_t(&full, &labels, t_max);
+    let alpha_sweep = alpha_sweep(&m, &full, &labels, t_max);
+    let checks = compare_with_trainer(args, &results, &accuracy_per_t, labels.len(), t_max)?;
+    let matches_trainer = checks.iter().all(|c| c.ok);
+    Ok(EvalReport {
+        model: m.manifest.name.clone(),
+        version: m.manifest.version.clone(),
+        samples: labels.len(),
+        split: args.split.clone(),
+        concurrency: args.concurrency,
+        timesteps: t_max,
+        rules: results,
+        accuracy_per_t,
+        alpha_sweep,
+        trainer_comparison: checks,
+        matches_trainer,
+    })
+}
+
+/// The package loaded with its engine, configured as `serve` would be from the eval flags.
+fn load_model(
+    args: &EvalArgs,
+    env: &ort::environment::Environment,
+) -> Result<LoadedModel, EvalError> {
+    let manifest = model::read_manifest(&args.model)?;
+    let metrics =
+        Arc::new(Metrics::new(manifest.timesteps, args.max_batch).map_err(EvalError::Metrics)?);
     let device = Device::parse(&args.device)?;
     let opts = LoadOptions {
-        env: &env,
+        env,
         session: SessionOptions {
             device: device.clone(),
             intra_threads: args.intra_threads,
@@ -480,169 +547,161 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
         },
         metrics,
     };
-    let m = Arc::new(registry::load_one(&args.model, &opts).map_err(|e| e.to_string())?);
+    Ok(registry::load_one(&args.model, &opts)?)
+}
+
+/// The inputs (as the engine takes them) and labels of `--data`, at most `--limit` of them.
+fn load_dataset(
+    args: &EvalArgs,
+    m: &LoadedModel,
+) -> Result<(Vec<Vec<f32>>, Vec<usize>), EvalError> {
     let spec = &m.manifest.input;
-    let (inputs, labels): (Vec<Vec<f32>>, Vec<usize>) = match args.data.as_str() {
-        "fashion-mnist" | "mnist" if !spec.is_image() => {
-            return Err(format!(
-                "--data {} holds images; model {} takes tensors ({}): give --data samples or a path to {}",
-                args.data,
-                m.manifest.name,
-                spec.expected(m.manifest.timesteps),
-                crate::calibrate::data::ACCEPTED
-            ));
-        }
+    match args.data.as_str() {
+        "fashion-mnist" | "mnist" if !spec.is_image() => Err(EvalError::Invalid(format!(
+            "--data {} holds images; model {} takes tensors ({}): give --data samples or a path to {}",
+            args.data,
+            m.manifest.name,
+            spec.expected(m.manifest.timesteps),
+            crate::calibrate::data::ACCEPTED
+        ))),
         "fashion-mnist" | "mnist" => {
             let d = crate::dataset::load_idx(&args.data_dir, &args.split)?;
             let n = args.limit.unwrap_or(d.labels.len()).min(d.labels.len());
             let mut xs = Vec::with_capacity(n);
             for px in d.images.iter().take(n) {
                 let img = image::GrayImage::from_raw(d.width as u32, d.height as u32, px.clone())
-                    .ok_or("bad image")?;
+                    .ok_or_else(|| EvalError::Invalid("bad image".into()))?;
                 xs.push(crate::preprocess::to_tensor(
                     &image::DynamicImage::ImageLuma8(img),
                     spec,
                 ));
             }
-            (xs, d.labels[..n].to_vec())
+            Ok((xs, d.labels[..n].to_vec()))
         }
         "samples" => {
-            let golden = model::read_golden(&args.model)
-                .map_err(|e| e.to_string())?
-                .ok_or_else(|| format!("{}: no golden.json", args.model.display()))?;
+            let golden = model::read_golden(&args.model)?.ok_or_else(|| {
+                EvalError::Invalid(format!("{}: no golden.json", args.model.display()))
+            })?;
             let mut xs = Vec::with_capacity(golden.samples.len());
             let mut labels = Vec::with_capacity(golden.samples.len());
             for s in &golden.samples {
                 // Images preprocessed, .npy tensors as they are.
-                xs.push(
-                    s.read_input(&args.model, &m.manifest)
-                        .map_err(|e| e.to_string())?,
-                );
+                xs.push(s.read_input(&args.model, &m.manifest)?);
                 labels.push(s.label);
             }
-            (xs, labels)
+            Ok((xs, labels))
         }
         other => {
             let path = std::path::Path::new(other);
             if !(path.is_dir() || path.is_file()) {
-                return Err(format!(
+                return Err(EvalError::Invalid(format!(
                     "unknown --data {other:?}; accepted: fashion-mnist, mnist, samples, or a path to {}",
                     crate::calibrate::data::ACCEPTED
-                ));
+                )));
             }
             let d = crate::calibrate::data::load(path, &m.manifest)?;
             let n = args.limit.unwrap_or(d.labels.len()).min(d.labels.len());
             let mut inputs = d.inputs;
             inputs.truncate(n);
-            (inputs, d.labels[..n].to_vec())
+            Ok((inputs, d.labels[..n].to_vec()))
         }
-    };
-    let reps = args.repeat.max(1);
-    let n0 = inputs.len();
-    let inputs = Arc::new(
-        inputs
-            .into_iter()
-            .cycle()
-            .take(n0 * reps)
-            .collect::<Vec<_>>(),
-    );
-    let labels: Vec<usize> = labels.iter().copied().cycle().take(n0 * reps).collect();
+    }
+}
+
+/// Every exit rule the model serves over the inputs: the full-T run (with the trajectory, for the
+/// accuracy at every t and the α sweep) and one summary per rule.
+async fn run_rules(
+    args: &EvalArgs,
+    m: &Arc<LoadedModel>,
+    inputs: &Arc<Vec<Vec<f32>>>,
+    labels: &[usize],
+) -> Result<(RuleRun, Vec<RuleResult>), EvalError> {
+    let t_max = m.manifest.timesteps;
     let alpha = m.manifest.exit.default_alpha;
+    let run = |rule: RequestRule, explain: bool, label: &'static str| {
+        run_rule(
+            m,
+            inputs,
+            rule,
+            explain,
+            args.concurrency,
+            label,
+            args.quiet,
+        )
+    };
     let mut results = Vec::new();
-    let c = args.concurrency;
     // Full T with the trajectory: accuracy at every t and the exact α sweep (the score at each t
     // does not depend on α).
-    let full = run_rule(
-        &m,
-        &inputs,
-        RequestRule::Fixed { timesteps: t_max },
-        true,
-        c,
-        "fixed T",
-        args.quiet,
-    )
-    .await?;
+    let full = run(RequestRule::Fixed { timesteps: t_max }, true, "fixed T").await?;
     results.push(summarize(
         Rule::Fixed,
         format!("t={t_max}"),
         &full,
-        &labels,
+        labels,
         t_max,
     ));
-    let conf = run_rule(
-        &m,
-        &inputs,
+    let conf = run(
         RequestRule::Confidence {
             alpha,
             max_timesteps: t_max,
         },
         false,
-        c,
         "confidence (SEENN-I)",
-        args.quiet,
     )
     .await?;
     results.push(summarize(
         Rule::Confidence,
         format!("alpha={alpha}"),
         &conf,
-        &labels,
+        labels,
         t_max,
     ));
     if m.has_policy() {
-        let pol = run_rule(
-            &m,
-            &inputs,
+        let pol = run(
             RequestRule::Policy {
                 max_timesteps: t_max,
                 bias_scale: args.bias_scale,
             },
             false,
-            c,
             "policy (SEENN-II)",
-            args.quiet,
         )
         .await?;
-        results.push(summarize(
-            Rule::Policy,
-            if args.bias_scale == 0.0 {
-                "argmax".into()
-            } else {
-                format!("bias_scale={}", args.bias_scale)
-            },
-            &pol,
-            &labels,
-            t_max,
-        ));
+        let setting = if args.bias_scale == 0.0 {
+            "argmax".into()
+        } else {
+            format!("bias_scale={}", args.bias_scale)
+        };
+        results.push(summarize(Rule::Policy, setting, &pol, labels, t_max));
     }
     if let (true, Some(threshold)) = (m.has_learned(), m.manifest.exit.default_threshold) {
-        let learned = run_rule(
-            &m,
-            &inputs,
+        let learned = run(
             RequestRule::Learned {
                 threshold,
                 max_timesteps: t_max,
             },
             false,
-            c,
             "learned exit rule",
-            args.quiet,
         )
         .await?;
         results.push(summarize(
             Rule::Learned,
             format!("threshold={threshold}"),
             &learned,
-            &labels,
+            labels,
             t_max,
         ));
     }
+    Ok((full, results))
+}
+
+/// The accuracy of the full-T run's class at every t.
+fn accuracy_per_t(full: &RuleRun, labels: &[usize], t_max: usize) -> Vec<f64> {
     let n = labels.len() as f64;
-    let accuracy_per_t: Vec<f64> = (0..t_max)
+    (0..t_max)
         .map(|t| {
             full.outcomes
                 .iter()
-                .zip(&labels)
+                .zip(labels)
                 // A per_step sample with fewer frames than T keeps its last step's class.
                 .filter(|(o, l)| {
                     o.trajectory
@@ -653,18 +712,22 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
                 .count() as f64
                 / n
         })
-        .collect();
+        .collect()
+}
+
+/// The confidence rule at every α of calibration.json's sweep, from the full-T trajectories.
+fn alpha_sweep(m: &LoadedModel, full: &RuleRun, labels: &[usize], t_max: usize) -> Vec<SweepPoint> {
+    let n = labels.len() as f64;
     let grid: Vec<f64> = m
         .calibration
         .as_ref()
         .map(|c| c.alpha_sweep.iter().map(|r| r.alpha).collect())
         .unwrap_or_default();
-    let sweep: Vec<SweepPoint> = grid
-        .iter()
+    grid.iter()
         .map(|&a| {
             let mut correct = 0usize;
             let mut steps = 0usize;
-            for (o, l) in full.outcomes.iter().zip(&labels) {
+            for (o, l) in full.outcomes.iter().zip(labels) {
                 let last = o.trajectory.len().min(t_max).saturating_sub(1);
                 let t = o
                     .trajectory
@@ -680,84 +743,81 @@ pub async fn evaluate(args: &EvalArgs) -> Result<EvalReport, String> {
                 avg_timesteps: steps as f64 / n,
             }
         })
-        .collect();
+        .collect()
+}
 
-    // Compare with the trainer's test numbers.
+/// The rules' numbers held against the trainer's test numbers (`report.json`), when the run is
+/// comparable: the Fashion-MNIST test split, as many images as the trainer evaluated.
+fn compare_with_trainer(
+    args: &EvalArgs,
+    results: &[RuleResult],
+    accuracy_per_t: &[f64],
+    samples: usize,
+    t_max: usize,
+) -> Result<Vec<Check>, EvalError> {
     let mut checks = Vec::new();
     let report = read_trainer_report(&args.model)?;
     // The trainer reports on the first `samples` test images.
     let comparable = args.data == "fashion-mnist"
         && args.split == "test"
-        && report.as_ref().and_then(|r| r.samples) == Some(labels.len() as u64);
-    if let (true, Some(report)) = (comparable, report) {
-        let mut cmp = |what: &str, ours: f64, theirs: Option<f64>| {
-            if let Some(t) = theirs {
-                checks.push(Check {
-                    what: what.to_string(),
-                    eval: ours,
-                    trainer: t,
-                    ok: (ours - t).abs() <= 0.0005,
-                });
-            }
+        && report.as_ref().and_then(|r| r.samples) == Some(samples as u64);
+    let (true, Some(report)) = (comparable, report) else {
+        return Ok(checks);
+    };
+    let mut cmp = |what: &str, ours: f64, theirs: Option<f64>| {
+        if let Some(t) = theirs {
+            checks.push(Check {
+                what: what.to_string(),
+                eval: ours,
+                trainer: t,
+                ok: (ours - t).abs() <= 0.0005,
+            });
+        }
+    };
+    cmp(
+        "SEENN-I accuracy",
+        results[1].accuracy,
+        report.seenn_i.accuracy,
+    );
+    cmp(
+        "SEENN-I avg timesteps",
+        results[1].avg_timesteps,
+        report.seenn_i.avg_timesteps,
+    );
+    if let Some(p) = results.iter().find(|r| r.rule == Rule::Policy) {
+        // At scale 0 the exported policy; elsewhere the trainer's bias-sweep row.
+        let (acc, avg) = if args.bias_scale == 0.0 {
+            (report.seenn_ii.accuracy, report.seenn_ii.avg_timesteps)
+        } else {
+            let row = report
+                .seenn_ii_bias_sweep
+                .iter()
+                .find(|r| (r.bias_scale - args.bias_scale).abs() < 1e-9)
+                .ok_or_else(|| {
+                    EvalError::Invalid(format!(
+                        "report.json has no seenn_ii_bias_sweep row at bias_scale {}",
+                        args.bias_scale
+                    ))
+                })?;
+            (Some(row.accuracy), Some(row.avg_timesteps))
         };
+        cmp("SEENN-II accuracy", p.accuracy, acc);
+        cmp("SEENN-II avg timesteps", p.avg_timesteps, avg);
+    }
+    if let Some(p) = results.iter().find(|r| r.rule == Rule::Learned) {
+        cmp("learned accuracy", p.accuracy, report.learned.accuracy);
         cmp(
-            "SEENN-I accuracy",
-            results[1].accuracy,
-            report.seenn_i.accuracy,
-        );
-        cmp(
-            "SEENN-I avg timesteps",
-            results[1].avg_timesteps,
-            report.seenn_i.avg_timesteps,
-        );
-        if let Some(p) = results.iter().find(|r| r.rule == Rule::Policy) {
-            // At scale 0 the exported policy; elsewhere the trainer's bias-sweep row.
-            let (acc, avg) = if args.bias_scale == 0.0 {
-                (report.seenn_ii.accuracy, report.seenn_ii.avg_timesteps)
-            } else {
-                let row = report
-                    .seenn_ii_bias_sweep
-                    .iter()
-                    .find(|r| (r.bias_scale - args.bias_scale).abs() < 1e-9)
-                    .ok_or_else(|| {
-                        format!(
-                            "report.json has no seenn_ii_bias_sweep row at bias_scale {}",
-                            args.bias_scale
-                        )
-                    })?;
-                (Some(row.accuracy), Some(row.avg_timesteps))
-            };
-            cmp("SEENN-II accuracy", p.accuracy, acc);
-            cmp("SEENN-II avg timesteps", p.avg_timesteps, avg);
-        }
-        if let Some(p) = results.iter().find(|r| r.rule == Rule::Learned) {
-            cmp("learned accuracy", p.accuracy, report.learned.accuracy);
-            cmp(
-                "learned avg timesteps",
-                p.avg_timesteps,
-                report.learned.avg_timesteps,
-            );
-        }
-        cmp(
-            &format!("accuracy at T={t_max}"),
-            accuracy_per_t[t_max - 1],
-            report.accuracy_per_t.get(t_max - 1).copied(),
+            "learned avg timesteps",
+            p.avg_timesteps,
+            report.learned.avg_timesteps,
         );
     }
-    let matches_trainer = checks.iter().all(|c| c.ok);
-    Ok(EvalReport {
-        model: m.manifest.name.clone(),
-        version: m.manifest.version.clone(),
-        samples: labels.len(),
-        split: args.split.clone(),
-        concurrency: c,
-        timesteps: t_max,
-        rules: results,
-        accuracy_per_t,
-        alpha_sweep: sweep,
-        trainer_comparison: checks,
-        matches_trainer,
-    })
+    cmp(
+        &format!("accuracy at T={t_max}"),
+        accuracy_per_t[t_max - 1],
+        report.accuracy_per_t.get(t_max - 1).copied(),
+    );
+    Ok(checks)
 }
 
 #[cfg(test)]

@@ -36,18 +36,21 @@ impl RuleKind {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownRule> {
         match s {
             "confidence" => Ok(RuleKind::Confidence),
             "policy" => Ok(RuleKind::Policy),
             "fixed" => Ok(RuleKind::Fixed),
             "learned" => Ok(RuleKind::Learned),
-            other => Err(format!(
-                "unknown exit rule {other:?}; accepted: confidence, policy, fixed, learned"
-            )),
+            other => Err(UnknownRule(other.to_string())),
         }
     }
 }
+
+/// A rule name that is not one of [`RuleKind::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown exit rule {0:?}; accepted: confidence, policy, fixed, learned")]
+pub struct UnknownRule(pub String);
 
 /// A model's default exit policy: what a request without overrides runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -321,6 +324,9 @@ mod tests {
     fn parse_rules() {
         assert_eq!(RuleKind::parse("learned"), Ok(RuleKind::Learned));
         assert_eq!(RuleKind::parse("policy"), Ok(RuleKind::Policy));
-        assert!(RuleKind::parse("greedy").unwrap_err().contains("accepted"));
+        assert!(RuleKind::parse("greedy")
+            .unwrap_err()
+            .to_string()
+            .contains("accepted"));
     }
 }

@@ -8,7 +8,7 @@ use ort::value::Tensor;
 
 use crate::error::Error;
 use crate::model::manifest::{Aggregation, ExitGraph, Manifest};
-use crate::model::{err, LoadError};
+use crate::model::{err, invalid, LoadError, PackageError};
 use crate::runtime::{self, Expect, SessionOptions};
 
 /// The model's ONNX Runtime sessions, owned by the engine thread (`Session::run` takes `&mut`).
@@ -20,8 +20,8 @@ pub struct Sessions {
     pub exit: Option<Session>,
 }
 
-fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
-    Error::Internal(format!("{what}: {e}"))
+fn ort_err(what: &str, e: ort::Error) -> Error {
+    Error::internal_from(what, e)
 }
 
 /// Runs a graph with one input and returns its one named output, flattened.
@@ -86,102 +86,56 @@ pub fn load_sessions(
     env: &ort::environment::Environment,
     opts: &SessionOptions,
 ) -> Result<Sessions, LoadError> {
-    let input_dims = m.input.dims().to_vec();
-    let open = |file: &str| -> Result<Session, LoadError> {
-        let path = dir.join(file);
-        if !path.exists() {
-            return Err(err(&path, "file missing (named in manifest.json)"));
-        }
-        runtime::build_session(env, &path, opts).map_err(|e| err(&path, e))
-    };
+    let graphs = PackageGraphs { dir, env, opts };
+    let input_dims = m.input.dims();
+    let classes = [m.num_classes()];
     let encoder = match &m.graphs.encoder {
-        Some(g) => {
-            let s = open(&g.file)?;
-            runtime::check_graph(
-                &s,
-                &[Expect {
-                    name: &g.input,
-                    dims: &input_dims,
-                }],
-                &[Expect {
-                    name: &g.output,
-                    dims: &g.output_shape,
-                }],
-            )
-            .map_err(|e| err(&dir.join(&g.file), e))?;
-            Some(s)
-        }
+        Some(g) => Some(graphs.load(
+            &g.file,
+            &[Expect {
+                name: &g.input,
+                dims: input_dims,
+            }],
+            &[Expect {
+                name: &g.output,
+                dims: &g.output_shape,
+            }],
+        )?),
         None => None,
     };
-    let feature_dims: Vec<usize> = match &m.graphs.encoder {
-        Some(g) => g.output_shape.clone(),
-        None => input_dims.clone(),
-    };
-    let g = &m.graphs.step;
-    let step = open(&g.file)?;
-    let classes = [m.num_classes()];
-    let mut ins = vec![Expect {
-        name: &g.input,
-        dims: &feature_dims,
-    }];
-    let mut outs = vec![Expect {
-        name: &g.logits,
-        dims: &classes,
-    }];
-    for s in &g.states {
-        ins.push(Expect {
-            name: &s.input,
-            dims: &s.shape,
-        });
-        outs.push(Expect {
-            name: &s.output,
-            dims: &s.shape,
-        });
-    }
-    runtime::check_graph(&step, &ins, &outs).map_err(|e| err(&dir.join(&g.file), e))?;
+    let step = graphs.load_step(m, &classes)?;
     let policy = match &m.graphs.policy {
-        Some(p) => {
-            let s = open(&p.file)?;
-            let actions = [p.actions.len()];
-            runtime::check_graph(
-                &s,
-                &[Expect {
-                    name: &p.input,
-                    dims: &input_dims,
-                }],
-                &[Expect {
-                    name: &p.output,
-                    dims: &actions,
-                }],
-            )
-            .map_err(|e| err(&dir.join(&p.file), e))?;
-            Some(s)
-        }
+        Some(p) => Some(graphs.load(
+            &p.file,
+            &[Expect {
+                name: &p.input,
+                dims: input_dims,
+            }],
+            &[Expect {
+                name: &p.output,
+                dims: &[p.actions.len()],
+            }],
+        )?),
         None => None,
     };
     let exit = match &m.graphs.exit {
-        Some(x) => {
-            let s = open(&x.file)?;
-            runtime::check_graph(
-                &s,
-                &[
-                    Expect {
-                        name: &x.aggregate_input,
-                        dims: &classes,
-                    },
-                    Expect {
-                        name: &x.timestep_input,
-                        dims: &[1],
-                    },
-                ],
-                &[Expect {
-                    name: &x.output,
+        Some(x) => Some(graphs.load(
+            &x.file,
+            &[
+                Expect {
+                    name: &x.aggregate_input,
+                    dims: &classes,
+                },
+                Expect {
+                    name: &x.timestep_input,
                     dims: &[1],
-                }],
-            )
-            .map_err(|e| err(&dir.join(&x.file), e))?;
-            Some(s)
-        }
+                },
+            ],
+            &[Expect {
+                name: &x.output,
+                dims: &[1],
+            }],
+        )?),
         None => None,
     };
     let mut sessions = Sessions {
@@ -190,13 +144,63 @@ pub fn load_sessions(
         policy,
         exit,
     };
-    warm_up(&mut sessions, m).map_err(|e| {
-        err(
-            &dir.join(&m.graphs.step.file),
-            format!("warm-up run failed: {e}"),
-        )
-    })?;
+    warm_up(&mut sessions, m)
+        .map_err(|e| err(&dir.join(&m.graphs.step.file), PackageError::WarmUp(e)))?;
     Ok(sessions)
+}
+
+/// Where a package's graphs are and how to build their sessions.
+struct PackageGraphs<'a> {
+    dir: &'a Path,
+    env: &'a ort::environment::Environment,
+    opts: &'a SessionOptions,
+}
+
+impl PackageGraphs<'_> {
+    /// The session of `file`, checked to have exactly these inputs and outputs.
+    fn load(
+        &self,
+        file: &str,
+        inputs: &[Expect<'_>],
+        outputs: &[Expect<'_>],
+    ) -> Result<Session, LoadError> {
+        let path = self.dir.join(file);
+        if !path.exists() {
+            return Err(invalid(&path, "file missing (named in manifest.json)"));
+        }
+        let s = runtime::build_session(self.env, &path, self.opts).map_err(|e| err(&path, e))?;
+        runtime::check_graph(&s, inputs, outputs).map_err(|e| err(&path, e))?;
+        Ok(s)
+    }
+
+    /// `step.onnx`: the features (the encoder's output, else the input) and every state in, the
+    /// logits and every state out.
+    fn load_step(&self, m: &Manifest, classes: &[usize]) -> Result<Session, LoadError> {
+        let g = &m.graphs.step;
+        let feature_dims = match &m.graphs.encoder {
+            Some(e) => &e.output_shape[..],
+            None => m.input.dims(),
+        };
+        let mut ins = vec![Expect {
+            name: &g.input,
+            dims: feature_dims,
+        }];
+        let mut outs = vec![Expect {
+            name: &g.logits,
+            dims: classes,
+        }];
+        for s in &g.states {
+            ins.push(Expect {
+                name: &s.input,
+                dims: &s.shape,
+            });
+            outs.push(Expect {
+                name: &s.output,
+                dims: &s.shape,
+            });
+        }
+        self.load(&g.file, &ins, &outs)
+    }
 }
 
 /// Runs one input alone (batch 1) through the encoder and `timesteps` steps, carrying the
@@ -208,25 +212,27 @@ pub fn run_single(
     m: &Manifest,
     input: &[f32],
     timesteps: usize,
-) -> Result<Vec<Vec<f32>>, String> {
+) -> Result<Vec<Vec<f32>>, Error> {
     let frame = m.input.len();
     let per_step = m.input.per_step();
     if per_step && input.len() < timesteps * frame {
-        return Err(format!(
+        return Err(Error::internal(format!(
             "{} values hold {} frames of {frame}; {timesteps} steps need {timesteps}",
             input.len(),
             input.len() / frame.max(1)
-        ));
+        )));
     }
     if !per_step && input.len() != frame {
-        return Err(format!("{} values for an input of {frame}", input.len()));
+        return Err(Error::internal(format!(
+            "{} values for an input of {frame}",
+            input.len()
+        )));
     }
     let mut shape = vec![1];
     shape.extend_from_slice(m.input.dims());
     let (features, mut fshape) = match (&mut s.encoder, &m.graphs.encoder) {
         (Some(sess), Some(g)) if !per_step => (
-            run_single_input(sess, &g.input, &g.output, shape, input.to_vec())
-                .map_err(|e| e.to_string())?,
+            run_single_input(sess, &g.input, &g.output, shape, input.to_vec())?,
             g.output_shape.clone(),
         ),
         _ => (input.to_vec(), m.input.dims().to_vec()),
@@ -247,7 +253,7 @@ pub fn run_single(
         } else {
             features.clone()
         };
-        let f = Tensor::from_array((fshape.clone(), x)).map_err(|e| e.to_string())?;
+        let f = Tensor::from_array((fshape.clone(), x)).map_err(|e| ort_err("input tensor", e))?;
         inputs.push((g.input.clone(), f.into()));
         for (st, v) in g.states.iter().zip(states) {
             let mut shape = vec![1];
@@ -255,17 +261,20 @@ pub fn run_single(
             inputs.push((
                 st.input.clone(),
                 Tensor::from_array((shape, v))
-                    .map_err(|e| e.to_string())?
+                    .map_err(|e| ort_err("state tensor", e))?
                     .into(),
             ));
         }
-        let out = s.step.run(inputs).map_err(|e| e.to_string())?;
-        let extract = |name: &str| -> Result<Vec<f32>, String> {
+        let out = s
+            .step
+            .run(inputs)
+            .map_err(|e| ort_err("onnxruntime run", e))?;
+        let extract = |name: &str| -> Result<Vec<f32>, Error> {
             let v = out
                 .get(name)
-                .ok_or_else(|| format!("step output {name} missing"))?;
+                .ok_or_else(|| Error::internal(format!("step output {name} missing")))?;
             Ok(v.try_extract_tensor::<f32>()
-                .map_err(|e| e.to_string())?
+                .map_err(|e| ort_err("output tensor", e))?
                 .1
                 .to_vec())
         };
@@ -316,18 +325,17 @@ pub fn learned_scores_for(
 
 /// Start-up warm-up and the engine's self-test: the policy and the exit head once and a few
 /// steps on a zero input.
-pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), String> {
+pub fn warm_up(s: &mut Sessions, m: &Manifest) -> Result<(), Error> {
     let steps = m.timesteps.min(4);
     let frames = if m.input.per_step() { steps } else { 1 };
     let zeros = vec![0f32; m.input.len() * frames];
     if let (Some(sess), Some(g)) = (&mut s.exit, &m.graphs.exit) {
-        run_exit(sess, g, vec![0.0; m.num_classes()], vec![1.0]).map_err(|e| e.to_string())?;
+        run_exit(sess, g, vec![0.0; m.num_classes()], vec![1.0])?;
     }
     if let (Some(sess), Some(g)) = (&mut s.policy, &m.graphs.policy) {
         let mut shape = vec![1];
         shape.extend_from_slice(m.input.dims());
-        run_single_input(sess, &g.input, &g.output, shape, zeros.clone())
-            .map_err(|e| e.to_string())?;
+        run_single_input(sess, &g.input, &g.output, shape, zeros.clone())?;
     }
     run_single(s, m, &zeros, steps).map(|_| ())
 }

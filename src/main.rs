@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
                 Err(e) => {
-                    eprintln!("error: {e}");
+                    eprintln!("error: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -103,21 +103,21 @@ fn main() -> ExitCode {
         Command::Simulate(args) => match seenn_serve::simulate::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },
         Command::Calibrate(args) => match seenn_serve::calibrate::run(&args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },
         Command::Bench(args) => match rt.block_on(seenn_serve::bench::run(args)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {e:#}");
                 ExitCode::FAILURE
             }
         },

@@ -27,6 +27,29 @@ pub enum Dtype {
 /// What a tensor input accepts, for error messages.
 pub const ACCEPTED_DTYPES: &str = "float32|uint8|bool";
 
+/// Why a `.npy` file, a dtype name or a tensor's values are refused; every message says what is
+/// accepted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum NpyError {
+    /// The bytes are not a `.npy` file this server reads: the magic, version, header, dtype,
+    /// shape, data size or values are wrong (the text says which).
+    #[error("not a readable .npy file: {0}; {ACCEPTED}")]
+    Unreadable(String),
+    /// A dtype name other than float32, uint8 or bool (and their aliases).
+    #[error("dtype {0:?} is not accepted; accepted: {ACCEPTED_DTYPES}")]
+    UnknownDtype(String),
+    /// Values that their dtype does not allow: a byte count that is not a whole number of
+    /// elements, a bool byte other than 0 or 1, a float that is not finite.
+    #[error("{0}")]
+    Values(String),
+    /// A labels file that is not one dimension of non-negative integers.
+    #[error("{0}")]
+    Labels(String),
+    /// Data that does not fill the shape it is written with.
+    #[error("{0}")]
+    Write(String),
+}
+
 impl Dtype {
     pub const ALL: [Dtype; 3] = [Dtype::Float32, Dtype::Uint8, Dtype::Bool];
 
@@ -57,27 +80,25 @@ impl Dtype {
     }
 
     /// Parses a request's dtype name (`float32`/`fp32`/`f4`, `uint8`/`u1`, `bool`/`b1`, any case).
-    pub fn parse(s: &str) -> Result<Dtype, String> {
+    pub fn parse(s: &str) -> Result<Dtype, NpyError> {
         match s.trim().to_ascii_lowercase().as_str() {
             "float32" | "fp32" | "f4" | "<f4" | "float" => Ok(Dtype::Float32),
             "uint8" | "u1" | "|u1" => Ok(Dtype::Uint8),
             "bool" | "b1" | "|b1" => Ok(Dtype::Bool),
-            other => Err(format!(
-                "dtype {other:?} is not accepted; accepted: {ACCEPTED_DTYPES}"
-            )),
+            other => Err(NpyError::UnknownDtype(other.to_string())),
         }
     }
 
     /// Little-endian raw bytes of this dtype → float32 values (uint8 and bool unscaled; a bool
     /// byte must be 0 or 1). Float32 values must be finite.
-    pub fn decode(self, raw: &[u8]) -> Result<Vec<f32>, String> {
+    pub fn decode(self, raw: &[u8]) -> Result<Vec<f32>, NpyError> {
         match self {
             Dtype::Float32 => {
                 if !raw.len().is_multiple_of(4) {
-                    return Err(format!(
+                    return Err(NpyError::Values(format!(
                         "{} bytes of float32 data: not a multiple of 4",
                         raw.len()
-                    ));
+                    )));
                 }
                 let v: Vec<f32> = raw
                     .chunks_exact(4)
@@ -90,10 +111,10 @@ impl Dtype {
             Dtype::Bool => {
                 // Checked first, then converted as uint8 (collecting Results cannot preallocate).
                 if let Some(i) = raw.iter().position(|b| *b > 1) {
-                    return Err(format!(
+                    return Err(NpyError::Values(format!(
                         "bool element {i} is the byte {}; accepted: 0 or 1",
                         raw[i]
-                    ));
+                    )));
                 }
                 Ok(raw.iter().map(|b| f32::from(*b)).collect())
             }
@@ -108,12 +129,12 @@ impl fmt::Display for Dtype {
 }
 
 /// Errors unless every value is finite, naming the first that is not.
-pub fn check_finite(v: &[f32]) -> Result<(), String> {
+pub fn check_finite(v: &[f32]) -> Result<(), NpyError> {
     match v.iter().position(|x| !x.is_finite()) {
-        Some(i) => Err(format!(
+        Some(i) => Err(NpyError::Values(format!(
             "element {i} is {}; only finite float32 values are accepted",
             v[i]
-        )),
+        ))),
         None => Ok(()),
     }
 }
@@ -139,12 +160,12 @@ struct Header<'a> {
     data: &'a [u8],
 }
 
-fn err(what: String) -> String {
-    format!("not a readable .npy file: {what}; {ACCEPTED}")
+fn err(what: String) -> NpyError {
+    NpyError::Unreadable(what)
 }
 
 /// The preamble and header of a `.npy` file (any dtype; C order only).
-fn header(bytes: &[u8]) -> Result<Header<'_>, String> {
+fn header(bytes: &[u8]) -> Result<Header<'_>, NpyError> {
     if bytes.len() < 10 || &bytes[..6] != MAGIC {
         return Err(err("it does not start with the magic \\x93NUMPY".into()));
     }
@@ -198,7 +219,7 @@ fn header(bytes: &[u8]) -> Result<Header<'_>, String> {
 }
 
 /// The element count of `shape`, refused above [`MAX_ELEMENTS`].
-fn count_of(shape: &[usize]) -> Result<usize, String> {
+fn count_of(shape: &[usize]) -> Result<usize, NpyError> {
     shape
         .iter()
         .try_fold(1usize, |acc, d| acc.checked_mul(*d))
@@ -211,7 +232,7 @@ fn count_of(shape: &[usize]) -> Result<usize, String> {
 }
 
 /// Reads a `.npy` file's bytes.
-pub fn read(bytes: &[u8]) -> Result<Array, String> {
+pub fn read(bytes: &[u8]) -> Result<Array, NpyError> {
     let Header { descr, shape, data } = header(bytes)?;
     let dtype = match descr.as_str() {
         "<f4" => Dtype::Float32,
@@ -227,13 +248,13 @@ pub fn read(bytes: &[u8]) -> Result<Array, String> {
             data.len()
         )));
     }
-    let data = dtype.decode(data).map_err(err)?;
+    let data = dtype.decode(data).map_err(|e| err(e.to_string()))?;
     Ok(Array { shape, dtype, data })
 }
 
 /// Class labels from a `.npy` file: one dimension of little-endian integers (int64, int32, int16,
 /// int8 or their unsigned kinds), none negative.
-pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
+pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, NpyError> {
     let Header { descr, shape, data } = header(bytes)?;
     let (size, signed) = match descr.as_str() {
         "<i8" => (8, true),
@@ -245,20 +266,22 @@ pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
         "|i1" => (1, true),
         "|u1" => (1, false),
         other => {
-            return Err(format!(
+            return Err(NpyError::Labels(format!(
                 "labels of dtype '{other}'; accepted: integers ('<i8', '<i4', '<i2', '|u1', …)"
-            ))
+            )))
         }
     };
     let [n] = shape[..] else {
-        return Err(format!("labels of shape {shape:?}; expected [N]"));
+        return Err(NpyError::Labels(format!(
+            "labels of shape {shape:?}; expected [N]"
+        )));
     };
     if data.len() != count_of(&shape)? * size {
-        return Err(format!(
+        return Err(NpyError::Labels(format!(
             "{n} labels of {size} bytes need {} data bytes, the file has {}",
             n * size,
             data.len()
-        ));
+        )));
     }
     data.chunks_exact(size)
         .enumerate()
@@ -268,7 +291,9 @@ pub fn read_labels(bytes: &[u8]) -> Result<Vec<usize>, String> {
             buf[..size].copy_from_slice(b);
             match usize::try_from(u64::from_le_bytes(buf)) {
                 Ok(v) if !negative => Ok(v),
-                _ => Err(format!("label {i} is negative or too large")),
+                _ => Err(NpyError::Labels(format!(
+                    "label {i} is negative or too large"
+                ))),
             }
         })
         .collect()
@@ -318,19 +343,19 @@ fn parse_shape(s: &str) -> Option<Vec<usize>> {
 }
 
 /// A `.npy` file (version 1.0, `<f4`, C order) holding `data` with `shape`.
-pub fn write_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
+pub fn write_f32(shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
     write(Dtype::Float32, shape, data)
 }
 
 /// A `.npy` file (version 1.0, C order) holding `data` with `shape`, stored as `dtype` (uint8 and
 /// bool values are written as the bytes `v as u8`: whole numbers 0..=255, or 0/1).
-pub fn write(dtype: Dtype, shape: &[usize], data: &[f32]) -> Result<Vec<u8>, String> {
+pub fn write(dtype: Dtype, shape: &[usize], data: &[f32]) -> Result<Vec<u8>, NpyError> {
     let count: usize = shape.iter().product();
     if count != data.len() {
-        return Err(format!(
+        return Err(NpyError::Write(format!(
             "shape {shape:?} holds {count} values, {} given",
             data.len()
-        ));
+        )));
     }
     let dims = match shape {
         [d] => format!("({d},)"),
@@ -353,8 +378,8 @@ pub fn write(dtype: Dtype, shape: &[usize], data: &[f32]) -> Result<Vec<u8>, Str
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let len =
-        u16::try_from(header.len()).map_err(|_| format!("shape {shape:?}: header too long"))?;
+    let len = u16::try_from(header.len())
+        .map_err(|_| NpyError::Write(format!("shape {shape:?}: header too long")))?;
     let mut out = Vec::with_capacity(10 + header.len() + dtype.size() * data.len());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
@@ -429,7 +454,7 @@ mod tests {
 
     #[test]
     fn errors_name_what_is_wrong_and_what_is_accepted() {
-        let e = |bytes: Vec<u8>| read(&bytes).unwrap_err();
+        let e = |bytes: Vec<u8>| read(&bytes).unwrap_err().to_string();
         let h = |descr: &str, fortran: &str| {
             format!("{{'descr': '{descr}', 'fortran_order': {fortran}, 'shape': (2,), }}\n")
         };
@@ -465,6 +490,9 @@ mod tests {
         assert_eq!(Dtype::parse("FP32"), Ok(Dtype::Float32));
         assert_eq!(Dtype::parse("uint8"), Ok(Dtype::Uint8));
         assert_eq!(Dtype::parse("BOOL"), Ok(Dtype::Bool));
-        assert!(Dtype::parse("int64").unwrap_err().contains(ACCEPTED_DTYPES));
+        assert!(Dtype::parse("int64")
+            .unwrap_err()
+            .to_string()
+            .contains(ACCEPTED_DTYPES));
     }
 }

@@ -11,7 +11,7 @@ use crate::exit::ExitPolicy;
 use crate::graphs;
 use crate::metrics::Metrics;
 use crate::model::manifest::{Calibration, Manifest};
-use crate::model::{err, read_calibration, read_manifest, LoadError};
+use crate::model::{err, invalid, read_calibration, read_manifest, LoadError, PackageError};
 use crate::runtime::SessionOptions;
 
 pub struct LoadedModel {
@@ -84,8 +84,7 @@ pub struct LoadOptions<'a> {
 
 /// Folders under `root` that hold a `manifest.json`, sorted by name.
 pub fn package_dirs(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
-    let rd = std::fs::read_dir(root)
-        .map_err(|e| err(root, format!("cannot read the models folder: {e}")))?;
+    let rd = std::fs::read_dir(root).map_err(|e| err(root, PackageError::ReadFolder(e)))?;
     let mut dirs: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("manifest.json").is_file())
@@ -122,7 +121,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         opts.engine.clone(),
         Arc::new(opts.metrics.for_model(&manifest.name, manifest.timesteps)),
     )
-    .map_err(|e| err(dir, e.to_string()))?;
+    .map_err(|e| err(dir, PackageError::Engine(e)))?;
     Ok(LoadedModel {
         provider: opts.session.device.provider_name(),
         manifest,
@@ -141,7 +140,10 @@ fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
         Ok(Some(g)) => g,
         Ok(None) => return Vec::new(),
         Err(e) => {
-            tracing::warn!("{e}; the package's samples are not listed");
+            tracing::warn!(
+                "{}; the package's samples are not listed",
+                crate::error::Chain(&e)
+            );
             return Vec::new();
         }
     };
@@ -180,7 +182,7 @@ pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError
             Ok(m) => {
                 let name = m.manifest.name.clone();
                 match models.entry(name) {
-                    std::collections::btree_map::Entry::Occupied(o) => errors.push(err(
+                    std::collections::btree_map::Entry::Occupied(o) => errors.push(invalid(
                         &dir.join("manifest.json"),
                         format!("a second model named {:?}", o.key()),
                     )),
@@ -195,6 +197,15 @@ pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError
     Ok((models, errors))
 }
 
+/// Why the served models cannot make a registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("--default-model {0:?} is not among the loaded models")]
+    UnknownDefault(String),
+    #[error("no model to serve")]
+    Empty,
+}
+
 /// The served models by name, and the one a request without a name goes to.
 pub struct Registry {
     models: BTreeMap<String, Arc<LoadedModel>>,
@@ -206,15 +217,11 @@ impl Registry {
     pub fn new(
         models: BTreeMap<String, Arc<LoadedModel>>,
         default_model: Option<&str>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, RegistryError> {
         let default_model = match default_model {
             Some(d) if models.contains_key(d) => d.to_string(),
-            Some(d) => {
-                return Err(format!(
-                    "--default-model {d:?} is not among the loaded models"
-                ))
-            }
-            None => models.keys().next().cloned().ok_or("no model to serve")?,
+            Some(d) => return Err(RegistryError::UnknownDefault(d.to_string())),
+            None => models.keys().next().cloned().ok_or(RegistryError::Empty)?,
         };
         Ok(Registry {
             models,

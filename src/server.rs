@@ -13,6 +13,7 @@ use crate::api::grpc;
 use crate::api::http::{self, HttpOptions};
 use crate::config::ServeConfig;
 use crate::engine::EngineConfig;
+use crate::error::{chain, Chain};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::{self, LoadOptions};
@@ -49,11 +50,11 @@ fn admin_token(cfg: &ServeConfig) -> Result<Option<String>> {
 
 /// Builds the service: everything that can fail at start-up fails here with a clear message.
 pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
-    let device = Device::parse(&cfg.device).map_err(anyhow::Error::msg)?;
+    let device = Device::parse(&cfg.device)?;
     if cfg.max_batch == 0 || cfg.max_queue == 0 || cfg.engine_workers == Some(0) {
         bail!("--max-batch, --max-queue and --engine-workers must be at least 1");
     }
-    let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref()).map_err(anyhow::Error::msg)?;
+    let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref())?;
     tracing::info!(library = %ort_library.display(), device = %device.provider_name(), "ONNX Runtime loaded");
     // Metrics need the largest T for their buckets: read the manifests first.
     let max_t = registry::package_dirs(&cfg.models)?
@@ -83,13 +84,13 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     };
     let (models, errors) = registry::load_all(&cfg.models, &opts)?;
     for e in &errors {
-        tracing::error!("broken model package: {e}");
+        tracing::error!("broken model package: {}", Chain(e));
     }
     if !errors.is_empty() && !cfg.skip_broken {
         bail!(
             "{} broken model package(s): {}; fix them or start with --skip-broken to serve the rest",
             errors.len(),
-            errors.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+            errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; ")
         );
     }
     if models.is_empty() {
@@ -98,16 +99,15 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             cfg.models.display()
         );
     }
-    let registry =
-        Registry::new(models, cfg.default_model.as_deref()).map_err(anyhow::Error::msg)?;
+    let registry = Registry::new(models, cfg.default_model.as_deref())?;
     let admin_token = admin_token(cfg)?;
     if let Some(t) = &admin_token {
-        crate::admin_token::check_admin_token(t).map_err(anyhow::Error::msg)?;
+        crate::admin_token::check_admin_token(t)?;
     }
     if admin_token.is_none() {
         tracing::info!("admin endpoints disabled (no SEENN_ADMIN_TOKEN or --admin-token-file)");
     }
-    let store = StateStore::open(&cfg.state_dir).map_err(anyhow::Error::msg)?;
+    let store = StateStore::open(&cfg.state_dir)?;
     let policies = PolicyAdmin::new(
         admin_token,
         store,
@@ -116,7 +116,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     );
     for m in registry.models() {
         let name = &m.manifest.name;
-        policies.restore(m).map_err(anyhow::Error::msg)?;
+        policies.restore(m)?;
         metrics
             .queue_capacity
             .with_label_values(&[name])
@@ -165,8 +165,7 @@ impl RunningServer {
                 .await
                 .context("start-up task")??
         };
-        crate::service::policy_file::start(&service, cfg.exit_policy_file.as_deref())
-            .map_err(anyhow::Error::msg)?;
+        crate::service::policy_file::start(&service, cfg.exit_policy_file.as_deref())?;
         Self::serve(service, &cfg).await
     }
 
@@ -198,7 +197,7 @@ impl RunningServer {
                 .with_graceful_shutdown(wait_for(rx))
                 .await
             {
-                tracing::error!("HTTP server: {e}");
+                tracing::error!("HTTP server: {}", Chain(&e));
             }
         });
 
@@ -243,7 +242,7 @@ impl RunningServer {
                 .serve_with_incoming_shutdown(incoming, wait_for(rx))
                 .await;
             if let Err(e) = result {
-                tracing::error!("gRPC server: {e}");
+                tracing::error!("gRPC server: {}", Chain(&e));
             }
         });
         tracing::info!(http = %http_addr, grpc = %grpc_addr, "serving");
@@ -344,7 +343,7 @@ async fn control_adaptive_alpha(
             tracing::debug!(model = %name, ?p99, ?answered_p99, shed_share = window.shed_share, ?utilization, alpha = entry.1.alpha(), shed = entry.1.shed(), "adaptive tick");
             if let Some(alpha) = moved {
                 if let Err(e) = service.policies.apply_adaptive(m, &cfg, alpha, p99) {
-                    tracing::error!(model = %name, error = %e, "cannot persist the adaptive alpha");
+                    tracing::error!(model = %name, error = %Chain(&e), "cannot persist the adaptive alpha");
                 }
             }
             if let Some(from) = apply_shed(&service, m, entry.1.shed()) {

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::Args;
 
 use crate::engine::slots::Slots;
@@ -51,6 +52,17 @@ pub struct SimulateArgs {
     pub ort_lib: Option<PathBuf>,
 }
 
+/// Why the rows cannot be simulated.
+#[derive(Debug, thiserror::Error)]
+pub enum SimulateError {
+    /// The input or the step count does not fit the model; the message says what it takes.
+    #[error("{0}")]
+    Invalid(String),
+    /// The engine's batch buffers or a graph run failed.
+    #[error(transparent)]
+    Engine(#[from] crate::error::Error),
+}
+
 /// What a simulation produced: the outputs `[T, N, K]` and each state `[T, N, *shape]`, flat.
 pub struct Simulation {
     pub steps: usize,
@@ -60,20 +72,19 @@ pub struct Simulation {
 }
 
 /// Runs `seenn simulate` and writes its files.
-pub fn run(args: &SimulateArgs) -> Result<(), String> {
+pub fn run(args: &SimulateArgs) -> anyhow::Result<()> {
     let (env, _) = runtime::init(args.ort_lib.as_deref())?;
-    let m = crate::model::read_manifest(&args.model).map_err(|e| e.to_string())?;
+    let m = crate::model::read_manifest(&args.model)?;
     let opts = SessionOptions {
         device: Device::Cpu,
         intra_threads: args.intra_threads.max(1),
     };
-    let mut sessions =
-        graphs::load_sessions(&args.model, &m, &env, &opts).map_err(|e| e.to_string())?;
-    let bytes = std::fs::read(&args.input)
-        .map_err(|e| format!("{}: cannot read: {e}", args.input.display()))?;
-    let x = npy::read(&bytes).map_err(|e| format!("{}: {e}", args.input.display()))?;
+    let mut sessions = graphs::load_sessions(&args.model, &m, &env, &opts)?;
+    let input = args.input.display();
+    let bytes = std::fs::read(&args.input).with_context(|| format!("cannot read {input}"))?;
+    let x = npy::read(&bytes).with_context(|| input.to_string())?;
     let sim = simulate(&mut sessions, &m, &x, args.steps, args.max_batch)
-        .map_err(|e| format!("{}: {e}", args.input.display()))?;
+        .with_context(|| input.to_string())?;
     let k = m.num_classes();
     write(&args.out, &[sim.steps, sim.rows, k], &sim.outputs)?;
     if let Some(prefix) = &args.states_out {
@@ -93,9 +104,9 @@ pub fn run(args: &SimulateArgs) -> Result<(), String> {
     Ok(())
 }
 
-fn write(path: &Path, shape: &[usize], data: &[f32]) -> Result<(), String> {
+fn write(path: &Path, shape: &[usize], data: &[f32]) -> anyhow::Result<()> {
     let bytes = npy::write_f32(shape, data)?;
-    std::fs::write(path, bytes).map_err(|e| format!("{}: cannot write: {e}", path.display()))
+    std::fs::write(path, bytes).with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// What the input must look like, for errors.
@@ -121,18 +132,18 @@ pub fn simulate(
     x: &npy::Array,
     steps: Option<usize>,
     max_batch: usize,
-) -> Result<Simulation, String> {
+) -> Result<Simulation, SimulateError> {
     let dims = m.input.dims();
     let frame = m.input.len();
     let per_step = m.input.per_step();
     let lead = if per_step { 2 } else { 1 };
     if x.shape.len() != dims.len() + lead || x.shape[lead..] != *dims {
-        return Err(format!(
+        return Err(SimulateError::Invalid(format!(
             "input of shape {:?}; model {} takes {}",
             x.shape,
             m.name,
             expected(m)
-        ));
+        )));
     }
     let (frames, rows) = if per_step {
         (x.shape[0], x.shape[1])
@@ -141,23 +152,23 @@ pub fn simulate(
     };
     let steps = match (per_step, steps) {
         (true, Some(n)) if n > frames => {
-            return Err(format!(
+            return Err(SimulateError::Invalid(format!(
                 "--steps {n} is more than the input's {frames} frames"
-            ))
+            )))
         }
         (true, n) => n.unwrap_or(frames),
         (false, n) => n.unwrap_or(m.timesteps),
     };
     if steps == 0 || rows == 0 {
-        return Err(format!(
+        return Err(SimulateError::Invalid(format!(
             "nothing to run: {rows} rows, {steps} steps (shape {:?})",
             x.shape
-        ));
+        )));
     }
     let k = m.num_classes();
     let states = &m.graphs.step.states;
     let cap = max_batch.clamp(1, rows);
-    let mut slots: Slots = crate::engine::new_slots(m, cap, None).map_err(|e| e.to_string())?;
+    let mut slots: Slots = crate::engine::new_slots(m, cap, None)?;
     let mut outputs = vec![0f32; steps * rows * k];
     let mut state_out: Vec<Vec<f32>> = states
         .iter()
@@ -173,9 +184,7 @@ pub fn simulate(
         let n = cap.min(rows - first);
         slots.clear();
         let inputs: Vec<&[f32]> = (first..first + n).map(|r| at(0, r)).collect();
-        slots
-            .admit(&inputs, s.encoder.as_mut(), true)
-            .map_err(|e| e.to_string())?;
+        slots.admit(&inputs, s.encoder.as_mut(), true)?;
         let mut next = Vec::with_capacity(n * frame);
         for t in 0..steps {
             if per_step && t > 0 {
@@ -183,16 +192,16 @@ pub fn simulate(
                 for r in first..first + n {
                     next.extend_from_slice(at(t, r));
                 }
-                slots.write_features(0, &next).map_err(|e| e.to_string())?;
+                slots.write_features(0, &next)?;
             }
-            slots.step(&mut s.step).map_err(|e| e.to_string())?;
+            slots.step(&mut s.step)?;
             for i in 0..n {
                 let row = first + i;
                 let o = (t * rows + row) * k;
                 outputs[o..o + k].copy_from_slice(slots.logits(i));
                 for (si, st) in states.iter().enumerate() {
                     let len = st.len();
-                    let v = slots.membrane(si, i).map_err(|e| e.to_string())?;
+                    let v = slots.membrane(si, i)?;
                     let o = (t * rows + row) * len;
                     state_out[si][o..o + len].copy_from_slice(&v);
                 }

@@ -19,21 +19,58 @@ pub struct State {
     pub models: BTreeMap<String, ExitPolicy>,
 }
 
+/// Why the state file cannot be read, checked or written.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not JSON of the state file's schema.
+    #[error("corrupt state file (fix or remove it to go back to the manifests' defaults)")]
+    Corrupt(#[source] serde_json::Error),
+    /// A policy whose values are out of range; the message says which and what is accepted.
+    #[error("{0}")]
+    OutOfRange(String),
+    /// The file `path` is wrong in the way `source` says.
+    #[error("{}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<StateError>,
+    },
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot serialize the exit policies")]
+    Serialize(#[source] serde_json::Error),
+    #[error("state lock poisoned")]
+    Poisoned,
+}
+
+/// An I/O error on `path` while doing `action` (read, write, …).
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |source| StateError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
 pub struct StateStore {
     path: PathBuf,
     state: Mutex<State>,
 }
 
 /// Parses and checks an exit-policies.json body.
-pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
-    let s: State = serde_json::from_slice(bytes).map_err(|e| {
-        format!("corrupt state file ({e}); fix or remove it to go back to the manifests' defaults")
-    })?;
+pub fn parse_state(bytes: &[u8]) -> Result<State, StateError> {
+    let s: State = serde_json::from_slice(bytes).map_err(StateError::Corrupt)?;
     for (name, p) in &s.models {
         if !(p.alpha > 0.0 && p.alpha <= 1.0) || p.timesteps == 0 {
-            return Err(format!(
+            return Err(StateError::OutOfRange(format!(
                 "model {name}: alpha must be in (0, 1] and timesteps >= 1"
-            ));
+            )));
         }
         if let Some(a) = &p.adaptive {
             let in_range = |x: f64| x > 0.0 && x <= 1.0;
@@ -44,26 +81,30 @@ pub fn parse_state(bytes: &[u8]) -> Result<State, String> {
                 && in_range(a.floor_alpha)
                 && a.floor_alpha <= a.configured_alpha)
             {
-                return Err(format!("model {name}: adaptive {a:?} is out of range"));
+                return Err(StateError::OutOfRange(format!(
+                    "model {name}: adaptive {a:?} is out of range"
+                )));
             }
         }
         if !(0.0..=1.0).contains(&p.shadow_fraction) {
-            return Err(format!(
+            return Err(StateError::OutOfRange(format!(
                 "model {name}: shadow_fraction {} is out of range; accepted: 0 <= shadow_fraction <= 1",
                 p.shadow_fraction
-            ));
+            )));
         }
     }
     Ok(s)
 }
 
 impl StateStore {
-    pub fn open(dir: &Path) -> Result<Self, String> {
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.join(STATE_FILE);
         let state = if path.exists() {
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-            parse_state(text.as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?
+            let text = std::fs::read_to_string(&path).map_err(io("read", &path))?;
+            parse_state(text.as_bytes()).map_err(|e| StateError::File {
+                path: path.clone(),
+                source: Box::new(e),
+            })?
         } else {
             State {
                 version: 1,
@@ -88,11 +129,8 @@ impl StateStore {
     }
 
     /// Records the new policy and writes the file before returning.
-    pub fn set(&self, model: &str, policy: ExitPolicy) -> Result<(), String> {
-        let mut guard = self
-            .state
-            .lock()
-            .map_err(|_| "state lock poisoned".to_string())?;
+    pub fn set(&self, model: &str, policy: ExitPolicy) -> Result<(), StateError> {
+        let mut guard = self.state.lock().map_err(|_| StateError::Poisoned)?;
         let mut next = guard.clone();
         next.version = 1;
         next.models.insert(model.to_string(), policy);
@@ -102,18 +140,16 @@ impl StateStore {
     }
 }
 
-fn write_atomic(path: &Path, state: &State) -> Result<(), String> {
+fn write_atomic(path: &Path, state: &State) -> Result<(), StateError> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: cannot create: {e}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
     let tmp = path.with_extension(format!("json.tmp.{}", std::process::id()));
-    let body = serde_json::to_vec_pretty(state).map_err(|e| e.to_string())?;
-    let mut f = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(&body)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.sync_all()
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    let body = serde_json::to_vec_pretty(state).map_err(StateError::Serialize)?;
+    let mut f = std::fs::File::create(&tmp).map_err(io("create", &tmp))?;
+    f.write_all(&body).map_err(io("write", &tmp))?;
+    f.sync_all().map_err(io("sync", &tmp))?;
     drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::rename(&tmp, path).map_err(io("replace", path))?;
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
@@ -142,9 +178,11 @@ mod tests {
         let again = StateStore::open(dir.path()).expect("reopen");
         assert_eq!(again.get("m"), Some(p));
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
-        let e = StateStore::open(dir.path())
-            .err()
-            .expect("corrupt file must fail");
+        let e = crate::error::chain(
+            &StateStore::open(dir.path())
+                .err()
+                .expect("corrupt file must fail"),
+        );
         assert!(e.contains(STATE_FILE) && e.contains("corrupt"), "{e}");
         // A file without shadow_fraction (written before it existed) reads as off; one out of
         // range is refused.
@@ -156,7 +194,8 @@ mod tests {
         let e = parse_state(
             br#"{"version": 1, "models": {"m": {"rule": "confidence", "alpha": 0.9, "timesteps": 4, "shadow_fraction": 1.5}}}"#,
         )
-        .expect_err("out of range");
+        .expect_err("out of range")
+        .to_string();
         assert!(e.contains("shadow_fraction"), "{e}");
     }
 }

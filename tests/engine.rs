@@ -276,7 +276,7 @@ fn slots_that_cannot_be_allocated_fail_the_load_with_the_way_out() {
     opts.engine.slot_memory = SlotMemory::Device(Device::Cuda(0));
     let err = match model::load_one(&models_dir().join("fashion-mnist"), &opts) {
         Ok(_) => panic!("CUDA slots on a CPU session must not load"),
-        Err(e) => e.to_string(),
+        Err(e) => seenn_serve::error::chain(&e),
     };
     assert!(err.contains("cannot allocate the slots"), "{err}");
     assert!(err.contains("--slot-memory host"), "{err}");
@@ -462,7 +462,7 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
     let (tx, rx) = tokio::sync::oneshot::channel();
     m.engine.submit(job(&x, tx, later())).expect("submit");
     let err = rx.await.expect("reply").expect_err("fault");
-    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert!(matches!(err, Error::Internal { .. }), "{err:?}");
     let until = Instant::now() + Duration::from_secs(10);
     while !*ready.borrow_and_update() {
         assert!(Instant::now() < until, "never recovered");

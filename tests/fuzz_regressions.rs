@@ -190,7 +190,9 @@ fn package_files_regressions() {
     assert!(inputs.len() >= 5, "{} regression inputs", inputs.len());
     for (file, r) in replay(&inputs, harness::package_file) {
         match r {
-            Some(PackageFile::Manifest(Err(e))) => assert!(!e.is_empty(), "{file}"),
+            Some(PackageFile::Manifest(Err(e))) => {
+                assert!(!seenn_serve::error::chain(&e).is_empty(), "{file}")
+            }
             _ => panic!("{file}: must be refused as a manifest"),
         }
     }
@@ -223,7 +225,9 @@ fn committed_package_files_are_accepted() {
             );
         }
         // The calibration belongs to a T-step model: any other T is refused.
-        let e = seenn_serve::model::parse_calibration(&calibration, t + 1).unwrap_err();
+        let e = seenn_serve::error::chain(
+            &seenn_serve::model::parse_calibration(&calibration, t + 1).unwrap_err(),
+        );
         assert!(e.contains("accuracy_per_t"), "{n}: {e}");
     }
 }

@@ -213,7 +213,7 @@ fn a_shape_that_disagrees_with_the_graph_is_refused_at_load() {
     let opts = cpu_options(&env, 2, 4, Vec::new(), metrics);
     let e = match registry::load_one(&pkg, &opts) {
         Ok(_) => panic!("a shape the graph does not take loaded"),
-        Err(e) => e.to_string(),
+        Err(e) => seenn_serve::error::chain(&e),
     };
     assert!(e.contains("step.onnx"), "{e}");
     assert!(e.contains("[batch, 2, 8, 9]"), "{e}");

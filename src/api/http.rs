@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde_json::json;
 use tracing::Instrument;
 
-use crate::error::{Error, ErrorBody};
+use crate::error::{Chain, Error, ErrorBody};
 use crate::npy;
 use crate::preprocess;
 use crate::service::{
@@ -451,7 +451,7 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
             Err(e) => {
                 // Count rejected bodies too, so the error ratio sees them.
                 state.metrics.count_rejected(e.http_status().as_u16());
-                tracing::debug!(error = %e, "rejected");
+                tracing::debug!(error = %Chain(&e), "rejected");
                 return e.into_response();
             }
         };
@@ -467,7 +467,7 @@ async fn classify(state: Shared, model: Option<String>, req: Request) -> Respons
                 with_headers(r)
             }
             Err(e) => {
-                tracing::debug!(error = %e, "failed");
+                tracing::debug!(error = %Chain(&e), "failed");
                 e.into_response()
             }
         }

@@ -13,9 +13,66 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 use serde_json::json;
 
-use crate::model::{self, manifest::Manifest};
+use crate::model::{self, manifest::Manifest, LoadError, PackageError};
 use crate::npy;
-use crate::runtime::{self, Device, SessionOptions};
+use crate::runtime::{self, Device, RuntimeError, SessionOptions};
+use crate::simulate::SimulateError;
+
+/// Why a package cannot be calibrated on the data, or its files not written.
+#[derive(Debug, thiserror::Error)]
+pub enum CalibrateError {
+    #[error(transparent)]
+    Package(#[from] LoadError),
+    #[error(transparent)]
+    Data(#[from] data::DataError),
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Simulate(#[from] SimulateError),
+    /// The calibration.json about to be written does not read back as the server reads it.
+    #[error("the calibration written would not read back")]
+    ReadBack(#[source] PackageError),
+    #[error("cannot {action} {}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not JSON", path.display())]
+    Json {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot serialize {what}")]
+    Serialize {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("cannot write golden sample {name}")]
+    Sample {
+        name: String,
+        #[source]
+        source: npy::NpyError,
+    },
+}
+
+/// An I/O error on `path` while doing `action` (read, write, …).
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> CalibrateError {
+    let path = path.to_path_buf();
+    move |source| CalibrateError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+/// A serialization error of `what`.
+fn serialize(what: &'static str) -> impl FnOnce(serde_json::Error) -> CalibrateError {
+    move |source| CalibrateError::Serialize { what, source }
+}
 
 #[derive(Debug, Clone, Args)]
 pub struct CalibrateArgs {
@@ -40,8 +97,8 @@ pub struct CalibrateArgs {
     pub quiet: bool,
 }
 
-pub fn run(args: &CalibrateArgs) -> Result<(), String> {
-    let manifest = model::read_manifest(&args.model).map_err(|e| e.to_string())?;
+pub fn run(args: &CalibrateArgs) -> anyhow::Result<()> {
+    let manifest = model::read_manifest(&args.model)?;
     let labelled = data::load(&args.data, &manifest)?;
     let z = outputs_to_t(args, &manifest, &labelled)?;
     let agg = table::aggregates(&z, manifest.exit.aggregation);
@@ -50,7 +107,7 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
     if args.dry_run {
         return Ok(());
     }
-    write(
+    Ok(write(
         &args.model,
         &args.data,
         &manifest,
@@ -58,7 +115,7 @@ pub fn run(args: &CalibrateArgs) -> Result<(), String> {
         &z,
         &t,
         args.golden,
-    )
+    )?)
 }
 
 /// Every sample run to its last frame (T for a static input) through the engine's batch buffers
@@ -67,15 +124,14 @@ pub fn outputs_to_t(
     args: &CalibrateArgs,
     manifest: &Manifest,
     labelled: &data::Labelled,
-) -> Result<Vec<Vec<Vec<f32>>>, String> {
+) -> Result<Vec<Vec<Vec<f32>>>, CalibrateError> {
     const CHUNK: usize = 1000;
     let (env, _) = runtime::init(args.ort_lib.as_deref())?;
     let opts = SessionOptions {
         device: Device::Cpu,
         intra_threads: 1,
     };
-    let mut sessions = crate::graphs::load_sessions(&args.model, manifest, &env, &opts)
-        .map_err(|e| e.to_string())?;
+    let mut sessions = crate::graphs::load_sessions(&args.model, manifest, &env, &opts)?;
     let dims = manifest.input.dims().to_vec();
     let frame: usize = dims.iter().product();
     let per_step = manifest.input.per_step();
@@ -176,8 +232,7 @@ fn write(
     z: &[Vec<Vec<f32>>],
     t: &table::Table,
     golden_count: usize,
-) -> Result<(), String> {
-    let io = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+) -> Result<(), CalibrateError> {
     let data_name = data_path
         .file_name()
         .map(|s| s.to_string_lossy().into_owned())
@@ -202,34 +257,38 @@ fn write(
         "made_by": "seenn calibrate (the serving engine, every sample run to T)",
     });
     // Check it reads back as the server will read it.
-    let text = serde_json::to_string_pretty(&calibration).map_err(|e| e.to_string())?;
-    model::parse_calibration(text.as_bytes(), manifest.timesteps)?;
+    let text = serde_json::to_string_pretty(&calibration).map_err(serialize("calibration.json"))?;
+    model::parse_calibration(text.as_bytes(), manifest.timesteps)
+        .map_err(CalibrateError::ReadBack)?;
 
     // manifest.json: the chosen default, every other field as it was.
     let mpath = dir.join("manifest.json");
     let mut m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&mpath).map_err(|e| io(&mpath, e))?)
-            .map_err(|e| format!("{}: {e}", mpath.display()))?;
+        serde_json::from_str(&std::fs::read_to_string(&mpath).map_err(io("read", &mpath))?)
+            .map_err(|source| CalibrateError::Json {
+                path: mpath.clone(),
+                source,
+            })?;
     m["exit"]["default_alpha"] = json!(t.chosen.alpha);
     m["exit"]["temperature"] = json!(t.chosen.temperature);
     m["exit"]["default_rule"] = json!("confidence");
 
     let golden = golden(dir, manifest, labelled, z, t, golden_count)?;
-    let card = card(dir, manifest, t, &data_name)?;
+    let card = card(dir, manifest, t, &data_name);
     let svg = plot::curve(&manifest.name, t);
 
     // Everything prepared: write, the manifest last (a reader sees the old default until then).
     let put = |name: &str, bytes: &[u8]| {
         let p = dir.join(name);
         let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, bytes).map_err(|e| io(&tmp, e))?;
-        std::fs::rename(&tmp, &p).map_err(|e| io(&p, e))
+        std::fs::write(&tmp, bytes).map_err(io("write", &tmp))?;
+        std::fs::rename(&tmp, &p).map_err(io("replace", &p))
     };
     put("calibration.json", text.as_bytes())?;
     put("golden.json", golden.as_bytes())?;
     put("MODEL_CARD.md", card.as_bytes())?;
     put("accuracy_vs_timesteps.svg", svg.as_bytes())?;
-    let mtext = serde_json::to_string_pretty(&m).map_err(|e| e.to_string())? + "\n";
+    let mtext = serde_json::to_string_pretty(&m).map_err(serialize("manifest.json"))? + "\n";
     put("manifest.json", mtext.as_bytes())?;
     println!(
         "wrote {}: calibration.json, golden.json (+ samples/), MODEL_CARD.md, accuracy_vs_timesteps.svg; \
@@ -249,9 +308,9 @@ fn golden(
     z: &[Vec<Vec<f32>>],
     t: &table::Table,
     count: usize,
-) -> Result<String, String> {
+) -> Result<String, CalibrateError> {
     let samples_dir = dir.join("samples");
-    std::fs::create_dir_all(&samples_dir).map_err(|e| format!("{}: {e}", samples_dir.display()))?;
+    std::fs::create_dir_all(&samples_dir).map_err(io("create", &samples_dir))?;
     let is_image = !labelled.files.is_empty();
     let mut entries = Vec::new();
     for i in 0..count.min(labelled.inputs.len()) {
@@ -259,12 +318,16 @@ fn golden(
             let src = &labelled.files[i];
             let ext = src.extension().and_then(|e| e.to_str()).unwrap_or("png");
             let name = format!("samples/{i:03}.{ext}");
-            std::fs::copy(src, dir.join(&name)).map_err(|e| format!("{}: {e}", src.display()))?;
+            std::fs::copy(src, dir.join(&name)).map_err(io("copy", src))?;
             name
         } else {
             let name = format!("samples/{i:03}.npy");
-            let bytes = npy::write(labelled.dtype, &labelled.sample_shape, &labelled.inputs[i])?;
-            std::fs::write(dir.join(&name), bytes).map_err(|e| format!("{name}: {e}"))?;
+            let bytes = npy::write(labelled.dtype, &labelled.sample_shape, &labelled.inputs[i])
+                .map_err(|source| CalibrateError::Sample {
+                    name: name.clone(),
+                    source,
+                })?;
+            std::fs::write(dir.join(&name), bytes).map_err(io("write", &dir.join(&name)))?;
             name
         };
         let steps = frames_of(manifest, labelled, i);
@@ -290,7 +353,7 @@ fn golden(
         "labels_are": "true labels",
         "samples": entries,
     }))
-    .map_err(|e| e.to_string())
+    .map_err(serialize("golden.json"))
 }
 
 /// Steps a sample can run: its frames for a per-step model, else T.
@@ -305,12 +368,7 @@ fn frames_of(manifest: &Manifest, labelled: &data::Labelled, i: usize) -> usize 
 }
 
 /// MODEL_CARD.md with its calibration section (re)written; the rest of the card is kept.
-fn card(
-    dir: &Path,
-    manifest: &Manifest,
-    t: &table::Table,
-    data_name: &str,
-) -> Result<String, String> {
+fn card(dir: &Path, manifest: &Manifest, t: &table::Table, data_name: &str) -> String {
     const HEAD: &str = "## Calibration";
     let old = std::fs::read_to_string(dir.join("MODEL_CARD.md"))
         .unwrap_or_else(|_| format!("# {}\n", manifest.name));
@@ -384,5 +442,5 @@ fn card(
     let mut out = kept.trim_end().to_string();
     out.push_str("\n\n");
     out.push_str(&s);
-    Ok(out)
+    out
 }

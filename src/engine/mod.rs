@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, TrySendError};
 use tokio::sync::{mpsc as tmpsc, oneshot, watch};
 
-use crate::error::Error;
+use crate::error::{Chain, Error};
 use crate::exit::{self, ExitRule};
 use crate::graphs::{self, Sessions};
 use crate::metrics::{CancelReason, ModelMetrics};
@@ -484,110 +484,50 @@ pub fn spawn(
         return Err(Error::internal("an engine needs at least one worker"));
     }
     let (tx, rx) = crossbeam_channel::bounded(cfg.max_queue.max(1));
-    let depth = Arc::new(AtomicUsize::new(0));
-    let last_wait_us = Arc::new(AtomicU64::new(0));
     let max_batch = cfg.max_batch.max(1);
-    let batch_limit = Arc::new(AtomicUsize::new(max_batch));
     let (ready_tx, ready) = watch::channel(true);
-    let readiness = Arc::new(Readiness {
-        unready: AtomicUsize::new(0),
-        tx: ready_tx,
-    });
-    let inject_fault = Arc::new(AtomicBool::new(false));
-    let model = manifest.name.clone();
+    let shared = WorkerShared {
+        manifest,
+        cfg,
+        metrics,
+        depth: Arc::new(AtomicUsize::new(0)),
+        last_wait_us: Arc::new(AtomicU64::new(0)),
+        batch_limit: Arc::new(AtomicUsize::new(max_batch)),
+        ready: Arc::new(Readiness {
+            unready: AtomicUsize::new(0),
+            tx: ready_tx,
+        }),
+        inject_fault: Arc::new(AtomicBool::new(false)),
+        rx,
+    };
+    let model = shared.manifest.name.clone();
     let workers = sessions.len();
     // Each worker reports whether its slots could be built (device memory is allocated on the
     // worker's own thread); the engine starts only when every worker did.
-    let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), String>>(workers);
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), Error>>(workers);
     for (i, sessions) in sessions.into_iter().enumerate() {
-        let started_tx = started_tx.clone();
-        let (manifest, cfg, metrics, depth, last_wait_us, batch_limit, ready, fault, rx) = (
-            manifest.clone(),
-            cfg.clone(),
-            metrics.clone(),
-            depth.clone(),
-            last_wait_us.clone(),
-            batch_limit.clone(),
-            readiness.clone(),
-            inject_fault.clone(),
-            rx.clone(),
-        );
         let name = if workers == 1 {
             format!("engine-{model}")
         } else {
             format!("engine-{model}-{i}")
         };
+        let (shared, started_tx) = (shared.clone(), started_tx.clone());
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || {
-                let (slots, exit_row) = match slots::DeviceSlots::new(&sessions.step, &cfg.slot_memory)
-                    .and_then(|device| new_slots(&manifest, cfg.max_batch, device))
-                    .and_then(|s| Ok((s, new_exit_row(&manifest)?)))
-                {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = started_tx.send(Err(e.to_string()));
-                        return;
-                    }
-                };
-                let _ = started_tx.send(Ok(()));
-                let k = manifest.num_classes();
-                let shadow_cap = match cfg.shadow_rows {
-                    0 => shadow::default_rows(cfg.max_batch),
-                    n => n,
-                };
-                if slots.on_device() {
-                    tracing::debug!(model = %manifest.name, memory = ?cfg.slot_memory, "slots on the device");
-                }
-                let mut w = Worker {
-                    manifest,
-                    sessions,
-                    cfg,
-                    metrics,
-                    depth,
-                    last_wait_us,
-                    batch_limit,
-                    ready,
-                    inject_fault: fault,
-                    active: Vec::new(),
-                    slots,
-                    exit_row,
-                    published: 0,
-                    shadows: 0,
-                    shadow_cap,
-                    published_shadows: 0,
-                    sampler: Sampler::seeded(),
-                    busy_since: Instant::now(),
-                    agg: Vec::with_capacity(k),
-                    scored: Vec::new(),
-                    finished: Vec::new(),
-                    frames: Vec::new(),
-                    leaving: Vec::new(),
-                    dropped: Vec::new(),
-                };
-                w.run(rx);
-            })
-            .map_err(|e| Error::internal(format!("cannot start an engine thread: {e}")))?;
+            .spawn(move || Worker::start(shared, sessions, started_tx))
+            .map_err(|e| Error::internal_from("cannot start an engine thread", e))?;
     }
     drop(started_tx);
-    for _ in 0..workers {
-        // A worker that started is told to stop by `tx` going away with this error.
-        match started.recv() {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                let hint = match cfg.slot_memory {
-                    SlotMemory::Device(_) => {
-                        " (start with --slot-memory host to keep the batch in host memory)"
-                    }
-                    SlotMemory::Host => "",
-                };
-                return Err(Error::internal(format!(
-                    "engine worker cannot start: {e}{hint}"
-                )));
-            }
-            Err(_) => return Err(Error::internal("an engine worker ended before it started")),
-        }
-    }
+    wait_started(&started, workers, &shared.cfg.slot_memory)?;
+    let WorkerShared {
+        cfg,
+        metrics,
+        depth,
+        last_wait_us,
+        batch_limit,
+        inject_fault,
+        ..
+    } = shared;
     metrics.engine_workers.set(workers as i64);
     metrics.engine_batch_limit.set(max_batch as i64);
     Ok(EngineHandle {
@@ -603,6 +543,48 @@ pub fn spawn(
         workers,
         inject_fault,
     })
+}
+
+/// What the handle and every worker of one engine share.
+#[derive(Clone)]
+struct WorkerShared {
+    manifest: Arc<Manifest>,
+    cfg: EngineConfig,
+    metrics: Arc<ModelMetrics>,
+    depth: Arc<AtomicUsize>,
+    last_wait_us: Arc<AtomicU64>,
+    batch_limit: Arc<AtomicUsize>,
+    ready: Arc<Readiness>,
+    inject_fault: Arc<AtomicBool>,
+    rx: Receiver<Job>,
+}
+
+/// Waits until each of `workers` reported whether it started; the first that could not is the
+/// error (a worker that started is told to stop by the queue's sender going away with it).
+fn wait_started(
+    started: &std::sync::mpsc::Receiver<Result<(), Error>>,
+    workers: usize,
+    memory: &SlotMemory,
+) -> Result<(), Error> {
+    for _ in 0..workers {
+        match started.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let hint = match memory {
+                    SlotMemory::Device(_) => {
+                        " (start with --slot-memory host to keep the batch in host memory)"
+                    }
+                    SlotMemory::Host => "",
+                };
+                return Err(Error::internal_from(
+                    format!("engine worker cannot start{hint}"),
+                    e,
+                ));
+            }
+            Err(_) => return Err(Error::internal("an engine worker ended before it started")),
+        }
+    }
+    Ok(())
 }
 
 /// `exit.onnx`'s one-row buffers for a model with the learned rule.
@@ -701,6 +683,72 @@ impl Worker {
             }
         }
         rx.recv().ok()
+    }
+
+    /// The worker thread: builds its slots (on the thread that will use them), reports on
+    /// `started` whether it could, then serves the queue until every handle is gone.
+    fn start(
+        shared: WorkerShared,
+        sessions: Sessions,
+        started: std::sync::mpsc::SyncSender<Result<(), Error>>,
+    ) {
+        let WorkerShared {
+            manifest,
+            cfg,
+            metrics,
+            depth,
+            last_wait_us,
+            batch_limit,
+            ready,
+            inject_fault,
+            rx,
+        } = shared;
+        let (slots, exit_row) = match slots::DeviceSlots::new(&sessions.step, &cfg.slot_memory)
+            .and_then(|device| new_slots(&manifest, cfg.max_batch, device))
+            .and_then(|s| Ok((s, new_exit_row(&manifest)?)))
+        {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = started.send(Err(e));
+                return;
+            }
+        };
+        let _ = started.send(Ok(()));
+        let k = manifest.num_classes();
+        let shadow_cap = match cfg.shadow_rows {
+            0 => shadow::default_rows(cfg.max_batch),
+            n => n,
+        };
+        if slots.on_device() {
+            tracing::debug!(model = %manifest.name, memory = ?cfg.slot_memory, "slots on the device");
+        }
+        let mut w = Worker {
+            manifest,
+            sessions,
+            cfg,
+            metrics,
+            depth,
+            last_wait_us,
+            batch_limit,
+            ready,
+            inject_fault,
+            active: Vec::new(),
+            slots,
+            exit_row,
+            published: 0,
+            shadows: 0,
+            shadow_cap,
+            published_shadows: 0,
+            sampler: Sampler::seeded(),
+            busy_since: Instant::now(),
+            agg: Vec::with_capacity(k),
+            scored: Vec::new(),
+            finished: Vec::new(),
+            frames: Vec::new(),
+            leaving: Vec::new(),
+            dropped: Vec::new(),
+        };
+        w.run(rx);
     }
 
     fn run(&mut self, rx: Receiver<Job>) {
@@ -823,7 +871,7 @@ impl Worker {
     /// the sessions with a self-test run until they work again.
     fn fail_all(&mut self, e: Error) {
         let model = self.manifest.name.clone();
-        tracing::error!(model = %model, error = %e, requests = self.live(), "engine step failed");
+        tracing::error!(model = %model, error = %Chain(&e), requests = self.live(), "engine step failed");
         self.ready.worker_down(&self.metrics);
         self.metrics.engine_failures.inc();
         for a in self.active.drain(..) {
@@ -841,7 +889,7 @@ impl Worker {
             match graphs::warm_up(&mut self.sessions, &self.manifest) {
                 Ok(()) => break,
                 Err(err) => {
-                    tracing::error!(model = %model, error = %err, "engine self-test failed; retrying");
+                    tracing::error!(model = %model, error = %Chain(&err), "engine self-test failed; retrying");
                     std::thread::sleep(backoff);
                     backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
@@ -1007,7 +1055,7 @@ impl Worker {
     }
 
     fn reject(&self, jobs: &mut Vec<Job>, e: Error) {
-        tracing::error!(model = %self.model(), error = %e, "encoder/policy failed");
+        tracing::error!(model = %self.model(), error = %Chain(&e), "encoder/policy failed");
         for job in jobs.drain(..) {
             let _ = job.reply.send(Err(e.clone()));
         }

@@ -532,7 +532,10 @@ fn prefix_error(e: Error, row: usize) -> Error {
         Error::UnsupportedMediaType(s) => Error::UnsupportedMediaType(p(s)),
         Error::TooLarge(s) => Error::TooLarge(p(s)),
         Error::DeadlineExceeded(s) => Error::DeadlineExceeded(p(s)),
-        Error::Internal(s) => Error::Internal(p(s)),
+        Error::Internal { message, source } => Error::Internal {
+            message: p(message),
+            source,
+        },
         other => other,
     }
 }

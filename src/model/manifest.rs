@@ -14,6 +14,24 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The oldest package format this server reads.
 pub const MIN_FORMAT_VERSION: u32 = 1;
 
+/// A value in `manifest.json` or `calibration.json` (or a tensor checked against the input) that
+/// breaks the package contract: the message names the field, what it holds and what is accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Invalid(pub String);
+
+impl From<String> for Invalid {
+    fn from(message: String) -> Self {
+        Invalid(message)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(message: &str) -> Self {
+        Invalid(message.to_string())
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Manifest {
     pub format_version: u32,
@@ -147,127 +165,129 @@ const IMAGE_FIELDS: &str =
 const TENSOR_FIELDS: &str = "shape, dtype (float32|uint8|bool), time (static|per_step, optional)";
 
 impl TryFrom<InputJson> for InputSpec {
-    type Error = String;
+    type Error = Invalid;
 
-    fn try_from(j: InputJson) -> Result<InputSpec, String> {
-        let kind = match j.kind.as_deref() {
-            None | Some("image") => InputKind::Image,
-            Some("tensor") => InputKind::Tensor,
-            Some(other) => {
-                return Err(format!(
-                    "input.kind {other:?} is not supported; accepted: image, tensor"
-                ))
-            }
-        };
-        match kind {
-            InputKind::Image => {
-                let stray: Vec<&str> = [
-                    ("shape", j.shape.is_some()),
-                    ("dtype", j.dtype.is_some()),
-                    ("time", j.time.is_some()),
-                ]
-                .iter()
-                .filter(|(_, set)| *set)
-                .map(|(n, _)| *n)
-                .collect();
-                if !stray.is_empty() {
-                    return Err(format!(
-                        "input.{} belongs to kind \"tensor\"; an image input takes {IMAGE_FIELDS}",
-                        stray.join(", input.")
-                    ));
-                }
-                let missing =
-                    |f: &str| format!("input.{f} is missing; an image input needs {IMAGE_FIELDS}");
-                let channels = j.channels.ok_or_else(|| missing("channels"))?;
-                let height = j.height.ok_or_else(|| missing("height"))?;
-                let width = j.width.ok_or_else(|| missing("width"))?;
-                Ok(InputSpec {
-                    kind,
-                    shape: vec![channels, height, width],
-                    dtype: Dtype::Float32,
-                    time: TimeMode::Static,
-                    channels,
-                    height,
-                    width,
-                    color: j.color.ok_or_else(|| missing("color"))?,
-                    scale: j.scale.ok_or_else(|| missing("scale"))?,
-                    mean: j.mean.ok_or_else(|| missing("mean"))?,
-                    std: j.std.ok_or_else(|| missing("std"))?,
-                    invert: j.invert.unwrap_or(false),
-                    resize: j.resize.unwrap_or_default(),
-                    layout: j.layout.unwrap_or_default(),
-                })
-            }
-            InputKind::Tensor => {
-                let stray: Vec<&str> = [
-                    ("channels", j.channels.is_some()),
-                    ("height", j.height.is_some()),
-                    ("width", j.width.is_some()),
-                    ("color", j.color.is_some()),
-                    ("scale", j.scale.is_some()),
-                    ("mean", j.mean.is_some()),
-                    ("std", j.std.is_some()),
-                    ("invert", j.invert.is_some()),
-                    ("resize", j.resize.is_some()),
-                    ("layout", j.layout.is_some()),
-                ]
-                .iter()
-                .filter(|(_, set)| *set)
-                .map(|(n, _)| *n)
-                .collect();
-                if !stray.is_empty() {
-                    return Err(format!(
-                        "input.{} belongs to kind \"image\"; a tensor input takes {TENSOR_FIELDS}",
-                        stray.join(", input.")
-                    ));
-                }
-                let shape = j.shape.ok_or_else(|| {
-                    format!("input.shape is missing; a tensor input needs {TENSOR_FIELDS}")
-                })?;
-                let dtype = match j.dtype.as_deref() {
-                    Some(d) => match Dtype::ALL.iter().find(|x| x.as_str() == d) {
-                        Some(x) => *x,
-                        None => {
-                            return Err(format!(
-                                "input.dtype {d:?} is not supported; accepted: {}",
-                                crate::npy::ACCEPTED_DTYPES
-                            ))
-                        }
-                    },
-                    None => {
-                        return Err(format!(
-                            "input.dtype is missing; a tensor input needs {TENSOR_FIELDS}"
-                        ))
-                    }
-                };
-                let time = match j.time.as_deref() {
-                    None | Some("static") => TimeMode::Static,
-                    Some("per_step") => TimeMode::PerStep,
-                    Some(other) => {
-                        return Err(format!(
-                            "input.time {other:?} is not supported; accepted: static, per_step"
-                        ))
-                    }
-                };
-                Ok(InputSpec {
-                    kind,
-                    shape,
-                    dtype,
-                    time,
-                    channels: 0,
-                    height: 0,
-                    width: 0,
-                    color: Color::Grayscale,
-                    scale: 1.0,
-                    mean: Vec::new(),
-                    std: Vec::new(),
-                    invert: false,
-                    resize: Resize::default(),
-                    layout: Layout::default(),
-                })
-            }
+    fn try_from(j: InputJson) -> Result<InputSpec, Invalid> {
+        match j.kind.as_deref() {
+            None | Some("image") => image_input(j),
+            Some("tensor") => tensor_input(j),
+            Some(other) => Err(Invalid(format!(
+                "input.kind {other:?} is not supported; accepted: image, tensor"
+            ))),
         }
     }
+}
+
+/// The names among `fields` (name, whether set) that are set.
+fn set_fields<'a>(fields: &[(&'a str, bool)]) -> Vec<&'a str> {
+    fields
+        .iter()
+        .filter(|(_, set)| *set)
+        .map(|(n, _)| *n)
+        .collect()
+}
+
+/// An image input: no tensor field, and every image field but the optional ones.
+fn image_input(j: InputJson) -> Result<InputSpec, Invalid> {
+    let kind = InputKind::Image;
+    let stray = set_fields(&[
+        ("shape", j.shape.is_some()),
+        ("dtype", j.dtype.is_some()),
+        ("time", j.time.is_some()),
+    ]);
+    if !stray.is_empty() {
+        return Err(Invalid(format!(
+            "input.{} belongs to kind \"tensor\"; an image input takes {IMAGE_FIELDS}",
+            stray.join(", input.")
+        )));
+    }
+    let missing = |f: &str| format!("input.{f} is missing; an image input needs {IMAGE_FIELDS}");
+    let channels = j.channels.ok_or_else(|| missing("channels"))?;
+    let height = j.height.ok_or_else(|| missing("height"))?;
+    let width = j.width.ok_or_else(|| missing("width"))?;
+    Ok(InputSpec {
+        kind,
+        shape: vec![channels, height, width],
+        dtype: Dtype::Float32,
+        time: TimeMode::Static,
+        channels,
+        height,
+        width,
+        color: j.color.ok_or_else(|| missing("color"))?,
+        scale: j.scale.ok_or_else(|| missing("scale"))?,
+        mean: j.mean.ok_or_else(|| missing("mean"))?,
+        std: j.std.ok_or_else(|| missing("std"))?,
+        invert: j.invert.unwrap_or(false),
+        resize: j.resize.unwrap_or_default(),
+        layout: j.layout.unwrap_or_default(),
+    })
+}
+
+/// A tensor input: no image field, a shape and a dtype, and `time` static unless per_step.
+fn tensor_input(j: InputJson) -> Result<InputSpec, Invalid> {
+    let kind = InputKind::Tensor;
+    let stray = set_fields(&[
+        ("channels", j.channels.is_some()),
+        ("height", j.height.is_some()),
+        ("width", j.width.is_some()),
+        ("color", j.color.is_some()),
+        ("scale", j.scale.is_some()),
+        ("mean", j.mean.is_some()),
+        ("std", j.std.is_some()),
+        ("invert", j.invert.is_some()),
+        ("resize", j.resize.is_some()),
+        ("layout", j.layout.is_some()),
+    ]);
+    if !stray.is_empty() {
+        return Err(Invalid(format!(
+            "input.{} belongs to kind \"image\"; a tensor input takes {TENSOR_FIELDS}",
+            stray.join(", input.")
+        )));
+    }
+    let shape = j
+        .shape
+        .ok_or_else(|| format!("input.shape is missing; a tensor input needs {TENSOR_FIELDS}"))?;
+    let dtype = match j.dtype.as_deref() {
+        Some(d) => match Dtype::ALL.iter().find(|x| x.as_str() == d) {
+            Some(x) => *x,
+            None => {
+                return Err(Invalid(format!(
+                    "input.dtype {d:?} is not supported; accepted: {}",
+                    crate::npy::ACCEPTED_DTYPES
+                )))
+            }
+        },
+        None => {
+            return Err(Invalid(format!(
+                "input.dtype is missing; a tensor input needs {TENSOR_FIELDS}"
+            )))
+        }
+    };
+    let time = match j.time.as_deref() {
+        None | Some("static") => TimeMode::Static,
+        Some("per_step") => TimeMode::PerStep,
+        Some(other) => {
+            return Err(Invalid(format!(
+                "input.time {other:?} is not supported; accepted: static, per_step"
+            )))
+        }
+    };
+    Ok(InputSpec {
+        kind,
+        shape,
+        dtype,
+        time,
+        channels: 0,
+        height: 0,
+        width: 0,
+        color: Color::Grayscale,
+        scale: 1.0,
+        mean: Vec::new(),
+        std: Vec::new(),
+        invert: false,
+        resize: Resize::default(),
+        layout: Layout::default(),
+    })
 }
 
 impl From<InputSpec> for InputJson {
@@ -683,12 +703,25 @@ impl Setting for BiasRow {
 
 impl Manifest {
     /// Checks that do not need the graphs; graph I/O is checked against the sessions at load.
-    pub fn validate(&self) -> Result<(), String> {
+    /// The first value out of contract is the error.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        self.validate_identity()?;
+        if self.input.is_image() {
+            validate_image_input(&self.input)?;
+        } else {
+            self.validate_tensor_input()?;
+        }
+        self.validate_exit()?;
+        self.validate_graph_sizes()
+    }
+
+    /// The format version, name, labels and timesteps.
+    fn validate_identity(&self) -> Result<(), Invalid> {
         if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&self.format_version) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "format_version {} is not supported (this server reads {MIN_FORMAT_VERSION}..={FORMAT_VERSION})",
                 self.format_version
-            ));
+            )));
         }
         if self.name.is_empty()
             || !self
@@ -696,77 +729,34 @@ impl Manifest {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "name {:?} must be non-empty and use only letters, digits, '-', '_' and '.'",
                 self.name
-            ));
+            )));
         }
         if self.labels.is_empty() {
             return Err("labels is empty".into());
         }
         if self.timesteps == 0 || self.timesteps > 1024 {
-            return Err(format!("timesteps {} must be in 1..=1024", self.timesteps));
+            return Err(Invalid(format!(
+                "timesteps {} must be in 1..=1024",
+                self.timesteps
+            )));
         }
-        let i = &self.input;
-        if i.is_image() {
-            if !(i.color == Color::Grayscale && i.channels == 1
-                || i.color == Color::Rgb && i.channels == 3)
-            {
-                return Err(format!(
-                    "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
-                    i.color, i.channels
-                ));
-            }
-            if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
-                return Err(format!(
-                    "input size {}x{} must be within 1..=4096",
-                    i.height, i.width
-                ));
-            }
-            if i.mean.len() != i.channels || i.std.len() != i.channels {
-                return Err("input.mean and input.std need one value per channel".into());
-            }
-            if i.std
-                .iter()
-                .any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
-                || !i.scale.is_finite()
-                || i.mean.iter().any(|m| !m.is_finite())
-            {
-                return Err(
-                    "input.std must be finite and not zero or subnormal, input.scale and input.mean finite"
-                        .into(),
-                );
-            }
-            // (pixel × scale − mean) / std (with `invert`, 1 − pixel × scale) is monotonic in the pixel, so black and white bound every
-            // value the preprocessing can produce: both must stay finite in float32.
-            for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
-                for px in [0.0f32, 255.0] {
-                    let x = if i.invert {
-                        1.0 - px * i.scale
-                    } else {
-                        px * i.scale
-                    };
-                    let v = (x - m) / sd;
-                    if !v.is_finite() {
-                        return Err(format!(
-                            "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
-                            i.scale
-                        ));
-                    }
-                }
-            }
-        } else {
-            self.validate_tensor_input()?;
-        }
+        Ok(())
+    }
+
+    /// The exit rule's settings, and the graphs each default rule needs.
+    fn validate_exit(&self) -> Result<(), Invalid> {
         let e = &self.exit;
         if !(e.temperature.is_finite() && e.temperature > 0.0) {
             return Err("exit.temperature must be positive".into());
         }
         if !(e.default_alpha > 0.0 && e.default_alpha <= 1.0) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "exit.default_alpha {} must be in (0, 1]",
                 e.default_alpha
-            ));
+            )));
         }
         if e.aggregation == Aggregation::Last && self.format_version < 3 {
             return Err("exit.aggregation \"last\" needs format_version 3".into());
@@ -776,7 +766,9 @@ impl Manifest {
         }
         match (&self.graphs.exit, e.default_threshold) {
             (Some(_), Some(t)) if !(0.0..=1.0).contains(&t) => {
-                return Err(format!("exit.default_threshold {t} must be in [0, 1]"));
+                return Err(Invalid(format!(
+                    "exit.default_threshold {t} must be in [0, 1]"
+                )));
             }
             (Some(_), None) => {
                 return Err(
@@ -795,15 +787,20 @@ impl Manifest {
         if e.default_rule == RuleKind::Learned && self.graphs.exit.is_none() {
             return Err("exit.default_rule is learned but graphs.exit is missing".into());
         }
+        Ok(())
+    }
+
+    /// The policy's actions and the element counts the engine allocates per request: real,
+    /// non-zero and bounded.
+    fn validate_graph_sizes(&self) -> Result<(), Invalid> {
         if let Some(p) = &self.graphs.policy {
             if p.actions.is_empty() || p.actions.iter().any(|a| *a == 0 || *a > self.timesteps) {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "graphs.policy.actions must be within 1..={}",
                     self.timesteps
-                ));
+                )));
             }
         }
-        // Element counts the engine allocates per request: real, non-zero and bounded.
         const MAX_ELEMENTS: usize = 1 << 28;
         let elements = |shape: &[usize]| {
             shape
@@ -813,24 +810,24 @@ impl Manifest {
         };
         for s in &self.graphs.step.states {
             if elements(&s.shape).is_none() {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "state {} has shape {:?}: it needs 1..={MAX_ELEMENTS} elements",
                     s.input, s.shape
-                ));
+                )));
             }
             if !s.initial_value.is_finite() {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "state {} initial_value must be a finite float32",
                     s.input
-                ));
+                )));
             }
         }
         if let Some(e) = &self.graphs.encoder {
             if elements(&e.output_shape).is_none() {
-                return Err(format!(
+                return Err(Invalid(format!(
                     "graphs.encoder.output_shape {:?} needs 1..={MAX_ELEMENTS} elements",
                     e.output_shape
-                ));
+                )));
             }
         }
         Ok(())
@@ -842,13 +839,13 @@ impl Manifest {
 
     /// A tensor input's checks: format 3, a real shape, and for per_step inputs neither an
     /// encoder nor a SEENN-II policy (each would have to see every frame before the first step).
-    fn validate_tensor_input(&self) -> Result<(), String> {
+    fn validate_tensor_input(&self) -> Result<(), Invalid> {
         let i = &self.input;
         if self.format_version < 3 {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "input.kind \"tensor\" needs format_version 3 (this manifest has {})",
                 self.format_version
-            ));
+            )));
         }
         let elements = i
             .shape
@@ -856,10 +853,10 @@ impl Manifest {
             .try_fold(1usize, |acc, d| acc.checked_mul(*d))
             .filter(|n| *n > 0 && *n <= MAX_INPUT_ELEMENTS);
         if i.shape.is_empty() || elements.is_none() {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "input.shape {:?} must have rank 1 or more and 1..={MAX_INPUT_ELEMENTS} elements (no zero dimension)",
                 i.shape
-            ));
+            )));
         }
         if i.per_step() {
             if self.graphs.encoder.is_some() {
@@ -876,13 +873,64 @@ impl Manifest {
 /// Most values in one frame of a tensor input.
 pub const MAX_INPUT_ELEMENTS: usize = 1 << 24;
 
+/// An image input's checks: colour and channels agree, a bounded size, one mean and std per
+/// channel, and a preprocessing that keeps every pixel finite.
+fn validate_image_input(i: &InputSpec) -> Result<(), Invalid> {
+    if !(i.color == Color::Grayscale && i.channels == 1 || i.color == Color::Rgb && i.channels == 3)
+    {
+        return Err(Invalid(format!(
+            "input.color {:?} with {} channels: accepted are grayscale/1 and rgb/3",
+            i.color, i.channels
+        )));
+    }
+    if i.height == 0 || i.width == 0 || i.height > 4096 || i.width > 4096 {
+        return Err(Invalid(format!(
+            "input size {}x{} must be within 1..=4096",
+            i.height, i.width
+        )));
+    }
+    if i.mean.len() != i.channels || i.std.len() != i.channels {
+        return Err("input.mean and input.std need one value per channel".into());
+    }
+    if i.std
+        .iter()
+        .any(|s| !s.is_finite() || s.abs() < f32::MIN_POSITIVE)
+        || !i.scale.is_finite()
+        || i.mean.iter().any(|m| !m.is_finite())
+    {
+        return Err(
+            "input.std must be finite and not zero or subnormal, input.scale and input.mean finite"
+                .into(),
+        );
+    }
+    // (pixel × scale − mean) / std (with `invert`, 1 − pixel × scale) is monotonic in the pixel, so black and white bound every
+    // value the preprocessing can produce: both must stay finite in float32.
+    for (c, (m, sd)) in i.mean.iter().zip(&i.std).enumerate() {
+        for px in [0.0f32, 255.0] {
+            let x = if i.invert {
+                1.0 - px * i.scale
+            } else {
+                px * i.scale
+            };
+            let v = (x - m) / sd;
+            if !v.is_finite() {
+                return Err(Invalid(format!(
+                        "input channel {c}: pixel {px} normalises to {v} with scale {}, mean {m}, std {sd}; it must stay finite in float32",
+                        i.scale
+                    )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Calibration {
-    pub fn validate(&self, timesteps: usize) -> Result<(), String> {
+    pub fn validate(&self, timesteps: usize) -> Result<(), Invalid> {
         if self.accuracy_per_t.len() != timesteps {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "accuracy_per_t has {} entries, the manifest says T = {timesteps}",
                 self.accuracy_per_t.len()
-            ));
+            )));
         }
         if self.alpha_sweep.is_empty() {
             return Err("alpha_sweep is empty".into());
@@ -893,13 +941,15 @@ impl Calibration {
                 && r.accuracy.is_finite()
                 && r.avg_timesteps.is_finite())
             {
-                return Err(format!("alpha_sweep row {r:?} is out of range"));
+                return Err(Invalid(format!("alpha_sweep row {r:?} is out of range")));
             }
         }
         for r in self.bias_sweep() {
             if !(r.bias_scale.is_finite() && r.accuracy.is_finite() && r.avg_timesteps.is_finite())
             {
-                return Err(format!("policy.bias_sweep row {r:?} is out of range"));
+                return Err(Invalid(format!(
+                    "policy.bias_sweep row {r:?} is out of range"
+                )));
             }
         }
         for r in self.threshold_sweep() {
@@ -907,7 +957,9 @@ impl Calibration {
                 && r.accuracy.is_finite()
                 && r.avg_timesteps.is_finite())
             {
-                return Err(format!("learned.threshold_sweep row {r:?} is out of range"));
+                return Err(Invalid(format!(
+                    "learned.threshold_sweep row {r:?} is out of range"
+                )));
             }
         }
         Ok(())
@@ -1078,7 +1130,7 @@ mod tests {
     }
 
     /// A format-3 manifest with `input` and `exit` spliced in.
-    fn manifest_with(input: &str, extra: &str) -> Result<Manifest, String> {
+    fn manifest_with(input: &str, extra: &str) -> Result<Manifest, crate::model::PackageError> {
         let text = format!(
             r#"{{"format_version": 3, "name": "m", "version": "1", "labels": ["a", "b"],
                 "input": {input}, "timesteps": 4,
@@ -1125,7 +1177,9 @@ mod tests {
 
     #[test]
     fn bad_tensor_inputs_are_named_with_what_is_accepted() {
-        let e = |input: &str, extra: &str| manifest_with(input, extra).unwrap_err();
+        let e = |input: &str, extra: &str| {
+            crate::error::chain(&manifest_with(input, extra).unwrap_err())
+        };
         let m = e(r#"{"kind": "audio", "shape": [2]}"#, "");
         assert!(
             m.contains("input.kind \"audio\"") && m.contains("accepted: image, tensor"),
@@ -1195,7 +1249,9 @@ mod tests {
             .expect("committed manifest");
         let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
         v["exit"]["aggregation"] = "last".into();
-        let e = crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err();
+        let e = crate::error::chain(
+            &crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err(),
+        );
         assert!(e.contains("\"last\" needs format_version 3"), "{e}");
         v["format_version"] = 3.into();
         let m =
@@ -1214,7 +1270,9 @@ mod tests {
             .expect("graphs")
             .remove("policy");
         v["exit"]["default_rule"] = "confidence".into();
-        let e = crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err();
+        let e = crate::error::chain(
+            &crate::model::parse_manifest(&serde_json::to_vec(&v).expect("json")).unwrap_err(),
+        );
         assert!(e.contains("needs format_version 3"), "{e}");
     }
 

@@ -7,47 +7,88 @@ use std::path::{Path, PathBuf};
 
 use manifest::{Calibration, Manifest};
 
-/// A package that failed to load: the file at fault and what is wrong with it.
-#[derive(Debug, Clone)]
+/// A package that failed to load: the file at fault (shown) and what is wrong with it (the
+/// source).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", file.display())]
 pub struct LoadError {
     pub file: PathBuf,
-    pub message: String,
+    #[source]
+    pub source: PackageError,
 }
 
-impl std::error::Error for LoadError {}
-
-impl std::fmt::Display for LoadError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.file.display(), self.message)
-    }
+/// What is wrong with one file of a package, or with loading it.
+#[derive(Debug, thiserror::Error)]
+pub enum PackageError {
+    #[error("cannot read")]
+    Read(#[source] std::io::Error),
+    #[error("cannot read the models folder")]
+    ReadFolder(#[source] std::io::Error),
+    /// Not JSON of the file's schema (`what`: manifest, calibration, golden.json).
+    #[error("invalid {what}")]
+    Json {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value that breaks the package contract.
+    #[error(transparent)]
+    Invalid(#[from] manifest::Invalid),
+    /// A `.npy` sample that cannot be read.
+    #[error(transparent)]
+    Npy(#[from] crate::npy::NpyError),
+    /// A sample image that does not decode or preprocess.
+    #[error(transparent)]
+    Image(crate::error::Error),
+    /// A graph that ONNX Runtime cannot load or that does not match the manifest.
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::RuntimeError),
+    /// The first run of the loaded graphs failed.
+    #[error("warm-up run failed")]
+    WarmUp(#[source] crate::error::Error),
+    /// The model's engine did not start.
+    #[error(transparent)]
+    Engine(crate::error::Error),
 }
 
-pub fn err(file: &Path, message: impl Into<String>) -> LoadError {
+/// `source` as the error of `file`.
+pub fn err(file: &Path, source: impl Into<PackageError>) -> LoadError {
     LoadError {
         file: file.to_path_buf(),
-        message: message.into(),
+        source: source.into(),
     }
+}
+
+/// A message as the error of `file` (what is wrong, without a cause).
+pub fn invalid(file: &Path, message: impl Into<String>) -> LoadError {
+    err(file, manifest::Invalid(message.into()))
+}
+
+fn read_text(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|e| err(path, PackageError::Read(e)))
 }
 
 pub fn read_manifest(dir: &Path) -> Result<Manifest, LoadError> {
     let path = dir.join("manifest.json");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    parse_manifest(text.as_bytes()).map_err(|e| err(&path, e))
+    parse_manifest(read_text(&path)?.as_bytes()).map_err(|e| err(&path, e))
 }
 
 /// Parses and validates a manifest.json body (the file's bytes).
-pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, String> {
-    let m: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid manifest: {e}"))?;
+pub fn parse_manifest(bytes: &[u8]) -> Result<Manifest, PackageError> {
+    let m: Manifest = serde_json::from_slice(bytes).map_err(|source| PackageError::Json {
+        what: "manifest",
+        source,
+    })?;
     m.validate()?;
     Ok(m)
 }
 
 /// Parses and validates a calibration.json body for a model of `timesteps` steps.
-pub fn parse_calibration(bytes: &[u8], timesteps: usize) -> Result<Calibration, String> {
-    let c: Calibration =
-        serde_json::from_slice(bytes).map_err(|e| format!("invalid calibration: {e}"))?;
+pub fn parse_calibration(bytes: &[u8], timesteps: usize) -> Result<Calibration, PackageError> {
+    let c: Calibration = serde_json::from_slice(bytes).map_err(|source| PackageError::Json {
+        what: "calibration",
+        source,
+    })?;
     c.validate(timesteps)?;
     Ok(c)
 }
@@ -57,9 +98,7 @@ pub fn read_calibration(dir: &Path, timesteps: usize) -> Result<Option<Calibrati
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    parse_calibration(text.as_bytes(), timesteps)
+    parse_calibration(read_text(&path)?.as_bytes(), timesteps)
         .map(Some)
         .map_err(|e| err(&path, e))
 }
@@ -110,7 +149,7 @@ impl GoldenSample {
     /// The sample's image bytes, read from the package folder `dir`.
     pub fn read_image(&self, dir: &Path) -> Result<Vec<u8>, LoadError> {
         let path = dir.join(&self.file);
-        std::fs::read(&path).map_err(|e| err(&path, format!("cannot read: {e}")))
+        std::fs::read(&path).map_err(|e| err(&path, PackageError::Read(e)))
     }
 
     /// Whether the sample is a `.npy` tensor (tensor packages) rather than an image.
@@ -130,7 +169,7 @@ impl GoldenSample {
             return Ok(a.data);
         }
         if !m.input.is_image() {
-            return Err(err(
+            return Err(invalid(
                 &path,
                 format!(
                     "a tensor model's golden samples are .npy files holding {}",
@@ -139,7 +178,7 @@ impl GoldenSample {
             ));
         }
         crate::preprocess::image_to_tensor(&bytes, None, &m.input, 1 << 26)
-            .map_err(|e| err(&path, e.to_string()))
+            .map_err(|e| err(&path, PackageError::Image(e)))
     }
 }
 
@@ -149,7 +188,7 @@ pub fn check_frames(
     input: &manifest::InputSpec,
     timesteps: usize,
     shape: &[usize],
-) -> Result<usize, String> {
+) -> Result<usize, manifest::Invalid> {
     let dims = input.dims();
     let ok = if input.per_step() {
         shape.len() == dims.len() + 1 && shape[1..] == *dims && (1..=timesteps).contains(&shape[0])
@@ -157,17 +196,20 @@ pub fn check_frames(
         shape == dims
     };
     if !ok {
-        return Err(format!(
+        return Err(manifest::Invalid(format!(
             "tensor of shape {shape:?}; expected {}",
             input.expected(timesteps)
-        ));
+        )));
     }
     Ok(if input.per_step() { shape[0] } else { 1 })
 }
 
 /// Parses a golden.json body.
-pub fn parse_golden(bytes: &[u8]) -> Result<Golden, String> {
-    serde_json::from_slice(bytes).map_err(|e| format!("invalid golden.json: {e}"))
+pub fn parse_golden(bytes: &[u8]) -> Result<Golden, PackageError> {
+    serde_json::from_slice(bytes).map_err(|source| PackageError::Json {
+        what: "golden.json",
+        source,
+    })
 }
 
 /// Reads `golden.json`; `None` when the package has none.
@@ -176,9 +218,7 @@ pub fn read_golden(dir: &Path) -> Result<Option<Golden>, LoadError> {
     if !path.exists() {
         return Ok(None);
     }
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| err(&path, format!("cannot read: {e}")))?;
-    parse_golden(text.as_bytes())
+    parse_golden(read_text(&path)?.as_bytes())
         .map(Some)
         .map_err(|e| err(&path, e))
 }
@@ -204,7 +244,9 @@ mod tests {
         assert_eq!(g.samples[1].learned_exit_timestep, None);
         assert_eq!(g.samples[1].policy_timesteps, Some(2));
         assert_eq!(g.samples[1].logits, vec![vec![2.0, 1.0], vec![3.0, 1.0]]);
-        let e = parse_golden(br#"{"alpha": 0.9, "samples": [{"file": "a.png"}]}"#).unwrap_err();
+        let e = crate::error::chain(
+            &parse_golden(br#"{"alpha": 0.9, "samples": [{"file": "a.png"}]}"#).unwrap_err(),
+        );
         assert!(e.contains("missing field `label`"), "{e}");
     }
 

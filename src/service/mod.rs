@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::engine::{Job, RequestRule, StepTrace};
+use crate::engine::{Job, Outcome, RequestRule, StepTrace};
 use crate::error::{Error, Result};
 use crate::exit::{ExitRule, RuleKind};
 use crate::metrics::Metrics;
@@ -208,7 +208,7 @@ impl Service {
         let t_max = m.manifest.timesteps;
         let policy = m.exit_policy();
         let kind = match &o.rule {
-            Some(r) if !r.is_empty() => RuleKind::parse(r).map_err(Error::InvalidRequest)?,
+            Some(r) if !r.is_empty() => RuleKind::parse(r).map_err(Error::invalid)?,
             _ => policy.rule,
         };
         let max_t = match o.max_timesteps {
@@ -338,7 +338,7 @@ impl Service {
         // reaches the p99; client errors and rejections answered at once would only dilute it.
         if matches!(
             &result,
-            Ok(_) | Err(Error::DeadlineExceeded(_) | Error::Internal(_))
+            Ok(_) | Err(Error::DeadlineExceeded(_) | Error::Internal { .. })
         ) {
             self.metrics
                 .request_duration
@@ -376,88 +376,14 @@ impl Service {
             None => self.limits.request_timeout,
         };
         let default_policy = opts.uses_default_policy();
-        // Only default-policy requests are shadowed and shed, from one read of the policy.
-        // Shadow runs sample the default policy's early exits: they estimate what that policy
-        // (the α the calibration gauge describes) costs, not what clients chose themselves.
-        // Under adaptive α with the dial at its accuracy floor, the queue is bounded in time by
-        // the objective: a default-policy request that could only be answered late is shed (429).
         let (shadow_fraction, max_queue_wait) = if default_policy {
-            let p = m.exit_policy();
-            (
-                p.shadow_fraction,
-                adaptive::queue_budget(
-                    &p,
-                    m.learned_threshold_in(&p),
-                    self.latency.shed(&m.manifest.name),
-                ),
-            )
+            self.default_policy_budget(&m)
         } else {
             (0.0, None)
         };
         // What the queue would refuse anyway is refused before the image is decoded.
         m.engine.check_admission(max_queue_wait)?;
-        let spec = &m.manifest.input;
-        let t_max = m.manifest.timesteps;
-        let tensor = match input {
-            Input::Tensor(t) if spec.is_image() => {
-                preprocess::check_tensor(&t, spec)?;
-                t
-            }
-            Input::Tensor(t) => {
-                // A tensor model's flat values: one frame, or per_step whole frames.
-                let frame = spec.len();
-                let frames = t.len() / frame.max(1);
-                let ok = if spec.per_step() {
-                    t.len().is_multiple_of(frame) && (1..=t_max).contains(&frames)
-                } else {
-                    t.len() == frame
-                };
-                if !ok {
-                    return Err(Error::invalid(format!(
-                        "tensor has {} values without a shape; model {} takes {} ({frame} values a frame); give `shape` to say which",
-                        t.len(),
-                        m.manifest.name,
-                        spec.expected(t_max)
-                    )));
-                }
-                crate::npy::check_finite(&t).map_err(|e| Error::invalid(format!("tensor {e}")))?;
-                t
-            }
-            Input::Shaped { shape, data } => {
-                crate::model::check_frames(spec, t_max, &shape)
-                    .map_err(|e| Error::invalid(format!("model {}: {e}", m.manifest.name)))?;
-                if data.len() != shape.iter().product::<usize>() {
-                    return Err(Error::invalid(format!(
-                        "tensor has {} values; shape {shape:?} needs {}",
-                        data.len(),
-                        shape.iter().product::<usize>()
-                    )));
-                }
-                crate::npy::check_finite(&data)
-                    .map_err(|e| Error::invalid(format!("tensor {e}")))?;
-                data
-            }
-            Input::Image { .. } if !spec.is_image() => {
-                return Err(Error::UnsupportedMediaType(format!(
-                    "model {} takes a tensor, not an image: expected {}; send it as a .npy file (Content-Type application/x-npy), JSON {{\"tensor\": [values], \"shape\": [...]}}, the Open Inference Protocol's \"input\" tensor or gRPC Classify's `tensor`",
-                    m.manifest.name,
-                    spec.expected(t_max),
-                )));
-            }
-            Input::Image { bytes, hint } => {
-                let spec = spec.clone();
-                let max_pixels = self.limits.max_image_pixels;
-                if bytes.len() > INLINE_DECODE_MAX_BYTES {
-                    tokio::task::spawn_blocking(move || {
-                        preprocess::image_to_tensor(&bytes, hint, &spec, max_pixels)
-                    })
-                    .await
-                    .map_err(|e| Error::internal(format!("preprocessing task: {e}")))??
-                } else {
-                    preprocess::image_to_tensor(&bytes, hint, &spec, max_pixels)?
-                }
-            }
-        };
+        let tensor = self.input_tensor(&m, input).await?;
         let (tx, rx) = oneshot::channel();
         let now = Instant::now();
         m.engine.submit(Job {
@@ -477,53 +403,154 @@ impl Service {
         let outcome = await_reply(rx, self.lifecycle.reply_spin(), || self.lifecycle.alone())
             .await
             .ok_or_else(|| Error::internal("the engine dropped the request"))??;
-        let mut ranked: Vec<(usize, f64)> =
-            outcome.probabilities.iter().copied().enumerate().collect();
-        ranked.sort_by(|a, b| {
-            b.1.partial_cmp(&a.1)
-                .unwrap_or(std::cmp::Ordering::Equal)
-                .then(a.0.cmp(&b.0))
-        });
-        let labels = &m.manifest.labels;
-        let label = |i: usize| labels.get(i).cloned().unwrap_or_default();
-        let max_timesteps = outcome.rule.max_timesteps();
-        let (alpha, threshold) = match outcome.rule {
-            ExitRule::Confidence { alpha, .. } => (Some(alpha), None),
-            ExitRule::Learned { threshold, .. } => (None, Some(threshold)),
-            _ => (None, None),
-        };
-        Ok(ClassifyResult {
-            model: m.manifest.name.clone(),
-            version: m.manifest.version.clone(),
-            class_id: outcome.class_id,
-            label: label(outcome.class_id),
-            confidence: outcome.confidence,
-            top_k: ranked
-                .iter()
-                .take(top_k)
-                .map(|(i, p)| ClassScore {
-                    class_id: *i,
-                    label: label(*i),
-                    probability: *p,
-                })
-                .collect(),
-            timesteps_used: outcome.timesteps_used,
-            max_timesteps,
-            exit_rule: outcome.rule.kind(),
-            alpha,
-            threshold,
-            timings: Timings {
-                queue_ms: outcome.queue.as_secs_f64() * 1e3,
-                inference_ms: outcome.inference.as_secs_f64() * 1e3,
-                total_ms: started.elapsed().as_secs_f64() * 1e3,
-            },
-            trajectory: if opts.explain.unwrap_or(false) {
-                Some(outcome.trajectory)
-            } else {
-                None
-            },
+        let mut result = answer(
+            &m,
+            outcome,
+            top_k,
+            opts.explain.unwrap_or(false),
             request_id,
-        })
+        );
+        result.timings.total_ms = started.elapsed().as_secs_f64() * 1e3;
+        Ok(result)
+    }
+
+    /// A default-policy request's shadow fraction and queue budget, from one read of the policy.
+    /// Only default-policy requests are shadowed and shed: shadow runs sample the default
+    /// policy's early exits, to estimate what that policy (the α the calibration gauge describes)
+    /// costs, not what clients chose themselves; under adaptive α with the dial at its accuracy
+    /// floor the queue is bounded in time by the objective, and a default-policy request that
+    /// could only be answered late is shed (429).
+    fn default_policy_budget(&self, m: &LoadedModel) -> (f64, Option<Duration>) {
+        let p = m.exit_policy();
+        (
+            p.shadow_fraction,
+            adaptive::queue_budget(
+                &p,
+                m.learned_threshold_in(&p),
+                self.latency.shed(&m.manifest.name),
+            ),
+        )
+    }
+
+    /// The engine input of a request: an image decoded and preprocessed (large ones off the
+    /// async runtime), or a tensor checked against the model's input.
+    async fn input_tensor(&self, m: &LoadedModel, input: Input) -> Result<Vec<f32>> {
+        let spec = &m.manifest.input;
+        let t_max = m.manifest.timesteps;
+        match input {
+            Input::Tensor(t) if spec.is_image() => {
+                preprocess::check_tensor(&t, spec)?;
+                Ok(t)
+            }
+            Input::Tensor(t) => {
+                // A tensor model's flat values: one frame, or per_step whole frames.
+                let frame = spec.len();
+                let frames = t.len() / frame.max(1);
+                let ok = if spec.per_step() {
+                    t.len().is_multiple_of(frame) && (1..=t_max).contains(&frames)
+                } else {
+                    t.len() == frame
+                };
+                if !ok {
+                    return Err(Error::invalid(format!(
+                        "tensor has {} values without a shape; model {} takes {} ({frame} values a frame); give `shape` to say which",
+                        t.len(),
+                        m.manifest.name,
+                        spec.expected(t_max)
+                    )));
+                }
+                crate::npy::check_finite(&t).map_err(|e| Error::invalid(format!("tensor {e}")))?;
+                Ok(t)
+            }
+            Input::Shaped { shape, data } => {
+                crate::model::check_frames(spec, t_max, &shape)
+                    .map_err(|e| Error::invalid(format!("model {}: {e}", m.manifest.name)))?;
+                if data.len() != shape.iter().product::<usize>() {
+                    return Err(Error::invalid(format!(
+                        "tensor has {} values; shape {shape:?} needs {}",
+                        data.len(),
+                        shape.iter().product::<usize>()
+                    )));
+                }
+                crate::npy::check_finite(&data)
+                    .map_err(|e| Error::invalid(format!("tensor {e}")))?;
+                Ok(data)
+            }
+            Input::Image { .. } if !spec.is_image() => {
+                Err(Error::UnsupportedMediaType(format!(
+                    "model {} takes a tensor, not an image: expected {}; send it as a .npy file (Content-Type application/x-npy), JSON {{\"tensor\": [values], \"shape\": [...]}}, the Open Inference Protocol's \"input\" tensor or gRPC Classify's `tensor`",
+                    m.manifest.name,
+                    spec.expected(t_max),
+                )))
+            }
+            Input::Image { bytes, hint } => {
+                let spec = spec.clone();
+                let max_pixels = self.limits.max_image_pixels;
+                if bytes.len() > INLINE_DECODE_MAX_BYTES {
+                    tokio::task::spawn_blocking(move || {
+                        preprocess::image_to_tensor(&bytes, hint, &spec, max_pixels)
+                    })
+                    .await
+                    .map_err(|e| Error::internal_from("preprocessing task", e))?
+                } else {
+                    preprocess::image_to_tensor(&bytes, hint, &spec, max_pixels)
+                }
+            }
+        }
+    }
+}
+
+/// The answer to a request from the engine's outcome: the class, the `top_k` most probable
+/// classes, the rule and its setting, the timings (the total is the caller's to fill in), and
+/// with `explain` the trajectory.
+fn answer(
+    m: &LoadedModel,
+    outcome: Outcome,
+    top_k: usize,
+    explain: bool,
+    request_id: String,
+) -> ClassifyResult {
+    let mut ranked: Vec<(usize, f64)> = outcome.probabilities.iter().copied().enumerate().collect();
+    ranked.sort_by(|a, b| {
+        b.1.partial_cmp(&a.1)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(a.0.cmp(&b.0))
+    });
+    let labels = &m.manifest.labels;
+    let label = |i: usize| labels.get(i).cloned().unwrap_or_default();
+    let max_timesteps = outcome.rule.max_timesteps();
+    let (alpha, threshold) = match outcome.rule {
+        ExitRule::Confidence { alpha, .. } => (Some(alpha), None),
+        ExitRule::Learned { threshold, .. } => (None, Some(threshold)),
+        _ => (None, None),
+    };
+    ClassifyResult {
+        model: m.manifest.name.clone(),
+        version: m.manifest.version.clone(),
+        class_id: outcome.class_id,
+        label: label(outcome.class_id),
+        confidence: outcome.confidence,
+        top_k: ranked
+            .iter()
+            .take(top_k)
+            .map(|(i, p)| ClassScore {
+                class_id: *i,
+                label: label(*i),
+                probability: *p,
+            })
+            .collect(),
+        timesteps_used: outcome.timesteps_used,
+        max_timesteps,
+        exit_rule: outcome.rule.kind(),
+        alpha,
+        threshold,
+        timings: Timings {
+            queue_ms: outcome.queue.as_secs_f64() * 1e3,
+            inference_ms: outcome.inference.as_secs_f64() * 1e3,
+            total_ms: 0.0,
+        },
+        trajectory: explain.then_some(outcome.trajectory),
+        request_id,
     }
 }
 

@@ -10,7 +10,19 @@ use crate::exit::{AdaptiveAlpha, ExitPolicy, RuleKind};
 use crate::metrics::Metrics;
 use crate::model::manifest::{self, Setting};
 use crate::registry::LoadedModel;
-use crate::state::StateStore;
+use crate::state::{StateError, StateStore};
+
+/// Why a saved or adaptive policy cannot be put in force.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{}: the saved policy for {model} does not fit the model", path.display())]
+    SavedDoesNotFit {
+        path: std::path::PathBuf,
+        model: String,
+    },
+    #[error("cannot persist the exit policy")]
+    Persist(#[from] StateError),
+}
 
 /// The admin request body.
 #[derive(Debug, Default, Clone, Deserialize, utoipa::ToSchema)]
@@ -284,14 +296,14 @@ impl PolicyAdmin {
 
     /// At start-up: the policy saved for `m`, when there is one and it fits the model, then the
     /// gauges of whatever policy `m` now has.
-    pub fn restore(&self, m: &LoadedModel) -> std::result::Result<(), String> {
+    pub fn restore(&self, m: &LoadedModel) -> std::result::Result<(), PolicyError> {
         let name = &m.manifest.name;
         if let Some(p) = self.store.get(name) {
             if p.timesteps > m.manifest.timesteps || !m.serves(p.rule) {
-                return Err(format!(
-                    "{}: the saved policy for {name} does not fit the model",
-                    self.store.path().display()
-                ));
+                return Err(PolicyError::SavedDoesNotFit {
+                    path: self.store.path().to_path_buf(),
+                    model: name.clone(),
+                });
             }
             m.set_exit_policy(p);
             tracing::info!(model = %name, policy = ?p, "restored exit policy");
@@ -374,101 +386,8 @@ impl PolicyAdmin {
                 _ => new.alpha = a.configured_alpha,
             }
         }
-        if let Some(r) = &u.rule {
-            new.rule = RuleKind::parse(r).map_err(Error::InvalidRequest)?;
-        }
-        if !m.serves(new.rule) {
-            return Err(Error::invalid(format!(
-                "model {name} cannot run rule {}; accepted rules: {}",
-                new.rule.as_str(),
-                m.accepted_rules()
-            )));
-        }
-        if let Some(t) = u.threshold {
-            if !m.has_learned() {
-                return Err(Error::invalid(format!(
-                    "model {name} has no learned exit rule (exit.onnx); threshold does not apply"
-                )));
-            }
-            new.threshold = Some(check_threshold(t)?);
-        }
-        if let Some(b) = u.bias_scale {
-            if !m.has_policy() {
-                return Err(Error::invalid(format!(
-                    "model {name} has no policy network; bias_scale does not apply"
-                )));
-            }
-            if !b.is_finite() {
-                return Err(Error::invalid("bias_scale must be a finite number"));
-            }
-            new.bias_scale = Some(b);
-        }
-        let learned = new.rule == RuleKind::Learned;
-        let dial = target_dial(m, new.rule);
-        let dial_given = match dial {
-            Dial::Alpha => u.alpha.is_some(),
-            Dial::Threshold => u.threshold.is_some(),
-            Dial::BiasScale => u.bias_scale.is_some(),
-        };
-        let targets = [
-            dial_given,
-            u.target_avg_timesteps.is_some(),
-            u.max_accuracy_drop.is_some(),
-        ];
-        if targets.iter().filter(|x| **x).count() > 1 {
-            return Err(Error::invalid(format!(
-                "give at most one of {}, target_avg_timesteps, max_accuracy_drop (rule {} resolves targets to its {})",
-                dial.field(),
-                new.rule.as_str(),
-                dial.field()
-            )));
-        }
-        if let Some(a) = u.alpha {
-            new.alpha = check_alpha(a)?;
-        }
-        let calibration = || {
-            m.calibration.as_ref().ok_or_else(|| {
-                Error::invalid(format!(
-                    "model {name} has no calibration.json; give alpha directly"
-                ))
-            })
-        };
-        let target = match (u.target_avg_timesteps, u.max_accuracy_drop) {
-            (Some(t), _) if !(t.is_finite() && t >= 1.0) => {
-                return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
-            }
-            (Some(t), _) => Some(Target::AvgTimesteps(t)),
-            (None, Some(d)) if !(d.is_finite() && (0.0..=1.0).contains(&d)) => {
-                return Err(Error::invalid(
-                    "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
-                ));
-            }
-            (None, Some(d)) => Some(Target::AccuracyDrop(d)),
-            (None, None) => None,
-        };
-        if let Some(target) = target {
-            let c = calibration()?;
-            let full = c.accuracy_per_t.last().copied().unwrap_or(1.0);
-            let missing = |what: &str| Error::invalid(format!("no calibrated {what} {target}"));
-            match dial {
-                Dial::Threshold => {
-                    let row = pick(c.threshold_sweep(), full, c.samples, target)
-                        .ok_or_else(|| missing("learned threshold"))?;
-                    new.threshold = Some(row.threshold);
-                }
-                Dial::BiasScale => {
-                    let row = pick(c.bias_sweep(), full, c.samples, target)
-                        .ok_or_else(|| missing("policy bias"))?;
-                    new.bias_scale = Some(row.bias_scale);
-                }
-                Dial::Alpha => {
-                    let row = pick(&c.alpha_sweep, full, c.samples, target)
-                        .ok_or_else(|| missing("alpha"))?;
-                    new.alpha = row.alpha;
-                    new.rule = RuleKind::Confidence;
-                }
-            }
-        }
+        update_rule(m, &u, &mut new)?;
+        update_dial(m, &u, &mut new)?;
         if let Some(t) = u.timesteps {
             if t == 0 || t as usize > m.manifest.timesteps {
                 return Err(Error::invalid(format!(
@@ -490,48 +409,11 @@ impl PolicyAdmin {
         };
         new.adaptive = match objective {
             None => None,
-            Some(o) => {
-                if !matches!(new.rule, RuleKind::Confidence | RuleKind::Learned) {
-                    return Err(Error::invalid(
-                        "adaptive alpha needs the confidence rule (it moves alpha) or the learned rule (it moves the threshold)",
-                    ));
-                }
-                if !(o.p99_ms.is_finite() && o.p99_ms > 0.0) {
-                    return Err(Error::invalid("adaptive.p99_ms must be a positive number"));
-                }
-                if !(o.max_accuracy_drop.is_finite() && (0.0..=1.0).contains(&o.max_accuracy_drop))
-                {
-                    return Err(Error::invalid(
-                        "adaptive.max_accuracy_drop must be a fraction in [0, 1] (0.005 = 0.5 pp)",
-                    ));
-                }
-                let c = calibration()?;
-                let (configured, floor) = if learned {
-                    let configured = new
-                        .threshold
-                        .or(m.manifest.exit.default_threshold)
-                        .ok_or_else(|| Error::internal("the learned rule has no threshold"))?;
-                    let floor = c
-                        .threshold_for_accuracy_drop(o.max_accuracy_drop)
-                        .map_or(configured, |r| r.threshold.min(configured));
-                    (configured, floor)
-                } else {
-                    let floor = c
-                        .alpha_for_accuracy_drop(o.max_accuracy_drop)
-                        .map_or(new.alpha, |r| r.alpha.min(new.alpha));
-                    (new.alpha, floor)
-                };
-                Some(AdaptiveAlpha {
-                    p99_ms: o.p99_ms,
-                    max_accuracy_drop: o.max_accuracy_drop,
-                    configured_alpha: configured,
-                    floor_alpha: floor,
-                })
-            }
+            Some(o) => Some(adaptive_alpha(m, &new, o)?),
         };
         self.store
             .set(name, new)
-            .map_err(|e| Error::internal(format!("cannot persist the exit policy: {e}")))?;
+            .map_err(|e| Error::internal_from("cannot persist the exit policy", e))?;
         m.set_exit_policy(new);
         let view = Self::view(m, Some(old));
         self.publish(&view);
@@ -549,7 +431,7 @@ impl PolicyAdmin {
         expected: &AdaptiveAlpha,
         alpha: f64,
         p99_ms: Option<f64>,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), PolicyError> {
         let _writing = self.writing.lock().unwrap_or_else(|p| p.into_inner());
         let old = m.exit_policy();
         let learned = old.rule == RuleKind::Learned;
@@ -583,6 +465,157 @@ impl PolicyAdmin {
         );
         Ok(())
     }
+}
+
+/// The update's rule, threshold and bias scale, each checked against what `m` serves.
+fn update_rule(m: &LoadedModel, u: &ExitPolicyUpdate, new: &mut ExitPolicy) -> Result<()> {
+    let name = m.manifest.name.as_str();
+    if let Some(r) = &u.rule {
+        new.rule = RuleKind::parse(r).map_err(Error::invalid)?;
+    }
+    if !m.serves(new.rule) {
+        return Err(Error::invalid(format!(
+            "model {name} cannot run rule {}; accepted rules: {}",
+            new.rule.as_str(),
+            m.accepted_rules()
+        )));
+    }
+    if let Some(t) = u.threshold {
+        if !m.has_learned() {
+            return Err(Error::invalid(format!(
+                "model {name} has no learned exit rule (exit.onnx); threshold does not apply"
+            )));
+        }
+        new.threshold = Some(check_threshold(t)?);
+    }
+    if let Some(b) = u.bias_scale {
+        if !m.has_policy() {
+            return Err(Error::invalid(format!(
+                "model {name} has no policy network; bias_scale does not apply"
+            )));
+        }
+        if !b.is_finite() {
+            return Err(Error::invalid("bias_scale must be a finite number"));
+        }
+        new.bias_scale = Some(b);
+    }
+    Ok(())
+}
+
+/// The update's α, or its target (average timesteps, accuracy drop) resolved through calibration
+/// to the dial of the new rule; at most one of the three may be given.
+fn update_dial(m: &LoadedModel, u: &ExitPolicyUpdate, new: &mut ExitPolicy) -> Result<()> {
+    let dial = target_dial(m, new.rule);
+    let dial_given = match dial {
+        Dial::Alpha => u.alpha.is_some(),
+        Dial::Threshold => u.threshold.is_some(),
+        Dial::BiasScale => u.bias_scale.is_some(),
+    };
+    let targets = [
+        dial_given,
+        u.target_avg_timesteps.is_some(),
+        u.max_accuracy_drop.is_some(),
+    ];
+    if targets.iter().filter(|x| **x).count() > 1 {
+        return Err(Error::invalid(format!(
+            "give at most one of {}, target_avg_timesteps, max_accuracy_drop (rule {} resolves targets to its {})",
+            dial.field(),
+            new.rule.as_str(),
+            dial.field()
+        )));
+    }
+    if let Some(a) = u.alpha {
+        new.alpha = check_alpha(a)?;
+    }
+    let target = match (u.target_avg_timesteps, u.max_accuracy_drop) {
+        (Some(t), _) if !(t.is_finite() && t >= 1.0) => {
+            return Err(Error::invalid("target_avg_timesteps must be a number >= 1"));
+        }
+        (Some(t), _) => Target::AvgTimesteps(t),
+        (None, Some(d)) if !(d.is_finite() && (0.0..=1.0).contains(&d)) => {
+            return Err(Error::invalid(
+                "max_accuracy_drop must be a fraction in [0, 1] (0.001 = 0.1 pp)",
+            ));
+        }
+        (None, Some(d)) => Target::AccuracyDrop(d),
+        (None, None) => return Ok(()),
+    };
+    let c = calibration(m)?;
+    let full = c.accuracy_per_t.last().copied().unwrap_or(1.0);
+    let missing = |what: &str| Error::invalid(format!("no calibrated {what} {target}"));
+    match dial {
+        Dial::Threshold => {
+            let row = pick(c.threshold_sweep(), full, c.samples, target)
+                .ok_or_else(|| missing("learned threshold"))?;
+            new.threshold = Some(row.threshold);
+        }
+        Dial::BiasScale => {
+            let row = pick(c.bias_sweep(), full, c.samples, target)
+                .ok_or_else(|| missing("policy bias"))?;
+            new.bias_scale = Some(row.bias_scale);
+        }
+        Dial::Alpha => {
+            let row =
+                pick(&c.alpha_sweep, full, c.samples, target).ok_or_else(|| missing("alpha"))?;
+            new.alpha = row.alpha;
+            new.rule = RuleKind::Confidence;
+        }
+    }
+    Ok(())
+}
+
+/// `m`'s calibration, which targets and adaptive α need.
+fn calibration(m: &LoadedModel) -> Result<&manifest::Calibration> {
+    m.calibration.as_ref().ok_or_else(|| {
+        Error::invalid(format!(
+            "model {} has no calibration.json; give alpha directly",
+            m.manifest.name
+        ))
+    })
+}
+
+/// Adaptive α for objective `o` under the `new` policy: the dial in force (α, or the threshold
+/// under the learned rule) as configured, and the calibrated floor it may drop to.
+fn adaptive_alpha(
+    m: &LoadedModel,
+    new: &ExitPolicy,
+    o: AdaptiveObjective,
+) -> Result<AdaptiveAlpha> {
+    if !matches!(new.rule, RuleKind::Confidence | RuleKind::Learned) {
+        return Err(Error::invalid(
+            "adaptive alpha needs the confidence rule (it moves alpha) or the learned rule (it moves the threshold)",
+        ));
+    }
+    if !(o.p99_ms.is_finite() && o.p99_ms > 0.0) {
+        return Err(Error::invalid("adaptive.p99_ms must be a positive number"));
+    }
+    if !(o.max_accuracy_drop.is_finite() && (0.0..=1.0).contains(&o.max_accuracy_drop)) {
+        return Err(Error::invalid(
+            "adaptive.max_accuracy_drop must be a fraction in [0, 1] (0.005 = 0.5 pp)",
+        ));
+    }
+    let c = calibration(m)?;
+    let (configured, floor) = if new.rule == RuleKind::Learned {
+        let configured = new
+            .threshold
+            .or(m.manifest.exit.default_threshold)
+            .ok_or_else(|| Error::internal("the learned rule has no threshold"))?;
+        let floor = c
+            .threshold_for_accuracy_drop(o.max_accuracy_drop)
+            .map_or(configured, |r| r.threshold.min(configured));
+        (configured, floor)
+    } else {
+        let floor = c
+            .alpha_for_accuracy_drop(o.max_accuracy_drop)
+            .map_or(new.alpha, |r| r.alpha.min(new.alpha));
+        (new.alpha, floor)
+    };
+    Ok(AdaptiveAlpha {
+        p99_ms: o.p99_ms,
+        max_accuracy_drop: o.max_accuracy_drop,
+        configured_alpha: configured,
+        floor_alpha: floor,
+    })
 }
 
 /// The 409 answer to an admin change while `file` manages the policies.

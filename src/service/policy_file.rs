@@ -21,6 +21,7 @@ use std::time::Duration;
 
 use super::policy::{target_dial, Dial, ExitPolicyUpdate};
 use super::Service;
+use crate::error::{chain, Chain};
 use crate::exit::RuleKind;
 use crate::registry::LoadedModel;
 
@@ -30,14 +31,41 @@ pub const POLL: Duration = Duration::from_secs(2);
 /// Model name -> the admin PUT body for it.
 pub type PolicyFile = BTreeMap<String, ExitPolicyUpdate>;
 
+/// Why the policy file is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyFileError {
+    #[error("{}: cannot read", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "expected a JSON object of model name -> {{rule, alpha, threshold, bias_scale, \
+         target_avg_timesteps, max_accuracy_drop, timesteps, adaptive, shadow_fraction}}"
+    )]
+    Parse(#[source] serde_json::Error),
+    #[error("model {model:?} is not served; served models: {served}")]
+    UnknownModel { model: String, served: String },
+    /// The admin change's validation refused the model's entry.
+    #[error("model {model}")]
+    Model {
+        model: String,
+        #[source]
+        source: crate::error::Error,
+    },
+    /// The file `path` is wrong in the way `source` says.
+    #[error("{}", path.display())]
+    File {
+        path: PathBuf,
+        #[source]
+        source: Box<PolicyFileError>,
+    },
+}
+
 /// Parses the file's text.
-pub fn parse(bytes: &[u8]) -> Result<PolicyFile, String> {
-    serde_json::from_slice(bytes).map_err(|e| {
-        format!(
-            "expected a JSON object of model name -> {{rule, alpha, threshold, bias_scale, \
-             target_avg_timesteps, max_accuracy_drop, timesteps, adaptive, shadow_fraction}}: {e}"
-        )
-    })
+pub fn parse(bytes: &[u8]) -> Result<PolicyFile, PolicyFileError> {
+    serde_json::from_slice(bytes).map_err(PolicyFileError::Parse)
 }
 
 /// The update that gives `m` exactly the policy of `entry`: what it leaves out comes from the
@@ -79,44 +107,53 @@ fn from_manifest(m: &LoadedModel, entry: Option<&ExitPolicyUpdate>) -> ExitPolic
 }
 
 /// Applies a parsed file to every served model, through the admin change's own validation.
-pub fn apply(service: &Service, file: &PolicyFile) -> Result<(), String> {
+pub fn apply(service: &Service, file: &PolicyFile) -> Result<(), PolicyFileError> {
     if let Some(unknown) = file
         .keys()
         .find(|k| service.registry.get(Some(k.as_str())).is_err())
     {
-        return Err(format!(
-            "model {unknown:?} is not served; served models: {}",
-            service
+        return Err(PolicyFileError::UnknownModel {
+            model: unknown.clone(),
+            served: service
                 .registry
                 .models()
                 .map(|m| m.manifest.name.clone())
                 .collect::<Vec<_>>()
-                .join(", ")
-        ));
+                .join(", "),
+        });
     }
     for m in service.registry.models() {
         let name = &m.manifest.name;
         service
             .policies
             .apply(m, from_manifest(m, file.get(name)))
-            .map_err(|e| format!("model {name}: {e}"))?;
+            .map_err(|source| PolicyFileError::Model {
+                model: name.clone(),
+                source,
+            })?;
     }
     Ok(())
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, String> {
-    std::fs::read(path).map_err(|e| format!("{}: cannot read: {e}", path.display()))
+fn read(path: &Path) -> Result<Vec<u8>, PolicyFileError> {
+    std::fs::read(path).map_err(|source| PolicyFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// Loads `--exit-policy-file` (an error stops start-up) and starts re-reading it. No file: nothing.
-pub fn start(state: &Arc<Service>, path: Option<&Path>) -> Result<(), String> {
+pub fn start(state: &Arc<Service>, path: Option<&Path>) -> Result<(), PolicyFileError> {
     let Some(path) = path.map(Path::to_path_buf) else {
         return Ok(());
     };
     let bytes = read(&path)?;
     let file = parse(&bytes)
         .and_then(|f| apply(state, &f).map(|_| f))
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        .map_err(|e| PolicyFileError::File {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
     tracing::info!(file = %path.display(), models = file.len(), "exit policies loaded from the file; admin changes are refused");
     tokio::spawn(watch(Arc::downgrade(state), path, bytes, file));
     Ok(())
@@ -140,7 +177,7 @@ async fn watch(state: Weak<Service>, path: PathBuf, mut seen: Vec<u8>, mut good:
             let file = parse(&seen)?;
             if let Err(e) = apply(&state, &file) {
                 if let Err(e2) = apply(&state, &good) {
-                    tracing::error!(file = %path.display(), error = %e2, "cannot re-apply the previous exit policies");
+                    tracing::error!(file = %path.display(), error = %Chain(&e2), "cannot re-apply the previous exit policies");
                 }
                 return Err(e);
             }
@@ -154,6 +191,7 @@ async fn watch(state: Weak<Service>, path: PathBuf, mut seen: Vec<u8>, mut good:
             }
             Ok(false) => {}
             Err(e) => {
+                let e = chain(&e);
                 if last_error.as_deref() != Some(e.as_str()) {
                     tracing::error!(file = %path.display(), error = %e, "exit policy file rejected; the previous policies stay");
                     last_error = Some(e);
@@ -190,7 +228,9 @@ mod tests {
             br#"{"a": 0.9}"#,
             b"{not json",
         ] {
-            let e = parse(bad).expect_err(std::str::from_utf8(bad).unwrap_or("?"));
+            let e = parse(bad)
+                .expect_err(std::str::from_utf8(bad).unwrap_or("?"))
+                .to_string();
             assert!(e.contains("model name"), "{e}");
         }
     }
