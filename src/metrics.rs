@@ -48,6 +48,209 @@ fn latency_buckets() -> Vec<f64> {
     exponential_buckets(5e-5, 1.5, 33).unwrap_or_default()
 }
 
+/// One metric family: its name, help text and label names.
+struct Spec {
+    name: &'static str,
+    help: &'static str,
+    labels: &'static [&'static str],
+}
+
+const REQUESTS_TOTAL: Spec = Spec {
+    name: "seenn_requests_total",
+    help: "Classification requests by model, exit rule and status",
+    labels: &["model", "rule", "status"],
+};
+
+const REQUEST_DURATION: Spec = Spec {
+    name: "seenn_request_duration_seconds",
+    help: "End-to-end request latency (decode, queue, inference)",
+    labels: &["model", "rule"],
+};
+
+const QUEUE_DURATION: Spec = Spec {
+    name: "seenn_queue_duration_seconds",
+    help: "Time a request waited before its first timestep",
+    labels: &["model"],
+};
+
+const INFERENCE_DURATION: Spec = Spec {
+    name: "seenn_inference_duration_seconds",
+    help: "Time from admission to answer (encoder, policy and all steps)",
+    labels: &["model", "rule"],
+};
+
+const STEP_DURATION: Spec = Spec {
+    name: "seenn_step_duration_seconds",
+    help: "Duration of one batched step.onnx run",
+    labels: &["model"],
+};
+
+const BATCH_SIZE: Spec = Spec {
+    name: "seenn_batch_size",
+    help: "Requests in one batched step.onnx run",
+    labels: &["model"],
+};
+
+const TIMESTEPS_USED: Spec = Spec {
+    name: "seenn_timesteps_used",
+    help: "Timesteps each answered request ran (average = sum / count); policy=default: the request set no rule, alpha or max_timesteps",
+    labels: &["model", "rule", "policy"],
+};
+
+const EXITS_TOTAL: Spec = Spec {
+    name: "seenn_exits_total",
+    help: "Answered requests by the timestep they exited at",
+    labels: &["model", "rule", "policy", "timestep"],
+};
+
+const CANCELLED_TOTAL: Spec = Spec {
+    name: "seenn_cancelled_total",
+    help: "Requests that left the batch early (client gone or deadline passed)",
+    labels: &["model", "reason"],
+};
+
+const STEPS_TOTAL: Spec = Spec {
+    name: "seenn_request_steps_total",
+    help: "Per-request timesteps computed (including cancelled requests)",
+    labels: &["model"],
+};
+
+const ENGINE_FAILURES: Spec = Spec {
+    name: "seenn_engine_failures_total",
+    help: "Engine steps that failed (every request in the batch got 500)",
+    labels: &["model"],
+};
+
+const QUEUE_DEPTH: Spec = Spec {
+    name: "seenn_queue_depth",
+    help: "Requests waiting in the queue",
+    labels: &["model"],
+};
+
+const ACTIVE_REQUESTS: Spec = Spec {
+    name: "seenn_active_requests",
+    help: "Requests in the running batch",
+    labels: &["model"],
+};
+
+const EXIT_ALPHA: Spec = Spec {
+    name: "seenn_exit_alpha",
+    help: "Current default confidence threshold α",
+    labels: &["model"],
+};
+
+const EXIT_THRESHOLD: Spec = Spec {
+    name: "seenn_exit_threshold",
+    help: "Current default threshold of the learned exit rule (models with exit.onnx)",
+    labels: &["model"],
+};
+
+const EXPECTED_AVG_TIMESTEPS: Spec = Spec {
+    name: "seenn_expected_avg_timesteps",
+    help: "Average timesteps calibration.json expects under the current default exit policy",
+    labels: &["model"],
+};
+
+const QUEUE_CAPACITY: Spec = Spec {
+    name: "seenn_queue_capacity",
+    help: "Queue limit per model (--max-queue)",
+    labels: &["model"],
+};
+
+const MODEL_INFO: Spec = Spec {
+    name: "seenn_model_info",
+    help: "Loaded models (value 1)",
+    labels: &["model", "version", "timesteps", "provider"],
+};
+
+const MODEL_READY: Spec = Spec {
+    name: "seenn_model_ready",
+    help: "1 when the model serves",
+    labels: &["model"],
+};
+
+const SHADOW_TOTAL: Spec = Spec {
+    name: "seenn_shadow_total",
+    help: "Shadow runs finished: early exits that kept running to T after their answer; agree: whether the answered class equals the full-T class",
+    labels: &["model", "rule", "agree"],
+};
+
+const SHADOW_DROPPED: Spec = Spec {
+    name: "seenn_shadow_dropped_total",
+    help: "Sampled shadow runs not run to T: not started (shadow rows full, requests waiting) or evicted for live requests",
+    labels: &["model"],
+};
+
+const SHADOW_STEPS: Spec = Spec {
+    name: "seenn_shadow_steps_total",
+    help: "Per-row timesteps computed for shadow runs (not in seenn_request_steps_total)",
+    labels: &["model"],
+};
+
+const SHADOW_ROWS: Spec = Spec {
+    name: "seenn_shadow_rows",
+    help: "Shadow runs in the running batches (not in seenn_active_requests)",
+    labels: &["model"],
+};
+
+const ENGINE_BUSY: Spec = Spec {
+    name: "seenn_engine_busy_seconds_total",
+    help: "Seconds the model's engine workers spent on work rather than waiting for a job, summed over workers",
+    labels: &["model"],
+};
+
+const ENGINE_WORKERS: Spec = Spec {
+    name: "seenn_engine_workers",
+    help: "Engine worker threads per model",
+    labels: &["model"],
+};
+
+const ENGINE_BATCH_LIMIT: Spec = Spec {
+    name: "seenn_engine_batch_limit",
+    help: "Most live requests per engine worker's batch now: --max-batch, lowered by adaptive alpha past its accuracy floor while the p99 objective is still missed",
+    labels: &["model"],
+};
+
+const SHADOW_EXPECTED_AGREEMENT: Spec = Spec {
+    name: "seenn_shadow_expected_agreement",
+    help: "Agreement of early exits with the full-T class that calibration.json (validation split) expects at the default policy's alpha",
+    labels: &["model", "rule"],
+};
+
+/// Makes metric families from their [`Spec`]s and registers each as it is made.
+struct Families<'a>(&'a Registry);
+
+impl Families<'_> {
+    fn register<M: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        m: M,
+    ) -> prometheus::Result<M> {
+        self.0.register(Box::new(m.clone()))?;
+        Ok(m)
+    }
+
+    fn int_counter(&self, s: &Spec) -> prometheus::Result<IntCounterVec> {
+        self.register(IntCounterVec::new(Opts::new(s.name, s.help), s.labels)?)
+    }
+
+    fn counter(&self, s: &Spec) -> prometheus::Result<CounterVec> {
+        self.register(CounterVec::new(Opts::new(s.name, s.help), s.labels)?)
+    }
+
+    fn int_gauge(&self, s: &Spec) -> prometheus::Result<IntGaugeVec> {
+        self.register(IntGaugeVec::new(Opts::new(s.name, s.help), s.labels)?)
+    }
+
+    fn gauge(&self, s: &Spec) -> prometheus::Result<GaugeVec> {
+        self.register(GaugeVec::new(Opts::new(s.name, s.help), s.labels)?)
+    }
+
+    fn histogram(&self, s: &Spec, buckets: Vec<f64>) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(s.name, s.help).buckets(buckets);
+        self.register(HistogramVec::new(opts, s.labels)?)
+    }
+}
+
 impl Metrics {
     /// `max_timesteps` is the largest T among the models: `seenn_timesteps_used` gets buckets 1..T.
     pub fn new(max_timesteps: usize, max_batch: usize) -> prometheus::Result<Self> {
@@ -58,203 +261,37 @@ impl Metrics {
             let next = batch_buckets.last().unwrap_or(&1.0) * 2.0;
             batch_buckets.push(next);
         }
-        let h = |name: &str, help: &str, labels: &[&str], buckets: Vec<f64>| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
-        };
+        let f = Families(&registry);
         let m = Metrics {
-            requests_total: IntCounterVec::new(
-                Opts::new(
-                    "seenn_requests_total",
-                    "Classification requests by model, exit rule and status",
-                ),
-                &["model", "rule", "status"],
-            )?,
-            request_duration: h(
-                "seenn_request_duration_seconds",
-                "End-to-end request latency (decode, queue, inference)",
-                &["model", "rule"],
-                latency_buckets(),
-            )?,
-            queue_duration: h(
-                "seenn_queue_duration_seconds",
-                "Time a request waited before its first timestep",
-                &["model"],
-                latency_buckets(),
-            )?,
-            inference_duration: h(
-                "seenn_inference_duration_seconds",
-                "Time from admission to answer (encoder, policy and all steps)",
-                &["model", "rule"],
-                latency_buckets(),
-            )?,
-            step_duration: h(
-                "seenn_step_duration_seconds",
-                "Duration of one batched step.onnx run",
-                &["model"],
-                latency_buckets(),
-            )?,
-            batch_size: h(
-                "seenn_batch_size",
-                "Requests in one batched step.onnx run",
-                &["model"],
-                batch_buckets,
-            )?,
-            timesteps_used: h(
-                "seenn_timesteps_used",
-                "Timesteps each answered request ran (average = sum / count); policy=default: the request set no rule, alpha or max_timesteps",
-                &["model", "rule", "policy"],
-                ts_buckets,
-            )?,
-            exits_total: IntCounterVec::new(
-                Opts::new(
-                    "seenn_exits_total",
-                    "Answered requests by the timestep they exited at",
-                ),
-                &["model", "rule", "policy", "timestep"],
-            )?,
-            cancelled_total: IntCounterVec::new(
-                Opts::new(
-                    "seenn_cancelled_total",
-                    "Requests that left the batch early (client gone or deadline passed)",
-                ),
-                &["model", "reason"],
-            )?,
-            steps_total: CounterVec::new(
-                Opts::new(
-                    "seenn_request_steps_total",
-                    "Per-request timesteps computed (including cancelled requests)",
-                ),
-                &["model"],
-            )?,
-            engine_failures: IntCounterVec::new(
-                Opts::new(
-                    "seenn_engine_failures_total",
-                    "Engine steps that failed (every request in the batch got 500)",
-                ),
-                &["model"],
-            )?,
-            queue_depth: IntGaugeVec::new(
-                Opts::new("seenn_queue_depth", "Requests waiting in the queue"),
-                &["model"],
-            )?,
-            active_requests: IntGaugeVec::new(
-                Opts::new("seenn_active_requests", "Requests in the running batch"),
-                &["model"],
-            )?,
-            exit_alpha: GaugeVec::new(
-                Opts::new("seenn_exit_alpha", "Current default confidence threshold α"),
-                &["model"],
-            )?,
-            exit_threshold: GaugeVec::new(
-                Opts::new(
-                    "seenn_exit_threshold",
-                    "Current default threshold of the learned exit rule (models with exit.onnx)",
-                ),
-                &["model"],
-            )?,
-            expected_avg_timesteps: GaugeVec::new(
-                Opts::new(
-                    "seenn_expected_avg_timesteps",
-                    "Average timesteps calibration.json expects under the current default exit policy",
-                ),
-                &["model"],
-            )?,
-            queue_capacity: IntGaugeVec::new(Opts::new("seenn_queue_capacity", "Queue limit per model (--max-queue)"), &["model"])?,
-            model_info: IntGaugeVec::new(
-                Opts::new("seenn_model_info", "Loaded models (value 1)"),
-                &["model", "version", "timesteps", "provider"],
-            )?,
-            model_ready: IntGaugeVec::new(
-                Opts::new("seenn_model_ready", "1 when the model serves"),
-                &["model"],
-            )?,
-            shadow_total: IntCounterVec::new(
-                Opts::new(
-                    "seenn_shadow_total",
-                    "Shadow runs finished: early exits that kept running to T after their answer; agree: whether the answered class equals the full-T class",
-                ),
-                &["model", "rule", "agree"],
-            )?,
-            shadow_dropped: IntCounterVec::new(
-                Opts::new(
-                    "seenn_shadow_dropped_total",
-                    "Sampled shadow runs not run to T: not started (shadow rows full, requests waiting) or evicted for live requests",
-                ),
-                &["model"],
-            )?,
-            shadow_steps: IntCounterVec::new(
-                Opts::new(
-                    "seenn_shadow_steps_total",
-                    "Per-row timesteps computed for shadow runs (not in seenn_request_steps_total)",
-                ),
-                &["model"],
-            )?,
-            shadow_rows: IntGaugeVec::new(
-                Opts::new(
-                    "seenn_shadow_rows",
-                    "Shadow runs in the running batches (not in seenn_active_requests)",
-                ),
-                &["model"],
-            )?,
-            engine_busy: CounterVec::new(
-                Opts::new(
-                    "seenn_engine_busy_seconds_total",
-                    "Seconds the model's engine workers spent on work rather than waiting for a job, summed over workers",
-                ),
-                &["model"],
-            )?,
-            engine_workers: IntGaugeVec::new(
-                Opts::new("seenn_engine_workers", "Engine worker threads per model"),
-                &["model"],
-            )?,
-            engine_batch_limit: IntGaugeVec::new(
-                Opts::new(
-                    "seenn_engine_batch_limit",
-                    "Most live requests per engine worker's batch now: --max-batch, lowered by adaptive alpha past its accuracy floor while the p99 objective is still missed",
-                ),
-                &["model"],
-            )?,
-            shadow_expected_agreement: GaugeVec::new(
-                Opts::new(
-                    "seenn_shadow_expected_agreement",
-                    "Agreement of early exits with the full-T class that calibration.json (validation split) expects at the default policy's alpha",
-                ),
-                &["model", "rule"],
-            )?,
+            requests_total: f.int_counter(&REQUESTS_TOTAL)?,
+            request_duration: f.histogram(&REQUEST_DURATION, latency_buckets())?,
+            queue_duration: f.histogram(&QUEUE_DURATION, latency_buckets())?,
+            inference_duration: f.histogram(&INFERENCE_DURATION, latency_buckets())?,
+            step_duration: f.histogram(&STEP_DURATION, latency_buckets())?,
+            batch_size: f.histogram(&BATCH_SIZE, batch_buckets)?,
+            timesteps_used: f.histogram(&TIMESTEPS_USED, ts_buckets)?,
+            exits_total: f.int_counter(&EXITS_TOTAL)?,
+            cancelled_total: f.int_counter(&CANCELLED_TOTAL)?,
+            steps_total: f.counter(&STEPS_TOTAL)?,
+            engine_failures: f.int_counter(&ENGINE_FAILURES)?,
+            queue_depth: f.int_gauge(&QUEUE_DEPTH)?,
+            active_requests: f.int_gauge(&ACTIVE_REQUESTS)?,
+            exit_alpha: f.gauge(&EXIT_ALPHA)?,
+            exit_threshold: f.gauge(&EXIT_THRESHOLD)?,
+            expected_avg_timesteps: f.gauge(&EXPECTED_AVG_TIMESTEPS)?,
+            queue_capacity: f.int_gauge(&QUEUE_CAPACITY)?,
+            model_info: f.int_gauge(&MODEL_INFO)?,
+            model_ready: f.int_gauge(&MODEL_READY)?,
+            shadow_total: f.int_counter(&SHADOW_TOTAL)?,
+            shadow_dropped: f.int_counter(&SHADOW_DROPPED)?,
+            shadow_steps: f.int_counter(&SHADOW_STEPS)?,
+            shadow_rows: f.int_gauge(&SHADOW_ROWS)?,
+            engine_busy: f.counter(&ENGINE_BUSY)?,
+            engine_workers: f.int_gauge(&ENGINE_WORKERS)?,
+            engine_batch_limit: f.int_gauge(&ENGINE_BATCH_LIMIT)?,
+            shadow_expected_agreement: f.gauge(&SHADOW_EXPECTED_AGREEMENT)?,
             registry,
         };
-        macro_rules! reg {
-            ($($f:ident),*) => { $( m.registry.register(Box::new(m.$f.clone()))?; )* };
-        }
-        reg!(
-            requests_total,
-            request_duration,
-            queue_duration,
-            inference_duration,
-            step_duration,
-            batch_size,
-            timesteps_used,
-            exits_total,
-            cancelled_total,
-            steps_total,
-            engine_failures,
-            queue_depth,
-            active_requests,
-            exit_alpha,
-            exit_threshold,
-            expected_avg_timesteps,
-            queue_capacity,
-            model_info,
-            model_ready,
-            shadow_total,
-            shadow_dropped,
-            shadow_steps,
-            shadow_rows,
-            shadow_expected_agreement,
-            engine_busy,
-            engine_workers,
-            engine_batch_limit
-        );
         #[cfg(target_os = "linux")]
         m.registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
