@@ -948,60 +948,11 @@ impl Worker {
 
     fn admit(&mut self, jobs: &mut Vec<Job>) {
         let now = Instant::now();
-        jobs.retain(|job| {
-            let queued = now.saturating_duration_since(job.enqueued);
-            self.metrics.queue_duration.observe(queued.as_secs_f64());
-            let gone = Self::is_abandoned(job);
-            if gone {
-                self.metrics.cancelled(CancelReason::ClientGone).inc();
-            }
-            !gone
-        });
-        // Deadlines passed in the queue, and waits over the adaptive objective's queue budget,
-        // are answered here (`retain` cannot move the job out).
-        let mut i = 0;
-        while i < jobs.len() {
-            let waited = now.saturating_duration_since(jobs[i].enqueued);
-            if now >= jobs[i].deadline {
-                let job = jobs.swap_remove(i);
-                self.metrics.cancelled(CancelReason::Deadline).inc();
-                let _ = job.reply.send(Err(Error::DeadlineExceeded(
-                    "deadline passed while the request waited in the queue".into(),
-                )));
-            } else if let Some(budget) = jobs[i].max_queue_wait.filter(|b| waited > *b) {
-                let job = jobs.swap_remove(i);
-                self.metrics.cancelled(CancelReason::QueueBudget).inc();
-                let _ = job.reply.send(Err(Error::Shed(format!(
-                    "model {} is overloaded: the request waited {:.1} ms in the queue, over the \
-                     {:.1} ms the adaptive p99 objective leaves for queueing; retry after 1 s",
-                    self.manifest.name,
-                    waited.as_secs_f64() * 1e3,
-                    budget.as_secs_f64() * 1e3
-                ))));
-            } else {
-                i += 1;
-            }
-        }
+        self.answer_waited_out(jobs, now);
         let frame = self.manifest.input.len();
         let per_step = self.manifest.input.per_step();
         if per_step {
-            // Every transport checks the frames; a job that slipped through is refused here, so
-            // that no step reads past its input.
-            let t_max = self.manifest.timesteps;
-            let mut i = 0;
-            while i < jobs.len() {
-                let n = jobs[i].input.len();
-                if n == 0 || !n.is_multiple_of(frame) || n / frame > t_max {
-                    let job = jobs.swap_remove(i);
-                    let _ = job.reply.send(Err(Error::invalid(format!(
-                        "{n} input values are not 1..={t_max} frames of {frame}; model {} takes {}",
-                        self.manifest.name,
-                        self.manifest.input.expected(t_max)
-                    ))));
-                } else {
-                    i += 1;
-                }
-            }
+            self.refuse_bad_frames(jobs);
         }
         if jobs.is_empty() {
             return;
@@ -1051,6 +1002,67 @@ impl Worker {
                 job,
                 shadow: None,
             });
+        }
+    }
+
+    /// Takes out of `jobs` the requests whose client is gone, whose deadline passed in the
+    /// queue, or that waited past the adaptive objective's queue budget (answered 504 and 429).
+    fn answer_waited_out(&self, jobs: &mut Vec<Job>, now: Instant) {
+        jobs.retain(|job| {
+            let queued = now.saturating_duration_since(job.enqueued);
+            self.metrics.queue_duration.observe(queued.as_secs_f64());
+            let gone = Self::is_abandoned(job);
+            if gone {
+                self.metrics.cancelled(CancelReason::ClientGone).inc();
+            }
+            !gone
+        });
+        // Deadlines passed in the queue, and waits over the adaptive objective's queue budget,
+        // are answered here (`retain` cannot move the job out).
+        let mut i = 0;
+        while i < jobs.len() {
+            let waited = now.saturating_duration_since(jobs[i].enqueued);
+            if now >= jobs[i].deadline {
+                let job = jobs.swap_remove(i);
+                self.metrics.cancelled(CancelReason::Deadline).inc();
+                let _ = job.reply.send(Err(Error::DeadlineExceeded(
+                    "deadline passed while the request waited in the queue".into(),
+                )));
+            } else if let Some(budget) = jobs[i].max_queue_wait.filter(|b| waited > *b) {
+                let job = jobs.swap_remove(i);
+                self.metrics.cancelled(CancelReason::QueueBudget).inc();
+                let _ = job.reply.send(Err(Error::Shed(format!(
+                    "model {} is overloaded: the request waited {:.1} ms in the queue, over the \
+                     {:.1} ms the adaptive p99 objective leaves for queueing; retry after 1 s",
+                    self.manifest.name,
+                    waited.as_secs_f64() * 1e3,
+                    budget.as_secs_f64() * 1e3
+                ))));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Refuses the per_step jobs whose input is not 1..=T whole frames.
+    fn refuse_bad_frames(&self, jobs: &mut Vec<Job>) {
+        let frame = self.manifest.input.len();
+        // Every transport checks the frames; a job that slipped through is refused here, so
+        // that no step reads past its input.
+        let t_max = self.manifest.timesteps;
+        let mut i = 0;
+        while i < jobs.len() {
+            let n = jobs[i].input.len();
+            if n == 0 || !n.is_multiple_of(frame) || n / frame > t_max {
+                let job = jobs.swap_remove(i);
+                let _ = job.reply.send(Err(Error::invalid(format!(
+                    "{n} input values are not 1..={t_max} frames of {frame}; model {} takes {}",
+                    self.manifest.name,
+                    self.manifest.input.expected(t_max)
+                ))));
+            } else {
+                i += 1;
+            }
         }
     }
 
@@ -1142,7 +1154,22 @@ impl Worker {
         self.slots.write_features(0, &self.frames)
     }
 
+    /// One step of the batch: the graphs run, every row scored, the rows whose rule says so
+    /// leave (answered, or kept on as shadow runs), and their answers are sent.
     fn step(&mut self) -> Result<(), Error> {
+        self.run_graphs()?;
+        self.score_rows();
+        let stops = self.learned_scores()?;
+        self.find_exits(&stops)?;
+        self.retire_finished();
+        // The gauge is right before anyone gets an answer.
+        self.publish_active();
+        self.answer_leaving();
+        Ok(())
+    }
+
+    /// Runs the batch's graphs for one timestep (with the ablations asked for) and counts it.
+    fn run_graphs(&mut self) -> Result<(), Error> {
         if self.inject_fault.swap(false, Ordering::SeqCst) {
             return Err(Error::internal("injected engine fault (test switch)"));
         }
@@ -1176,10 +1203,15 @@ impl Worker {
         }
         self.metrics.steps_total.inc_by(live as f64);
         self.metrics.shadow_steps.inc_by(self.shadows as u64);
+        Ok(())
+    }
+
+    /// Adds every row's logits to its aggregate and scores it (max softmax, class,
+    /// probabilities) into `scored`.
+    fn score_rows(&mut self) {
         let temperature = self.manifest.exit.temperature;
         let aggregation = self.manifest.exit.aggregation;
         let mean = aggregation == Aggregation::Mean;
-        self.finished.clear();
         self.scored.clear();
         for a in self.active.iter_mut() {
             let i = self.scored.len();
@@ -1203,7 +1235,12 @@ impl Worker {
             }
             self.scored.push(exit::score(&self.agg, temperature));
         }
-        let stops = self.learned_scores()?;
+    }
+
+    /// Each row's exit score (the max softmax, or the learned rule's stop probability from
+    /// `stops`, one per learned row in order) traced, and the rows that exit now in `finished`.
+    fn find_exits(&mut self, stops: &[f32]) -> Result<(), Error> {
+        self.finished.clear();
         let mut learned_row = 0;
         for (i, (a, (confidence, class_id, probs))) in self
             .active
@@ -1245,6 +1282,12 @@ impl Worker {
                 self.finished.push((i, confidence, class_id, probs));
             }
         }
+        Ok(())
+    }
+
+    /// Takes the finished rows out of the batch: a shadow run that reached T is counted, an
+    /// answer leaves (its row kept on as a shadow run when one is sampled).
+    fn retire_finished(&mut self) {
         // Highest row first: the row that `swap_remove` moves down never exits in this step.
         while let Some((i, confidence, class_id, probs)) = self.finished.pop() {
             if let Some(sh) = self.active[i].shadow {
@@ -1266,8 +1309,10 @@ impl Worker {
             };
             self.leaving.push((a, confidence, class_id, probs));
         }
-        // The gauge is right before anyone gets an answer.
-        self.publish_active();
+    }
+
+    /// Records and sends the answers of the rows that left.
+    fn answer_leaving(&mut self) {
         for (a, confidence, class_id, probs) in self.leaving.drain(..) {
             let rm = self.metrics.rule(a.rule.kind(), a.job.default_policy);
             rm.timesteps_used.observe(a.t as f64);
@@ -1288,7 +1333,6 @@ impl Worker {
             };
             let _ = a.job.reply.send(Ok(outcome));
         }
-        Ok(())
     }
 }
 
