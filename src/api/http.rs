@@ -280,51 +280,7 @@ pub async fn parse_request(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("multipart/form-data") {
-        let mut mp = Multipart::from_request(req, &())
-            .await
-            .map_err(|e| Error::invalid(format!("malformed multipart body: {e}")))?;
-        let mut image = None;
-        loop {
-            let field = match mp.next_field().await {
-                Ok(Some(f)) => f,
-                Ok(None) => break,
-                Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-                    return Err(Error::TooLarge(format!(
-                        "body over {max_body_bytes} bytes (--max-body-bytes)"
-                    )))
-                }
-                Err(e) => return Err(Error::invalid(format!("malformed multipart body: {e}"))),
-            };
-            let name = field.name().unwrap_or("").to_string();
-            let hint = field
-                .content_type()
-                .and_then(preprocess::format_from_content_type);
-            let data = field.bytes().await.map_err(|e| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    Error::TooLarge(format!(
-                        "body over {max_body_bytes} bytes (--max-body-bytes)"
-                    ))
-                } else {
-                    Error::invalid(format!("malformed multipart field {name:?}: {e}"))
-                }
-            })?;
-            if name == "image" {
-                image = Some(Input::Image {
-                    bytes: data.to_vec(),
-                    hint,
-                });
-            } else {
-                let text = std::str::from_utf8(&data).map_err(|_| {
-                    Error::invalid(format!("multipart field {name:?} is not UTF-8 text"))
-                })?;
-                opts.set(&name, text)?;
-            }
-        }
-        let input = image.ok_or_else(|| {
-            Error::invalid(format!(
-                "multipart body has no `image` field; other fields accepted: {OPTION_NAMES}"
-            ))
-        })?;
+        let input = multipart_input(req, max_body_bytes, &mut opts).await?;
         return Ok((input, opts));
     }
     let limit = max_body_bytes;
@@ -332,56 +288,7 @@ pub async fn parse_request(
         .await
         .map_err(|_| Error::TooLarge(format!("body over {limit} bytes (--max-body-bytes)")))?;
     if content_type.starts_with("application/json") {
-        let b: JsonBody = serde_json::from_slice(&body).map_err(|e| {
-            Error::invalid(format!(
-                "malformed JSON body: {e}; accepted: {{\"image\": \"<base64>\"}} or {{\"tensor\": [values], \"shape\"?: [dims], \"dtype\"?: \"float32|uint8|bool\"}} plus options {OPTION_NAMES}"
-            ))
-        })?;
-        merge(&mut opts, &b);
-        if b.tensor.is_none() && (b.shape.is_some() || b.dtype.is_some()) {
-            return Err(Error::invalid(
-                "`shape` and `dtype` describe `tensor`; this body has no `tensor`",
-            ));
-        }
-        let input = match (&b.image, &b.tensor) {
-            (Some(img), None) => {
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(img.trim())
-                    .map_err(|e| Error::invalid(format!("`image` is not valid base64: {e}")))?;
-                Input::Image { bytes, hint: None }
-            }
-            (None, Some(t)) => {
-                let dtype = match &b.dtype {
-                    Some(d) => npy::Dtype::parse(d).map_err(Error::invalid)?,
-                    None => npy::Dtype::Float32,
-                };
-                let data = tensor_from_json(t, dtype)?;
-                match &b.shape {
-                    Some(shape) => {
-                        let n = shape
-                            .iter()
-                            .try_fold(1usize, |acc, d| acc.checked_mul(*d))
-                            .unwrap_or(usize::MAX);
-                        if n != data.len() {
-                            return Err(Error::invalid(format!(
-                                "`tensor` has {} values; `shape` {shape:?} needs {n}",
-                                data.len()
-                            )));
-                        }
-                        Input::Shaped {
-                            shape: shape.clone(),
-                            data,
-                        }
-                    }
-                    None => Input::Tensor(data),
-                }
-            }
-            _ => {
-                return Err(Error::invalid(
-                    "JSON body needs exactly one of `image` (base64) or `tensor` (values, with `shape`)",
-                ))
-            }
-        };
+        let input = json_input(&body, &mut opts)?;
         return Ok((input, opts));
     }
     // A .npy file: by its Content-Type, or by its magic under application/octet-stream or none.
@@ -408,6 +315,115 @@ pub async fn parse_request(
         },
         opts,
     ))
+}
+
+/// A multipart/form-data body: the `image` field is the input, every other field an option.
+async fn multipart_input(
+    req: Request,
+    max_body_bytes: usize,
+    opts: &mut ClassifyOptions,
+) -> Result<Input, Error> {
+    let too_large = || {
+        Error::TooLarge(format!(
+            "body over {max_body_bytes} bytes (--max-body-bytes)"
+        ))
+    };
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| Error::invalid(format!("malformed multipart body: {e}")))?;
+    let mut image = None;
+    loop {
+        let field = match mp.next_field().await {
+            Ok(Some(f)) => f,
+            Ok(None) => break,
+            Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(too_large()),
+            Err(e) => return Err(Error::invalid(format!("malformed multipart body: {e}"))),
+        };
+        let name = field.name().unwrap_or("").to_string();
+        let hint = field
+            .content_type()
+            .and_then(preprocess::format_from_content_type);
+        let data = field.bytes().await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                Error::invalid(format!("malformed multipart field {name:?}: {e}"))
+            }
+        })?;
+        if name == "image" {
+            image = Some(Input::Image {
+                bytes: data.to_vec(),
+                hint,
+            });
+        } else {
+            let text = std::str::from_utf8(&data).map_err(|_| {
+                Error::invalid(format!("multipart field {name:?} is not UTF-8 text"))
+            })?;
+            opts.set(&name, text)?;
+        }
+    }
+    image.ok_or_else(|| {
+        Error::invalid(format!(
+            "multipart body has no `image` field; other fields accepted: {OPTION_NAMES}"
+        ))
+    })
+}
+
+/// A JSON body ([`JsonBody`]): its options merged into `opts`, and its image or tensor.
+fn json_input(body: &[u8], opts: &mut ClassifyOptions) -> Result<Input, Error> {
+    let b: JsonBody = serde_json::from_slice(body).map_err(|e| {
+        Error::invalid(format!(
+            "malformed JSON body: {e}; accepted: {{\"image\": \"<base64>\"}} or {{\"tensor\": [values], \"shape\"?: [dims], \"dtype\"?: \"float32|uint8|bool\"}} plus options {OPTION_NAMES}"
+        ))
+    })?;
+    merge(opts, &b);
+    if b.tensor.is_none() && (b.shape.is_some() || b.dtype.is_some()) {
+        return Err(Error::invalid(
+            "`shape` and `dtype` describe `tensor`; this body has no `tensor`",
+        ));
+    }
+    match (&b.image, &b.tensor) {
+        (Some(img), None) => {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(img.trim())
+                .map_err(|e| Error::invalid(format!("`image` is not valid base64: {e}")))?;
+            Ok(Input::Image { bytes, hint: None })
+        }
+        (None, Some(t)) => json_tensor(t, b.dtype.as_deref(), b.shape.as_ref()),
+        _ => Err(Error::invalid(
+            "JSON body needs exactly one of `image` (base64) or `tensor` (values, with `shape`)",
+        )),
+    }
+}
+
+/// A JSON body's `tensor` as `dtype` (float32 when absent), with its `shape` when given.
+fn json_tensor(
+    t: &[Scalar],
+    dtype: Option<&str>,
+    shape: Option<&Vec<usize>>,
+) -> Result<Input, Error> {
+    let dtype = match dtype {
+        Some(d) => npy::Dtype::parse(d).map_err(Error::invalid)?,
+        None => npy::Dtype::Float32,
+    };
+    let data = tensor_from_json(t, dtype)?;
+    let Some(shape) = shape else {
+        return Ok(Input::Tensor(data));
+    };
+    let n = shape
+        .iter()
+        .try_fold(1usize, |acc, d| acc.checked_mul(*d))
+        .unwrap_or(usize::MAX);
+    if n != data.len() {
+        return Err(Error::invalid(format!(
+            "`tensor` has {} values; `shape` {shape:?} needs {n}",
+            data.len()
+        )));
+    }
+    Ok(Input::Shaped {
+        shape: shape.clone(),
+        data,
+    })
 }
 
 /// The query string's key/value pairs, sorted so that errors are reported in a stable order.
