@@ -19,37 +19,95 @@ pub fn curve(name: &str, t: &Table) -> String {
         .enumerate()
         .map(|(i, a)| ((i + 1) as f64, *a))
         .collect();
-    // Every (temperature, α) setting, and the best accuracy reachable at each average (the frontier).
-    let mut points: Vec<(f64, f64)> = t
+    let (points, seenn) = settings(t);
+    let axes = Axes::around(t, fixed.iter().chain(&seenn));
+    let mut s = String::new();
+    frame(&mut s, name, t);
+    ticks(&mut s, t, &axes);
+    let _ = writeln!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#888" stroke-width="2" stroke-dasharray="5,4"/>"##,
+        axes.line(&fixed)
+    );
+    for (x, y) in &points {
+        let _ = writeln!(
+            s,
+            r##"<circle cx="{:.1}" cy="{:.1}" r="2" fill="#1f77b4" fill-opacity="0.35"/>"##,
+            axes.px(*x),
+            axes.py(*y)
+        );
+    }
+    let _ = writeln!(
+        s,
+        r##"<polyline points="{}" fill="none" stroke="#1f77b4" stroke-width="2"/>"##,
+        axes.line(&seenn)
+    );
+    chosen_and_legend(&mut s, t, &axes);
+    s
+}
+
+/// (average timesteps, accuracy).
+type Point = (f64, f64);
+
+/// Every (temperature, α) setting as (average timesteps, accuracy), sorted, and the best
+/// accuracy reachable at each average (the frontier).
+fn settings(t: &Table) -> (Vec<Point>, Vec<Point>) {
+    let mut points: Vec<Point> = t
         .rows
         .iter()
         .map(|r| (r.avg_timesteps, r.accuracy))
         .collect();
     points.sort_by(|a, b| a.0.total_cmp(&b.0).then(b.1.total_cmp(&a.1)));
-    let mut seenn: Vec<(f64, f64)> = Vec::new();
+    let mut seenn: Vec<Point> = Vec::new();
     for p in &points {
         if seenn.last().is_none_or(|l| p.1 > l.1) {
             seenn.push(*p);
         }
     }
-    let all = fixed.iter().chain(&seenn);
-    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
-    for (_, a) in all {
-        lo = lo.min(*a);
-        hi = hi.max(*a);
+    (points, seenn)
+}
+
+/// The plotted ranges (timesteps 1..=T, accuracy around what is plotted) and their pixels.
+struct Axes {
+    lo: f64,
+    hi: f64,
+    x_max: f64,
+}
+
+impl Axes {
+    fn around<'a>(t: &Table, plotted: impl Iterator<Item = &'a (f64, f64)>) -> Axes {
+        let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+        for (_, a) in plotted {
+            lo = lo.min(*a);
+            hi = hi.max(*a);
+        }
+        let pad = ((hi - lo) * 0.1).max(0.005);
+        Axes {
+            lo: lo - pad,
+            hi: (hi + pad).min(1.0),
+            x_max: t.timesteps.max(2) as f64,
+        }
     }
-    let pad = ((hi - lo) * 0.1).max(0.005);
-    let (lo, hi) = (lo - pad, (hi + pad).min(1.0));
-    let x_max = t.timesteps.max(2) as f64;
-    let px = |x: f64| LEFT + (x - 1.0) / (x_max - 1.0) * (W - LEFT - RIGHT);
-    let py = |y: f64| TOP + (hi - y) / (hi - lo) * (H - TOP - BOTTOM);
-    let line = |pts: &[(f64, f64)]| {
+
+    fn px(&self, x: f64) -> f64 {
+        LEFT + (x - 1.0) / (self.x_max - 1.0) * (W - LEFT - RIGHT)
+    }
+
+    fn py(&self, y: f64) -> f64 {
+        TOP + (self.hi - y) / (self.hi - self.lo) * (H - TOP - BOTTOM)
+    }
+
+    /// An SVG polyline's points.
+    fn line(&self, pts: &[(f64, f64)]) -> String {
         pts.iter()
-            .map(|(x, y)| format!("{:.1},{:.1}", px(*x), py(*y)))
+            .map(|(x, y)| format!("{:.1},{:.1}", self.px(*x), self.py(*y)))
             .collect::<Vec<_>>()
             .join(" ")
-    };
-    let mut s = String::new();
+    }
+}
+
+/// The SVG header, the title and the axes with their labels.
+fn frame(s: &mut String, name: &str, t: &Table) {
     let _ = write!(
         s,
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" font-family="sans-serif" font-size="12">
@@ -72,13 +130,18 @@ pub fn curve(name: &str, t: &Table) -> String {
         (TOP + H - BOTTOM) / 2.0,
         (TOP + H - BOTTOM) / 2.0,
     );
+}
+
+/// The ticks of both axes, with the accuracy grid lines.
+fn ticks(s: &mut String, t: &Table, axes: &Axes) {
+    let (lo, hi) = (axes.lo, axes.hi);
     let every = t.timesteps.div_ceil(16).max(1);
     for x in (1..=t.timesteps).filter(|x| (x - 1) % every == 0) {
         let x = x as f64;
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{}" text-anchor="middle">{}</text>"#,
-            px(x),
+            axes.px(x),
             H - BOTTOM + 16.0,
             x
         );
@@ -90,30 +153,16 @@ pub fn curve(name: &str, t: &Table) -> String {
             r##"<line x1="{LEFT}" y1="{y0:.1}" x2="{}" y2="{y0:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{:.1}</text>"##,
             W - RIGHT,
             LEFT - 6.0,
-            py(y) + 4.0,
+            axes.py(y) + 4.0,
             y * 100.0,
-            y0 = py(y)
+            y0 = axes.py(y)
         );
     }
-    let _ = writeln!(
-        s,
-        r##"<polyline points="{}" fill="none" stroke="#888" stroke-width="2" stroke-dasharray="5,4"/>"##,
-        line(&fixed)
-    );
-    for (x, y) in &points {
-        let _ = writeln!(
-            s,
-            r##"<circle cx="{:.1}" cy="{:.1}" r="2" fill="#1f77b4" fill-opacity="0.35"/>"##,
-            px(*x),
-            py(*y)
-        );
-    }
-    let _ = writeln!(
-        s,
-        r##"<polyline points="{}" fill="none" stroke="#1f77b4" stroke-width="2"/>"##,
-        line(&seenn)
-    );
-    let (cx, cy) = (px(t.chosen.avg_timesteps), py(t.chosen.accuracy));
+}
+
+/// The chosen default, the legend and the end of the SVG.
+fn chosen_and_legend(s: &mut String, t: &Table, axes: &Axes) {
+    let (cx, cy) = (axes.px(t.chosen.avg_timesteps), axes.py(t.chosen.accuracy));
     let _ = write!(
         s,
         r##"<circle cx="{cx:.1}" cy="{cy:.1}" r="5" fill="#d62728"/>
@@ -139,7 +188,6 @@ pub fn curve(name: &str, t: &Table) -> String {
         W - 245.0,
         H - BOTTOM - 16.0,
     );
-    s
 }
 
 fn escape(s: &str) -> String {
