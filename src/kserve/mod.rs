@@ -328,9 +328,42 @@ pub fn split_inputs(
     max_batch: usize,
 ) -> Result<Vec<Input>> {
     let spec = &m.manifest.input;
+    let (tensor_shape, accepted) = accepted_inputs(m);
+    let mut inputs = inputs;
+    if inputs.len() != 1 {
+        return Err(Error::invalid(format!(
+            "the request has {} inputs; {accepted}",
+            inputs.len()
+        )));
+    }
+    let input = inputs.remove(0);
+    let n = batch_rows(&input, max_batch)?;
+    // Image models take preprocessed FP32; tensor models FP32, UINT8 or BOOL.
+    let numeric = match input.datatype.as_str() {
+        "FP32" => true,
+        "UINT8" | "BOOL" => !spec.is_image(),
+        _ => false,
+    };
+    match (input.name.as_str(), input.data) {
+        (INPUT_TENSOR, data) if numeric && !matches!(data, TensorData::Bytes(_)) => {
+            tensor_rows(m, &input.shape, data, n, &tensor_shape)
+        }
+        (INPUT_IMAGE, TensorData::Bytes(items)) if spec.is_image() && input.datatype == "BYTES" => {
+            image_rows(&input.shape, items, n)
+        }
+        (name, _) => Err(Error::invalid(format!(
+            "input {name:?} of datatype {}; {accepted}",
+            input.datatype
+        ))),
+    }
+}
+
+/// The tensor shape `m` takes with the batch dimension, and the inputs it accepts, for errors.
+fn accepted_inputs(m: &LoadedModel) -> (String, String) {
+    let spec = &m.manifest.input;
     let t_max = m.manifest.timesteps;
-    let dims = spec.dims();
-    let dims_text = dims
+    let dims_text = spec
+        .dims()
         .iter()
         .map(|d| d.to_string())
         .collect::<Vec<_>>()
@@ -350,14 +383,11 @@ pub fn split_inputs(
             m.manifest.name
         )
     };
-    let mut inputs = inputs;
-    if inputs.len() != 1 {
-        return Err(Error::invalid(format!(
-            "the request has {} inputs; {accepted}",
-            inputs.len()
-        )));
-    }
-    let input = inputs.remove(0);
+    (tensor_shape, accepted)
+}
+
+/// The input's batch size N (its first dimension): at least 1, at most `max_batch`.
+fn batch_rows(input: &InferInput, max_batch: usize) -> Result<usize> {
     if input.shape.iter().any(|d| *d < 0) {
         return Err(Error::invalid(format!(
             "input {:?} has a negative dimension in shape {:?}",
@@ -376,67 +406,63 @@ pub fn split_inputs(
             "the request carries {n} inputs; at most {max_batch} per request (--max-queue)"
         )));
     }
-    // Image models take preprocessed FP32; tensor models FP32, UINT8 or BOOL.
-    let numeric = match input.datatype.as_str() {
-        "FP32" => true,
-        "UINT8" | "BOOL" => !spec.is_image(),
-        _ => false,
-    };
-    match (input.name.as_str(), input.data) {
-        (INPUT_TENSOR, data) if numeric && !matches!(data, TensorData::Bytes(_)) => {
-            // Shape [N, *dims] or, per_step, [N, t, *dims]; each row keeps its own shape.
-            let row_shape: Vec<usize> = input.shape[1..].iter().map(|d| *d as usize).collect();
-            if crate::model::check_frames(spec, t_max, &row_shape).is_err() {
-                return Err(Error::invalid(format!(
-                    "input {INPUT_TENSOR:?} has shape {:?}; this model takes {tensor_shape}, FP32{}",
-                    input.shape,
-                    if spec.is_image() { "" } else { "|UINT8|BOOL" }
-                )));
-            }
-            let per: usize = row_shape.iter().product();
-            let values = data
-                .to_f32()
-                .ok_or_else(|| Error::internal("numeric input without values"))?;
-            if values.len() != n * per {
-                return Err(Error::invalid(format!(
-                    "input {INPUT_TENSOR:?} has {} values; shape {:?} needs {}",
-                    values.len(),
-                    input.shape,
-                    n * per
-                )));
-            }
-            Ok(values
-                .chunks_exact(per)
-                .map(|c| Input::Shaped {
-                    shape: row_shape.clone(),
-                    data: c.to_vec(),
-                })
-                .collect())
-        }
-        (INPUT_IMAGE, TensorData::Bytes(items)) if spec.is_image() && input.datatype == "BYTES" => {
-            if !(input.shape.len() == 1 || input.shape.len() == 2 && input.shape[1] == 1) {
-                return Err(Error::invalid(format!(
-                    "input {INPUT_IMAGE:?} has shape {:?}; accepted: [N] or [N, 1]",
-                    input.shape
-                )));
-            }
-            if items.len() != n {
-                return Err(Error::invalid(format!(
-                    "input {INPUT_IMAGE:?} has {} elements; shape {:?} needs {n}",
-                    items.len(),
-                    input.shape
-                )));
-            }
-            Ok(items
-                .into_iter()
-                .map(|bytes| Input::Image { bytes, hint: None })
-                .collect())
-        }
-        (name, _) => Err(Error::invalid(format!(
-            "input {name:?} of datatype {}; {accepted}",
-            input.datatype
-        ))),
+    Ok(n)
+}
+
+/// A numeric input of `shape` [N, *dims] or, per_step, [N, t, *dims]: one shaped input per row.
+fn tensor_rows(
+    m: &LoadedModel,
+    shape: &[i64],
+    data: TensorData,
+    n: usize,
+    tensor_shape: &str,
+) -> Result<Vec<Input>> {
+    let spec = &m.manifest.input;
+    // Each row keeps its own shape.
+    let row_shape: Vec<usize> = shape[1..].iter().map(|d| *d as usize).collect();
+    if crate::model::check_frames(spec, m.manifest.timesteps, &row_shape).is_err() {
+        return Err(Error::invalid(format!(
+            "input {INPUT_TENSOR:?} has shape {shape:?}; this model takes {tensor_shape}, FP32{}",
+            if spec.is_image() { "" } else { "|UINT8|BOOL" }
+        )));
     }
+    let per: usize = row_shape.iter().product();
+    let values = data
+        .to_f32()
+        .ok_or_else(|| Error::internal("numeric input without values"))?;
+    if values.len() != n * per {
+        return Err(Error::invalid(format!(
+            "input {INPUT_TENSOR:?} has {} values; shape {shape:?} needs {}",
+            values.len(),
+            n * per
+        )));
+    }
+    Ok(values
+        .chunks_exact(per)
+        .map(|c| Input::Shaped {
+            shape: row_shape.clone(),
+            data: c.to_vec(),
+        })
+        .collect())
+}
+
+/// A BYTES input of shape [N] or [N, 1]: one encoded image per row.
+fn image_rows(shape: &[i64], items: Vec<Vec<u8>>, n: usize) -> Result<Vec<Input>> {
+    if !(shape.len() == 1 || shape.len() == 2 && shape[1] == 1) {
+        return Err(Error::invalid(format!(
+            "input {INPUT_IMAGE:?} has shape {shape:?}; accepted: [N] or [N, 1]"
+        )));
+    }
+    if items.len() != n {
+        return Err(Error::invalid(format!(
+            "input {INPUT_IMAGE:?} has {} elements; shape {shape:?} needs {n}",
+            items.len()
+        )));
+    }
+    Ok(items
+        .into_iter()
+        .map(|bytes| Input::Image { bytes, hint: None })
+        .collect())
 }
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
