@@ -354,86 +354,23 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
         .get("binary_data_output")
         .and_then(Param::as_bool)
         .unwrap_or(false);
-    let mut inputs = Vec::with_capacity(req.inputs.len());
-    for (i, input) in req.inputs.into_iter().enumerate() {
-        let what = format!("inputs[{i}]");
-        let binary_size = input
-            .parameters
-            .as_ref()
-            .and_then(|p| p.get("binary_data_size"))
-            .map(|v| match v {
-                Param::Int(n) => usize::try_from(*n).map_err(|_| ()),
-                _ => Err(()),
-            })
-            .transpose()
-            .map_err(|()| {
-                Error::invalid(format!(
-                    "{what}.parameters.binary_data_size must be a non-negative integer"
-                ))
-            })?;
-        let data = match (binary_size, input.data) {
-            (Some(_), Some(_)) => {
-                return Err(Error::invalid(format!(
-                    "{what} has both `data` and binary_data_size; give one"
-                )))
-            }
-            (Some(n), None) => {
-                if n > binary.len() {
-                    return Err(Error::invalid(format!(
-                        "{what} declares {n} bytes of binary data; {} bytes are left in the body",
-                        binary.len()
-                    )));
-                }
-                let (chunk, rest) = binary.split_at(n);
-                binary = rest;
-                binary_data(&input.name, &input.datatype, chunk)?
-            }
-            (None, Some(d)) => json_data(&input.name, &input.datatype, d)?,
-            (None, None) => {
-                return Err(Error::invalid(format!(
-                    "{what} has neither `data` nor parameters.binary_data_size"
-                )))
-            }
-        };
-        inputs.push(InferInput {
-            name: input.name,
-            datatype: input.datatype,
-            shape: input.shape,
-            data,
-        });
-    }
+    let inputs = req
+        .inputs
+        .into_iter()
+        .enumerate()
+        .map(|(i, input)| decode_input(i, input, &mut binary))
+        .collect::<Result<Vec<_>>>()?;
     if !binary.is_empty() {
         return Err(Error::invalid(format!(
             "{} bytes of binary data follow the JSON header but no input claims them",
             binary.len()
         )));
     }
-    let mut per_output = Vec::new();
-    let outputs = match req.outputs {
-        None => None,
+    let (outputs, per_output) = match req.outputs {
+        None => (None, Vec::new()),
         Some(list) => {
-            let mut names = Vec::with_capacity(list.len());
-            for (i, out) in list.into_iter().enumerate() {
-                let what = format!("outputs[{i}]");
-                for (k, v) in out.parameters.unwrap_or_default().0 {
-                    match (k.as_str(), v) {
-                        ("binary_data", Param::Bool(b)) => per_output.push((out.name.clone(), b)),
-                        ("binary_data", _) => {
-                            return Err(Error::invalid(format!(
-                                "{what}.parameters.binary_data must be a bool"
-                            )))
-                        }
-                        // Triton's classification extension and others are not supported.
-                        (other, _) => {
-                            return Err(Error::invalid(format!(
-                                "{what}: unknown output parameter {other:?}; accepted: binary_data"
-                            )))
-                        }
-                    }
-                }
-                names.push(out.name);
-            }
-            Some(names)
+            let (names, per_output) = decode_outputs(list)?;
+            (Some(names), per_output)
         }
     };
     Ok((
@@ -448,6 +385,85 @@ pub fn decode(body: &[u8], header_len: Option<usize>) -> Result<(InferRequest, B
             per_output,
         },
     ))
+}
+
+/// Input `i`: its JSON `data`, or the next `binary_data_size` bytes of `binary` (taken off it).
+fn decode_input(i: usize, input: RestInput, binary: &mut &[u8]) -> Result<InferInput> {
+    let what = format!("inputs[{i}]");
+    let binary_size = input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+        .map(|v| match v {
+            Param::Int(n) => usize::try_from(*n).map_err(|_| ()),
+            _ => Err(()),
+        })
+        .transpose()
+        .map_err(|()| {
+            Error::invalid(format!(
+                "{what}.parameters.binary_data_size must be a non-negative integer"
+            ))
+        })?;
+    let data = match (binary_size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(Error::invalid(format!(
+                "{what} has both `data` and binary_data_size; give one"
+            )))
+        }
+        (Some(n), None) => {
+            if n > binary.len() {
+                return Err(Error::invalid(format!(
+                    "{what} declares {n} bytes of binary data; {} bytes are left in the body",
+                    binary.len()
+                )));
+            }
+            let (chunk, rest) = binary.split_at(n);
+            *binary = rest;
+            binary_data(&input.name, &input.datatype, chunk)?
+        }
+        (None, Some(d)) => json_data(&input.name, &input.datatype, d)?,
+        (None, None) => {
+            return Err(Error::invalid(format!(
+                "{what} has neither `data` nor parameters.binary_data_size"
+            )))
+        }
+    };
+    Ok(InferInput {
+        name: input.name,
+        datatype: input.datatype,
+        shape: input.shape,
+        data,
+    })
+}
+
+/// Per output: its name and its `binary_data` parameter.
+type BinaryFlags = Vec<(String, bool)>;
+
+/// The outputs asked for, by name, and those whose `binary_data` parameter is set.
+fn decode_outputs(list: Vec<RestOutput>) -> Result<(Vec<String>, BinaryFlags)> {
+    let mut per_output = Vec::new();
+    let mut names = Vec::with_capacity(list.len());
+    for (i, out) in list.into_iter().enumerate() {
+        let what = format!("outputs[{i}]");
+        for (k, v) in out.parameters.unwrap_or_default().0 {
+            match (k.as_str(), v) {
+                ("binary_data", Param::Bool(b)) => per_output.push((out.name.clone(), b)),
+                ("binary_data", _) => {
+                    return Err(Error::invalid(format!(
+                        "{what}.parameters.binary_data must be a bool"
+                    )))
+                }
+                // Triton's classification extension and others are not supported.
+                (other, _) => {
+                    return Err(Error::invalid(format!(
+                        "{what}: unknown output parameter {other:?}; accepted: binary_data"
+                    )))
+                }
+            }
+        }
+        names.push(out.name);
+    }
+    Ok((names, per_output))
 }
 
 /// The JSON part of a REST inference response.
