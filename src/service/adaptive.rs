@@ -589,20 +589,6 @@ mod tests {
         c.tick(Some(80.0), Some(0.95));
         assert_eq!(c.shed(), SHED.len() - 1, "no level past the last");
         assert_eq!(c.alpha(), 0.8);
-        // A slow tick with engine headroom is not the engine's queue: hold.
-        let mut c2 = at_floor();
-        c2.tick(Some(80.0), Some(0.5));
-        assert_eq!(c2.shed(), 0);
-        // Unless the server sheds: then the idle time is the short queue's, and a missed
-        // objective still takes the next level (a few sheds do not count as shedding).
-        let few = Window {
-            shed_share: 0.05,
-            ..shedding(80.0)
-        };
-        c2.tick_window(&few, Some(0.5));
-        assert_eq!(c2.shed(), 0);
-        c2.tick_window(&shedding(80.0), Some(0.5));
-        assert_eq!(c2.shed(), 1);
         // Calm (the overload is over): the shed levels come off first, one per tick, then α
         // comes back up one level per RECOVER_TICKS calm ticks.
         let mut trail = Vec::new();
@@ -617,6 +603,28 @@ mod tests {
         let r = RECOVER_TICKS as usize;
         want.extend([(last + r, 0, 0.9), (last + 2 * r, 0, 0.94)]);
         assert_eq!(trail, want);
+    }
+
+    #[test]
+    fn a_slow_tick_with_engine_headroom_holds_unless_the_server_sheds() {
+        // A slow tick with engine headroom is not the engine's queue: hold.
+        let mut c = at_floor();
+        c.tick(Some(80.0), Some(0.5));
+        assert_eq!(c.shed(), 0);
+        // Unless the server sheds: then the idle time is the short queue's, and a missed
+        // objective still takes the next level (a few sheds do not count as shedding).
+        let few = Window {
+            shed_share: 0.05,
+            ..shedding(80.0)
+        };
+        c.tick_window(&few, Some(0.5));
+        assert_eq!(c.shed(), 0);
+        c.tick_window(&shedding(80.0), Some(0.5));
+        assert_eq!(c.shed(), 1);
+    }
+
+    #[test]
+    fn near_the_objective_with_engine_headroom_it_recovers() {
         // Near the objective but with an engine that has headroom at that level: recovery too.
         let mut c = at_floor();
         c.tick(Some(80.0), Some(0.95));
@@ -625,6 +633,10 @@ mod tests {
             c.tick(Some(45.0), Some(0.6));
         }
         assert_eq!((c.shed(), c.alpha()), (0, 0.8));
+    }
+
+    #[test]
+    fn while_it_sheds_an_idle_engine_holds_the_dials_but_a_few_sheds_do_not() {
         // Not while the server sheds: idle time there comes from the short queue, not from a
         // fall of the load. Shed level and α hold, however idle the engine looks.
         let mut c = at_floor();
@@ -644,6 +656,10 @@ mod tests {
             c.tick_window(&few, Some(0.3));
         }
         assert_eq!((c.shed(), c.alpha()), (0, 0.8));
+    }
+
+    #[test]
+    fn shedding_at_the_floor_the_answered_p99_moves_the_levels() {
         // Shedding at the floor: the p99 with the shed requests misses every tick (α holds);
         // the answered requests' p99 moves the shed levels: over the objective a level down,
         // in the band hold, under 0.6 × it for RECOVER_TICKS ticks a level up.
@@ -677,6 +693,10 @@ mod tests {
             (0, 0.8),
             "α only comes back when shedding stops"
         );
+    }
+
+    #[test]
+    fn the_shed_levels_batch_limits() {
         // The batch limits of the levels for --max-batch 8 and 3.
         let limits = |mb| SHED.iter().map(|s| s.batch_limit(mb)).collect::<Vec<_>>();
         assert_eq!(limits(8), vec![8, 4, 4, 4, 2, 1]);
