@@ -224,3 +224,56 @@ impl IntoResponse for Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}")]
+    struct ReadError {
+        path: &'static str,
+        #[source]
+        source: std::io::Error,
+    }
+
+    fn not_found() -> std::io::Error {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "no such file")
+    }
+
+    #[test]
+    fn the_chain_joins_every_cause_outermost_first() {
+        let e = ReadError {
+            path: "a.json",
+            source: not_found(),
+        };
+        assert_eq!(e.to_string(), "cannot read a.json");
+        assert_eq!(chain(&e), "cannot read a.json: no such file");
+        assert_eq!(Chain(&e).to_string(), chain(&e));
+    }
+
+    #[test]
+    fn an_internal_error_keeps_its_cause_and_answers_with_the_whole_chain() {
+        let e = Error::internal_from("onnxruntime run", not_found());
+        assert!(std::error::Error::source(&e).is_some());
+        assert_eq!(e.to_string(), "internal error: onnxruntime run");
+        assert_eq!(e.message(), "internal error: onnxruntime run: no such file");
+        assert_eq!(
+            tonic::Status::from(e.clone()).message(),
+            "internal error: onnxruntime run: no such file"
+        );
+        assert_eq!(e.http_status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(e.code(), "internal");
+        // Without a cause the message is the text alone, as before.
+        let plain = Error::internal("the engine dropped the request");
+        assert!(std::error::Error::source(&plain).is_none());
+        assert_eq!(
+            plain.message(),
+            "internal error: the engine dropped the request"
+        );
+        assert_eq!(
+            Error::invalid("alpha 2 is out of range").message(),
+            "alpha 2 is out of range"
+        );
+    }
+}

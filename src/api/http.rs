@@ -638,7 +638,7 @@ pub async fn get_sample(
     }
     let bytes = tokio::fs::read(m.dir.join("samples").join(&file))
         .await
-        .map_err(|e| Error::internal(format!("sample {file}: {e}")))?;
+        .map_err(|e| Error::internal_from(format!("sample {file}"), e))?;
     let content_type = if file.ends_with(".npy") {
         NPY_CONTENT_TYPE
     } else {
