@@ -21,6 +21,9 @@
 //! that same path with ONNX Runtime's CPU allocator and copies, which is how it is tested without
 //! a GPU.
 
+#[allow(unsafe_code)]
+pub mod ort_core;
+
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::rc::Rc;
 
