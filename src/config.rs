@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use clap::{Args, ValueEnum};
 
 use crate::engine::Batching;
+use crate::repository::ModelControl;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
@@ -113,6 +114,23 @@ pub struct ServeConfig {
     /// Model used by POST /classify without `model` (default: the first by name).
     #[arg(long, env = "SEENN_DEFAULT_MODEL")]
     pub default_model: Option<String>,
+    /// Who may change the loaded models: explicit (the repository API's load and unload), none
+    /// (fixed at start), poll (the models folder, rescanned every --repository-poll-secs).
+    #[arg(
+        long,
+        env = "SEENN_MODEL_CONTROL",
+        value_enum,
+        default_value = "explicit"
+    )]
+    pub model_control: ModelControl,
+    /// With --model-control explicit: the models to load at start (repeatable; default: every
+    /// model in the folder).
+    #[arg(long = "load-model", env = "SEENN_LOAD_MODELS", value_delimiter = ',')]
+    pub load_models: Vec<String>,
+    /// With --model-control poll: seconds between rescans of the models folder. A version is
+    /// loaded once it has been complete and unchanged for one interval.
+    #[arg(long, env = "SEENN_REPOSITORY_POLL_SECS", default_value_t = 5.0)]
+    pub repository_poll_secs: f64,
     /// Origins allowed by CORS (repeatable); none means CORS stays closed.
     #[arg(
         long = "cors-origin",
@@ -160,6 +178,9 @@ impl ServeConfig {
             exit_policy_file: None,
             skip_broken: false,
             default_model: None,
+            model_control: ModelControl::Explicit,
+            load_models: Vec::new(),
+            repository_poll_secs: 5.0,
             cors_origins: Vec::new(),
             log_format: LogFormat::Text,
             enable_fault_injection: false,

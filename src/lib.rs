@@ -18,6 +18,7 @@ pub mod npy;
 pub mod openapi;
 pub mod preprocess;
 pub mod registry;
+pub mod repository;
 pub mod runtime;
 pub mod server;
 pub mod service;

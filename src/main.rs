@@ -126,7 +126,7 @@ fn main() -> ExitCode {
             match seenn_serve::server::build_service(&cfg) {
                 Ok(service) => {
                     for m in service.registry.models() {
-                        match serde_json::to_string(&service.model_view(m)) {
+                        match serde_json::to_string(&service.model_view(&m)) {
                             Ok(json) => println!("{json}"),
                             Err(e) => {
                                 eprintln!("error: {e}");

@@ -36,9 +36,21 @@ pub struct Metrics {
     pub engine_workers: IntGaugeVec,
     pub engine_batch_limit: IntGaugeVec,
     pub shadow_expected_agreement: GaugeVec,
+    pub model_loads: IntCounterVec,
+    pub model_unloads: IntCounterVec,
+    pub model_serving_version: IntGaugeVec,
+    pub model_swap_duration: HistogramVec,
 }
 
 /// The `model` label of a request rejected before its body named a model.
+/// The labels of one loaded version.
+#[derive(Debug, Clone, Copy)]
+pub struct ModelSeries<'a> {
+    pub version: &'a str,
+    pub timesteps: usize,
+    pub provider: &'a str,
+}
+
 pub const UNPARSED: &str = "_unparsed";
 /// The `model` label of a request for a model that is not served.
 pub const UNKNOWN_MODEL: &str = "_unknown";
@@ -217,6 +229,31 @@ const SHADOW_EXPECTED_AGREEMENT: Spec = Spec {
     labels: &["model", "rule"],
 };
 
+const MODEL_LOADS: Spec = Spec {
+    name: "seenn_model_loads_total",
+    help: "Model loads through the repository API or poll mode (start-up not counted), by result: ok (serving) or failed (the previous version kept serving)",
+    labels: &["model", "result"],
+};
+
+const MODEL_UNLOADS: Spec = Spec {
+    name: "seenn_model_unloads_total",
+    help:
+        "Models unloaded through the repository API or because their folder went away (poll mode)",
+    labels: &["model"],
+};
+
+const MODEL_SERVING_VERSION: Spec = Spec {
+    name: "seenn_model_serving_version",
+    help: "1 for the version of each model that takes new requests",
+    labels: &["model", "version"],
+};
+
+const MODEL_SWAP_DURATION: Spec = Spec {
+    name: "seenn_model_swap_duration_seconds",
+    help: "From the start of a load to new requests going to the new version: package read, sessions built and warmed up, golden samples checked",
+    labels: &["model"],
+};
+
 /// Makes metric families from their [`Spec`]s and registers each as it is made.
 struct Families<'a>(&'a Registry);
 
@@ -290,6 +327,13 @@ impl Metrics {
             engine_workers: f.int_gauge(&ENGINE_WORKERS)?,
             engine_batch_limit: f.int_gauge(&ENGINE_BATCH_LIMIT)?,
             shadow_expected_agreement: f.gauge(&SHADOW_EXPECTED_AGREEMENT)?,
+            model_loads: f.int_counter(&MODEL_LOADS)?,
+            model_unloads: f.int_counter(&MODEL_UNLOADS)?,
+            model_serving_version: f.int_gauge(&MODEL_SERVING_VERSION)?,
+            model_swap_duration: f.histogram(
+                &MODEL_SWAP_DURATION,
+                vec![0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0],
+            )?,
             registry,
         };
         #[cfg(target_os = "linux")]
@@ -297,6 +341,44 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(m)
+    }
+
+    /// A version of `model` serves: its info and serving-version series replace the previous
+    /// version's (`previous`: version, timesteps, provider).
+    pub fn serving(
+        &self,
+        model: &str,
+        version: ModelSeries<'_>,
+        previous: Option<ModelSeries<'_>>,
+    ) {
+        if let Some(p) = previous {
+            self.retire(model, p);
+        }
+        let t = version.timesteps.to_string();
+        self.model_info
+            .with_label_values(&[model, version.version, &t, version.provider])
+            .set(1);
+        self.model_serving_version
+            .with_label_values(&[model, version.version])
+            .set(1);
+        self.model_ready.with_label_values(&[model]).set(1);
+    }
+
+    /// `model` no longer serves `version`: its series go (an unload also sets ready to 0).
+    pub fn retire(&self, model: &str, version: ModelSeries<'_>) {
+        let t = version.timesteps.to_string();
+        let _ =
+            self.model_info
+                .remove_label_values(&[model, version.version, &t, version.provider]);
+        let _ = self
+            .model_serving_version
+            .remove_label_values(&[model, version.version]);
+    }
+
+    pub fn model_loaded(&self, model: &str, ok: bool) {
+        self.model_loads
+            .with_label_values(&[model, if ok { "ok" } else { "failed" }])
+            .inc();
     }
 
     /// Binds every per-model series of `model` (T = `timesteps`) once.

@@ -38,6 +38,12 @@ use crate::kserve::rest;
         rest::model_ready_version,
         rest::infer,
         rest::infer_version,
+        rest::repository_index,
+        rest::repository_load,
+        rest::repository_unload,
+        http::admin_repository,
+        http::admin_load,
+        http::admin_unload,
     ),
     modifiers(&AdminToken),
     tags(

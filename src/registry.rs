@@ -1,17 +1,22 @@
-//! The model registry: every package under `--models`, each loaded, checked, warmed up and given
-//! its engine, and the lookup by name that the service uses.
+//! The model registry: the version of each model that serves, each loaded, checked, warmed up
+//! and given its engine, and the lookup by name that the service uses. Versions are swapped in and
+//! out while the server runs (`service::models`): a lookup clones the `Arc` of the version serving
+//! at that moment, so a request keeps its version until it has answered.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
 
 use crate::engine::{self, EngineConfig, EngineHandle};
 use crate::error::Error;
 use crate::exit::ExitPolicy;
 use crate::graphs;
 use crate::metrics::Metrics;
+use crate::model::layout::{self, Fingerprint, LayoutError};
 use crate::model::manifest::{Calibration, Manifest};
-use crate::model::{err, invalid, read_calibration, read_manifest, LoadError, PackageError};
+use crate::model::{err, read_calibration, read_manifest, LoadError, PackageError};
 use crate::runtime::SessionOptions;
 
 pub struct LoadedModel {
@@ -23,6 +28,8 @@ pub struct LoadedModel {
     pub policy: RwLock<ExitPolicy>,
     /// The package's labelled sample images (`samples/<file>`, label), read once from golden.json.
     pub samples: Vec<(String, String)>,
+    /// The package's files when it was loaded: poll mode reloads a version whose files changed.
+    pub fingerprint: Fingerprint,
 }
 
 impl LoadedModel {
@@ -93,8 +100,22 @@ pub fn package_dirs(root: &Path) -> Result<Vec<PathBuf>, LoadError> {
     Ok(dirs)
 }
 
+/// Loads the package in `dir` as its manifest's version.
 pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadError> {
-    let manifest = read_manifest(dir)?;
+    let version = read_manifest(dir)?.version;
+    load_version(dir, &version, opts)
+}
+
+/// Loads the package in `dir` as version `version` (a numbered folder's name; the manifest's own
+/// `version` for a one-package folder).
+pub fn load_version(
+    dir: &Path,
+    version: &str,
+    opts: &LoadOptions<'_>,
+) -> Result<LoadedModel, LoadError> {
+    let fingerprint = layout::fingerprint(dir);
+    let mut manifest = read_manifest(dir)?;
+    manifest.version = version.to_string();
     let calibration = read_calibration(dir, manifest.timesteps)?;
     // One set of sessions per worker: a session's `Run` is not shared between threads.
     let workers = match opts.engine.workers {
@@ -130,6 +151,7 @@ pub fn load_one(dir: &Path, opts: &LoadOptions<'_>) -> Result<LoadedModel, LoadE
         engine,
         policy: RwLock::new(policy),
         samples,
+        fingerprint,
     })
 }
 
@@ -158,15 +180,27 @@ fn read_samples(dir: &Path, labels: &[String]) -> Vec<(String, String)> {
         .collect()
 }
 
-/// Loads every package. Broken packages are returned as errors next to the models that loaded.
-pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LoadError>);
+/// Loads every model's serving version (its latest). Broken models are returned as errors next
+/// to the models that loaded.
+pub type Loaded = (BTreeMap<String, Arc<LoadedModel>>, Vec<LayoutError>);
 
 /// With `workers` 0 in the engine options, each model gets [`engine::default_workers`] for the
-/// number of packages found.
-pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError> {
-    let mut models = BTreeMap::new();
-    let mut errors = Vec::new();
-    let dirs = package_dirs(root)?;
+/// number of models loaded. `only`: the models to load (`--load-model`); none: every model.
+pub fn load_all(
+    root: &Path,
+    opts: &LoadOptions<'_>,
+    only: Option<&[String]>,
+) -> Result<Loaded, LayoutError> {
+    let (mut dirs, mut errors) = layout::scan(root)?;
+    if let Some(only) = only {
+        dirs.retain(|name, _| only.iter().any(|o| o == name));
+        errors.retain(|e| {
+            e.folder()
+                .and_then(|f| f.file_name())
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| only.iter().any(|o| o == n))
+        });
+    }
     let mut engine = opts.engine.clone();
     if engine.workers == 0 {
         engine.workers = engine::default_workers(dirs.len(), &opts.session.device);
@@ -177,21 +211,14 @@ pub fn load_all(root: &Path, opts: &LoadOptions<'_>) -> Result<Loaded, LoadError
         engine,
         metrics: opts.metrics.clone(),
     };
-    for dir in dirs {
-        match load_one(&dir, opts) {
+    let mut models = BTreeMap::new();
+    for (name, dir) in dirs {
+        let Some(v) = dir.latest() else { continue };
+        match load_version(&v.dir, &v.version, opts) {
             Ok(m) => {
-                let name = m.manifest.name.clone();
-                match models.entry(name) {
-                    std::collections::btree_map::Entry::Occupied(o) => errors.push(invalid(
-                        &dir.join("manifest.json"),
-                        format!("a second model named {:?}", o.key()),
-                    )),
-                    std::collections::btree_map::Entry::Vacant(v) => {
-                        v.insert(Arc::new(m));
-                    }
-                }
+                models.insert(name, Arc::new(m));
             }
-            Err(e) => errors.push(e),
+            Err(e) => errors.push(e.into()),
         }
     }
     Ok((models, errors))
@@ -208,8 +235,10 @@ pub enum RegistryError {
 
 /// The served models by name, and the one a request without a name goes to.
 pub struct Registry {
-    models: BTreeMap<String, Arc<LoadedModel>>,
+    models: RwLock<BTreeMap<String, Arc<LoadedModel>>>,
     default_model: String,
+    /// Bumped on every change of what serves (readiness watchers re-subscribe).
+    changes: watch::Sender<u64>,
 }
 
 impl Registry {
@@ -224,26 +253,76 @@ impl Registry {
             None => models.keys().next().cloned().ok_or(RegistryError::Empty)?,
         };
         Ok(Registry {
-            models,
+            models: RwLock::new(models),
             default_model,
+            changes: watch::Sender::new(0),
         })
     }
 
-    /// The model `name` names, or the default one when `name` is absent or empty.
+    fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, Arc<LoadedModel>>> {
+        match self.models.read() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, BTreeMap<String, Arc<LoadedModel>>> {
+        match self.models.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// The version of `name` serving now, or of the default model when `name` is absent or empty.
     pub fn get(&self, name: Option<&str>) -> Result<Arc<LoadedModel>, Error> {
         let name = name
             .filter(|n| !n.is_empty())
             .unwrap_or(&self.default_model);
-        self.models.get(name).cloned().ok_or_else(|| {
+        let models = self.read();
+        models.get(name).cloned().ok_or_else(|| {
             Error::ModelNotFound(format!(
-                "model {name:?} not found; served models: {}",
-                self.models.keys().cloned().collect::<Vec<_>>().join(", ")
+                "model {name:?} not found (not loaded); served models: {}",
+                models.keys().cloned().collect::<Vec<_>>().join(", ")
             ))
         })
     }
 
-    pub fn models(&self) -> impl Iterator<Item = &Arc<LoadedModel>> {
-        self.models.values()
+    /// The versions serving now (a snapshot).
+    pub fn models(&self) -> Vec<Arc<LoadedModel>> {
+        self.read().values().cloned().collect()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.read().keys().cloned().collect()
+    }
+
+    /// Model name → the version serving.
+    pub fn serving(&self) -> BTreeMap<String, String> {
+        self.read()
+            .iter()
+            .map(|(n, m)| (n.clone(), m.manifest.version.clone()))
+            .collect()
+    }
+
+    /// Makes `m` the serving version of its model; returns the version it replaced.
+    pub fn insert(&self, m: Arc<LoadedModel>) -> Option<Arc<LoadedModel>> {
+        let old = self.write().insert(m.manifest.name.clone(), m);
+        self.changes.send_modify(|g| *g += 1);
+        old
+    }
+
+    /// Stops serving `name`; returns the version that served.
+    pub fn remove(&self, name: &str) -> Option<Arc<LoadedModel>> {
+        let old = self.write().remove(name);
+        if old.is_some() {
+            self.changes.send_modify(|g| *g += 1);
+        }
+        old
+    }
+
+    /// Changes whenever a version is swapped in or a model removed.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     pub fn default_model(&self) -> &str {
@@ -252,6 +331,6 @@ impl Registry {
 
     /// Whether every model's engine serves.
     pub fn all_ready(&self) -> bool {
-        self.models.values().all(|m| m.engine.is_ready())
+        self.read().values().all(|m| m.engine.is_ready())
     }
 }

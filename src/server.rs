@@ -17,6 +17,7 @@ use crate::error::{chain, Chain};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::registry::{self, LoadOptions};
+use crate::repository::{Loader, ModelControl, Repository};
 use crate::runtime::{self, Device, SessionOptions};
 use crate::service::adaptive::{Controller, LatencyWindows, Shed};
 use crate::service::{Lifecycle, Limits, PolicyAdmin, Service};
@@ -48,6 +49,66 @@ fn admin_token(cfg: &ServeConfig) -> Result<Option<String>> {
         .filter(|t| !t.is_empty()))
 }
 
+/// The models to load at start (`--load-model`; none: every model), after checking the
+/// repository flags.
+fn start_models<'a>(
+    cfg: &'a ServeConfig,
+    on_disk: &std::collections::BTreeMap<String, crate::model::layout::ModelDir>,
+) -> Result<Option<&'a [String]>> {
+    if !cfg.load_models.is_empty() && cfg.model_control != ModelControl::Explicit {
+        bail!(
+            "--load-model is for --model-control explicit; with {} every model loads at start",
+            cfg.model_control.as_str()
+        );
+    }
+    if !(cfg.repository_poll_secs > 0.0 && cfg.repository_poll_secs.is_finite()) {
+        bail!("--repository-poll-secs must be a positive number of seconds");
+    }
+    let only = (!cfg.load_models.is_empty()).then_some(cfg.load_models.as_slice());
+    if let Some(only) = only {
+        if let Some(missing) = only.iter().find(|n| !on_disk.contains_key(*n)) {
+            bail!(
+                "--load-model {missing:?}: no such model in {}; models there: {}",
+                cfg.models.display(),
+                on_disk.keys().cloned().collect::<Vec<_>>().join(", ")
+            );
+        }
+    }
+    Ok(only)
+}
+
+/// Publishes what start-up loaded: queue capacity for every model on disk, and per model
+/// loaded its saved exit policy, info and readiness series.
+fn publish_loaded(
+    cfg: &ServeConfig,
+    on_disk: &std::collections::BTreeMap<String, crate::model::layout::ModelDir>,
+    registry: &Registry,
+    policies: &PolicyAdmin,
+    metrics: &Metrics,
+) -> Result<()> {
+    for name in on_disk.keys() {
+        metrics
+            .queue_capacity
+            .with_label_values(&[name])
+            .set(cfg.max_queue as i64);
+    }
+    for m in registry.models() {
+        let name = &m.manifest.name;
+        policies.restore(&m)?;
+        metrics.serving(
+            name,
+            crate::metrics::ModelSeries {
+                version: &m.manifest.version,
+                timesteps: m.manifest.timesteps,
+                provider: &m.provider,
+            },
+            None,
+        );
+        tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
+    }
+    Ok(())
+}
+
 /// Builds the service: everything that can fail at start-up fails here with a clear message.
 pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     let device = Device::parse(&cfg.device)?;
@@ -56,10 +117,12 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
     }
     let (env, ort_library) = runtime::init(cfg.ort_lib.as_deref())?;
     tracing::info!(library = %ort_library.display(), device = %device.provider_name(), "ONNX Runtime loaded");
-    // Metrics need the largest T for their buckets: read the manifests first.
-    let max_t = registry::package_dirs(&cfg.models)?
-        .iter()
-        .filter_map(|d| crate::model::read_manifest(d).ok())
+    // Metrics need the largest T for their buckets: read every version's manifest first.
+    let (on_disk, _) = crate::model::layout::scan(&cfg.models)?;
+    let max_t = on_disk
+        .values()
+        .flat_map(|m| m.versions.iter())
+        .filter_map(|v| crate::model::read_manifest(&v.dir).ok())
         .map(|m| m.timesteps)
         .max()
         .unwrap_or(1);
@@ -82,7 +145,8 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         },
         metrics: metrics.clone(),
     };
-    let (models, errors) = registry::load_all(&cfg.models, &opts)?;
+    let only = start_models(cfg, &on_disk)?;
+    let (models, errors) = registry::load_all(&cfg.models, &opts, only)?;
     for e in &errors {
         tracing::error!("broken model package: {}", Chain(e));
     }
@@ -100,6 +164,16 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         );
     }
     let registry = Registry::new(models, cfg.default_model.as_deref())?;
+    let repository = Repository::new(
+        &cfg.models,
+        cfg.model_control,
+        Loader {
+            env: env.clone(),
+            session: opts.session.clone(),
+            engine: opts.engine.clone(),
+            metrics: metrics.clone(),
+        },
+    );
     let admin_token = admin_token(cfg)?;
     if let Some(t) = &admin_token {
         crate::admin_token::check_admin_token(t)?;
@@ -114,29 +188,13 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
         metrics.clone(),
         cfg.exit_policy_file.clone(),
     );
-    for m in registry.models() {
-        let name = &m.manifest.name;
-        policies.restore(m)?;
-        metrics
-            .queue_capacity
-            .with_label_values(&[name])
-            .set(cfg.max_queue as i64);
-        metrics
-            .model_info
-            .with_label_values(&[
-                name,
-                &m.manifest.version,
-                &m.manifest.timesteps.to_string(),
-                &m.provider,
-            ])
-            .set(1);
-        metrics.model_ready.with_label_values(&[name]).set(1);
-        tracing::info!(model = %name, version = %m.manifest.version, timesteps = m.manifest.timesteps, provider = %m.provider, "model ready");
-    }
-    let latency = LatencyWindows::new(registry.models().map(|m| m.manifest.name.as_str()));
+    publish_loaded(cfg, &on_disk, &registry, &policies, &metrics)?;
+    // Every model on disk gets its latency window, so one loaded later is controlled too.
+    let latency = LatencyWindows::new(on_disk.keys().map(String::as_str));
     Ok(Arc::new(Service {
         latency,
         registry,
+        repository,
         policies,
         lifecycle: Lifecycle::new().with_reply_spin(Duration::from_micros(cfg.reply_spin_us)),
         metrics,
@@ -226,6 +284,13 @@ impl RunningServer {
             health_reporter.clone(),
             shutdown_rx.clone(),
         ));
+        if state.repository.control == ModelControl::Poll {
+            tokio::spawn(crate::service::models::poll_repository(
+                state.clone(),
+                Duration::from_secs_f64(cfg.repository_poll_secs),
+                shutdown_rx.clone(),
+            ));
+        }
         let grpc_task = tokio::spawn(async move {
             let result = tonic::transport::Server::builder()
                 .tcp_nodelay(true)
@@ -299,6 +364,7 @@ async fn control_adaptive_alpha(
             _ = stop.changed() => return,
         }
         for m in service.registry.models() {
+            let m = &*m;
             let name = &m.manifest.name;
             let window = service.latency.take(name);
             let (p99, answered_p99) = (window.p99_ms, window.answered_p99_ms);
@@ -387,12 +453,20 @@ async fn mirror_health(
     reporter: tonic_health::server::HealthReporter,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sources: Vec<watch::Receiver<bool>> = service
-        .registry
-        .models()
-        .map(|m| m.engine.watch_ready())
-        .collect();
-    sources.push(service.lifecycle.watch_draining());
+    // The readiness sources are the engines of the versions serving: collected again whenever a
+    // version is swapped in or a model unloaded.
+    let mut changes = service.registry.watch_changes();
+    let sources = |service: &Service| -> Vec<watch::Receiver<bool>> {
+        let mut v: Vec<watch::Receiver<bool>> = service
+            .registry
+            .models()
+            .iter()
+            .map(|m| m.engine.watch_ready())
+            .collect();
+        v.push(service.lifecycle.watch_draining());
+        v
+    };
+    let mut watched = sources(&service);
     let mut published = true;
     loop {
         let ready = service.is_ready();
@@ -408,11 +482,21 @@ async fn mirror_health(
                 .await;
             published = ready;
         }
-        let any_change =
-            futures::future::select_all(sources.iter_mut().map(|s| Box::pin(s.changed())));
-        tokio::select! {
-            (changed, _, _) = any_change => if changed.is_err() { return },
-            _ = stop.changed() => return,
+        let resubscribe = {
+            let any_change =
+                futures::future::select_all(watched.iter_mut().map(|s| Box::pin(s.changed())));
+            tokio::select! {
+                // A source that closed is an engine that retired: its model changed.
+                (changed, _, _) = any_change => changed.is_err(),
+                r = changes.changed() => {
+                    if r.is_err() { return }
+                    true
+                }
+                _ = stop.changed() => return,
+            }
+        };
+        if resubscribe {
+            watched = sources(&service);
         }
     }
 }

@@ -220,6 +220,7 @@ impl Classifier for GrpcService {
             .state
             .registry
             .models()
+            .iter()
             .map(|m| {
                 let p = m.exit_policy();
                 pb::ModelInfo {

@@ -49,6 +49,9 @@ pub fn routes(opts: &HttpOptions) -> Router<Shared> {
             "/admin/models/{name}/exit-policy",
             get(get_exit_policy).put(put_exit_policy),
         )
+        .route("/admin/repository", get(admin_repository))
+        .route("/admin/models/{name}/load", post(admin_load))
+        .route("/admin/models/{name}/unload", post(admin_unload))
         .route("/", get(index))
         .route("/v1/models/{name}/samples", get(list_samples))
         .route("/v1/models/{name}/samples/{file}", get(get_sample))
@@ -565,6 +568,7 @@ pub async fn list_models(State(state): State<Shared>) -> Response {
         models: state
             .registry
             .models()
+            .iter()
             .map(|m| state.model_view(m))
             .collect(),
         default_model: state.registry.default_model().to_string(),
@@ -695,6 +699,79 @@ fn auth(state: &Service, headers: &HeaderMap) -> Result<(), Error> {
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok()),
     )
+}
+
+/// Every model and version in the models folder with its state and the reason (the same rows as
+/// `POST /v2/repository/index`).
+#[utoipa::path(get, path = "/admin/repository", tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "One row per model version", body = Vec<crate::repository::IndexEntry>),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody)))]
+pub async fn admin_repository(
+    State(state): State<Shared>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    Ok(Json(state.repository_index(false)).into_response())
+}
+
+/// The body of `POST /admin/models/{name}/load` (optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LoadRequest {
+    /// The version to serve, pinned; "latest" unpins. Default: the pinned or latest version.
+    pub version: Option<String>,
+}
+
+/// Loads a model or swaps it to its latest (or the named) version, with no request lost: the
+/// version serving keeps serving until the new one is loaded, warmed up and golden-checked.
+#[utoipa::path(post, path = "/admin/models/{name}/load", tag = "admin",
+    params(("name" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    request_body(content = LoadRequest, description = "Optional", content_type = "application/json"),
+    responses((status = 200, description = "The version serving now", body = crate::service::models::LoadReport),
+              (status = 400, description = "The package failed to load or its golden check; the old version keeps serving", body = ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 404, description = "No such model or version on disk", body = ErrorBody),
+              (status = 409, description = "Not allowed by --model-control", body = ErrorBody)))]
+pub async fn admin_load(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    state.check_model_control("load")?;
+    let req: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        LoadRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            Error::invalid(format!(
+                "load: the body is not JSON {{\"version\"?: string}}: {e}"
+            ))
+        })?
+    };
+    let report = state.load_model(&name, req.version.as_deref()).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Stops serving a model: new requests get 404, requests in flight finish.
+#[utoipa::path(post, path = "/admin/models/{name}/unload", tag = "admin",
+    params(("name" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Unloaded", body = serde_json::Value),
+              (status = 401, description = "Missing or wrong token", body = ErrorBody),
+              (status = 404, description = "The model is not loaded", body = ErrorBody),
+              (status = 409, description = "Not allowed by --model-control", body = ErrorBody)))]
+pub async fn admin_unload(
+    State(state): State<Shared>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, Error> {
+    auth(&state, &headers)?;
+    state.check_model_control("unload")?;
+    state.unload_model(&name, "unloaded by a call").await?;
+    Ok(Json(serde_json::json!({})).into_response())
 }
 
 /// A model's default exit policy and what calibration expects of it.

@@ -177,7 +177,7 @@ impl GrpcInferenceService for InferenceService {
         Ok(Response::new(pb::ServerMetadataResponse {
             name: SERVER_NAME.into(),
             version: env!("CARGO_PKG_VERSION").into(),
-            extensions: vec![],
+            extensions: vec!["model_repository".into()],
         }))
     }
 
@@ -239,4 +239,76 @@ impl GrpcInferenceService for InferenceService {
             raw_output_contents: raw,
         }))
     }
+
+    async fn repository_index(
+        &self,
+        req: Request<pb::RepositoryIndexRequest>,
+    ) -> std::result::Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let r = req.into_inner();
+        let models = self
+            .state
+            .repository_index(r.ready)
+            .into_iter()
+            .map(|e| pb::repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.as_str().into(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        req: Request<pb::RepositoryModelLoadRequest>,
+    ) -> std::result::Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        admin(&self.state, &req)?;
+        self.state.check_model_control("load")?;
+        let r = req.into_inner();
+        let mut version = None;
+        for (k, v) in &r.parameters {
+            use pb::model_repository_parameter::ParameterChoice;
+            match (k.as_str(), &v.parameter_choice) {
+                ("version", Some(ParameterChoice::StringParam(s))) => version = Some(s.clone()),
+                ("version", Some(ParameterChoice::Int64Param(n))) => version = Some(n.to_string()),
+                ("version", _) => {
+                    return Err(Status::invalid_argument(
+                        "parameter version must be a string (or int64) version, or \"latest\"",
+                    ))
+                }
+                (other, _) => {
+                    return Err(Status::invalid_argument(format!(
+                        "unknown load parameter {other:?}; accepted: version"
+                    )))
+                }
+            }
+        }
+        self.state
+            .load_model(&r.model_name, version.as_deref())
+            .await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        req: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> std::result::Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        admin(&self.state, &req)?;
+        self.state.check_model_control("unload")?;
+        let r = req.into_inner();
+        self.state
+            .unload_model(&r.model_name, "unloaded by a call")
+            .await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+}
+
+/// The admin token from the `authorization` metadata (load and unload).
+fn admin<T>(state: &Service, req: &Request<T>) -> std::result::Result<(), Status> {
+    let header = req
+        .metadata()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok());
+    state.authorize(header).map_err(Status::from)
 }

@@ -246,7 +246,7 @@ pub fn model(state: &Service, name: &str, version: Option<&str>) -> Result<Arc<L
     if let Some(v) = version.filter(|v| !v.is_empty()) {
         if v != m.manifest.version {
             return Err(Error::ModelNotFound(format!(
-                "model {name} has no version {v:?}; served version: {:?}",
+                "model {name} has no version {v:?} serving; it serves version {} (every version: POST /v2/repository/index)",
                 m.manifest.version
             )));
         }

@@ -585,6 +585,12 @@ pub fn router() -> Router<Shared> {
             "/v2/models/{model}/versions/{version}/infer",
             post(infer_version),
         )
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
 }
 
 /// Server metadata: name, version and the protocol extensions supported.
@@ -594,7 +600,7 @@ pub async fn server_metadata() -> Json<ServerMetadata> {
     Json(ServerMetadata {
         name: SERVER_NAME.into(),
         version: env!("CARGO_PKG_VERSION").into(),
-        extensions: vec!["binary_tensor_data".into()],
+        extensions: vec!["binary_tensor_data".into(), "model_repository".into()],
     })
 }
 
@@ -799,6 +805,117 @@ pub async fn infer_version(
     req: Request,
 ) -> Result<Response> {
     run_infer(state, model, Some(version), req).await
+}
+
+/// The body of `POST /v2/repository/index` (both fields optional).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct RepositoryIndexRequest {
+    /// Ignored: the server has one repository, `--models`.
+    #[serde(default)]
+    pub repository_name: String,
+    /// Only the versions ready to serve.
+    #[serde(default)]
+    pub ready: bool,
+}
+
+/// The body of a repository load or unload (optional). Load takes `parameters.version`: the
+/// version to serve, which pins it (`"latest"` unpins).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+pub struct RepositoryModelRequest {
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+/// An optional JSON body: empty is the default, anything else must parse.
+fn optional_json<T: Default + for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("{what}: the body is not the expected JSON: {e}")))
+}
+
+fn authorize(state: &Service, headers: &HeaderMap) -> Result<()> {
+    state.authorize(
+        headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+    )
+}
+
+/// Every model and version in the repository with its state (READY, LOADING, UNAVAILABLE) and
+/// the reason.
+#[utoipa::path(post, path = "/v2/repository/index", tag = "open-inference",
+    request_body(content = RepositoryIndexRequest, description = "Optional", content_type = "application/json"),
+    responses((status = 200, description = "One row per model version", body = Vec<crate::repository::IndexEntry>)))]
+pub async fn repository_index(
+    State(state): State<Shared>,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    let req: RepositoryIndexRequest = optional_json(&body, "repository index")?;
+    Ok(Json(state.repository_index(req.ready)).into_response())
+}
+
+/// Loads a model, or swaps it to its latest (or the named) version; the version serving keeps
+/// serving until the new one is ready and checked. Needs the admin token.
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "open-inference",
+    params(("model" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    request_body(content = RepositoryModelRequest, description = "Optional: parameters.version", content_type = "application/json"),
+    responses((status = 200, description = "The version serving now", body = crate::service::models::LoadReport),
+              (status = 400, description = "The package failed to load or its golden check; the old version keeps serving", body = crate::error::ErrorBody),
+              (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+              (status = 404, description = "No such model or version on disk", body = crate::error::ErrorBody),
+              (status = 409, description = "Not allowed by --model-control", body = crate::error::ErrorBody)))]
+pub async fn repository_load(
+    State(state): State<Shared>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    authorize(&state, &headers)?;
+    state.check_model_control("load")?;
+    let req: RepositoryModelRequest = optional_json(&body, "repository load")?;
+    let version = match req.parameters.get("version") {
+        None => None,
+        Some(serde_json::Value::String(v)) => Some(v.clone()),
+        Some(serde_json::Value::Number(n)) => Some(n.to_string()),
+        Some(other) => {
+            return Err(Error::invalid(format!(
+                "parameters.version {other} is not a version; accepted: a version such as \"2\", or \"latest\""
+            )))
+        }
+    };
+    if let Some(k) = req.parameters.keys().find(|k| *k != "version") {
+        return Err(Error::invalid(format!(
+            "unknown load parameter {k:?}; accepted: version"
+        )));
+    }
+    let report = state.load_model(&model, version.as_deref()).await?;
+    Ok(Json(report).into_response())
+}
+
+/// Stops serving a model: new requests get 404, requests in flight finish. Needs the admin token.
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "open-inference",
+    params(("model" = String, Path, description = "Model name")),
+    security(("admin_token" = [])),
+    request_body(content = RepositoryModelRequest, description = "Optional; parameters are accepted and ignored (unload_dependents: there are none)", content_type = "application/json"),
+    responses((status = 200, description = "Unloaded", body = serde_json::Value),
+              (status = 401, description = "Missing or wrong token", body = crate::error::ErrorBody),
+              (status = 404, description = "The model is not loaded", body = crate::error::ErrorBody),
+              (status = 409, description = "Not allowed by --model-control", body = crate::error::ErrorBody)))]
+pub async fn repository_unload(
+    State(state): State<Shared>,
+    Path(model): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Response> {
+    authorize(&state, &headers)?;
+    state.check_model_control("unload")?;
+    let _: RepositoryModelRequest = optional_json(&body, "repository unload")?;
+    state.unload_model(&model, "unloaded by a call").await?;
+    Ok(Json(serde_json::json!({})).into_response())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
 //! The model package on disk (`models/README.md`): reading and validating `manifest.json` and
 //! `calibration.json`, and the error that names the file at fault. Nothing here runs a graph.
 
+pub mod layout;
 pub mod manifest;
 
 use std::path::{Path, PathBuf};

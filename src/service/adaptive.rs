@@ -33,7 +33,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub use crate::exit::AdaptiveAlpha;
@@ -363,7 +363,14 @@ pub fn p99(samples: &mut [f64]) -> Option<f64> {
 /// was).
 #[derive(Default)]
 pub struct LatencyWindows {
-    windows: BTreeMap<String, (Mutex<Vec<f64>>, AtomicUsize)>,
+    windows: std::sync::RwLock<BTreeMap<String, Arc<ModelWindow>>>,
+}
+
+/// One model's samples since the last tick and its shed level.
+#[derive(Default)]
+struct ModelWindow {
+    samples: Mutex<Vec<f64>>,
+    shed: AtomicUsize,
 }
 
 /// Samples kept per model and tick at most (memory stays bounded under any load).
@@ -371,16 +378,29 @@ const MAX_SAMPLES: usize = 100_000;
 
 impl LatencyWindows {
     pub fn new<'a>(models: impl Iterator<Item = &'a str>) -> Self {
-        LatencyWindows {
-            windows: models
-                .map(|m| (m.to_string(), (Mutex::new(Vec::new()), AtomicUsize::new(0))))
-                .collect(),
+        let w = LatencyWindows::default();
+        for m in models {
+            w.ensure(m);
+        }
+        w
+    }
+
+    /// Gives `model` a window (a model loaded after start); its shed level is kept across a swap.
+    pub fn ensure(&self, model: &str) {
+        if self.get(model).is_none() {
+            if let Ok(mut w) = self.windows.write() {
+                w.entry(model.to_string()).or_default();
+            }
         }
     }
 
+    fn get(&self, model: &str) -> Option<Arc<ModelWindow>> {
+        self.windows.read().ok()?.get(model).cloned()
+    }
+
     pub fn record(&self, model: &str, latency: Duration) {
-        if let Some((w, _)) = self.windows.get(model) {
-            if let Ok(mut w) = w.lock() {
+        if let Some(w) = self.get(model) {
+            if let Ok(mut w) = w.samples.lock() {
                 if w.len() < MAX_SAMPLES {
                     w.push(latency.as_secs_f64() * 1e3);
                 }
@@ -390,25 +410,21 @@ impl LatencyWindows {
 
     /// `model`'s shed level in force.
     pub fn shed(&self, model: &str) -> usize {
-        self.windows
-            .get(model)
-            .map_or(0, |(_, l)| l.load(Ordering::Relaxed))
+        self.get(model)
+            .map_or(0, |w| w.shed.load(Ordering::Relaxed))
     }
 
     /// Sets `model`'s shed level; returns the level it had.
     pub fn set_shed(&self, model: &str, level: usize) -> usize {
-        self.windows
-            .get(model)
-            .map_or(0, |(_, l)| l.swap(level, Ordering::Relaxed))
+        self.get(model)
+            .map_or(0, |w| w.shed.swap(level, Ordering::Relaxed))
     }
 
     /// The window since the last call, and a fresh one.
     pub fn take(&self, model: &str) -> Window {
         let Some(mut samples) = self
-            .windows
             .get(model)
-            .and_then(|(w, _)| w.lock().ok())
-            .map(|mut w| std::mem::take(&mut *w))
+            .and_then(|w| w.samples.lock().ok().map(|mut s| std::mem::take(&mut *s)))
         else {
             return Window::default();
         };

@@ -4,6 +4,7 @@
 
 pub mod adaptive;
 pub mod lifecycle;
+pub mod models;
 pub mod policy;
 pub mod policy_file;
 mod view;
@@ -44,6 +45,8 @@ pub struct Limits {
 
 pub struct Service {
     pub registry: Registry,
+    /// The `--models` folder, the state of every version, and loading after start-up.
+    pub repository: crate::repository::Repository,
     pub policies: PolicyAdmin,
     pub lifecycle: Lifecycle,
     pub metrics: Arc<Metrics>,

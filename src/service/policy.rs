@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Chain, Error, Result};
 use crate::exit::{AdaptiveAlpha, ExitPolicy, RuleKind};
 use crate::metrics::Metrics;
 use crate::model::manifest::{self, Setting};
@@ -310,6 +310,51 @@ impl PolicyAdmin {
         }
         self.publish(&Self::view(m, None));
         Ok(())
+    }
+
+    /// A new version of a model takes over its exit policy: the serving version's (`old`) when
+    /// the labels and T are the same and the new version serves its rule, else the new manifest's
+    /// default, persisted in place of the old one. Returns what happened, for the load's answer
+    /// and the log.
+    pub fn adopt(&self, old: Option<&LoadedModel>, new: &LoadedModel) -> String {
+        let name = &new.manifest.name;
+        let outcome = match old {
+            None => match self.restore(new) {
+                Ok(()) => "the saved or default policy".to_string(),
+                Err(e) => format!("the default policy ({})", Chain(&e)),
+            },
+            Some(old) => {
+                let p = old.exit_policy();
+                let why_not = if old.manifest.labels != new.manifest.labels {
+                    Some("labels changed".to_string())
+                } else if old.manifest.timesteps != new.manifest.timesteps {
+                    Some(format!(
+                        "T changed {} -> {}",
+                        old.manifest.timesteps, new.manifest.timesteps
+                    ))
+                } else if !new.serves(p.rule) {
+                    Some(format!("the new version has no {} rule", p.rule.as_str()))
+                } else {
+                    None
+                };
+                match why_not {
+                    None => {
+                        new.set_exit_policy(p);
+                        "carried over".to_string()
+                    }
+                    Some(why) => {
+                        let fresh = new.exit_policy();
+                        if let Err(e) = self.store.set(name, fresh) {
+                            tracing::error!(model = %name, error = %Chain(&e), "cannot persist the reset exit policy");
+                        }
+                        tracing::warn!(model = %name, reason = %why, "exit policy reset to the new version's default");
+                        format!("reset to the new version's default: {why}")
+                    }
+                }
+            }
+        };
+        self.publish(&Self::view(new, None));
+        outcome
     }
 
     /// `m`'s current default policy and what calibration expects of it.

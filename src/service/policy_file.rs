@@ -114,19 +114,14 @@ pub fn apply(service: &Service, file: &PolicyFile) -> Result<(), PolicyFileError
     {
         return Err(PolicyFileError::UnknownModel {
             model: unknown.clone(),
-            served: service
-                .registry
-                .models()
-                .map(|m| m.manifest.name.clone())
-                .collect::<Vec<_>>()
-                .join(", "),
+            served: service.registry.names().join(", "),
         });
     }
     for m in service.registry.models() {
         let name = &m.manifest.name;
         service
             .policies
-            .apply(m, from_manifest(m, file.get(name)))
+            .apply(&m, from_manifest(&m, file.get(name)))
             .map_err(|source| PolicyFileError::Model {
                 model: name.clone(),
                 source,
