@@ -586,6 +586,24 @@ def summary_gpu(out: Path, args) -> dict:
     return data
 
 
+def summary_repository(out: Path, args) -> dict:
+    """benchmarks/repository.py's result: swaps under load, load/unload cycles, broken versions."""
+    r = json.loads((out / "repository.json").read_text())
+    s, c = r["summary"], r["cycles"]
+    print(f"swaps under c={r['concurrency']} load: {s['swaps_ok']}/{s['swaps']} swaps, "
+          f"{s['non_2xx_with_swaps']} non-2xx of {s['requests_with_swaps']} requests; "
+          f"p99 {fmt(s['p99_with_ms'], 2)} ms with swaps, {fmt(s['p99_without_ms'], 2)} ms without "
+          f"(ratio {fmt(s['p99_ratio'], 2)}); swap median {fmt(s['swap_seconds_median'], 3)} s")
+    print(f"{c['cycles']} unload/load cycles: RSS {fmt(c['before']['rss_mb'])} -> {fmt(c['after']['rss_mb'])} MB "
+          f"(ratio {fmt(c['rss_ratio'], 3)}), fds {c['before']['fds']} -> {c['after']['fds']}, "
+          f"threads {c['before']['threads']} -> {c['after']['threads']}")
+    for b in r["broken"]:
+        print(f"{b['broken']}: HTTP {b['status']}, version {b['serving_after']} still serving: {b['answer']}")
+    data = envelope("repository", out, {"summary": s, "cycles": c, "broken": r["broken"]})
+    write(out, data)
+    return data
+
+
 def summary_plain(suite: str):
     return derived_summary(suite, lambda found: {})
 
@@ -596,6 +614,7 @@ SUITES = {
     "early-exit": derived_summary("early-exit", derive_early_exit), "batching": derived_summary("batching", derive_batching),
     "workers": derived_summary("workers", derive_workers), "cores": derived_summary("cores", derive_cores),
     "slot-memory": derived_summary("slot-memory", derive_slot_memory), "byo": derived_summary("byo", derive_byo),
+    "repository": summary_repository,
 }
 
 
