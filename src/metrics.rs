@@ -375,6 +375,16 @@ impl Metrics {
             .remove_label_values(&[model, version.version]);
     }
 
+    /// Creates `model`'s load, unload and swap series at zero, so that a rate over them is
+    /// defined before the first load.
+    pub fn repository_series(&self, model: &str) {
+        for result in ["ok", "failed"] {
+            self.model_loads.with_label_values(&[model, result]);
+        }
+        self.model_unloads.with_label_values(&[model]);
+        self.model_swap_duration.with_label_values(&[model]);
+    }
+
     pub fn model_loaded(&self, model: &str, ok: bool) {
         self.model_loads
             .with_label_values(&[model, if ok { "ok" } else { "failed" }])

@@ -91,6 +91,7 @@ fn publish_loaded(
             .queue_capacity
             .with_label_values(&[name])
             .set(cfg.max_queue as i64);
+        metrics.repository_series(name);
     }
     for m in registry.models() {
         let name = &m.manifest.name;

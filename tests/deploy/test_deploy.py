@@ -408,6 +408,11 @@ def test_dashboard_and_alert_queries_against_a_real_prometheus(stack):
     assert "fashion-mnist" in json.loads(body)["data"]
     for title, expr in exprs:
         assert promql(prom, expr), f"panel {title!r} returned no data: {expr}"
+    # The version-change annotation: the serving version's series is new (Prometheus started less
+    # than a minute ago), so it marks the server's start-up version.
+    for ann in dash["annotations"]["list"]:
+        marks = promql(prom, ann["expr"].replace("$model", "fashion-mnist"))
+        assert [m["metric"].get("version") for m in marks] == ["1"], (ann["name"], marks)
     # The engine's busy share is a share of its workers' time (rate() extrapolates to the window's
     # edges, hence the small allowance over 1).
     busy = next(e for t, e in exprs if t.startswith("Engine busy share"))
