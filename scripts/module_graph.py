@@ -3,8 +3,9 @@
     python3 scripts/module_graph.py [src]      prints `module -> imports` and exits 1 on a cycle
 
 A module is a file under src/ (`a/mod.rs` is `a`). Every path counts, however it is spelled:
-`crate::a::b::C`, `super::b::C` (relative to the module's parent), `self::b::C` and a bare `b::C`
-naming a submodule; each counts toward the longest module prefix it names. A module's paths into
+`crate::a::b::C`, `super::b::C` (relative to the module's parent), `self::b::C`, a bare `b::C`
+naming a submodule, and each path of a group (`use crate::{a, b::C}`); each counts toward the
+longest module prefix it names. A module's paths into
 its own submodules are not edges (a folder's `mod.rs` declares and re-exports its children), but a
 submodule's paths to its parent and to its siblings are: two siblings that use each other are a
 cycle, as are a child and a parent's other child that use each other.
@@ -54,6 +55,21 @@ def resolve(path: str, module: str, modules: set[str]) -> str | None:
     return None
 
 
+GROUP = re.compile(r"((?:crate|super|self|\w+)(?:::(?:super|\w+))*)::\{([^{}]*)\}")
+
+
+def expand_groups(text: str) -> str:
+    """`use a::{b, c::D, self}` as the paths `a::b a::c::D a`, innermost groups first."""
+    def one(m: re.Match) -> str:
+        items = [i.strip().split(" as ")[0].strip() for i in m.group(2).split(",")]
+        return " ".join(m.group(1) if i == "self" else f"{m.group(1)}::{i}" for i in items if i)
+
+    while True:
+        text, n = GROUP.subn(one, text)
+        if n == 0:
+            return text
+
+
 def graph(src: Path) -> dict[str, set[str]]:
     files = [p for p in src.rglob("*.rs") if p.name not in ("lib.rs", "main.rs")]
     modules = {module_name(p, src) for p in files}
@@ -62,7 +78,7 @@ def graph(src: Path) -> dict[str, set[str]]:
         m = module_name(p, src)
         edges[m]
         text = p.read_text().split("#[cfg(test)]")[0]
-        text = re.sub(r"//[^\n]*", "", text)
+        text = expand_groups(re.sub(r"//[^\n]*", "", text))
         for path in PATH.findall(text):
             t = resolve(path, m, modules)
             if t and t != m and not t.startswith(m + "::"):

@@ -59,3 +59,12 @@ def test_the_checker_follows_super_self_and_bare_paths(tmp_path):
     assert edges["svc::b"] == {"svc::a"}, "comments do not count"
     assert edges["top"] == {"svc::a"}
     assert module_graph.cycles(edges) == [["svc::a", "svc::b"]]
+
+
+def test_the_checker_reads_grouped_imports(tmp_path):
+    (tmp_path / "a.rs").write_text("use crate::{b, c::{D, self as e}};\n")
+    (tmp_path / "b.rs").write_text("pub struct B;\n")
+    (tmp_path / "c.rs").write_text("use crate::{a::{X}};\n")
+    edges = module_graph.graph(tmp_path)
+    assert edges["a"] == {"b", "c"}
+    assert module_graph.cycles(edges) == [["a", "c"]]
