@@ -29,7 +29,7 @@ lint:
 	cargo clippy --release --locked --all-targets -- -D warnings
 	# The CUDA build's code (device-resident slots, the CUDA provider) compiles and lints too.
 	cargo clippy --release --locked --features cuda --all-targets -- -D warnings
-	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure tests/nir tests/bench tests/docs docs/images examples scripts benchmarks experiments fuzz
+	.venv/bin/ruff check training tests/deploy tests/web tests/kserve tests/openapi tests/structure tests/nir tests/bench tests/docs tests/helpers docs/images examples scripts benchmarks experiments fuzz
 
 ## Every dependency's licence, RustSec advisories (from the snapshot in .ci/advisory-db), sources.
 deny:

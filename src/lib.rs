@@ -1,5 +1,9 @@
 //! seenn-serve: an inference server for spiking neural networks with early exit (SEENN).
 
+// Unsafe code lives in one module, `engine::slots::ort_core` (ONNX Runtime's C API behind a safe
+// API), which alone allows it; anything unsafe elsewhere is a compile error.
+#![deny(unsafe_code)]
+
 pub mod admin_token;
 pub mod api;
 pub mod bench;

@@ -5,13 +5,15 @@ README's quick-start curl answers as shown against the real server."""
 
 import json
 import re
-import socket
 import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import seenn_server  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = REPO / "target" / "release" / "seenn"
@@ -150,36 +152,12 @@ def test_configuration_reference_lists_exactly_the_serve_flags():
     assert sorted(documented - flags) == [], "flags in the reference that `seenn serve` does not have"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     """The server as `make run` starts it: every committed model, the defaults."""
-    http_port, grpc_port = free_port(), free_port()
-    state = tmp_path_factory.mktemp("state")
-    proc = subprocess.Popen([str(BIN), "serve", "--models", "models", "--host", "127.0.0.1",
-                             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                             "--state-dir", str(state)],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, "server exited"
-        assert time.time() < deadline, "server not ready"
-        time.sleep(0.2)
-    yield {"base": base, "port": http_port}
-    proc.terminate()
-    proc.wait(timeout=30)
+    s = seenn_server.start(["--models", "models", "--state-dir", str(tmp_path_factory.mktemp("state"))])
+    yield s
+    seenn_server.stop(s)
 
 
 def exported_metrics(base: str) -> set[str]:

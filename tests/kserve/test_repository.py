@@ -6,8 +6,7 @@ a version renamed into place, and `--model-control none` refusing changes."""
 
 import json
 import shutil
-import socket
-import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,8 +18,10 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import seenn_server  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "seenn"
 MODEL = "fashion-mnist"
 PACKAGE = REPO / "models" / MODEL
 TOKEN = "repository-test-token-0123456789abcdef"
@@ -30,41 +31,17 @@ GRPC_AUTH = {"authorization": f"Bearer {TOKEN}"}
 PNG = sorted((PACKAGE / "samples").glob("*.png"))[0].read_bytes()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start(tmp: Path, root: Path, *args: str) -> dict:
-    http_port, grpc_port = free_port(), free_port()
     token = tmp / "token"
     token.write_text(TOKEN)
     log = open(tmp / "server.log", "w")
-    proc = subprocess.Popen([str(BIN), "serve", "--models", str(root), "--host", "127.0.0.1",
-                             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                             "--state-dir", str(tmp / "state"), "--admin-token-file", str(token),
-                             "--engine-workers", "1", *args],
-                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, (tmp / "server.log").read_text()
-        assert time.time() < deadline, "server not ready"
-        time.sleep(0.2)
-    return {"proc": proc, "base": base, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}",
-            "log": tmp / "server.log"}
+    s = seenn_server.start(["--models", str(root), "--state-dir", str(tmp / "state"), "--admin-token-file", str(token),
+                            "--engine-workers", "1", *args], log=log)
+    s["log"] = tmp / "server.log"
+    return s
 
 
-def stop(server: dict) -> None:
-    server["proc"].terminate()
-    server["proc"].wait(timeout=30)
+stop = seenn_server.stop
 
 
 def version_dir(root: Path, version: int, mutate=None) -> Path:
