@@ -199,7 +199,8 @@ def broken_versions(base: str, root: Path) -> list[dict]:
         req = urllib.request.Request(f"{base}/v1/models/{MODEL}/classify", data=png,
                                      headers={"content-type": "image/png"})
         served = json.loads(urllib.request.urlopen(req).read())["version"]
-        out.append({"broken": what, "status": status, "answer": body.get("error"), "serving_after": served,
+        answer = (body.get("error") or "").replace(str(root), "<repository>")
+        out.append({"broken": what, "status": status, "answer": answer, "serving_after": served,
                     "old_serves": status == 400 and served == "2"})
         shutil.rmtree(d)
     return out
