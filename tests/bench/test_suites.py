@@ -32,9 +32,9 @@ def test_the_list_names_every_suite():
         assert name in SUITES
 
 
-@pytest.mark.skipif(not BIN.exists(), reason="needs the release build (make build)")
 @pytest.mark.parametrize("suite", SUITES)
 def test_suite_runs(suite, tmp_path):
+    assert BIN.exists(), "needs the release build (make build runs before these tests in make test)"
     env = {**os.environ, "SMOKE": "1", "OUT": str(tmp_path)}
     for var in ("NICE", "DURATION", "ROUNDS", "LIMIT", "MODELS", "MODEL", "BIN", "PARTS", "RESULTS", "WRITE"):
         env.pop(var, None)

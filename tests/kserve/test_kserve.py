@@ -5,9 +5,7 @@ server's own /v1 API on the same images."""
 
 import base64
 import json
-import socket
-import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -18,43 +16,22 @@ import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import seenn_server  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "seenn"
 MODEL = "fashion-mnist"
 PACKAGE = REPO / "models" / MODEL
 MANIFEST = json.loads((PACKAGE / "manifest.json").read_text())
 SAMPLES = sorted((PACKAGE / "samples").glob("*.png"))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    http_port, grpc_port = free_port(), free_port()
-    state = tmp_path_factory.mktemp("state")
-    proc = subprocess.Popen([str(BIN), "serve", "--models", str(REPO / "models"), "--host", "127.0.0.1",
-                             "--http-port", str(http_port), "--grpc-port", str(grpc_port),
-                             "--state-dir", str(state), "--default-model", MODEL],
-                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{http_port}"
-    deadline = time.time() + 60
-    while True:
-        try:
-            with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                if r.status == 200:
-                    break
-        except OSError:
-            pass
-        assert proc.poll() is None, "server exited"
-        assert time.time() < deadline, "server not ready"
-        time.sleep(0.2)
-    yield {"base": base, "http": f"127.0.0.1:{http_port}", "grpc": f"127.0.0.1:{grpc_port}"}
-    proc.terminate()
-    proc.wait(timeout=30)
+    s = seenn_server.start(["--models", str(REPO / "models"), "--state-dir", str(tmp_path_factory.mktemp("state")),
+                            "--default-model", MODEL])
+    yield s
+    seenn_server.stop(s)
 
 
 @pytest.fixture(scope="module")
