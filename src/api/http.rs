@@ -742,15 +742,7 @@ pub async fn admin_load(
 ) -> Result<Response, Error> {
     auth(&state, &headers)?;
     state.check_model_control("load")?;
-    let req: LoadRequest = if body.iter().all(u8::is_ascii_whitespace) {
-        LoadRequest::default()
-    } else {
-        serde_json::from_slice(&body).map_err(|e| {
-            Error::invalid(format!(
-                "load: the body is not JSON {{\"version\"?: string}}: {e}"
-            ))
-        })?
-    };
+    let req: LoadRequest = crate::service::models::optional_json(&body, "load")?;
     let report = state.load_model(&name, req.version.as_deref()).await?;
     Ok(Json(report).into_response())
 }

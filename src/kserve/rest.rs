@@ -827,15 +827,6 @@ pub struct RepositoryModelRequest {
     pub parameters: serde_json::Map<String, serde_json::Value>,
 }
 
-/// An optional JSON body: empty is the default, anything else must parse.
-fn optional_json<T: Default + for<'de> Deserialize<'de>>(bytes: &[u8], what: &str) -> Result<T> {
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(T::default());
-    }
-    serde_json::from_slice(bytes)
-        .map_err(|e| Error::invalid(format!("{what}: the body is not the expected JSON: {e}")))
-}
-
 fn authorize(state: &Service, headers: &HeaderMap) -> Result<()> {
     state.authorize(
         headers
@@ -853,7 +844,8 @@ pub async fn repository_index(
     State(state): State<Shared>,
     body: axum::body::Bytes,
 ) -> Result<Response> {
-    let req: RepositoryIndexRequest = optional_json(&body, "repository index")?;
+    let req: RepositoryIndexRequest =
+        crate::service::models::optional_json(&body, "repository index")?;
     Ok(Json(state.repository_index(req.ready)).into_response())
 }
 
@@ -876,7 +868,8 @@ pub async fn repository_load(
 ) -> Result<Response> {
     authorize(&state, &headers)?;
     state.check_model_control("load")?;
-    let req: RepositoryModelRequest = optional_json(&body, "repository load")?;
+    let req: RepositoryModelRequest =
+        crate::service::models::optional_json(&body, "repository load")?;
     let version = match req.parameters.get("version") {
         None => None,
         Some(serde_json::Value::String(v)) => Some(v.clone()),
@@ -913,7 +906,8 @@ pub async fn repository_unload(
 ) -> Result<Response> {
     authorize(&state, &headers)?;
     state.check_model_control("unload")?;
-    let _: RepositoryModelRequest = optional_json(&body, "repository unload")?;
+    let _: RepositoryModelRequest =
+        crate::service::models::optional_json(&body, "repository unload")?;
     state.unload_model(&model, "unloaded by a call").await?;
     Ok(Json(serde_json::json!({})).into_response())
 }

@@ -230,7 +230,7 @@ impl Repository {
         &self,
         name: &str,
         version: &VersionDir,
-    ) -> Result<Arc<LoadedModel>, PrepareError> {
+    ) -> Result<(Arc<LoadedModel>, usize), PrepareError> {
         self.status().entry(name.to_string()).or_default().loading = Some(version.version.clone());
         let result = self.prepare_inner(version).await;
         let mut status = self.status();
@@ -251,7 +251,11 @@ impl Repository {
         result
     }
 
-    async fn prepare_inner(&self, version: &VersionDir) -> Result<Arc<LoadedModel>, PrepareError> {
+    /// The model, and how many golden samples it passed.
+    async fn prepare_inner(
+        &self,
+        version: &VersionDir,
+    ) -> Result<(Arc<LoadedModel>, usize), PrepareError> {
         let (env, session, engine, metrics) = (
             self.loader.env.clone(),
             self.loader.session.clone(),
@@ -273,8 +277,8 @@ impl Repository {
         .map_err(|e| PrepareError::Interrupted(e.to_string()))?
         .map_err(PrepareError::Load)?;
         let model = Arc::new(model);
-        golden_check(&model).await?;
-        Ok(model)
+        let checked = golden_check(&model).await?;
+        Ok((model, checked))
     }
 
     /// Whether poll mode should try `version` of `name`: not when it failed before with the same

@@ -45,6 +45,18 @@ impl From<PrepareError> for Error {
     }
 }
 
+/// An optional JSON body (load, unload, index): empty is the default, anything else must parse.
+pub fn optional_json<T: Default + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &str,
+) -> Result<T> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid(format!("{what}: the body is not the expected JSON: {e}")))
+}
+
 impl Service {
     /// Refuses load and unload calls the control mode does not allow.
     pub fn check_model_control(&self, what: &str) -> Result<()> {
@@ -72,7 +84,7 @@ impl Service {
         })?;
         let chosen = self.repository.choose(&dir, version)?.clone();
         tracing::info!(model = %name, version = %chosen.version, dir = %chosen.dir.display(), "loading model version");
-        let new = match self.repository.prepare(name, &chosen).await {
+        let (new, golden_checked) = match self.repository.prepare(name, &chosen).await {
             Ok(m) => m,
             Err(e) => {
                 self.metrics.model_loaded(name, false);
@@ -112,17 +124,9 @@ impl Service {
             version: new.manifest.version.clone(),
             previous_version: old.map(|m| m.manifest.version.clone()),
             exit_policy,
-            golden_checked: self.golden_checked(&new),
+            golden_checked,
             duration_ms: elapsed.as_secs_f64() * 1e3,
         })
-    }
-
-    fn golden_checked(&self, m: &LoadedModel) -> usize {
-        crate::model::read_golden(&m.dir)
-            .ok()
-            .flatten()
-            .map(|g| g.samples.len())
-            .unwrap_or(0)
     }
 
     /// Stops serving `name`: new requests get 404, requests in flight finish.
