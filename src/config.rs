@@ -40,6 +40,12 @@ pub struct ServeConfig {
     /// 8 measured best on CPU (BENCHMARKS.md); raise it on a GPU.
     #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
+    /// Requests one engine step runs at most, per model: `auto` measures what a request-step
+    /// costs at each batch size when the model loads and takes the narrowest width within 10% of
+    /// the cheapest (on a CPU often 1 for a long-T model; on a GPU the cap); a number fixes it.
+    /// Never above --max-batch.
+    #[arg(long, env = "SEENN_BATCH_WIDTH", default_value = "auto")]
+    pub batch_width: crate::engine::BatchWidth,
     /// Engine worker threads per model, each with its own ONNX Runtime sessions and running batch,
     /// all pulling from the model's one queue. Default on the CPU: every core for each model while
     /// all models' workers together stay within twice the cores, else 2 × cores ÷ models, at
@@ -158,6 +164,9 @@ impl ServeConfig {
             ort_lib: None,
             intra_threads: 1,
             max_batch: 8,
+            // Fixed, so that a test's batching does not depend on a measurement; the width's own
+            // tests set `auto`.
+            batch_width: crate::engine::BatchWidth::Fixed(8),
             engine_workers: None,
             max_shadow_rows: None,
             engine_spin_us: 500,

@@ -544,6 +544,8 @@ fn load_model(
             shadow_rows: 0,
             spin: std::time::Duration::from_micros(args.engine_spin_us),
             slot_memory: args.slot_memory.resolve(&device),
+            // Offline evaluation wants throughput: the whole batch.
+            width: crate::engine::BatchWidth::Fixed(args.max_batch),
         },
         metrics,
     };

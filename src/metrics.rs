@@ -35,6 +35,8 @@ pub struct Metrics {
     pub engine_busy: CounterVec,
     pub engine_workers: IntGaugeVec,
     pub engine_batch_limit: IntGaugeVec,
+    pub engine_step_cost: GaugeVec,
+    pub deadline_exits_total: IntCounterVec,
     pub shadow_expected_agreement: GaugeVec,
     pub model_loads: IntCounterVec,
     pub model_unloads: IntCounterVec,
@@ -219,8 +221,20 @@ const ENGINE_WORKERS: Spec = Spec {
 
 const ENGINE_BATCH_LIMIT: Spec = Spec {
     name: "seenn_engine_batch_limit",
-    help: "Most live requests per engine worker's batch now: --max-batch, lowered by adaptive alpha past its accuracy floor while the p99 objective is still missed",
+    help: "Most live requests per engine worker's batch now: the batch width chosen at load (at most --max-batch), lowered by adaptive alpha past its accuracy floor while the p99 objective is still missed",
     labels: &["model"],
+};
+
+const ENGINE_STEP_COST: Spec = Spec {
+    name: "seenn_engine_step_cost_seconds",
+    help: "The cost curve measured at load (--batch-width auto): seconds one request-step costs in a step over `rows` rows",
+    labels: &["model", "rows"],
+};
+
+const DEADLINE_EXITS_TOTAL: Spec = Spec {
+    name: "seenn_deadline_exits_total",
+    help: "Requests answered early because the next timestep would have missed their deadline (flagged deadline_exit; also counted in seenn_exits_total)",
+    labels: &["model", "rule"],
 };
 
 const SHADOW_EXPECTED_AGREEMENT: Spec = Spec {
@@ -326,6 +340,8 @@ impl Metrics {
             engine_busy: f.counter(&ENGINE_BUSY)?,
             engine_workers: f.int_gauge(&ENGINE_WORKERS)?,
             engine_batch_limit: f.int_gauge(&ENGINE_BATCH_LIMIT)?,
+            engine_step_cost: f.gauge(&ENGINE_STEP_COST)?,
+            deadline_exits_total: f.int_counter(&DEADLINE_EXITS_TOTAL)?,
             shadow_expected_agreement: f.gauge(&SHADOW_EXPECTED_AGREEMENT)?,
             model_loads: f.int_counter(&MODEL_LOADS)?,
             model_unloads: f.int_counter(&MODEL_UNLOADS)?,
@@ -410,6 +426,7 @@ impl Metrics {
                                     .with_label_values(&[model, r, p, &t.to_string()])
                             })
                             .collect(),
+                        deadline_exits: self.deadline_exits_total.with_label_values(&[model, r]),
                     },
                 )
             })
@@ -443,6 +460,7 @@ impl Metrics {
             engine_busy: self.engine_busy.with_label_values(&[model]),
             engine_workers: self.engine_workers.with_label_values(&[model]),
             engine_batch_limit: self.engine_batch_limit.with_label_values(&[model]),
+            step_cost: (self.engine_step_cost.clone(), model.to_string()),
         }
     }
 
@@ -495,6 +513,8 @@ pub struct RuleMetrics {
     pub inference_duration: Histogram,
     /// `exits[t - 1]`: answered requests that exited at timestep t.
     pub exits: Vec<IntCounter>,
+    /// Answers given early because the next step would miss the deadline.
+    pub deadline_exits: IntCounter,
 }
 
 /// One model's series, bound to its label once at load so the engine's hot path does no label
@@ -520,9 +540,18 @@ pub struct ModelMetrics {
     pub engine_busy: Counter,
     pub engine_workers: IntGauge,
     pub engine_batch_limit: IntGauge,
+    /// `seenn_engine_step_cost_seconds` and the model's label (its `rows` are known only once
+    /// the curve is measured).
+    step_cost: (GaugeVec, String),
 }
 
 impl ModelMetrics {
+    /// The measured cost of one request-step in a step over `rows` rows.
+    pub fn step_cost(&self, rows: usize) -> prometheus::Gauge {
+        let (family, model) = &self.step_cost;
+        family.with_label_values(&[model.as_str(), &rows.to_string()])
+    }
+
     pub fn cancelled(&self, reason: CancelReason) -> &IntCounter {
         &self.cancelled[reason as usize]
     }

@@ -143,6 +143,7 @@ pub fn build_service(cfg: &ServeConfig) -> Result<Arc<Service>> {
             shadow_rows: cfg.max_shadow_rows.unwrap_or(0),
             spin: std::time::Duration::from_micros(cfg.engine_spin_us),
             slot_memory: cfg.slot_memory.resolve(&device),
+            width: cfg.batch_width,
         },
         metrics: metrics.clone(),
     };
@@ -443,7 +444,7 @@ fn apply_shed(
     }
     model
         .engine
-        .set_batch_limit(Shed::at(level).batch_limit(model.engine.max_batch()));
+        .set_batch_limit(Shed::at(level).batch_limit(model.engine.batch_width()));
     Some(from)
 }
 

@@ -196,7 +196,7 @@ pub struct JsonBody {
     max_timesteps: Option<u64>,
     top_k: Option<u64>,
     explain: Option<bool>,
-    timeout_ms: Option<u64>,
+    timeout_ms: Option<f64>,
 }
 
 fn merge(opts: &mut ClassifyOptions, b: &JsonBody) {
@@ -264,6 +264,9 @@ fn npy_input(body: &[u8]) -> Result<Input, Error> {
     })
 }
 
+/// The request header that sets the deadline in milliseconds, as the `timeout_ms` option does.
+pub const TIMEOUT_HEADER: &str = "x-timeout-ms";
+
 /// Reads the body in whichever form it came: multipart, JSON, or raw image bytes (at most
 /// `max_body_bytes`).
 pub async fn parse_request(
@@ -271,6 +274,15 @@ pub async fn parse_request(
     req: Request,
 ) -> Result<(Input, ClassifyOptions), Error> {
     let mut opts = ClassifyOptions::default();
+    // The deadline may come as a header (a proxy can set it); the query and body override it.
+    if let Some(v) = req.headers().get(TIMEOUT_HEADER) {
+        let text = v.to_str().map_err(|_| {
+            Error::invalid(format!(
+                "header {TIMEOUT_HEADER} is not text; accepted: a number of milliseconds"
+            ))
+        })?;
+        opts.set("timeout_ms", text)?;
+    }
     if let Some(q) = req.uri().query() {
         for (k, v) in url_pairs(q)? {
             opts.set(&k, &v)?;

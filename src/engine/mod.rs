@@ -15,6 +15,7 @@
 
 pub mod shadow;
 pub mod slots;
+pub mod width;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -31,6 +32,7 @@ use crate::model::manifest::{Aggregation, Manifest};
 use shadow::{Sampler, Shadow};
 use slots::{ExitRow, SlotSpec, Slots};
 pub use slots::{SlotMemory, SlotMemoryChoice};
+pub use width::{BatchWidth, CostPoint, WidthChoice};
 
 /// How a request asked to exit; resolved against the model when it is admitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,7 +107,24 @@ pub struct Outcome {
     pub trajectory: Vec<StepTrace>,
     pub queue: Duration,
     pub inference: Duration,
+    /// Answered before its exit rule fired, because the next step would have missed the
+    /// request's deadline: the prediction after `timesteps_used` steps.
+    pub deadline_exit: bool,
 }
+
+/// A request leaving the batch with its answer: the prediction at its last step.
+struct Leaving {
+    a: Active,
+    confidence: f64,
+    class_id: usize,
+    probabilities: Vec<f64>,
+    /// Answered because the next step would miss the deadline, not by its rule.
+    deadline_exit: bool,
+}
+
+/// How far ahead of a deadline the engine answers: the next step's estimated time, a quarter of it
+/// again, and this much for the answer's way out.
+const ANSWER_MARGIN: Duration = Duration::from_micros(200);
 
 pub struct Job {
     pub input: Vec<f32>,
@@ -188,6 +207,8 @@ pub struct EngineConfig {
     pub spin: Duration,
     /// Where each worker's features and membranes live (`--slot-memory`, resolved).
     pub slot_memory: SlotMemory,
+    /// How many rows a step runs (`--batch-width`): measured at load, or fixed.
+    pub width: BatchWidth,
 }
 
 impl EngineConfig {
@@ -264,9 +285,10 @@ pub struct EngineHandle {
     last_wait_us: Arc<AtomicU64>,
     ready: watch::Receiver<bool>,
     max_queue: usize,
-    /// `--max-batch`, and the most live requests per worker's batch now (at most `max_batch`;
-    /// lowered by adaptive α past its accuracy floor, `set_batch_limit`). Shared with the workers.
-    max_batch: usize,
+    /// The batch width chosen at load (at most `--max-batch`), and the most live requests per
+    /// worker's batch now (at most the width; lowered by adaptive α past its accuracy floor,
+    /// `set_batch_limit`). Shared with the workers.
+    width: Arc<WidthChoice>,
     batch_limit: Arc<AtomicUsize>,
     model: String,
     metrics: Arc<ModelMetrics>,
@@ -300,14 +322,14 @@ impl EngineHandle {
         self.depth.load(Ordering::SeqCst)
     }
 
-    /// Caps each worker's batch at `limit` live requests (clamped to 1..=`--max-batch`; shadow
+    /// Caps each worker's batch at `limit` live requests (clamped to 1..=the batch width; shadow
     /// rows are not counted): a worker admits no newcomer while it has that many, and rows that
     /// are running finish as they are. A smaller batch makes each step shorter, so a request's
     /// time in the engine falls with it. On a CPU a step's cost per request is about the same at
     /// batch 1 and 8 (BENCHMARKS.md); what a narrow batch costs is the answers its shorter queue
     /// turns away.
     pub fn set_batch_limit(&self, limit: usize) {
-        let limit = limit.clamp(1, self.max_batch);
+        let limit = limit.clamp(1, self.width.width);
         self.batch_limit.store(limit, Ordering::SeqCst);
         self.metrics.engine_batch_limit.set(limit as i64);
     }
@@ -317,9 +339,14 @@ impl EngineHandle {
         self.batch_limit.load(Ordering::SeqCst)
     }
 
-    /// `--max-batch`: the batch limit when nothing lowers it.
-    pub fn max_batch(&self) -> usize {
-        self.max_batch
+    /// The batch width chosen at load: the batch limit when nothing lowers it.
+    pub fn batch_width(&self) -> usize {
+        self.width.width
+    }
+
+    /// The batch width, how it was chosen, and the cost curve measured at load.
+    pub fn width_choice(&self) -> &WidthChoice {
+        &self.width
     }
 
     /// Refuses at the door, before the request is decoded or queued, what `submit` or the
@@ -469,8 +496,10 @@ struct Worker {
     finished: Vec<(usize, f64, usize, Vec<f64>)>,
     /// Reused per step of a per_step model: every active row's next frame.
     frames: Vec<f32>,
-    leaving: Vec<(Active, f64, usize, Vec<f64>)>,
+    leaving: Vec<Leaving>,
     dropped: Vec<(Active, CancelReason)>,
+    /// What the next step is expected to take: a moving average of the last steps' times.
+    step_estimate: Duration,
 }
 
 /// Starts one worker thread per element of `sessions` (at least one is needed).
@@ -504,21 +533,36 @@ pub fn spawn(
     let workers = sessions.len();
     // Each worker reports whether its slots could be built (device memory is allocated on the
     // worker's own thread); the engine starts only when every worker did.
-    let (started_tx, started) = std::sync::mpsc::sync_channel::<Result<(), Error>>(workers);
+    let (started_tx, started) = std::sync::mpsc::sync_channel::<Started>(workers);
     for (i, sessions) in sessions.into_iter().enumerate() {
         let name = if workers == 1 {
             format!("engine-{model}")
         } else {
             format!("engine-{model}-{i}")
         };
+        // The first worker measures the cost curve while the others wait idle on the queue.
+        let measures = i == 0 && shared.cfg.width == BatchWidth::Auto;
         let (shared, started_tx) = (shared.clone(), started_tx.clone());
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || Worker::start(shared, sessions, started_tx))
+            .spawn(move || Worker::start(shared, sessions, measures, started_tx))
             .map_err(|e| Error::internal_from("cannot start an engine thread", e))?;
     }
     drop(started_tx);
-    wait_started(&started, workers, &shared.cfg.slot_memory)?;
+    let curve = wait_started(&started, workers, &shared.cfg.slot_memory)?;
+    let width = match (shared.cfg.width, curve) {
+        (BatchWidth::Fixed(n), _) => WidthChoice::fixed(n, max_batch),
+        (BatchWidth::Auto, Some(curve)) => WidthChoice::measured(curve, max_batch),
+        (BatchWidth::Auto, None) => WidthChoice::fixed(max_batch, max_batch),
+    };
+    shared.batch_limit.store(width.width, Ordering::SeqCst);
+    tracing::info!(model = %model, max_batch, width = width.width, chosen_by = %width.chosen_by, curve = %width.summary(), "batch width");
+    for p in &width.curve {
+        shared
+            .metrics
+            .step_cost(p.rows)
+            .set(p.per_row_us / 1e6);
+    }
     let WorkerShared {
         cfg,
         metrics,
@@ -529,14 +573,14 @@ pub fn spawn(
         ..
     } = shared;
     metrics.engine_workers.set(workers as i64);
-    metrics.engine_batch_limit.set(max_batch as i64);
+    metrics.engine_batch_limit.set(width.width as i64);
     Ok(EngineHandle {
         tx,
         depth,
         last_wait_us,
         ready,
         max_queue: cfg.max_queue.max(1),
-        max_batch,
+        width: Arc::new(width),
         batch_limit,
         model,
         metrics,
@@ -559,16 +603,21 @@ struct WorkerShared {
     rx: Receiver<Job>,
 }
 
+/// What a worker reports once it started: the cost curve when it measured one.
+type Started = Result<Option<Vec<CostPoint>>, Error>;
+
 /// Waits until each of `workers` reported whether it started; the first that could not is the
-/// error (a worker that started is told to stop by the queue's sender going away with it).
+/// error (a worker that started is told to stop by the queue's sender going away with it). The
+/// cost curve, when a worker measured one, is the answer.
 fn wait_started(
-    started: &std::sync::mpsc::Receiver<Result<(), Error>>,
+    started: &std::sync::mpsc::Receiver<Started>,
     workers: usize,
     memory: &SlotMemory,
-) -> Result<(), Error> {
+) -> Result<Option<Vec<CostPoint>>, Error> {
+    let mut curve = None;
     for _ in 0..workers {
         match started.recv() {
-            Ok(Ok(())) => {}
+            Ok(Ok(c)) => curve = curve.or(c),
             Ok(Err(e)) => {
                 let hint = match memory {
                     SlotMemory::Device(_) => {
@@ -584,7 +633,7 @@ fn wait_started(
             Err(_) => return Err(Error::internal("an engine worker ended before it started")),
         }
     }
-    Ok(())
+    Ok(curve)
 }
 
 /// `exit.onnx`'s one-row buffers for a model with the learned rule.
@@ -600,6 +649,18 @@ fn new_exit_row(manifest: &Manifest) -> Result<Option<ExitRow>, Error> {
             )
         })
         .transpose()
+}
+
+/// The aggregated logits of a running sum after `t` steps, into `agg`: the mean under
+/// aggregation `mean`, else the sum as it is (which is the last step's logits under `last`).
+fn aggregate_into(agg: &mut Vec<f64>, sum: &[f64], t: usize, mean: bool) {
+    agg.clear();
+    if mean {
+        let t = t.max(1) as f64;
+        agg.extend(sum.iter().map(|s| s / t));
+    } else {
+        agg.extend_from_slice(sum);
+    }
 }
 
 /// The slot buffers for `max_batch` rows of `manifest`'s graphs, in `device` memory when given
@@ -685,12 +746,14 @@ impl Worker {
         rx.recv().ok()
     }
 
-    /// The worker thread: builds its slots (on the thread that will use them), reports on
-    /// `started` whether it could, then serves the queue until every handle is gone.
+    /// The worker thread: builds its slots (on the thread that will use them), measures the
+    /// cost curve when `measures`, reports on `started` whether it could, then serves the queue
+    /// until every handle is gone.
     fn start(
         shared: WorkerShared,
-        sessions: Sessions,
-        started: std::sync::mpsc::SyncSender<Result<(), Error>>,
+        mut sessions: Sessions,
+        measures: bool,
+        started: std::sync::mpsc::SyncSender<Started>,
     ) {
         let WorkerShared {
             manifest,
@@ -703,17 +766,35 @@ impl Worker {
             inject_fault,
             rx,
         } = shared;
-        let (slots, exit_row) = match slots::DeviceSlots::new(&sessions.step, &cfg.slot_memory)
+        let built = slots::DeviceSlots::new(&sessions.step, &cfg.slot_memory)
             .and_then(|device| new_slots(&manifest, cfg.max_batch, device))
-            .and_then(|s| Ok((s, new_exit_row(&manifest)?)))
-        {
+            .and_then(|s| Ok((s, new_exit_row(&manifest)?)));
+        let (mut slots, exit_row) = match built {
             Ok(x) => x,
             Err(e) => {
                 let _ = started.send(Err(e));
                 return;
             }
         };
-        let _ = started.send(Ok(()));
+        let curve = match measures {
+            true => {
+                let blank = vec![0.0; manifest.input.len()];
+                match width::measure(
+                    &mut slots,
+                    sessions.encoder.as_mut(),
+                    &mut sessions.step,
+                    &blank,
+                ) {
+                    Ok(c) => Some(c),
+                    Err(e) => {
+                        let _ = started.send(Err(e));
+                        return;
+                    }
+                }
+            }
+            false => None,
+        };
+        let _ = started.send(Ok(curve));
         let k = manifest.num_classes();
         let shadow_cap = match cfg.shadow_rows {
             0 => shadow::default_rows(cfg.max_batch),
@@ -747,6 +828,7 @@ impl Worker {
             frames: Vec::new(),
             leaving: Vec::new(),
             dropped: Vec::new(),
+            step_estimate: Duration::ZERO,
         };
         w.run(rx);
     }
@@ -791,7 +873,7 @@ impl Worker {
                     self.last_wait_us.store(0, Ordering::SeqCst);
                 }
             }
-            self.drop_abandoned();
+            self.leave_before_step();
             if self.active.is_empty() {
                 continue;
             }
@@ -902,10 +984,9 @@ impl Worker {
     fn cancel(&self, a: Active, reason: CancelReason) {
         self.metrics.cancelled(reason).inc();
         if reason == CancelReason::Deadline {
-            let _ = a.job.reply.send(Err(Error::DeadlineExceeded(format!(
-                "deadline passed after {} of the request's timesteps",
-                a.t
-            ))));
+            let _ = a.job.reply.send(Err(Error::DeadlineExceeded(
+                "deadline passed before the request's first timestep".into(),
+            )));
         }
     }
 
@@ -913,37 +994,62 @@ impl Worker {
         job.reply.is_closed() || job.progress.as_ref().is_some_and(|p| p.is_closed())
     }
 
-    /// Requests whose client went away or whose deadline passed leave the batch before the next
-    /// step; the gauge of active requests follows at once.
-    fn drop_abandoned(&mut self) {
+    /// Before the next step, the requests that cannot take it leave the batch: those whose client
+    /// went away, those whose deadline passed before their first step (504), and those with a
+    /// prediction whose deadline the next step would miss, which are answered with it, flagged
+    /// as a deadline exit. The gauge of active requests follows at once.
+    fn leave_before_step(&mut self) {
         let now = Instant::now();
+        let next_step_ends = now + self.step_estimate + self.step_estimate / 4 + ANSWER_MARGIN;
         let mut i = self.active.len();
         while i > 0 {
             i -= 1;
+            let a = &self.active[i];
             // A shadow has no client and no deadline of its own.
-            if self.active[i].shadow.is_some() {
+            if a.shadow.is_some() {
                 continue;
             }
-            let reason = if Self::is_abandoned(&self.active[i].job) {
+            let reason = if Self::is_abandoned(&a.job) {
                 Some(CancelReason::ClientGone)
-            } else if now >= self.active[i].job.deadline {
+            } else if a.t == 0 && now >= a.job.deadline {
                 Some(CancelReason::Deadline)
-            } else {
+            } else if a.t > 0 && next_step_ends >= a.job.deadline {
                 None
+            } else {
+                continue;
             };
-            if let Some(r) = reason {
-                let a = self.active.swap_remove(i);
-                self.slots.swap_remove(i);
-                self.dropped.push((a, r));
+            let a = self.active.swap_remove(i);
+            self.slots.swap_remove(i);
+            match reason {
+                Some(r) => self.dropped.push((a, r)),
+                None => {
+                    let (confidence, class_id, probabilities) = self.prediction(&a);
+                    self.leaving.push(Leaving {
+                        a,
+                        confidence,
+                        class_id,
+                        probabilities,
+                        deadline_exit: true,
+                    });
+                }
             }
         }
-        if self.dropped.is_empty() {
+        if self.dropped.is_empty() && self.leaving.is_empty() {
             return;
         }
         self.publish_active();
         while let Some((a, r)) = self.dropped.pop() {
             self.cancel(a, r);
         }
+        self.answer_leaving();
+    }
+
+    /// A row's prediction after its steps so far: the max softmax, the class and the
+    /// probabilities of its aggregated logits, as its exit rule scores them.
+    fn prediction(&mut self, a: &Active) -> (f64, usize, Vec<f64>) {
+        let mean = self.manifest.exit.aggregation == Aggregation::Mean;
+        aggregate_into(&mut self.agg, &a.sum, a.t, mean);
+        exit::score(&self.agg, self.manifest.exit.temperature)
     }
 
     fn admit(&mut self, jobs: &mut Vec<Job>) {
@@ -1197,6 +1303,11 @@ impl Worker {
         }
         let elapsed = started.elapsed();
         self.metrics.step_duration.observe(elapsed.as_secs_f64());
+        // A moving average over about the last 8 steps; the first step sets it.
+        self.step_estimate = match self.step_estimate.is_zero() {
+            true => elapsed,
+            false => (self.step_estimate * 7 + elapsed) / 8,
+        };
         let live = self.live();
         if live > 0 {
             self.metrics.batch_size.observe(live as f64);
@@ -1226,13 +1337,7 @@ impl Worker {
                 }
             }
             a.t += 1;
-            self.agg.clear();
-            if mean {
-                let t = a.t as f64;
-                self.agg.extend(a.sum.iter().map(|s| s / t));
-            } else {
-                self.agg.extend_from_slice(&a.sum);
-            }
+            aggregate_into(&mut self.agg, &a.sum, a.t, mean);
             self.scored.push(exit::score(&self.agg, temperature));
         }
     }
@@ -1307,29 +1412,40 @@ impl Worker {
                 self.slots.swap_remove(i);
                 self.active.swap_remove(i)
             };
-            self.leaving.push((a, confidence, class_id, probs));
+            self.leaving.push(Leaving {
+                a,
+                confidence,
+                class_id,
+                probabilities: probs,
+                deadline_exit: false,
+            });
         }
     }
 
     /// Records and sends the answers of the rows that left.
     fn answer_leaving(&mut self) {
-        for (a, confidence, class_id, probs) in self.leaving.drain(..) {
+        for l in self.leaving.drain(..) {
+            let a = l.a;
             let rm = self.metrics.rule(a.rule.kind(), a.job.default_policy);
             rm.timesteps_used.observe(a.t as f64);
-            if let Some(c) = rm.exits.get(a.t - 1) {
+            if let Some(c) = rm.exits.get(a.t.saturating_sub(1)) {
                 c.inc();
+            }
+            if l.deadline_exit {
+                rm.deadline_exits.inc();
             }
             let inference = a.admitted.elapsed();
             rm.inference_duration.observe(inference.as_secs_f64());
             let outcome = Outcome {
-                class_id,
-                confidence,
-                probabilities: probs,
+                class_id: l.class_id,
+                confidence: l.confidence,
+                probabilities: l.probabilities,
                 timesteps_used: a.t,
                 rule: a.rule,
                 trajectory: a.trajectory,
                 queue: a.admitted.saturating_duration_since(a.job.enqueued),
                 inference,
+                deadline_exit: l.deadline_exit,
             };
             let _ = a.job.reply.send(Ok(outcome));
         }

@@ -206,6 +206,11 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> std::result::Result<Response<pb::ModelInferResponse>, Status> {
+        let grpc_timeout = req
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let r = req.into_inner();
         let model = r.model_name.clone();
         let version = r.model_version.clone();
@@ -216,7 +221,14 @@ impl GrpcInferenceService for InferenceService {
                 .with_label_values(&["_unparsed", "none", &e.http_status().as_u16().to_string()])
                 .inc();
         })?;
-        let resp = super::infer(&self.state, &model, Some(&version), request).await?;
+        let resp = super::infer(
+            &self.state,
+            &model,
+            Some(&version),
+            request,
+            grpc_timeout.as_deref(),
+        )
+        .await?;
         let mut outputs = Vec::with_capacity(resp.outputs.len());
         let mut raw = Vec::with_capacity(resp.outputs.len());
         for o in resp.outputs {
@@ -230,11 +242,22 @@ impl GrpcInferenceService for InferenceService {
             // Outputs always go back as raw_output_contents, as Triton does.
             raw.push(o.data.raw());
         }
+        let mut parameters = HashMap::new();
+        if resp.deadline_exits > 0 {
+            parameters.insert(
+                "deadline_exits".to_string(),
+                pb::InferParameter {
+                    parameter_choice: Some(pb::infer_parameter::ParameterChoice::Int64Param(
+                        resp.deadline_exits as i64,
+                    )),
+                },
+            );
+        }
         Ok(Response::new(pb::ModelInferResponse {
             model_name: resp.model_name,
             model_version: resp.model_version,
             id: resp.id.unwrap_or_default(),
-            parameters: HashMap::new(),
+            parameters,
             outputs,
             raw_output_contents: raw,
         }))

@@ -31,7 +31,8 @@ pub const OUTPUTS: [&str; 4] = [
 pub const PLATFORM: &str = "seenn_onnxruntime";
 pub const SERVER_NAME: &str = "seenn-serve";
 /// Request parameters that set exit options.
-pub const PARAMETER_NAMES: &str = "alpha, threshold, rule, max_timesteps, timeout_ms";
+pub const PARAMETER_NAMES: &str =
+    "alpha, threshold, rule, max_timesteps, timeout (µs), timeout_ms";
 /// Parameters that clients send for the transport itself; accepted and not used as options.
 const TRANSPORT_PARAMETERS: [&str; 3] = ["binary_data_output", "binary_data_size", "binary_data"];
 
@@ -181,6 +182,9 @@ pub struct InferResponse {
     pub model_version: String,
     pub id: Option<String>,
     pub outputs: Vec<OutputTensor>,
+    /// Rows answered before their exit rule fired because the next timestep would have missed
+    /// the request's deadline (the response parameter `deadline_exits`, present when not 0).
+    pub deadline_exits: usize,
 }
 
 /// Tensor metadata: name, datatype and shape (-1 for the batch).
@@ -309,6 +313,17 @@ pub fn options(model: &str, parameters: &[(String, Param)]) -> Result<ClassifyOp
         match k.as_str() {
             "alpha" | "threshold" | "rule" | "max_timesteps" | "timeout_ms" => {
                 opts.set(k, &v.text())?
+            }
+            // The protocol's own deadline, in microseconds (as Triton's clients send it).
+            "timeout" => {
+                let us = v.text().trim().parse::<f64>().ok().filter(|us| *us > 0.0);
+                let Some(us) = us else {
+                    return Err(Error::invalid(format!(
+                        "parameter timeout={:?} is not a deadline; accepted: a positive number of microseconds",
+                        v.text()
+                    )));
+                };
+                opts.timeout_ms = Some(us / 1e3);
             }
             k if TRANSPORT_PARAMETERS.contains(&k) => {}
             other => {
@@ -466,14 +481,18 @@ fn image_rows(shape: &[i64], items: Vec<Vec<u8>>, n: usize) -> Result<Vec<Input>
 }
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
+/// One inference; `grpc_timeout` is the call's `grpc-timeout` header over gRPC (the deadline
+/// unless the parameters set one).
 pub async fn infer(
     state: &Service,
     model_name: &str,
     version: Option<&str>,
     req: InferRequest,
+    grpc_timeout: Option<&str>,
 ) -> Result<InferResponse> {
     let m = model(state, model_name, version)?;
     let mut opts = options(&m.manifest.name, &req.parameters)?;
+    opts.take_grpc_timeout(grpc_timeout);
     let k = m.manifest.num_classes();
     opts.top_k = Some(k as u64);
     let wanted: Vec<String> = match req.outputs {
@@ -547,6 +566,7 @@ pub async fn infer(
         model_version: m.manifest.version.clone(),
         id: req.id,
         outputs,
+        deadline_exits: done.iter().filter(|r| r.deadline_exit).count(),
     })
 }
 

@@ -473,7 +473,15 @@ struct RestResponse<'a> {
     model_version: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<ResponseParameters>,
     outputs: Vec<RestOutputTensor<'a>>,
+}
+
+/// The response's parameters: how many rows were answered at their deadline.
+#[derive(Debug, Serialize)]
+struct ResponseParameters {
+    deadline_exits: usize,
 }
 
 /// One output: its values in `data`, or their size when they follow the JSON as binary data.
@@ -550,6 +558,9 @@ pub fn encode(resp: &InferResponse, binary: &BinaryOutputs) -> (Vec<u8>, Option<
         model_name: &resp.model_name,
         model_version: &resp.model_version,
         id: resp.id.as_deref(),
+        parameters: (resp.deadline_exits > 0).then_some(ResponseParameters {
+            deadline_exits: resp.deadline_exits,
+        }),
         outputs,
     };
     // Serializing these types cannot fail: every map key is a string.
@@ -748,7 +759,7 @@ async fn run_infer(
             .with_label_values(&["_unparsed", "none", &e.http_status().as_u16().to_string()])
             .inc();
     })?;
-    let resp = super::infer(&state, &model, version.as_deref(), request).await?;
+    let resp = super::infer(&state, &model, version.as_deref(), request, None).await?;
     let (bytes, json_len) = encode(&resp, &binary);
     let mut headers = HeaderMap::new();
     match json_len {
@@ -1029,6 +1040,7 @@ mod tests {
             model_name: "m".into(),
             model_version: "1".into(),
             id: Some("r".into()),
+            deadline_exits: 0,
             outputs: vec![
                 super::super::OutputTensor {
                     name: "class_ids".into(),

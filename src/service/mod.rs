@@ -74,14 +74,48 @@ pub struct ClassifyOptions {
     pub top_k: Option<u64>,
     /// Return the score and prediction at every timestep.
     pub explain: Option<bool>,
-    /// Per-request deadline in milliseconds (default `--request-timeout`).
-    pub timeout_ms: Option<u64>,
+    /// Per-request deadline in milliseconds (default `--request-timeout`). When the next
+    /// timestep would miss it, the answer is the prediction so far, flagged `deadline_exit`; a
+    /// deadline that passes before the first timestep is 504.
+    pub timeout_ms: Option<f64>,
 }
+
+/// The longest deadline a request may set (one day), in milliseconds.
+pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 
 pub const OPTION_NAMES: &str =
     "model, rule, alpha, threshold, max_timesteps, top_k, explain, timeout_ms";
 
 impl ClassifyOptions {
+    /// Takes the deadline of a gRPC call (its `grpc-timeout` header: up to 8 digits and a unit,
+    /// H M S m u n) when the request set none of its own. A header that does not parse is ignored,
+    /// as the gRPC server itself ignores it.
+    pub fn take_grpc_timeout(&mut self, header: Option<&str>) {
+        if self.timeout_ms.is_some() {
+            return;
+        }
+        let Some(h) = header.map(str::trim).filter(|h| h.len() >= 2) else {
+            return;
+        };
+        let (digits, unit) = h.split_at(h.len() - 1);
+        let Ok(n) = digits.parse::<u64>() else {
+            return;
+        };
+        let ms_per_unit = match unit {
+            "H" => 3_600_000.0,
+            "M" => 60_000.0,
+            "S" => 1_000.0,
+            "m" => 1.0,
+            "u" => 1e-3,
+            "n" => 1e-6,
+            _ => return,
+        };
+        let ms = n as f64 * ms_per_unit;
+        if ms > 0.0 {
+            self.timeout_ms = Some(ms.min(MAX_TIMEOUT_MS));
+        }
+    }
+
     /// Whether the request runs under the model's default policy: no rule, α, threshold or cap of
     /// its own.
     pub fn uses_default_policy(&self) -> bool {
@@ -106,7 +140,7 @@ impl ClassifyOptions {
             "max_timesteps" => self.max_timesteps = Some(num(key, value, "a positive integer")?),
             "top_k" => self.top_k = Some(num(key, value, "a positive integer")?),
             "timeout_ms" => {
-                self.timeout_ms = Some(num(key, value, "a positive integer (milliseconds)")?)
+                self.timeout_ms = Some(num(key, value, "a positive number (milliseconds)")?)
             }
             "explain" => {
                 self.explain = Some(match value {
@@ -178,6 +212,11 @@ pub struct ClassifyResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trajectory: Option<Vec<StepTrace>>,
     pub request_id: String,
+    /// Present (true) when the answer came before the exit rule fired, because the next
+    /// timestep would have missed the request's deadline: the prediction and confidence after
+    /// `timesteps_used` steps.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deadline_exit: bool,
 }
 
 impl Service {
@@ -374,8 +413,14 @@ impl Service {
             None => DEFAULT_TOP_K.min(k),
         };
         let timeout = match opts.timeout_ms {
-            Some(0) => return Err(Error::invalid("timeout_ms must be positive")),
-            Some(ms) => Duration::from_millis(ms),
+            Some(ms) if ms.is_finite() && ms > 0.0 && ms <= MAX_TIMEOUT_MS => {
+                Duration::from_secs_f64(ms / 1e3)
+            }
+            Some(ms) => {
+                return Err(Error::invalid(format!(
+                    "timeout_ms {ms} is not a deadline; accepted: a number of milliseconds in (0, {MAX_TIMEOUT_MS}]"
+                )))
+            }
             None => self.limits.request_timeout,
         };
         let default_policy = opts.uses_default_policy();
@@ -554,6 +599,7 @@ fn answer(
         },
         trajectory: explain.then_some(outcome.trajectory),
         request_id,
+        deadline_exit: outcome.deadline_exit,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct ModelView {
     pub has_learned: bool,
     pub calibration: Option<CalibrationSummary>,
     pub execution_provider: String,
+    /// The engine's batch width, how it was chosen, and the cost curve measured at load.
+    pub batching: crate::engine::WidthChoice,
     pub ready: bool,
     pub queue_depth: usize,
     /// Whether requests without a model name go here.
@@ -81,6 +83,7 @@ impl Service {
                 chosen_threshold: c.learned.as_ref().map(|l| l.chosen_threshold),
             }),
             execution_provider: m.provider.clone(),
+            batching: m.engine.width_choice().clone(),
             ready: m.engine.is_ready(),
             queue_depth: m.engine.queue_depth(),
             default: mf.name == self.registry.default_model(),

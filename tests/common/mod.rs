@@ -163,6 +163,7 @@ pub fn cpu_options(
             shadow_rows: 0,
             spin: seenn_serve::engine::DEFAULT_SPIN,
             slot_memory: seenn_serve::engine::SlotMemory::Host,
+            width: seenn_serve::engine::BatchWidth::Fixed(max_batch),
         },
         metrics,
     }
