@@ -61,7 +61,8 @@ async fn gone_clients_and_passed_deadlines_stop_the_work() {
     m.engine
         .submit(job(tx, Instant::now() + Duration::from_secs(10)))
         .expect("submit");
-    // A deadline that has already passed: answered with DeadlineExceeded, nothing computed.
+    // A deadline that has already passed: answered with DeadlineExceeded (before the first
+    // step there is no prediction to answer with), nothing computed.
     let (tx, rx) = tokio::sync::oneshot::channel();
     m.engine.submit(job(tx, Instant::now())).expect("submit");
     let err = rx.await.expect("reply").expect_err("deadline");
@@ -446,13 +447,8 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
         .get();
     assert_eq!(gone, 4);
 
-    // A deadline that passes mid-run.
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    m.engine
-        .submit(job(&x, tx, Instant::now() + Duration::from_millis(3)))
-        .expect("submit");
-    let err = rx.await.expect("reply").expect_err("deadline");
-    assert!(matches!(err, Error::DeadlineExceeded(_)), "{err:?}");
+    // (A deadline that passes mid-run is answered with the prediction so far:
+    // `deadlines_answer_with_the_prediction_so_far`.)
 
     // An injected fault: that batch fails, the model goes unready, then recovers.
     let mut ready = m.engine.watch_ready();
@@ -599,4 +595,179 @@ async fn the_door_refuses_what_the_queue_would() {
     for rx in std::iter::once(running).chain(behind) {
         assert_eq!(rx.await.expect("reply").expect("ok").timesteps_used, t_max);
     }
+}
+
+/// A request whose next step would miss its deadline is answered with its prediction so far,
+/// flagged, before the deadline; it is counted by model and rule. Seven rows that run all 32 steps
+/// share its batch, so that its own 32 steps take well past the deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadlines_answer_with_the_prediction_so_far() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
+    let opts = worker_options(&env, 8, 16, 1, metrics.clone());
+    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let x = input(&qcfs, &m.manifest);
+    let t_max = m.manifest.timesteps;
+    let far = || Instant::now() + Duration::from_secs(60);
+    let fill = || {
+        (0..7)
+            .map(|_| {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+                m.engine.submit(j).expect("submit");
+                rx
+            })
+            .collect::<Vec<_>>()
+    };
+    // First a request that runs its 32 steps in a full batch: how long such a run takes.
+    let mut fillers = fill();
+    let full = {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+        m.engine.submit(j).expect("submit");
+        rx.await.expect("reply").expect("ok").inference
+    };
+    for rx in fillers.drain(..) {
+        rx.await.expect("reply").expect("ok");
+    }
+    // Then the same in a full batch again, with a deadline at a third of that run.
+    let mut fillers = fill();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let deadline = Instant::now() + full / 3;
+    let j = Job {
+        explain: true,
+        ..Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, deadline, tx)
+    };
+    m.engine.submit(j).expect("submit");
+    let out = rx.await.expect("reply").expect("an answer, not 504");
+    let answered = Instant::now();
+    assert!(out.deadline_exit, "flagged as a deadline exit");
+    assert!(
+        (1..t_max).contains(&out.timesteps_used),
+        "answered after {} of {t_max} steps",
+        out.timesteps_used
+    );
+    assert!(answered <= deadline, "answered {:?} after the deadline", answered - deadline);
+    // The answer is the prediction of the last step it ran.
+    let last = out.trajectory.last().expect("a trace");
+    assert_eq!(last.t, out.timesteps_used);
+    assert_eq!(last.class_id, out.class_id);
+    assert!((f64::from(last.probabilities[out.class_id]) - out.confidence).abs() < 1e-6);
+    let counted = |rule: &str| {
+        metrics
+            .deadline_exits_total
+            .with_label_values(&["fashion-mnist-qcfs", rule])
+            .get()
+    };
+    assert_eq!(counted("fixed"), 1);
+    assert_eq!(counted("confidence"), 0);
+    for rx in fillers.drain(..) {
+        let out = rx.await.expect("reply").expect("ok");
+        assert_eq!(out.timesteps_used, t_max);
+        assert!(!out.deadline_exit);
+    }
+}
+
+/// Age order under contention: with one row per step, queued requests are admitted oldest first;
+/// and a long request is never starved by a stream of newcomers (it steps at every tick, so it
+/// ends while the stream still runs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_request_goes_first_and_none_starves() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, 2).expect("metrics"));
+    let mut opts = worker_options(&env, 2, 64, 1, metrics.clone());
+    opts.engine.width = seenn_serve::engine::BatchWidth::Fixed(1);
+    let m = Arc::new(model::load_one(&qcfs, &opts).expect("loads"));
+    assert_eq!(m.engine.batch_width(), 1);
+    let x = input(&qcfs, &m.manifest);
+    let t_max = m.manifest.timesteps;
+    let far = || Instant::now() + Duration::from_secs(60);
+
+    // Twelve requests queued at once, each enqueued after the last: admitted in that order.
+    let mut replies = Vec::new();
+    for _ in 0..12 {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: 4 }, far(), tx);
+        let enqueued = j.enqueued;
+        m.engine.submit(j).expect("submit");
+        replies.push((enqueued, rx));
+    }
+    let mut admitted = Vec::new();
+    for (enqueued, rx) in replies {
+        let out = rx.await.expect("reply").expect("ok");
+        admitted.push(enqueued + out.queue);
+    }
+    assert!(
+        admitted.windows(2).all(|w| w[0] <= w[1]),
+        "admitted out of age order: {admitted:?}"
+    );
+
+    // A long request, then a stream of one-step newcomers for 3 s: the long one answers first.
+    let (tx, long) = tokio::sync::oneshot::channel();
+    let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+    m.engine.submit(j).expect("submit");
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (m, x, stop) = (m.clone(), x.clone(), stop.clone());
+        tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(3);
+            let mut n = 0;
+            while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: 1 }, far(), tx);
+                if m.engine.submit(j).is_ok() {
+                    n += 1;
+                    let _ = rx.await;
+                }
+            }
+            n
+        })
+    };
+    let started = Instant::now();
+    let out = long.await.expect("reply").expect("ok");
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let newcomers = stream.await.expect("stream");
+    assert_eq!(out.timesteps_used, t_max);
+    assert!(newcomers > 0, "the stream ran");
+    assert!(
+        took < Duration::from_secs(3),
+        "the long request waited for the stream to end ({took:?})"
+    );
+}
+
+/// `--batch-width auto`: the first worker measures the step's cost at 1, 2, 4 and 8 rows at load;
+/// the width is the curve's choice, and the batch limit starts there.
+#[test]
+fn the_batch_width_is_chosen_from_the_measured_curve() {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
+    let mut opts = worker_options(&env, 8, 16, 2, metrics.clone());
+    opts.engine.width = seenn_serve::engine::BatchWidth::Auto;
+    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let choice = m.engine.width_choice();
+    assert_eq!(choice.chosen_by, "measured");
+    let rows: Vec<usize> = choice.curve.iter().map(|p| p.rows).collect();
+    assert_eq!(rows, vec![1, 2, 4, 8]);
+    assert!(choice.curve.iter().all(|p| p.step_us > 0.0
+        && (p.per_row_us * p.rows as f64 - p.step_us).abs() < 1e-6));
+    assert_eq!(
+        choice.width,
+        seenn_serve::engine::width::choose(&choice.curve, 8)
+    );
+    assert_eq!(m.engine.batch_limit(), choice.width);
+    // The curve is exported per row count.
+    for p in &choice.curve {
+        let g = metrics
+            .engine_step_cost
+            .with_label_values(&["fashion-mnist-qcfs", &p.rows.to_string()])
+            .get();
+        assert!((g - p.per_row_us / 1e6).abs() < 1e-12);
+    }
+    // The adaptive limit cannot raise it past the width.
+    m.engine.set_batch_limit(8);
+    assert_eq!(m.engine.batch_limit(), choice.width);
 }
