@@ -59,6 +59,8 @@ def metrics(d: dict) -> dict:
             "avg_t": d.get("avg_timesteps"), "accuracy": d.get("accuracy"), "errors": d.get("errors", 0),
             "rejected_per_s": d.get("by_status", {}).get("429", 0) / dur, "rss_mb": d.get("server_rss_mb"),
             "server_p50_ms": st.get("total_p50"), "server_p99_ms": st.get("total_p99"),
+            "requests": d.get("requests"), "deadline_exceeded": d.get("by_status", {}).get("504", 0),
+            "deadline_exits": d.get("deadline_exits", 0), "deadline_exit_accuracy": d.get("deadline_exit_accuracy"),
         }
     if k == "ort":
         return {"rps": d["images_per_s"], "avg_t": d["avg_timesteps"], "accuracy": d["accuracy"],
@@ -432,6 +434,42 @@ def derive_byo(found: dict) -> dict:
     return derived
 
 
+def derive_tails(found: dict) -> dict:
+    """This binary against the previous engine and the Python baseline, and the deadline runs."""
+    derived = {}
+
+    def ratio(a: str, b: str, key: str) -> dict | None:
+        if a not in found or b not in found:
+            return None
+        per = per_round(found, a, b, lambda x, y: metrics(x)[key] / metrics(y)[key])
+        return {"median": med(per), "per_round": per}
+
+    for model, cs in (("qcfs", (1, 16, 64)), ("fm", (1, 16, 64))):
+        for c in cs:
+            for other in ("base", "python"):
+                a, b = f"seenn-{model}-c{c}", f"{other}-{model}-c{c}"
+                for key, label in (("rps", "req/s"), ("p50_ms", "p50"), ("p99_ms", "p99")):
+                    r = ratio(a, b, key)
+                    if r is not None:
+                        derived[f"{model} c{c} {label} seenn ÷ {other}"] = r
+    for name in ("seenn", "base"):
+        key = f"deadline-{name}-double"
+        if key not in found:
+            continue
+        reps = [metrics(d) for _, d in found[key]]
+        half = [metrics(d)["p99_ms"] for _, d in found.get(f"deadline-{name}-half", [])]
+        share = lambda r, k: r[k] / r["requests"] if r.get("requests") else None  # noqa: E731
+        derived[f"deadlines {name}"] = {
+            "deadline_ms": med(half),
+            "deadline_exit_share": med([share(r, "deadline_exits") for r in reps]),
+            "deadline_exceeded_share": med([share(r, "deadline_exceeded") for r in reps]),
+            "deadline_exit_accuracy": med([r["deadline_exit_accuracy"] for r in reps]),
+            "accuracy_all_answers": med([r["accuracy"] for r in reps]),
+            "answered_rps": med([r["rps"] for r in reps]),
+        }
+    return derived
+
+
 def derived_summary(suite: str, derive):
     """A suite whose summary is the medians of its runs plus what ``derive(runs)`` computes from them."""
     def run(out: Path, args) -> dict:
@@ -614,7 +652,7 @@ SUITES = {
     "early-exit": derived_summary("early-exit", derive_early_exit), "batching": derived_summary("batching", derive_batching),
     "workers": derived_summary("workers", derive_workers), "cores": derived_summary("cores", derive_cores),
     "slot-memory": derived_summary("slot-memory", derive_slot_memory), "byo": derived_summary("byo", derive_byo),
-    "repository": summary_repository,
+    "repository": summary_repository, "tails": derived_summary("tails", derive_tails),
 }
 
 

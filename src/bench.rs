@@ -66,6 +66,10 @@ pub struct BenchArgs {
     /// Per-request timeout in seconds.
     #[arg(long, default_value_t = 30.0)]
     pub timeout: f64,
+    /// The deadline each request carries, in milliseconds (HTTP `timeout_ms`, gRPC
+    /// `grpc-timeout`): the server answers what it has by then, flagged `deadline_exit`.
+    #[arg(long)]
+    pub deadline_ms: Option<f64>,
     /// GET this path (e.g. /healthz) instead of classifying: the floor of the client, HTTP and
     /// the server's router. Answers count as successes with 0 timesteps and no accuracy.
     #[arg(long)]
@@ -123,6 +127,10 @@ pub struct BenchReport {
     pub latency_ms: Latency,
     pub avg_timesteps: f64,
     pub accuracy: f64,
+    /// Answers flagged `deadline_exit` (given before the exit rule fired, at the deadline).
+    pub deadline_exits: u64,
+    /// The accuracy of those answers alone.
+    pub deadline_exit_accuracy: f64,
     pub server_rss_mb: Option<f64>,
     pub server_rss_peak_mb: Option<f64>,
     pub offered_rps: f64,
@@ -199,6 +207,8 @@ impl std::fmt::Display for BenchReport {
 struct ClassifyAnswer {
     timesteps_used: u64,
     class_id: u64,
+    #[serde(default)]
+    deadline_exit: bool,
 }
 
 struct Sample {
@@ -221,6 +231,8 @@ struct Tally {
     timesteps: u64,
     correct: u64,
     ok: u64,
+    deadline_exits: u64,
+    deadline_correct: u64,
     /// Per successful answer that carried them: the client's latency and the server's timings.
     timed: Vec<(f64, [f64; 3])>,
 }
@@ -338,9 +350,9 @@ enum Client {
 /// The server's timings of one answer: queue, inference and total, in milliseconds.
 type Timed = Option<[f64; 3]>;
 
-/// One answer: the status, (timesteps_used, class_id) on success, whether it carried
-/// Retry-After, and the server's timings when it sent them.
-type Answer = (String, Option<(u64, u64)>, bool, Timed);
+/// One answer: the status, (timesteps_used, class_id, deadline_exit) on success, whether it
+/// carried Retry-After, and the server's timings when it sent them.
+type Answer = (String, Option<(u64, u64, bool)>, bool, Timed);
 
 /// One request (rule `fixed` at `fixed_t` steps when given).
 async fn send(
@@ -377,7 +389,7 @@ async fn send_get(c: &reqwest::Client, args: &BenchArgs, path: &str) -> Answer {
             let ok = r.status().is_success();
             // Read the body, as a classify answer is read.
             let read = r.bytes().await.is_ok();
-            let res = (ok && read).then_some((0, u64::MAX));
+            let res = (ok && read).then_some((0, u64::MAX, false));
             (status, res, false, None)
         }
         Err(e) if e.is_timeout() => ("timeout".into(), None, false, None),
@@ -407,6 +419,9 @@ async fn send_http(
     if let Some(t) = max_t {
         q.push(("max_timesteps", t.to_string()));
     }
+    if let Some(ms) = args.deadline_ms {
+        q.push(("timeout_ms", ms.to_string()));
+    }
     let req = c
         .post(path)
         .query(&q)
@@ -434,7 +449,12 @@ async fn send_http(
             };
             if r.status().is_success() {
                 match r.json::<ClassifyAnswer>().await {
-                    Ok(a) => (status, Some((a.timesteps_used, a.class_id)), false, timed),
+                    Ok(a) => (
+                        status,
+                        Some((a.timesteps_used, a.class_id, a.deadline_exit)),
+                        false,
+                        timed,
+                    ),
                     Err(_) => ("bad_body".into(), None, false, None),
                 }
             } else {
@@ -470,6 +490,10 @@ async fn send_grpc(
         max_timesteps: max_t.map(|t| t as u32),
         ..Default::default()
     };
+    let mut req = tonic::Request::new(req);
+    if let Some(ms) = args.deadline_ms {
+        req.set_timeout(Duration::from_secs_f64(ms / 1e3));
+    }
     match c.classify(req).await {
         Ok(r) => {
             let r = r.into_inner();
@@ -478,7 +502,11 @@ async fn send_grpc(
                 .map(|t| [t.queue_seconds, t.inference_seconds, t.total_seconds].map(|x| x * 1e3));
             (
                 "OK".into(),
-                Some((u64::from(r.timesteps_used), u64::from(r.class_id))),
+                Some((
+                    u64::from(r.timesteps_used),
+                    u64::from(r.class_id),
+                    r.deadline_exit,
+                )),
                 false,
                 timed,
             )
@@ -557,10 +585,15 @@ impl Load {
         if let Ok(mut t) = self.tally.lock() {
             *t.by_status.entry(status).or_default() += 1;
             t.with_retry_after += u64::from(retry_after);
-            if let Some((steps, class)) = res {
+            if let Some((steps, class, deadline_exit)) = res {
+                let correct = u64::from(class == sample.label as u64);
                 t.ok += 1;
                 t.timesteps += steps;
-                t.correct += u64::from(class == sample.label as u64);
+                t.correct += correct;
+                if deadline_exit {
+                    t.deadline_exits += 1;
+                    t.deadline_correct += correct;
+                }
                 t.latencies_ms.push(ms);
                 if let Some(st) = timed {
                     t.timed.push((ms, st));
@@ -839,6 +872,11 @@ fn report(
         },
         avg_timesteps: per_ok(t.timesteps),
         accuracy: per_ok(t.correct),
+        deadline_exits: t.deadline_exits,
+        deadline_exit_accuracy: match t.deadline_exits {
+            0 => f64::NAN,
+            n => t.deadline_correct as f64 / n as f64,
+        },
         server_rss_mb: rss_mb,
         server_rss_peak_mb: rss_peak_mb,
         offered_rps: total as f64 / elapsed,
@@ -879,6 +917,8 @@ mod tests {
             },
             avg_timesteps: f64::NAN,
             accuracy: f64::NAN,
+            deadline_exits: 0,
+            deadline_exit_accuracy: f64::NAN,
             server_rss_mb: None,
             server_rss_peak_mb: None,
             offered_rps: 3.0,

@@ -23,18 +23,6 @@ default WRITE 1 0
 fresh
 CORES=$(nproc)
 
-# python_serve MODEL: the Python baseline on a free port; sets SERVER and URL.
-python_serve() {
-  local port log="$OUT/server-python-$1.log"
-  port=$(free_ports 1)
-  "${RUN[@]}" "$PY" benchmarks/python_baseline.py --model "$MODELS/$1" --port "$port" --workers 2 >"$log" 2>&1 &
-  SERVER=$!
-  BENCH_SERVERS+=("$SERVER")
-  URL="http://127.0.0.1:$port"
-  STATE=$(mktemp -d)
-  wait_ready "$URL" "$SERVER" "$log"
-}
-
 for round in $(seq "$ROUNDS"); do
   for model in $HEADLINE_MODELS; do
     T=$(timesteps "$MODELS/$model")
