@@ -116,12 +116,13 @@ serve() {
   wait_ready "$URL" "$SERVER" "$log"
 }
 
-# python_serve MODEL: the Python baseline (benchmarks/python_baseline.py: FastAPI + uvicorn, two
-# workers, ONNX Runtime, fixed T) on $MODELS/MODEL on a free port; sets SERVER and URL.
+# python_serve MODEL [ARGS...]: the Python baseline (benchmarks/python_baseline.py: FastAPI + uvicorn,
+# two workers, ONNX Runtime; fixed T unless ARGS say --exit confidence) on $MODELS/MODEL on a free
+# port; sets SERVER and URL.
 python_serve() {
   local port log="$OUT/server-python-$1.log"
   port=$(free_ports 1)
-  "${RUN[@]}" "$PY" benchmarks/python_baseline.py --model "$MODELS/$1" --port "$port" --workers 2 >"$log" 2>&1 &
+  "${RUN[@]}" "$PY" benchmarks/python_baseline.py --model "$MODELS/$1" --port "$port" --workers 2 "${@:2}" >"$log" 2>&1 &
   SERVER=$!
   BENCH_SERVERS+=("$SERVER")
   URL="http://127.0.0.1:$port"

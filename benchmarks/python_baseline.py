@@ -3,6 +3,11 @@ image model package, with nothing of seenn's engine: every request runs the pack
 and its step graph for all T timesteps (fixed T, no early exit, no batching), one request at a time
 per uvicorn worker (the handler is ``async`` and runs ONNX Runtime on the event loop).
 
+``--exit confidence`` makes it the Python alternative with SEENN-I: each request stops at the first
+timestep whose max softmax of the aggregated logits (the manifest's aggregation and temperature)
+exceeds the manifest's ``default_alpha``, as seenn's default policy does; still one request at a
+time per worker.
+
 It answers POST /classify and /v1/models/<name>/classify with an image body (PNG, JPEG, ...) as
 seenn does, with the fields ``seenn bench`` reads (``class_id``, ``timesteps_used``), and
 GET /healthz and /readyz. Preprocessing follows the manifest as ``src/preprocess.rs`` does
@@ -27,6 +32,7 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 
 ENV_MODEL = "SEENN_BASELINE_MODEL"
+ENV_EXIT = "SEENN_BASELINE_EXIT"
 
 
 class Package:
@@ -50,6 +56,8 @@ class Package:
         self.t = int(self.manifest["timesteps"])
         self.labels = self.manifest["labels"]
         self.name = self.manifest["name"]
+        rule = os.environ.get(ENV_EXIT, "fixed")
+        self.alpha = float(self.manifest["exit"]["default_alpha"]) if rule == "confidence" else None
 
     def preprocess(self, body: bytes) -> np.ndarray:
         spec = self.manifest["input"]
@@ -65,17 +73,31 @@ class Package:
         std = np.asarray(spec["std"], np.float32).reshape(c, 1, 1)
         return ((x - mean) / std)[None].astype(np.float32)
 
-    def classify(self, x: np.ndarray) -> int:
+    def exits(self, total: np.ndarray, t: int) -> bool:
+        """The SEENN-I rule on the running sum after t steps (always false at fixed T)."""
+        if self.alpha is None:
+            return False
+        e = self.manifest["exit"]
+        agg = total / t if e.get("aggregation", "mean") == "mean" else total
+        z = agg / float(e.get("temperature", 1.0))
+        p = np.exp(z - z.max())
+        return float(p.max() / p.sum()) > self.alpha
+
+    def classify(self, x: np.ndarray) -> tuple[int, int]:
+        """The class and the timesteps run."""
         if self.enc is not None:
             x = self.enc.run([self.enc_g["output"]], {self.enc_g["input"]: x})[0]
         states = {s["input"]: np.full((1, *s["shape"]), s["initial_value"], np.float32) for s in self.step_g["states"]}
         outputs = [self.step_g["logits"]] + [s["output"] for s in self.step_g["states"]]
-        total = None
-        for _ in range(self.t):
+        total, last = None, self.manifest["exit"].get("aggregation") == "last"
+        for t in range(1, self.t + 1):
             out = self.step.run(outputs, {self.step_g["input"]: x, **states})
-            total = out[0].astype(np.float64) if total is None else total + out[0]
+            logits = out[0][0].astype(np.float64)
+            total = logits if total is None or last else total + logits
             states = {s["input"]: v for s, v in zip(self.step_g["states"], out[1:])}
-        return int(np.argmax(total[0]))
+            if self.exits(total, t):
+                return int(np.argmax(total)), t
+        return int(np.argmax(total)), self.t
 
 
 app = FastAPI()
@@ -101,8 +123,8 @@ async def _classify(request: Request) -> JSONResponse:
         x = p.preprocess(body)
     except Exception as e:  # noqa: BLE001 - any undecodable body is the client's error
         return JSONResponse({"error": f"cannot decode the image: {e}"}, status_code=400)
-    cls = p.classify(x)
-    return JSONResponse({"model": p.name, "class_id": cls, "label": p.labels[cls], "timesteps_used": p.t})
+    cls, t = p.classify(x)
+    return JSONResponse({"model": p.name, "class_id": cls, "label": p.labels[cls], "timesteps_used": t})
 
 
 @app.post("/classify")
@@ -129,10 +151,13 @@ def main() -> None:
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8090)
     ap.add_argument("--workers", type=int, default=2, help="uvicorn worker processes")
+    ap.add_argument("--exit", choices=["fixed", "confidence"], default="fixed",
+                    help="fixed: every request runs T steps; confidence: SEENN-I at the manifest's default_alpha")
     args = ap.parse_args()
     import uvicorn
 
     os.environ[ENV_MODEL] = str(Path(args.model).resolve())
+    os.environ[ENV_EXIT] = args.exit
     package()  # fail here, before the workers start, on a package it cannot serve
     uvicorn.run("python_baseline:app", app_dir=str(Path(__file__).parent), host=args.host, port=args.port,
                 workers=args.workers, log_level="warning", access_log=False)

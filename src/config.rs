@@ -36,8 +36,8 @@ pub struct ServeConfig {
     /// ONNX Runtime intra-op threads per session.
     #[arg(long, env = "SEENN_INTRA_THREADS", default_value_t = 1)]
     pub intra_threads: usize,
-    /// Most requests in one batched timestep.
-    /// 8 measured best on CPU (BENCHMARKS.md); raise it on a GPU.
+    /// The widest batch one timestep may run (the rows each worker allocates); --batch-width
+    /// chooses how many of them a step uses. Raise it on a GPU.
     #[arg(long, env = "SEENN_MAX_BATCH", default_value_t = 8)]
     pub max_batch: usize,
     /// Requests one engine step runs at most, per model: `auto` measures what a request-step

@@ -614,7 +614,12 @@ async fn deadlines_answer_with_the_prediction_so_far() {
         (0..7)
             .map(|_| {
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+                let j = Job::new(
+                    x.clone(),
+                    RequestRule::Fixed { timesteps: t_max },
+                    far(),
+                    tx,
+                );
                 m.engine.submit(j).expect("submit");
                 rx
             })
@@ -624,7 +629,12 @@ async fn deadlines_answer_with_the_prediction_so_far() {
     let mut fillers = fill();
     let full = {
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+        let j = Job::new(
+            x.clone(),
+            RequestRule::Fixed { timesteps: t_max },
+            far(),
+            tx,
+        );
         m.engine.submit(j).expect("submit");
         rx.await.expect("reply").expect("ok").inference
     };
@@ -637,7 +647,12 @@ async fn deadlines_answer_with_the_prediction_so_far() {
     let deadline = Instant::now() + full / 3;
     let j = Job {
         explain: true,
-        ..Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, deadline, tx)
+        ..Job::new(
+            x.clone(),
+            RequestRule::Fixed { timesteps: t_max },
+            deadline,
+            tx,
+        )
     };
     m.engine.submit(j).expect("submit");
     let out = rx.await.expect("reply").expect("an answer, not 504");
@@ -648,7 +663,11 @@ async fn deadlines_answer_with_the_prediction_so_far() {
         "answered after {} of {t_max} steps",
         out.timesteps_used
     );
-    assert!(answered <= deadline, "answered {:?} after the deadline", answered - deadline);
+    assert!(
+        answered <= deadline,
+        "answered {:?} after the deadline",
+        answered - deadline
+    );
     // The answer is the prediction of the last step it ran.
     let last = out.trajectory.last().expect("a trace");
     assert_eq!(last.t, out.timesteps_used);
@@ -706,7 +725,12 @@ async fn the_oldest_request_goes_first_and_none_starves() {
 
     // A long request, then a stream of one-step newcomers for 3 s: the long one answers first.
     let (tx, long) = tokio::sync::oneshot::channel();
-    let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: t_max }, far(), tx);
+    let j = Job::new(
+        x.clone(),
+        RequestRule::Fixed { timesteps: t_max },
+        far(),
+        tx,
+    );
     m.engine.submit(j).expect("submit");
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stream = {
@@ -752,8 +776,10 @@ fn the_batch_width_is_chosen_from_the_measured_curve() {
     assert_eq!(choice.chosen_by, "measured");
     let rows: Vec<usize> = choice.curve.iter().map(|p| p.rows).collect();
     assert_eq!(rows, vec![1, 2, 4, 8]);
-    assert!(choice.curve.iter().all(|p| p.step_us > 0.0
-        && (p.per_row_us * p.rows as f64 - p.step_us).abs() < 1e-6));
+    assert!(choice
+        .curve
+        .iter()
+        .all(|p| p.step_us > 0.0 && (p.per_row_us * p.rows as f64 - p.step_us).abs() < 1e-6));
     assert_eq!(
         choice.width,
         seenn_serve::engine::width::choose(&choice.curve, 8)

@@ -362,3 +362,72 @@ async fn grpc_admin_health_and_reflection() {
     }
     s.shutdown().await;
 }
+
+/// The call's deadline (`grpc-timeout`) is the request's: at a third of a full 32-step run the
+/// answer is the prediction so far with `deadline_exit`; a deadline that cannot cover the first
+/// step is DEADLINE_EXCEEDED; without one the request runs its T steps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn grpc_deadlines_answer_with_the_prediction_so_far() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.engine_workers = Some(1);
+    let s = start(cfg).await;
+    let mut c = classifier(&s).await;
+    let pkg = models_dir().join("fashion-mnist-qcfs");
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let request = |deadline: Option<std::time::Duration>| {
+        let mut r = tonic::Request::new(pb::ClassifyRequest {
+            model: "fashion-mnist-qcfs".into(),
+            rule: "fixed".into(),
+            max_timesteps: Some(32),
+            explain: true,
+            ..image_request(png.clone())
+        });
+        if let Some(d) = deadline {
+            r.set_timeout(d);
+        }
+        r
+    };
+    // How long a full run takes here, alone (median of 5).
+    let mut totals = Vec::new();
+    for _ in 0..5 {
+        let r = c.classify(request(None)).await.expect("full").into_inner();
+        assert_eq!(r.timesteps_used, 32);
+        assert!(!r.deadline_exit);
+        totals.push(r.timings.expect("timings").total_seconds);
+    }
+    totals.sort_by(f64::total_cmp);
+    let third = std::time::Duration::from_secs_f64(totals[2] / 3.0);
+    // A deadline can land on either side of a step boundary on a busy host: one of five must hit.
+    let mut hits = 0;
+    for _ in 0..5 {
+        let r = c
+            .classify(request(Some(third)))
+            .await
+            .expect("an answer")
+            .into_inner();
+        if r.deadline_exit {
+            hits += 1;
+            assert!((1..32).contains(&r.timesteps_used), "{}", r.timesteps_used);
+            let last = r.trajectory.last().expect("trace");
+            assert_eq!(last.timestep, r.timesteps_used);
+            assert_eq!(last.class_id, r.class_id);
+        } else {
+            assert_eq!(r.timesteps_used, 32);
+        }
+    }
+    assert!(hits > 0, "no deadline exit with a {third:?} deadline");
+    let e = c
+        .classify(request(Some(std::time::Duration::from_micros(1))))
+        .await
+        .expect_err("no step fits");
+    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
+    let text = metrics_text(&s).await;
+    let counted = metric_value(
+        &text,
+        "seenn_deadline_exits_total",
+        &[("model", "fashion-mnist-qcfs"), ("rule", "fixed")],
+    );
+    assert_eq!(counted, hits as f64);
+    s.shutdown().await;
+}

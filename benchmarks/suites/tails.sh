@@ -7,7 +7,9 @@
 #  - base: BASE (another seenn binary, e.g. the previous commit's) with its defaults; without BASE,
 #    this binary with `--batch-width 8`, the previous engine's behaviour (every step runs up to
 #    --max-batch rows);
-#  - python: benchmarks/python_baseline.py on the converted model (FastAPI + uvicorn, 2 workers).
+#  - python: the Python alternative with the same early exit, benchmarks/python_baseline.py
+#    --exit confidence on the converted model (FastAPI + uvicorn, 2 workers, one request at a time
+#    each, SEENN-I at the package's default alpha).
 # Each: closed-loop `seenn bench` over the Fashion-MNIST test PNGs on the converted model (qcfs,
 # T=32) at c=1, 16 and 64; seenn and base also on fashion-mnist (fm, T=4) at c=1, 16 and 64.
 # Then deadlines on qcfs (seenn, and base): capacity X = the c=16 throughput; p99 at an open-loop
@@ -32,7 +34,7 @@ start() {
     seenn) MODELS=$SERVED serve seenn --default-model "$FM" ;;
     base) if [ -n "${BASE:-}" ]; then SERVE_BIN=$BASE MODELS=$SERVED serve base --default-model "$FM"
           else MODELS=$SERVED serve base --default-model "$FM" --batch-width 8; fi ;;
-    python) MODELS=$PKG_DIR python_serve "$QC" ;;
+    python) MODELS=$PKG_DIR python_serve "$QC" --exit confidence ;;
   esac
 }
 

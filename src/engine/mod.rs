@@ -558,10 +558,7 @@ pub fn spawn(
     shared.batch_limit.store(width.width, Ordering::SeqCst);
     tracing::info!(model = %model, max_batch, width = width.width, chosen_by = %width.chosen_by, curve = %width.summary(), "batch width");
     for p in &width.curve {
-        shared
-            .metrics
-            .step_cost(p.rows)
-            .set(p.per_row_us / 1e6);
+        shared.metrics.step_cost(p.rows).set(p.per_row_us / 1e6);
     }
     let WorkerShared {
         cfg,
@@ -865,8 +862,9 @@ impl Worker {
                 }
                 let d = self.depth.fetch_sub(newcomers.len(), Ordering::SeqCst) - newcomers.len();
                 self.metrics.queue_depth.set(d as i64);
-                // Newcomers take their rows from shadow runs first.
-                self.drop_shadows((self.active.len() + newcomers.len()).saturating_sub(cap));
+                // Newcomers take their rows from shadow runs first: a step stays within the
+                // batch width whenever live requests need the rows.
+                self.drop_shadows((self.active.len() + newcomers.len()).saturating_sub(limit));
                 self.admit(&mut newcomers);
                 if d == 0 {
                     // An empty queue makes newcomers wait nothing (see `check_admission`).

@@ -31,8 +31,7 @@ pub const OUTPUTS: [&str; 4] = [
 pub const PLATFORM: &str = "seenn_onnxruntime";
 pub const SERVER_NAME: &str = "seenn-serve";
 /// Request parameters that set exit options.
-pub const PARAMETER_NAMES: &str =
-    "alpha, threshold, rule, max_timesteps, timeout (µs), timeout_ms";
+pub const PARAMETER_NAMES: &str = "alpha, threshold, rule, max_timesteps, timeout (µs), timeout_ms";
 /// Parameters that clients send for the transport itself; accepted and not used as options.
 const TRANSPORT_PARAMETERS: [&str; 3] = ["binary_data_output", "binary_data_size", "binary_data"];
 

@@ -438,7 +438,7 @@ impl Service {
             input: tensor,
             rule,
             explain: opts.explain.unwrap_or(false),
-            deadline: now + timeout,
+            deadline: started + timeout,
             enqueued: now,
             reply: tx,
             progress,
