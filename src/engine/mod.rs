@@ -124,7 +124,7 @@ struct Leaving {
 
 /// How far ahead of a deadline the engine answers: the next step's estimated time, a quarter of it
 /// again, and this much for the answer's way out.
-const ANSWER_MARGIN: Duration = Duration::from_micros(200);
+const ANSWER_MARGIN: Duration = Duration::from_micros(500);
 
 pub struct Job {
     pub input: Vec<f32>,
