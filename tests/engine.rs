@@ -208,6 +208,24 @@ fn worker_options(
     o
 }
 
+/// The converted model (T = 32) with `workers` workers of `max_batch` rows under `width`, a
+/// queue of `max_queue`, its metrics, and one of its golden inputs.
+fn qcfs_engine(
+    max_batch: usize,
+    max_queue: usize,
+    workers: usize,
+    width: seenn_serve::engine::BatchWidth,
+) -> (seenn_serve::registry::LoadedModel, Arc<Metrics>, Vec<f32>) {
+    let (env, _) = runtime::init(None).expect("ORT");
+    let qcfs = models_dir().join("fashion-mnist-qcfs");
+    let metrics = Arc::new(Metrics::new(32, max_batch).expect("metrics"));
+    let mut opts = worker_options(&env, max_batch, max_queue, workers, metrics.clone());
+    opts.engine.width = width;
+    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let x = input(&qcfs, &m.manifest);
+    (m, metrics, x)
+}
+
 /// The batch-1 reference of one input under one rule: every step's (score, class, probabilities)
 /// up to the exit, from `graphs::run_single` and the engine's own scoring.
 fn reference(
@@ -602,12 +620,7 @@ async fn the_door_refuses_what_the_queue_would() {
 /// share its batch, so that its own 32 steps take well past the deadline.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deadlines_answer_with_the_prediction_so_far() {
-    let (env, _) = runtime::init(None).expect("ORT");
-    let qcfs = models_dir().join("fashion-mnist-qcfs");
-    let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
-    let opts = worker_options(&env, 8, 16, 1, metrics.clone());
-    let m = model::load_one(&qcfs, &opts).expect("loads");
-    let x = input(&qcfs, &m.manifest);
+    let (m, metrics, x) = qcfs_engine(8, 16, 1, seenn_serve::engine::BatchWidth::Fixed(8));
     let t_max = m.manifest.timesteps;
     let far = || Instant::now() + Duration::from_secs(60);
     let fill = || {
@@ -693,14 +706,9 @@ async fn deadlines_answer_with_the_prediction_so_far() {
 /// ends while the stream still runs).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_oldest_request_goes_first_and_none_starves() {
-    let (env, _) = runtime::init(None).expect("ORT");
-    let qcfs = models_dir().join("fashion-mnist-qcfs");
-    let metrics = Arc::new(Metrics::new(32, 2).expect("metrics"));
-    let mut opts = worker_options(&env, 2, 64, 1, metrics.clone());
-    opts.engine.width = seenn_serve::engine::BatchWidth::Fixed(1);
-    let m = Arc::new(model::load_one(&qcfs, &opts).expect("loads"));
+    let (m, _, x) = qcfs_engine(2, 64, 1, seenn_serve::engine::BatchWidth::Fixed(1));
+    let m = Arc::new(m);
     assert_eq!(m.engine.batch_width(), 1);
-    let x = input(&qcfs, &m.manifest);
     let t_max = m.manifest.timesteps;
     let far = || Instant::now() + Duration::from_secs(60);
 
@@ -766,12 +774,7 @@ async fn the_oldest_request_goes_first_and_none_starves() {
 /// the width is the curve's choice, and the batch limit starts there.
 #[test]
 fn the_batch_width_is_chosen_from_the_measured_curve() {
-    let (env, _) = runtime::init(None).expect("ORT");
-    let qcfs = models_dir().join("fashion-mnist-qcfs");
-    let metrics = Arc::new(Metrics::new(32, 8).expect("metrics"));
-    let mut opts = worker_options(&env, 8, 16, 2, metrics.clone());
-    opts.engine.width = seenn_serve::engine::BatchWidth::Auto;
-    let m = model::load_one(&qcfs, &opts).expect("loads");
+    let (m, metrics, _) = qcfs_engine(8, 16, 2, seenn_serve::engine::BatchWidth::Auto);
     let choice = m.engine.width_choice();
     assert_eq!(choice.chosen_by, "measured");
     let rows: Vec<usize> = choice.curve.iter().map(|p| p.rows).collect();
