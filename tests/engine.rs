@@ -623,24 +623,8 @@ async fn deadlines_answer_with_the_prediction_so_far() {
     let (m, metrics, x) = qcfs_engine(8, 16, 1, seenn_serve::engine::BatchWidth::Fixed(8));
     let t_max = m.manifest.timesteps;
     let far = || Instant::now() + Duration::from_secs(60);
-    let fill = || {
-        (0..7)
-            .map(|_| {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let j = Job::new(
-                    x.clone(),
-                    RequestRule::Fixed { timesteps: t_max },
-                    far(),
-                    tx,
-                );
-                m.engine.submit(j).expect("submit");
-                rx
-            })
-            .collect::<Vec<_>>()
-    };
-    // First a request that runs its 32 steps in a full batch: how long such a run takes.
-    let mut fillers = fill();
-    let full = {
+    // A request that runs all T steps, without a deadline of its own.
+    let submit_full = || {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let j = Job::new(
             x.clone(),
@@ -649,8 +633,12 @@ async fn deadlines_answer_with_the_prediction_so_far() {
             tx,
         );
         m.engine.submit(j).expect("submit");
-        rx.await.expect("reply").expect("ok").inference
+        rx
     };
+    let fill = || (0..7).map(|_| submit_full()).collect::<Vec<_>>();
+    // First a request that runs its 32 steps in a full batch: how long such a run takes.
+    let mut fillers = fill();
+    let full = submit_full().await.expect("reply").expect("ok").inference;
     for rx in fillers.drain(..) {
         rx.await.expect("reply").expect("ok");
     }
