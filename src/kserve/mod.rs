@@ -480,8 +480,8 @@ fn image_rows(shape: &[i64], items: Vec<Vec<u8>>, n: usize) -> Result<Vec<Input>
 }
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
-/// One inference; `grpc_timeout` is the call's `grpc-timeout` header over gRPC (the deadline
-/// unless the parameters set one).
+/// `grpc_timeout` is the call's `grpc-timeout` header over gRPC (the deadline unless the
+/// parameters set one).
 pub async fn infer(
     state: &Service,
     model_name: &str,

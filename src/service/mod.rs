@@ -652,6 +652,29 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
+    #[test]
+    fn a_grpc_deadline_is_taken_a_tenth_early_at_most_1_ms() {
+        let take = |h: Option<&str>, own: Option<f64>| {
+            let mut o = ClassifyOptions {
+                timeout_ms: own,
+                ..Default::default()
+            };
+            o.take_grpc_timeout(h);
+            o.timeout_ms
+        };
+        assert_eq!(take(Some("100m"), None), Some(99.0));
+        assert_eq!(take(Some("5m"), None), Some(4.5));
+        assert_eq!(take(Some("2S"), None), Some(1999.0));
+        assert_eq!(take(Some("1H"), None), Some(3_599_999.0));
+        assert!((take(Some("2000u"), None).expect("µs") - 1.8).abs() < 1e-9);
+        // The request's own deadline wins; a header that does not parse is ignored.
+        assert_eq!(take(Some("100m"), Some(7.0)), Some(7.0));
+        for bad in ["", "m", "12x", "-5m", "0m"] {
+            assert_eq!(take(Some(bad), None), None, "{bad:?}");
+        }
+        assert_eq!(take(None, None), None);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn await_reply_gets_the_answer_whether_it_polls_or_parks() {
         // Sent during the spin, after the spin, and with no spin because of company.
