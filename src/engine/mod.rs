@@ -1,14 +1,16 @@
 //! The timestep engine: per model, `workers` threads, each with its own ONNX Runtime sessions and
 //! its own running batch, all pulling from the model's one bounded queue (a crossbeam MPMC channel).
 //!
-//! A worker's loop: admit waiting requests up to `max_batch` → run the encoder (and the SEENN-II
+//! A worker's loop: admit waiting requests, oldest first, up to the batch width (chosen per model
+//! from the cost curve measured at load, [`width`]) → run the encoder (and the SEENN-II
 //! policy) once for the newcomers, straight into free rows of its batch → run `step.onnx` once for
 //! every active request, whatever its timestep → add each request's logits to its running sum and
 //! apply its exit rule → answer finished requests at once → repeat. The batch lives in
 //! [`slots::Slots`]: preallocated rows that are never rebuilt; a request that leaves is replaced by
 //! the last row; under `--device cuda` the rows live in GPU memory (`--slot-memory`), so membranes
 //! stay on the device between steps. An idle worker polls the queue for a short while (yielding its core,
-//! `--engine-spin-us`, default 500 µs), then blocks on it.
+//! `--engine-spin-us`, default 500 µs), then blocks on it. Before each step, a request whose
+//! deadline the step would miss is answered with its prediction so far (`deadline_exit`).
 //!
 //! A sampled fraction of the early exits keeps its row after the answer and runs on to T at the
 //! lowest priority (a shadow run, [`shadow`]): it compares the answered class with the full-T one.
