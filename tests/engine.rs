@@ -226,6 +226,20 @@ fn qcfs_engine(
     (m, metrics, x)
 }
 
+/// Submits `x` to `m` to run `t` fixed steps, with no deadline to speak of: the receiver of its
+/// answer.
+fn submit_fixed(
+    m: &seenn_serve::registry::LoadedModel,
+    x: &[f32],
+    t: usize,
+) -> tokio::sync::oneshot::Receiver<Result<Outcome, Error>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let far = Instant::now() + Duration::from_secs(60);
+    let j = Job::new(x.to_vec(), RequestRule::Fixed { timesteps: t }, far, tx);
+    m.engine.submit(j).expect("submit");
+    rx
+}
+
 /// The batch-1 reference of one input under one rule: every step's (score, class, probabilities)
 /// up to the exit, from `graphs::run_single` and the engine's own scoring.
 fn reference(
@@ -622,23 +636,18 @@ async fn the_door_refuses_what_the_queue_would() {
 async fn deadlines_answer_with_the_prediction_so_far() {
     let (m, metrics, x) = qcfs_engine(8, 16, 1, seenn_serve::engine::BatchWidth::Fixed(8));
     let t_max = m.manifest.timesteps;
-    let far = || Instant::now() + Duration::from_secs(60);
-    // A request that runs all T steps, without a deadline of its own.
-    let submit_full = || {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let j = Job::new(
-            x.clone(),
-            RequestRule::Fixed { timesteps: t_max },
-            far(),
-            tx,
-        );
-        m.engine.submit(j).expect("submit");
-        rx
+    let fill = || {
+        (0..7)
+            .map(|_| submit_fixed(&m, &x, t_max))
+            .collect::<Vec<_>>()
     };
-    let fill = || (0..7).map(|_| submit_full()).collect::<Vec<_>>();
     // First a request that runs its 32 steps in a full batch: how long such a run takes.
     let mut fillers = fill();
-    let full = submit_full().await.expect("reply").expect("ok").inference;
+    let full = submit_fixed(&m, &x, t_max)
+        .await
+        .expect("reply")
+        .expect("ok")
+        .inference;
     for rx in fillers.drain(..) {
         rx.await.expect("reply").expect("ok");
     }
@@ -720,14 +729,7 @@ async fn the_oldest_request_goes_first_and_none_starves() {
     );
 
     // A long request, then a stream of one-step newcomers for 3 s: the long one answers first.
-    let (tx, long) = tokio::sync::oneshot::channel();
-    let j = Job::new(
-        x.clone(),
-        RequestRule::Fixed { timesteps: t_max },
-        far(),
-        tx,
-    );
-    m.engine.submit(j).expect("submit");
+    let long = submit_fixed(&m, &x, t_max);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stream = {
         let (m, x, stop) = (m.clone(), x.clone(), stop.clone());
@@ -764,7 +766,10 @@ async fn the_oldest_request_goes_first_and_none_starves() {
 fn the_batch_width_is_chosen_from_the_measured_curve() {
     let (m, metrics, _) = qcfs_engine(8, 16, 2, seenn_serve::engine::BatchWidth::Auto);
     let choice = m.engine.width_choice();
-    assert_eq!(choice.chosen_by, "measured");
+    assert_eq!(
+        choice.chosen_by,
+        seenn_serve::engine::width::ChosenBy::Measured
+    );
     let rows: Vec<usize> = choice.curve.iter().map(|p| p.rows).collect();
     assert_eq!(rows, vec![1, 2, 4, 8]);
     assert!(choice

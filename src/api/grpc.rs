@@ -94,14 +94,6 @@ fn to_input_and_options(r: pb::ClassifyRequest) -> Result<(Input, ClassifyOption
     Ok((input, opts))
 }
 
-/// The call's `grpc-timeout` header, as text.
-fn grpc_timeout<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get("grpc-timeout")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-}
-
 fn trace_pb(t: &StepTrace) -> pb::StepTrace {
     pb::StepTrace {
         timestep: t.t as u32,
@@ -178,9 +170,9 @@ impl Classifier for GrpcService {
         req: Request<pb::ClassifyRequest>,
     ) -> Result<Response<pb::ClassifyResponse>, Status> {
         let rid = request_id(&req);
-        let deadline = grpc_timeout(&req);
-        let (input, mut opts) = to_input_and_options(req.into_inner())?;
-        opts.take_grpc_timeout(deadline.as_deref());
+        let (metadata, _, msg) = req.into_parts();
+        let (input, mut opts) = to_input_and_options(msg)?;
+        opts.take_grpc_deadline(Some(&metadata));
         let r = self.state.classify(input, opts, rid, None).await?;
         Ok(Response::new(result_pb(r)))
     }
@@ -192,9 +184,9 @@ impl Classifier for GrpcService {
         req: Request<pb::ClassifyRequest>,
     ) -> Result<Response<Self::ClassifyStreamStream>, Status> {
         let rid = request_id(&req);
-        let deadline = grpc_timeout(&req);
-        let (input, mut opts) = to_input_and_options(req.into_inner())?;
-        opts.take_grpc_timeout(deadline.as_deref());
+        let (metadata, _, msg) = req.into_parts();
+        let (input, mut opts) = to_input_and_options(msg)?;
+        opts.take_grpc_deadline(Some(&metadata));
         let (step_tx, mut step_rx) = tokio::sync::mpsc::unbounded_channel();
         let (out_tx, out_rx) = tokio::sync::mpsc::channel::<Result<pb::ClassifyEvent, Status>>(64);
         let state = self.state.clone();

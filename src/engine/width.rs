@@ -69,6 +69,25 @@ pub struct CostPoint {
     pub per_row_us: f64,
 }
 
+/// How a model's batch width was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ChosenBy {
+    /// The narrowest width within [`PAYS`] of the cheapest request-step on the measured curve.
+    Measured,
+    /// `--batch-width N`.
+    Fixed,
+}
+
+impl std::fmt::Display for ChosenBy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ChosenBy::Measured => "measured",
+            ChosenBy::Fixed => "fixed",
+        })
+    }
+}
+
 /// The engine's batch width for a model, and how it was chosen.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct WidthChoice {
@@ -76,9 +95,7 @@ pub struct WidthChoice {
     pub max_batch: usize,
     /// The most requests a worker runs in one step.
     pub width: usize,
-    /// `measured` (the narrowest width within 10% of the cheapest request-step) or `fixed`
-    /// (`--batch-width N`).
-    pub chosen_by: String,
+    pub chosen_by: ChosenBy,
     /// The cost curve measured at load (empty when fixed).
     pub curve: Vec<CostPoint>,
 }
@@ -88,7 +105,7 @@ impl WidthChoice {
         WidthChoice {
             max_batch,
             width: width.clamp(1, max_batch.max(1)),
-            chosen_by: "fixed".into(),
+            chosen_by: ChosenBy::Fixed,
             curve: Vec::new(),
         }
     }
@@ -97,7 +114,7 @@ impl WidthChoice {
         WidthChoice {
             max_batch,
             width: choose(&curve, max_batch),
-            chosen_by: "measured".into(),
+            chosen_by: ChosenBy::Measured,
             curve,
         }
     }

@@ -206,12 +206,7 @@ impl GrpcInferenceService for InferenceService {
         &self,
         req: Request<pb::ModelInferRequest>,
     ) -> std::result::Result<Response<pb::ModelInferResponse>, Status> {
-        let grpc_timeout = req
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let r = req.into_inner();
+        let (metadata, _, r) = req.into_parts();
         let model = r.model_name.clone();
         let version = r.model_version.clone();
         let request = decode(r).inspect_err(|e| {
@@ -226,7 +221,7 @@ impl GrpcInferenceService for InferenceService {
             &model,
             Some(&version),
             request,
-            grpc_timeout.as_deref(),
+            Some(&metadata),
         )
         .await?;
         let mut outputs = Vec::with_capacity(resp.outputs.len());

@@ -480,18 +480,17 @@ fn image_rows(shape: &[i64], items: Vec<Vec<u8>>, n: usize) -> Result<Vec<Input>
 }
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
-/// `grpc_timeout` is the call's `grpc-timeout` header over gRPC (the deadline unless the
-/// parameters set one).
+/// `grpc` is the call's metadata over gRPC (its deadline applies unless the parameters set one).
 pub async fn infer(
     state: &Service,
     model_name: &str,
     version: Option<&str>,
     req: InferRequest,
-    grpc_timeout: Option<&str>,
+    grpc: Option<&tonic::metadata::MetadataMap>,
 ) -> Result<InferResponse> {
     let m = model(state, model_name, version)?;
     let mut opts = options(&m.manifest.name, &req.parameters)?;
-    opts.take_grpc_timeout(grpc_timeout);
+    opts.take_grpc_deadline(grpc);
     let k = m.manifest.num_classes();
     opts.top_k = Some(k as u64);
     let wanted: Vec<String> = match req.outputs {

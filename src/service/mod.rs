@@ -91,11 +91,14 @@ impl ClassifyOptions {
     /// H M S m u n) when the request set none of its own. The gRPC server cancels the call at that
     /// deadline, counted from when the call arrived, so the request aims a tenth of it earlier (at
     /// most 1 ms) for its answer to make it out. A header that does not parse is ignored, as the
-    /// gRPC server itself ignores it.
-    pub fn take_grpc_timeout(&mut self, header: Option<&str>) {
+    /// gRPC server itself ignores it. `metadata`: the call's (none over REST).
+    pub fn take_grpc_deadline(&mut self, metadata: Option<&tonic::metadata::MetadataMap>) {
         if self.timeout_ms.is_some() {
             return;
         }
+        let header = metadata
+            .and_then(|m| m.get("grpc-timeout"))
+            .and_then(|v| v.to_str().ok());
         let Some(h) = header.map(str::trim).filter(|h| h.len() >= 2) else {
             return;
         };
@@ -659,7 +662,11 @@ mod tests {
                 timeout_ms: own,
                 ..Default::default()
             };
-            o.take_grpc_timeout(h);
+            let mut m = tonic::metadata::MetadataMap::new();
+            if let Some(h) = h {
+                m.insert("grpc-timeout", h.parse().expect("ASCII"));
+            }
+            o.take_grpc_deadline(Some(&m));
             o.timeout_ms
         };
         assert_eq!(take(Some("100m"), None), Some(99.0));
