@@ -3,9 +3,7 @@ shows against the API's own answer. Saves a screenshot under test-output/."""
 
 import json
 import shutil
-import socket
-import subprocess
-import time
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -15,24 +13,17 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "helpers"))
+import seenn_server  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "seenn"
 OUT = REPO / "test-output"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_page_classifies_a_sample_like_the_api(tmp_path):
-    port = free_port()
-    server = subprocess.Popen([str(BIN), "serve", "--models", str(REPO / "models"), "--host", "127.0.0.1",
-                               "--http-port", str(port), "--grpc-port", str(free_port()),
-                               "--state-dir", str(tmp_path / "state"), "--default-model", "fashion-mnist"],
-                              cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server = seenn_server.start(["--models", str(REPO / "models"), "--state-dir", str(tmp_path / "state"),
+                                 "--default-model", "fashion-mnist"])
+    base = server["base"]
     opts = webdriver.ChromeOptions()
     opts.binary_location = shutil.which("chromium") or "/usr/bin/chromium"
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -41,16 +32,6 @@ def test_page_classifies_a_sample_like_the_api(tmp_path):
         opts.add_argument(flag)
     driver = None
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.time() < deadline, "server not ready"
-            time.sleep(0.2)
         driver = webdriver.Chrome(options=opts, service=Service(shutil.which("chromedriver") or "/usr/bin/chromedriver"))
         driver.get(base + "/")
         wait = WebDriverWait(driver, 20)
@@ -96,5 +77,4 @@ def test_page_classifies_a_sample_like_the_api(tmp_path):
     finally:
         if driver is not None:
             driver.quit()
-        server.terminate()
-        server.wait(10)
+        seenn_server.stop(server)
