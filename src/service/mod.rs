@@ -396,6 +396,24 @@ impl Service {
         result
     }
 
+    /// 504 for a request whose deadline has passed before it was queued, counted as a deadline
+    /// cancellation of its model.
+    fn refuse_past_deadline(&self, m: &LoadedModel, deadline: Instant, now: Instant) -> Result<()> {
+        if now < deadline {
+            return Ok(());
+        }
+        self.metrics
+            .cancelled_total
+            .with_label_values(&[
+                m.manifest.name.as_str(),
+                crate::metrics::CancelReason::Deadline.as_str(),
+            ])
+            .inc();
+        Err(Error::DeadlineExceeded(
+            "deadline passed before the request was queued".into(),
+        ))
+    }
+
     async fn classify_inner(
         &self,
         input: Input,
@@ -435,23 +453,14 @@ impl Service {
         } else {
             (0.0, None)
         };
-        // What the queue would refuse anyway is refused before the image is decoded.
+        // What the queue would refuse anyway is refused before the image is decoded, and so is a
+        // deadline that has passed already.
         m.engine.check_admission(max_queue_wait)?;
-        let tensor = self.input_tensor(&m, input).await?;
         let deadline = started + timeout;
+        self.refuse_past_deadline(&m, deadline, Instant::now())?;
+        let tensor = self.input_tensor(&m, input).await?;
         let now = Instant::now();
-        if now >= deadline {
-            self.metrics
-                .cancelled_total
-                .with_label_values(&[
-                    m.manifest.name.as_str(),
-                    crate::metrics::CancelReason::Deadline.as_str(),
-                ])
-                .inc();
-            return Err(Error::DeadlineExceeded(
-                "deadline passed before the request was queued".into(),
-            ));
-        }
+        self.refuse_past_deadline(&m, deadline, now)?;
         let (tx, rx) = oneshot::channel();
         m.engine.submit(Job {
             input: tensor,
