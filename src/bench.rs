@@ -64,11 +64,11 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 2000)]
     pub max_outstanding: usize,
     /// Per-request timeout in seconds.
-    #[arg(long, default_value_t = 30.0)]
+    #[arg(long, default_value_t = 30.0, value_parser = crate::config::seconds)]
     pub timeout: f64,
     /// The deadline each request carries, in milliseconds (HTTP `timeout_ms`, gRPC
     /// `grpc-timeout`): the server answers what it has by then, flagged `deadline_exit`.
-    #[arg(long)]
+    #[arg(long, value_parser = crate::config::milliseconds)]
     pub deadline_ms: Option<f64>,
     /// GET this path (e.g. /healthz) instead of classifying: the floor of the client, HTTP and
     /// the server's router. Answers count as successes with 0 timesteps and no accuracy.

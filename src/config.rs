@@ -87,10 +87,10 @@ pub struct ServeConfig {
     #[arg(long, env = "SEENN_BATCHING", value_enum, default_value = "continuous")]
     pub batching: Batching,
     /// Default request deadline in seconds (checked between timesteps).
-    #[arg(long, env = "SEENN_REQUEST_TIMEOUT", default_value_t = 30.0)]
+    #[arg(long, env = "SEENN_REQUEST_TIMEOUT", default_value_t = 30.0, value_parser = seconds)]
     pub request_timeout: f64,
     /// Seconds to let requests in flight finish after SIGTERM.
-    #[arg(long, env = "SEENN_SHUTDOWN_TIMEOUT", default_value_t = 30.0)]
+    #[arg(long, env = "SEENN_SHUTDOWN_TIMEOUT", default_value_t = 30.0, value_parser = seconds_or_none)]
     pub shutdown_timeout: f64,
     /// Largest request body in bytes (HTTP) / message (gRPC).
     #[arg(long, env = "SEENN_MAX_BODY_BYTES", default_value_t = 8 * 1024 * 1024)]
@@ -195,4 +195,38 @@ impl ServeConfig {
             enable_fault_injection: false,
         }
     }
+}
+
+/// One day in seconds: the longest timeout a flag or a request may set.
+pub const DAY_SECS: f64 = 86_400.0;
+
+fn bounded(s: &str, unit: &str, scale: f64, zero: bool) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of {unit}"))?;
+    let low_ok = if zero { v >= 0.0 } else { v > 0.0 };
+    match v.is_finite() && low_ok && v <= DAY_SECS * scale {
+        true => Ok(v),
+        false => Err(format!(
+            "{s} {unit} is out of range; accepted: {} to {} {unit} (one day)",
+            if zero { "0" } else { "more than 0" },
+            DAY_SECS * scale
+        )),
+    }
+}
+
+/// A clap parser for a timeout in seconds: more than 0, at most one day.
+pub fn seconds(s: &str) -> Result<f64, String> {
+    bounded(s, "seconds", 1.0, false)
+}
+
+/// A clap parser for a grace period in seconds: 0 (none) to one day.
+pub fn seconds_or_none(s: &str) -> Result<f64, String> {
+    bounded(s, "seconds", 1.0, true)
+}
+
+/// A clap parser for a deadline in milliseconds: more than 0, at most one day.
+pub fn milliseconds(s: &str) -> Result<f64, String> {
+    bounded(s, "milliseconds", 1e3, false)
 }

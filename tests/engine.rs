@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -484,9 +485,7 @@ async fn two_workers_keep_overload_cancellation_and_fault_recovery() {
 
     // An injected fault: that batch fails, the model goes unready, then recovers.
     let mut ready = m.engine.watch_ready();
-    m.engine
-        .inject_fault
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    m.engine.inject_fault.store(true, Ordering::SeqCst);
     let (tx, rx) = tokio::sync::oneshot::channel();
     m.engine.submit(job(&x, tx, later())).expect("submit");
     let err = rx.await.expect("reply").expect_err("fault");
@@ -641,17 +640,24 @@ async fn deadlines_answer_with_the_prediction_so_far() {
             .map(|_| submit_fixed(&m, &x, t_max))
             .collect::<Vec<_>>()
     };
-    // First a request that runs its 32 steps in a full batch: how long such a run takes.
-    let mut fillers = fill();
-    let full = submit_fixed(&m, &x, t_max)
-        .await
-        .expect("reply")
-        .expect("ok")
-        .inference;
-    for rx in fillers.drain(..) {
-        rx.await.expect("reply").expect("ok");
+    // First requests that run their 32 steps in a full batch, twice: how long such a run takes
+    // (the faster and the slower of the two, as the host's load varies).
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        let mut fillers = fill();
+        runs.push(
+            submit_fixed(&m, &x, t_max)
+                .await
+                .expect("reply")
+                .expect("ok")
+                .inference,
+        );
+        for rx in fillers.drain(..) {
+            rx.await.expect("reply").expect("ok");
+        }
     }
-    // Then the same in a full batch again, with a deadline at a third of that run.
+    let (full, slowest) = (runs[0].min(runs[1]), runs[0].max(runs[1]));
+    // Then the same in a full batch again, with a deadline at a third of the faster run.
     let mut fillers = fill();
     let (tx, rx) = tokio::sync::oneshot::channel();
     let deadline = Instant::now() + full / 3;
@@ -674,11 +680,11 @@ async fn deadlines_answer_with_the_prediction_so_far() {
         out.timesteps_used
     );
     // The engine skips a step its moving-average step time says would miss the deadline; a step
-    // it did start can still run long on a busy host, so the bound is the full run, not the
-    // deadline itself: the answer comes long before the 32 steps would have ended.
+    // it did start can still run long on a busy host, so the wall-clock bound is loose (a whole
+    // run past the deadline); the steps above are the exact check.
     assert!(
-        answered <= deadline + full / 3,
-        "answered {:?} after the deadline, the full run takes {full:?}",
+        answered <= deadline + slowest,
+        "answered {:?} after the deadline, a full run takes {full:?} to {slowest:?}",
         answered - deadline
     );
     // The answer is the prediction of the last step it ran.
@@ -731,36 +737,48 @@ async fn the_oldest_request_goes_first_and_none_starves() {
         "admitted out of age order: {admitted:?}"
     );
 
-    // A long request, then a stream of one-step newcomers for 3 s: the long one answers first.
-    let long = submit_fixed(&m, &x, t_max);
+    // A stream of one-step newcomers from four clients keeps the queue full for 5 s; a long
+    // request joins that queue and is answered while the stream still runs: newcomers that came
+    // after it never go before it. (Were the queue last in, first out, it would wait for the
+    // stream to end.)
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let stream = {
-        let (m, x, stop) = (m.clone(), x.clone(), stop.clone());
-        tokio::spawn(async move {
-            let until = Instant::now() + Duration::from_secs(3);
-            let mut n = 0;
-            while Instant::now() < until && !stop.load(std::sync::atomic::Ordering::SeqCst) {
-                let (tx, rx) = tokio::sync::oneshot::channel();
-                let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: 1 }, far(), tx);
-                if m.engine.submit(j).is_ok() {
-                    n += 1;
-                    let _ = rx.await;
+    let sent = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let stream_ends = Instant::now() + Duration::from_secs(5);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            let (m, x, stop, sent) = (m.clone(), x.clone(), stop.clone(), sent.clone());
+            tokio::spawn(async move {
+                while Instant::now() < stream_ends && !stop.load(Ordering::SeqCst) {
+                    let (tx, rx) = tokio::sync::oneshot::channel();
+                    let j = Job::new(x.clone(), RequestRule::Fixed { timesteps: 1 }, far(), tx);
+                    if m.engine.submit(j).is_ok() {
+                        sent.fetch_add(1, Ordering::SeqCst);
+                        let _ = rx.await;
+                    }
                 }
-            }
-            n
+            })
         })
-    };
-    let started = Instant::now();
-    let out = long.await.expect("reply").expect("ok");
-    let took = started.elapsed();
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let newcomers = stream.await.expect("stream");
+        .collect();
+    while sent.load(Ordering::SeqCst) < 20 || m.engine.queue_depth() == 0 {
+        assert!(Instant::now() < stream_ends, "the stream never queued");
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    let out = submit_fixed(&m, &x, t_max)
+        .await
+        .expect("reply")
+        .expect("ok");
+    let answered = Instant::now();
+    let sent_by_then = sent.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    for c in clients {
+        c.await.expect("client");
+    }
     assert_eq!(out.timesteps_used, t_max);
-    assert!(newcomers > 0, "the stream ran");
     assert!(
-        took < Duration::from_secs(3),
-        "the long request waited for the stream to end ({took:?})"
+        answered < stream_ends,
+        "the long request waited for the stream to end"
     );
+    assert!(sent_by_then >= 20, "{sent_by_then} newcomers");
 }
 
 /// `--batch-width auto`: the first worker measures the step's cost at 1, 2, 4 and 8 rows at load;

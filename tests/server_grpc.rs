@@ -438,22 +438,24 @@ async fn grpc_deadlines_answer_with_the_prediction_so_far() {
         series("seenn_cancelled_total", &[model, ("reason", "deadline")]),
     );
     // A deadline that has passed when the server reads the call (1 ns): refused before the image
-    // is decoded, on the handler's first poll, so neither tonic's own timer nor a step comes first.
+    // is decoded, and no step runs. tonic's client applies the call's deadline too, on tokio's
+    // millisecond timer, so the client may report CANCELLED first; when the server's answer
+    // arrives first it is DEADLINE_EXCEEDED and already counted.
     let e = c
         .classify(request(Some(std::time::Duration::from_nanos(1))))
         .await
         .expect_err("no step fits");
-    assert_eq!(e.code(), Code::DeadlineExceeded, "{e:?}");
     let text = metrics_text(&s).await;
-    assert_eq!(
-        metric_value(
-            &text,
-            "seenn_cancelled_total",
-            &[model, ("reason", "deadline")]
-        ),
-        cancelled + 1.0,
-        "counted as a deadline cancel"
-    );
+    let counted = metric_value(
+        &text,
+        "seenn_cancelled_total",
+        &[model, ("reason", "deadline")],
+    ) - cancelled;
+    match e.code() {
+        Code::DeadlineExceeded => assert_eq!(counted, 1.0, "counted as a deadline cancel"),
+        Code::Cancelled => assert!(counted <= 1.0, "{counted}"),
+        other => panic!("{other:?}: {e:?}"),
+    }
     assert_eq!(
         metric_value(&text, "seenn_request_steps_total", &[model]),
         steps,

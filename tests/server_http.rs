@@ -937,6 +937,88 @@ async fn a_full_queue_answers_429_with_retry_after() {
     }
 }
 
+/// A deadline that passes while the request waits in the queue is answered 504 then, not when a
+/// worker reaches the request: it comes back while the long requests queued ahead of it still run.
+/// The worker then drops the row unrun and counts it as a deadline cancellation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_deadline_passed_in_the_queue_is_answered_at_the_deadline() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let mut cfg = config(dir.path());
+    cfg.engine_workers = Some(1);
+    cfg.batch_width = seenn_serve::engine::BatchWidth::Fixed(1);
+    let s = Arc::new(start(cfg).await);
+    let pkg = policy_package();
+    let png = sample_bytes(&pkg, &golden(&pkg).samples[0]);
+    let model = ("model", "fashion-mnist-qcfs");
+    let cancelled = |text: &str, reason: &str| {
+        metric_value(text, "seenn_cancelled_total", &[model, ("reason", reason)])
+    };
+    let before = metrics_text(&s).await;
+    let post = |query: &'static str| {
+        let (s, png) = (s.clone(), png.clone());
+        tokio::spawn(async move {
+            let r = client()
+                .post(url(
+                    &s,
+                    &format!("/v1/models/fashion-mnist-qcfs/classify?{query}"),
+                ))
+                .header("content-type", "image/png")
+                .body(png)
+                .send()
+                .await
+                .expect("req");
+            (r.status().as_u16(), std::time::Instant::now())
+        })
+    };
+    // Eight requests of 32 steps, one row at a time: the last ends at least 8 × 32 steps later.
+    let ahead: Vec<_> = (0..8)
+        .map(|_| post("rule=fixed&max_timesteps=32"))
+        .collect();
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric_value(&metrics_text(&s).await, "seenn_queue_depth", &[model]) < 4.0 {
+        assert!(std::time::Instant::now() < until, "the queue never filled");
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    let (status, answered) = post("rule=fixed&max_timesteps=32&timeout_ms=10")
+        .await
+        .expect("task");
+    assert_eq!(status, 504);
+    // At least four requests of 32 steps were queued ahead of it: were it answered when a worker
+    // reached it, none of them would still be running (give or take the last one's answer on the
+    // way out); at its 10 ms deadline two or more still are.
+    let mut still_running = 0;
+    for h in ahead {
+        let (status, at) = h.await.expect("task");
+        assert_eq!(status, 200);
+        still_running += usize::from(at > answered);
+    }
+    assert!(
+        still_running >= 2,
+        "the 504 waited for the requests queued ahead ({still_running} still ran)"
+    );
+    // The worker reaches the abandoned row once the last request ahead has left.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let after = metrics_text(&s).await;
+        if cancelled(&after, "deadline") == cancelled(&before, "deadline") + 1.0 {
+            assert_eq!(
+                cancelled(&after, "client_gone"),
+                cancelled(&before, "client_gone")
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "never counted as a deadline cancellation"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    match Arc::try_unwrap(s) {
+        Ok(s) => s.shutdown().await,
+        Err(_) => panic!("server still shared"),
+    }
+}
+
 /// `--max-http-in-flight`: past the limit a request is refused with 429 + Retry-After before its
 /// body is read, the admitted ones finish, and probes and metrics still answer meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

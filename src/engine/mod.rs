@@ -985,7 +985,7 @@ impl Worker {
         self.metrics.cancelled(reason).inc();
         if reason == CancelReason::Deadline {
             let _ = a.job.reply.send(Err(Error::DeadlineExceeded(
-                "deadline passed before the request's first timestep".into(),
+                "the request's first timestep could not end before its deadline".into(),
             )));
         }
     }
@@ -994,13 +994,28 @@ impl Worker {
         job.reply.is_closed() || job.progress.as_ref().is_some_and(|p| p.is_closed())
     }
 
+    /// Why an abandoned job is dropped: the server answers a request 504 at its deadline and
+    /// lets go of it, so a job abandoned past its deadline counts as a deadline cancellation.
+    fn abandoned_because(job: &Job, now: Instant) -> CancelReason {
+        match now >= job.deadline {
+            true => CancelReason::Deadline,
+            false => CancelReason::ClientGone,
+        }
+    }
+
+    /// When the next step, started now, would end with its answer on the way out: the moving
+    /// average of the step's time, a quarter of it again, and [`ANSWER_MARGIN`].
+    fn next_step_ends(&self, now: Instant) -> Instant {
+        now + self.step_estimate + self.step_estimate / 4 + ANSWER_MARGIN
+    }
+
     /// Before the next step, the requests that cannot take it leave the batch: those whose client
-    /// went away, those whose deadline passed before their first step (504), and those with a
+    /// went away, those whose first step would end past their deadline (504), and those with a
     /// prediction whose deadline the next step would miss, which are answered with it, flagged
     /// as a deadline exit. The gauge of active requests follows at once.
     fn leave_before_step(&mut self) {
         let now = Instant::now();
-        let next_step_ends = now + self.step_estimate + self.step_estimate / 4 + ANSWER_MARGIN;
+        let next_step_ends = self.next_step_ends(now);
         let mut i = self.active.len();
         while i > 0 {
             i -= 1;
@@ -1010,8 +1025,9 @@ impl Worker {
                 continue;
             }
             let reason = if Self::is_abandoned(&a.job) {
-                Some(CancelReason::ClientGone)
-            } else if a.t == 0 && now >= a.job.deadline {
+                Some(Self::abandoned_because(&a.job, now))
+            } else if a.t == 0 && next_step_ends >= a.job.deadline {
+                // Its first step would answer after the deadline: 504 now, no step spent.
                 Some(CancelReason::Deadline)
             } else if a.t > 0 && next_step_ends >= a.job.deadline {
                 None
@@ -1119,20 +1135,26 @@ impl Worker {
             self.metrics.queue_duration.observe(queued.as_secs_f64());
             let gone = Self::is_abandoned(job);
             if gone {
-                self.metrics.cancelled(CancelReason::ClientGone).inc();
+                self.metrics
+                    .cancelled(Self::abandoned_because(job, now))
+                    .inc();
             }
             !gone
         });
-        // Deadlines passed in the queue, and waits over the adaptive objective's queue budget,
-        // are answered here (`retain` cannot move the job out).
+        // Deadlines passed (or that the first step would miss) in the queue, and waits over the
+        // adaptive objective's queue budget, are answered here (`retain` cannot move the job
+        // out).
+        let first_step_ends = self.next_step_ends(now);
         let mut i = 0;
         while i < jobs.len() {
             let waited = now.saturating_duration_since(jobs[i].enqueued);
-            if now >= jobs[i].deadline {
+            if first_step_ends >= jobs[i].deadline {
                 let job = jobs.swap_remove(i);
                 self.metrics.cancelled(CancelReason::Deadline).inc();
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
-                    "deadline passed while the request waited in the queue".into(),
+                    "the request waited in the queue until its first timestep could no longer \
+                     end before its deadline"
+                        .into(),
                 )));
             } else if let Some(budget) = jobs[i].max_queue_wait.filter(|b| waited > *b) {
                 let job = jobs.swap_remove(i);

@@ -9,7 +9,7 @@
 //!   a row's share of every step it is in), and never while requests wait in the queue (the server
 //!   is saturated then);
 //! - newcomers take rows from shadows first (the fewest timesteps run go first, as they have the
-//!   most left): a worker admits waiting requests up to `--max-batch` live rows whatever its
+//!   most left): a worker admits waiting requests up to the batch width in live rows whatever its
 //!   shadows, so requests that still wait after an admission mean a batch full of live rows and no
 //!   shadow left in it;
 //! - it is not a request: no client, deadline, answer or request metric (`seenn_active_requests`,

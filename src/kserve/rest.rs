@@ -780,11 +780,13 @@ async fn run_infer(
     Ok((StatusCode::OK, headers, Body::from(bytes)).into_response())
 }
 
-/// Inference. Body: `{"id"?, "parameters"? {alpha, threshold, rule, max_timesteps, timeout_ms},
+/// Inference. Body: `{"id"?, "parameters"? {alpha, threshold, rule, max_timesteps, timeout_ms,
+/// timeout (µs)},
 /// "inputs": [{"name": "input", "datatype": "FP32", "shape": [N, C, H, W], "data": [...]}
 /// | {"name": "image", "datatype": "BYTES", "shape": [N], "data": ["<base64>", ...]}],
 /// "outputs"? [{"name": "class_ids" | "probabilities" | "timesteps" | "labels"}]}`.
-/// Binary tensor data follows the JSON when `Inference-Header-Content-Length` is set.
+/// Binary tensor data follows the JSON when `Inference-Header-Content-Length` is set. The
+/// response's `parameters.deadline_exits` counts the rows answered at their deadline, when not 0.
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "open-inference",
     params(("model" = String, Path, description = "Model name")),
     request_body(content = serde_json::Value, description = "Open Inference Protocol request", content_type = "application/json"),

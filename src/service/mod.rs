@@ -81,21 +81,20 @@ pub struct ClassifyOptions {
 }
 
 /// The longest deadline a request may set (one day), in milliseconds.
-pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+pub const MAX_TIMEOUT_MS: f64 = crate::config::DAY_SECS * 1e3;
 
 pub const OPTION_NAMES: &str =
     "model, rule, alpha, threshold, max_timesteps, top_k, explain, timeout_ms";
 
 impl ClassifyOptions {
     /// Takes the deadline of a gRPC call (its `grpc-timeout` header: up to 8 digits and a unit,
-    /// H M S m u n) when the request set none of its own. The gRPC server cancels the call at that
-    /// deadline, counted from when the call arrived, so the request aims a tenth of it earlier (at
-    /// most 1 ms) for its answer to make it out. A header that does not parse is ignored, as the
-    /// gRPC server itself ignores it. `metadata`: the call's (none over REST).
+    /// H M S m u n); where the request also set one of its own, the earlier of the two holds. The
+    /// gRPC server cancels the call at that deadline, counted from when the call arrived, so the
+    /// request aims a tenth of it earlier (at most 1 ms) for its answer to make it out. A header
+    /// that does not parse is ignored, as the gRPC server itself ignores it; a request's own
+    /// deadline that is not a deadline stays, to be refused. `metadata`: the call's (none over
+    /// REST).
     pub fn take_grpc_deadline(&mut self, metadata: Option<&tonic::metadata::MetadataMap>) {
-        if self.timeout_ms.is_some() {
-            return;
-        }
         let header = metadata
             .and_then(|m| m.get("grpc-timeout"))
             .and_then(|v| v.to_str().ok());
@@ -116,10 +115,15 @@ impl ClassifyOptions {
             _ => return,
         };
         let ms = n as f64 * ms_per_unit;
-        if ms > 0.0 {
-            let ms = ms - (ms / 10.0).min(1.0);
-            self.timeout_ms = Some(ms.min(MAX_TIMEOUT_MS));
+        if ms <= 0.0 {
+            return;
         }
+        let call = (ms - (ms / 10.0).min(1.0)).min(MAX_TIMEOUT_MS);
+        self.timeout_ms = match self.timeout_ms {
+            Some(own) if own.is_finite() && own > 0.0 => Some(own.min(call)),
+            Some(not_a_deadline) => Some(not_a_deadline),
+            None => Some(call),
+        };
     }
 
     /// Whether the request runs under the model's default policy: no rule, α, threshold or cap of
@@ -476,8 +480,15 @@ impl Service {
         })?;
         // While the traffic is one request at a time, poll for the answer instead of parking:
         // a parked tokio worker costs it a cross-core wake-up (Lifecycle::reply_spin).
-        let outcome = await_reply(rx, self.lifecycle.reply_spin(), || self.lifecycle.alone())
+        // The answer comes by the deadline or not at all: a request still queued (or mid-step)
+        // when it passes is answered 504 then, not when a worker reaches it; the engine drops
+        // the abandoned row and counts it as a deadline cancellation.
+        let reply = await_reply(rx, self.lifecycle.reply_spin(), || self.lifecycle.alone());
+        let outcome = tokio::time::timeout_at(deadline.into(), reply)
             .await
+            .map_err(|_| {
+                Error::DeadlineExceeded("deadline passed before the request was answered".into())
+            })?
             .ok_or_else(|| Error::internal("the engine dropped the request"))??;
         let mut result = answer(
             &m,
@@ -665,7 +676,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
     #[test]
-    fn a_grpc_deadline_is_taken_a_tenth_early_at_most_1_ms() {
+    fn a_grpc_deadline_is_taken_a_tenth_early_at_most_1_ms_and_the_earlier_holds() {
         let take = |h: Option<&str>, own: Option<f64>| {
             let mut o = ClassifyOptions {
                 timeout_ms: own,
@@ -683,8 +694,12 @@ mod tests {
         assert_eq!(take(Some("2S"), None), Some(1999.0));
         assert_eq!(take(Some("1H"), None), Some(3_599_999.0));
         assert!((take(Some("2000u"), None).expect("µs") - 1.8).abs() < 1e-9);
-        // The request's own deadline wins; a header that does not parse is ignored.
+        // The earlier of the request's own deadline and the call's holds; a header that does not
+        // parse is ignored, and an own deadline that is not one stays to be refused.
         assert_eq!(take(Some("100m"), Some(7.0)), Some(7.0));
+        assert_eq!(take(Some("5m"), Some(7.0)), Some(4.5));
+        assert_eq!(take(None, Some(7.0)), Some(7.0));
+        assert_eq!(take(Some("5m"), Some(-1.0)), Some(-1.0));
         for bad in ["", "m", "12x", "-5m", "0m"] {
             assert_eq!(take(Some(bad), None), None, "{bad:?}");
         }
