@@ -459,8 +459,11 @@ def derive_tails(found: dict) -> dict:
         reps = [metrics(d) for _, d in found[key]]
         half = [metrics(d)["p99_ms"] for _, d in found.get(f"deadline-{name}-half", [])]
         share = lambda r, k: r[k] / r["requests"] if r.get("requests") else None  # noqa: E731
+        fixed = os.environ.get("DEADLINE_MS")
         derived[f"deadlines {name}"] = {
-            "deadline_ms": med(half),
+            # The deadline each request carried: DEADLINE_MS, else the half-load p99.
+            "deadline_ms": float(fixed) if fixed else med(half),
+            "half_load_p99_ms": med(half),
             "deadline_exit_share": med([share(r, "deadline_exits") for r in reps]),
             "deadline_exceeded_share": med([share(r, "deadline_exceeded") for r in reps]),
             "deadline_exit_accuracy": med([r["deadline_exit_accuracy"] for r in reps]),

@@ -937,8 +937,9 @@ async fn a_full_queue_answers_429_with_retry_after() {
     }
 }
 
-/// A deadline that passes while the request waits in the queue is answered 504 then, not when a
-/// worker reaches the request: it comes back while the long requests queued ahead of it still run.
+/// A deadline that passes while the request waits in the queue is answered 504 then (one step's
+/// time later at most), not when a worker reaches the request: it comes back while the long
+/// requests queued ahead of it still run.
 /// The worker then drops the row unrun and counts it as a deadline cancellation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_deadline_passed_in_the_queue_is_answered_at_the_deadline() {

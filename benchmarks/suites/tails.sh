@@ -16,7 +16,8 @@
 # half load (X/2); then 2X open loop with every request carrying that p99 as its deadline
 # (`--deadline-ms`): the answers flagged deadline_exit (which the previous engine answered 504), and
 # their accuracy on the labelled test images.
-# The deadline is rounded up to whole milliseconds, which every version of the server accepts.
+# The deadline is rounded up to whole milliseconds, which every version of the server accepts;
+# DEADLINE_MS=N gives both binaries that deadline instead of each its own half-load p99.
 #   DURATION=8 ROUNDS=3 BASE=<seenn binary> PAIR="fashion-mnist fashion-mnist-qcfs" PARTS="load deadlines"
 set -euo pipefail
 # Run directly, a suite goes through the driver (which sources benchmarks/lib.sh first).
@@ -71,7 +72,7 @@ for round in $(seq "$ROUNDS"); do
     X=$(rps_of "$OUT/deadline-$name-capacity-r$round.json")
     HALF=$("$PY" -c "print(max(1.0, $X / 2))"); DOUBLE=$("$PY" -c "print(max(2.0, $X * 2))")
     bench "$OUT/deadline-$name-half-r$round.json" --model "$QC" --rate "$HALF" --duration "$DURATION"
-    P99=$(p99_of "$OUT/deadline-$name-half-r$round.json")
+    P99=${DEADLINE_MS:-$(p99_of "$OUT/deadline-$name-half-r$round.json")}
     bench "$OUT/deadline-$name-double-r$round.json" --model "$QC" --rate "$DOUBLE" --duration "$DURATION" \
       --deadline-ms "$P99"
     stop

@@ -285,6 +285,8 @@ pub struct EngineHandle {
     depth: Arc<AtomicUsize>,
     /// How long the oldest request of the workers' last admission had waited (µs).
     last_wait_us: Arc<AtomicU64>,
+    /// The moving average of a step's time (µs), as the worker that stepped last has it.
+    step_us: Arc<AtomicU64>,
     ready: watch::Receiver<bool>,
     max_queue: usize,
     /// The batch width chosen at load (at most `--max-batch`), and the most live requests per
@@ -339,6 +341,16 @@ impl EngineHandle {
     /// The most live requests per worker's batch now.
     pub fn batch_limit(&self) -> usize {
         self.batch_limit.load(Ordering::SeqCst)
+    }
+
+    /// How late past its deadline a request's answer may still come: the engine answers before
+    /// a step that would miss the deadline, but the step it last started, or the first step of a
+    /// request admitted just before its deadline, may end after it. One step's moving-average
+    /// time, a quarter of it again and [`ANSWER_MARGIN`]; the server answers 504 once that has
+    /// passed too.
+    pub fn answer_grace(&self) -> Duration {
+        let step = Duration::from_micros(self.step_us.load(Ordering::Relaxed));
+        step + step / 4 + ANSWER_MARGIN
     }
 
     /// The batch width chosen at load: the batch limit when nothing lowers it.
@@ -476,6 +488,8 @@ struct Worker {
     metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
     last_wait_us: Arc<AtomicU64>,
+    /// Where this worker publishes `step_estimate` for the handle (`EngineHandle::answer_grace`).
+    step_us: Arc<AtomicU64>,
     /// The handle's batch limit (`EngineHandle::set_batch_limit`).
     batch_limit: Arc<AtomicUsize>,
     ready: Arc<Readiness>,
@@ -523,6 +537,7 @@ pub fn spawn(
         metrics,
         depth: Arc::new(AtomicUsize::new(0)),
         last_wait_us: Arc::new(AtomicU64::new(0)),
+        step_us: Arc::new(AtomicU64::new(0)),
         batch_limit: Arc::new(AtomicUsize::new(max_batch)),
         ready: Arc::new(Readiness {
             unready: AtomicUsize::new(0),
@@ -567,6 +582,7 @@ pub fn spawn(
         metrics,
         depth,
         last_wait_us,
+        step_us,
         batch_limit,
         inject_fault,
         ..
@@ -577,6 +593,7 @@ pub fn spawn(
         tx,
         depth,
         last_wait_us,
+        step_us,
         ready,
         max_queue: cfg.max_queue.max(1),
         width: Arc::new(width),
@@ -596,6 +613,7 @@ struct WorkerShared {
     metrics: Arc<ModelMetrics>,
     depth: Arc<AtomicUsize>,
     last_wait_us: Arc<AtomicU64>,
+    step_us: Arc<AtomicU64>,
     batch_limit: Arc<AtomicUsize>,
     ready: Arc<Readiness>,
     inject_fault: Arc<AtomicBool>,
@@ -760,6 +778,7 @@ impl Worker {
             metrics,
             depth,
             last_wait_us,
+            step_us,
             batch_limit,
             ready,
             inject_fault,
@@ -809,6 +828,7 @@ impl Worker {
             metrics,
             depth,
             last_wait_us,
+            step_us,
             batch_limit,
             ready,
             inject_fault,
@@ -985,7 +1005,7 @@ impl Worker {
         self.metrics.cancelled(reason).inc();
         if reason == CancelReason::Deadline {
             let _ = a.job.reply.send(Err(Error::DeadlineExceeded(
-                "the request's first timestep could not end before its deadline".into(),
+                "deadline passed before the request's first timestep".into(),
             )));
         }
     }
@@ -1010,7 +1030,7 @@ impl Worker {
     }
 
     /// Before the next step, the requests that cannot take it leave the batch: those whose client
-    /// went away, those whose first step would end past their deadline (504), and those with a
+    /// went away, those whose deadline passed before their first step (504), and those with a
     /// prediction whose deadline the next step would miss, which are answered with it, flagged
     /// as a deadline exit. The gauge of active requests follows at once.
     fn leave_before_step(&mut self) {
@@ -1026,8 +1046,7 @@ impl Worker {
             }
             let reason = if Self::is_abandoned(&a.job) {
                 Some(Self::abandoned_because(&a.job, now))
-            } else if a.t == 0 && next_step_ends >= a.job.deadline {
-                // Its first step would answer after the deadline: 504 now, no step spent.
+            } else if a.t == 0 && now >= a.job.deadline {
                 Some(CancelReason::Deadline)
             } else if a.t > 0 && next_step_ends >= a.job.deadline {
                 None
@@ -1141,20 +1160,16 @@ impl Worker {
             }
             !gone
         });
-        // Deadlines passed (or that the first step would miss) in the queue, and waits over the
-        // adaptive objective's queue budget, are answered here (`retain` cannot move the job
-        // out).
-        let first_step_ends = self.next_step_ends(now);
+        // Deadlines passed in the queue, and waits over the adaptive objective's queue budget,
+        // are answered here (`retain` cannot move the job out).
         let mut i = 0;
         while i < jobs.len() {
             let waited = now.saturating_duration_since(jobs[i].enqueued);
-            if first_step_ends >= jobs[i].deadline {
+            if now >= jobs[i].deadline {
                 let job = jobs.swap_remove(i);
                 self.metrics.cancelled(CancelReason::Deadline).inc();
                 let _ = job.reply.send(Err(Error::DeadlineExceeded(
-                    "the request waited in the queue until its first timestep could no longer \
-                     end before its deadline"
-                        .into(),
+                    "deadline passed while the request waited in the queue".into(),
                 )));
             } else if let Some(budget) = jobs[i].max_queue_wait.filter(|b| waited > *b) {
                 let job = jobs.swap_remove(i);
@@ -1330,6 +1345,10 @@ impl Worker {
             true => elapsed,
             false => (self.step_estimate * 7 + elapsed) / 8,
         };
+        self.step_us.store(
+            u64::try_from(self.step_estimate.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
         let live = self.live();
         if live > 0 {
             self.metrics.batch_size.observe(live as f64);

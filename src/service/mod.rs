@@ -480,11 +480,12 @@ impl Service {
         })?;
         // While the traffic is one request at a time, poll for the answer instead of parking:
         // a parked tokio worker costs it a cross-core wake-up (Lifecycle::reply_spin).
-        // The answer comes by the deadline or not at all: a request still queued (or mid-step)
-        // when it passes is answered 504 then, not when a worker reaches it; the engine drops
-        // the abandoned row and counts it as a deadline cancellation.
+        // The answer comes by the deadline, or at most one step after it (a step started before
+        // the deadline may end after it), or not at all: a request still queued when that has
+        // passed is answered 504 then, not when a worker reaches it; the engine drops the
+        // abandoned row and counts it as a deadline cancellation.
         let reply = await_reply(rx, self.lifecycle.reply_spin(), || self.lifecycle.alone());
-        let outcome = tokio::time::timeout_at(deadline.into(), reply)
+        let outcome = tokio::time::timeout_at((deadline + m.engine.answer_grace()).into(), reply)
             .await
             .map_err(|_| {
                 Error::DeadlineExceeded("deadline passed before the request was answered".into())

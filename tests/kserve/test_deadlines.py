@@ -1,8 +1,8 @@
 """Answers by the deadline against the real server: over HTTP (`timeout_ms`, the `x-timeout-ms`
 header) and the Open Inference Protocol through Triton's own clients (`timeout=`, microseconds,
 over REST and gRPC). A request whose next timestep would miss its deadline is answered with its
-prediction so far and flagged; one whose first timestep would miss it is a 504, and so is one
-whose answer is not ready when the deadline passes.
+prediction so far and flagged; one whose deadline passes before its first timestep is a 504, and
+so is one with no answer a step's time after its deadline.
 
 The converted model (T = 32) runs each request alone here: a deadline at a third of a full
 32-step run falls well after the first step and well before the last."""
@@ -28,7 +28,7 @@ MODEL = "fashion-mnist-qcfs"
 T = json.loads((REPO / "models" / MODEL / "manifest.json").read_text())["timesteps"]
 PNG = sorted((REPO / "models" / MODEL / "samples").glob("*.png"))[0].read_bytes()
 # A deadline can land on either side of a step boundary on a busy host, and a step that runs long
-# there turns an early answer into a 504 at the deadline: a few tries, one must hit.
+# there can turn an early answer into a 504: a few tries, one must hit.
 TRIES = 10
 
 
