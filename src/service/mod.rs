@@ -81,7 +81,7 @@ pub struct ClassifyOptions {
 }
 
 /// The longest deadline a request may set (one day), in milliseconds.
-pub const MAX_TIMEOUT_MS: f64 = crate::config::DAY_SECS * 1e3;
+pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
 
 pub const OPTION_NAMES: &str =
     "model, rule, alpha, threshold, max_timesteps, top_k, explain, timeout_ms";
