@@ -364,8 +364,8 @@ async fn grpc_admin_health_and_reflection() {
 }
 
 /// The call's deadline (`grpc-timeout`) is the request's: at a third of a full 32-step run the
-/// answer is the prediction so far with `deadline_exit`; a deadline that cannot cover the first
-/// step is DEADLINE_EXCEEDED; without one the request runs its T steps.
+/// answer is the prediction so far with `deadline_exit`; a deadline already passed on arrival is
+/// DEADLINE_EXCEEDED with no step run; without one the request runs its T steps.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn grpc_deadlines_answer_with_the_prediction_so_far() {
     let dir = tempfile::tempdir().expect("tmp");
