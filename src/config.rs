@@ -198,7 +198,7 @@ impl ServeConfig {
 }
 
 /// One day in seconds: the longest timeout a flag or a request may set.
-pub const DAY_SECS: f64 = 86_400.0;
+const DAY_SECS: f64 = crate::engine::MAX_DEADLINE.as_secs() as f64;
 
 fn bounded(s: &str, unit: &str, scale: f64, zero: bool) -> Result<f64, String> {
     let v: f64 = s

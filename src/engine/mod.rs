@@ -128,6 +128,15 @@ struct Leaving {
 /// again, and this much for the answer's way out.
 const ANSWER_MARGIN: Duration = Duration::from_micros(500);
 
+/// The longest deadline a request may set, and the longest timeout a flag may: one day.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(86_400);
+
+/// How long a step that starts now may take, answer included, for a step of `step` on average:
+/// how far ahead of a deadline the engine answers, and how far past it an answer may still come.
+fn answer_lead(step: Duration) -> Duration {
+    step + step / 4 + ANSWER_MARGIN
+}
+
 pub struct Job {
     pub input: Vec<f32>,
     pub rule: RequestRule,
@@ -345,12 +354,22 @@ impl EngineHandle {
 
     /// How late past its deadline a request's answer may still come: the engine answers before
     /// a step that would miss the deadline, but the step it last started, or the first step of a
-    /// request admitted just before its deadline, may end after it. One step's moving-average
-    /// time, a quarter of it again and [`ANSWER_MARGIN`]; the server answers 504 once that has
-    /// passed too.
+    /// request admitted just before its deadline, may end after it ([`answer_lead`] of the
+    /// moving-average step); the server answers 504 once that has passed too.
     pub fn answer_grace(&self) -> Duration {
-        let step = Duration::from_micros(self.step_us.load(Ordering::Relaxed));
-        step + step / 4 + ANSWER_MARGIN
+        answer_lead(Duration::from_micros(self.step_us.load(Ordering::Relaxed)))
+    }
+
+    /// 504 for a request whose deadline has passed before it is queued, counted as a deadline
+    /// cancellation (like the admission refusals of [`Self::check_admission`], before the queue).
+    pub fn check_deadline(&self, deadline: Instant) -> Result<(), Error> {
+        if Instant::now() < deadline {
+            return Ok(());
+        }
+        self.metrics.cancelled(CancelReason::Deadline).inc();
+        Err(Error::DeadlineExceeded(
+            "deadline passed before the request was queued".into(),
+        ))
     }
 
     /// The batch width chosen at load: the batch limit when nothing lowers it.
@@ -1023,19 +1042,13 @@ impl Worker {
         }
     }
 
-    /// When the next step, started now, would end with its answer on the way out: the moving
-    /// average of the step's time, a quarter of it again, and [`ANSWER_MARGIN`].
-    fn next_step_ends(&self, now: Instant) -> Instant {
-        now + self.step_estimate + self.step_estimate / 4 + ANSWER_MARGIN
-    }
-
     /// Before the next step, the requests that cannot take it leave the batch: those whose client
     /// went away, those whose deadline passed before their first step (504), and those with a
     /// prediction whose deadline the next step would miss, which are answered with it, flagged
     /// as a deadline exit. The gauge of active requests follows at once.
     fn leave_before_step(&mut self) {
         let now = Instant::now();
-        let next_step_ends = self.next_step_ends(now);
+        let next_step_ends = now + answer_lead(self.step_estimate);
         let mut i = self.active.len();
         while i > 0 {
             i -= 1;

@@ -480,7 +480,7 @@ fn image_rows(shape: &[i64], items: Vec<Vec<u8>>, n: usize) -> Result<Vec<Input>
 }
 
 /// Runs an inference request: every row through the engine on its own, then the outputs asked for.
-/// `grpc` is the call's metadata over gRPC (its deadline applies unless the parameters set one).
+/// `grpc` is the call's metadata over gRPC (its deadline applies too; the earlier one holds).
 pub async fn infer(
     state: &Service,
     model_name: &str,

@@ -81,7 +81,7 @@ pub struct ClassifyOptions {
 }
 
 /// The longest deadline a request may set (one day), in milliseconds.
-pub const MAX_TIMEOUT_MS: f64 = 86_400_000.0;
+pub const MAX_TIMEOUT_MS: f64 = crate::engine::MAX_DEADLINE.as_millis() as f64;
 
 pub const OPTION_NAMES: &str =
     "model, rule, alpha, threshold, max_timesteps, top_k, explain, timeout_ms";
@@ -400,24 +400,6 @@ impl Service {
         result
     }
 
-    /// 504 for a request whose deadline has passed before it was queued, counted as a deadline
-    /// cancellation of its model.
-    fn refuse_past_deadline(&self, m: &LoadedModel, deadline: Instant, now: Instant) -> Result<()> {
-        if now < deadline {
-            return Ok(());
-        }
-        self.metrics
-            .cancelled_total
-            .with_label_values(&[
-                m.manifest.name.as_str(),
-                crate::metrics::CancelReason::Deadline.as_str(),
-            ])
-            .inc();
-        Err(Error::DeadlineExceeded(
-            "deadline passed before the request was queued".into(),
-        ))
-    }
-
     async fn classify_inner(
         &self,
         input: Input,
@@ -461,11 +443,11 @@ impl Service {
         // deadline that has passed already.
         m.engine.check_admission(max_queue_wait)?;
         let deadline = started + timeout;
-        self.refuse_past_deadline(&m, deadline, Instant::now())?;
+        m.engine.check_deadline(deadline)?;
         let tensor = self.input_tensor(&m, input).await?;
-        let now = Instant::now();
-        self.refuse_past_deadline(&m, deadline, now)?;
+        m.engine.check_deadline(deadline)?;
         let (tx, rx) = oneshot::channel();
+        let now = Instant::now();
         m.engine.submit(Job {
             input: tensor,
             rule,
